@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine:
+#   make lab    creates .venv if missing, installs everything, opens JupyterLab on the course
+#   make test   creates .venv if missing, installs everything, runs pytest + every notebook under nbval
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: venv lab demo test test-fast notebooks bench assignments clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e . --no-deps
+	touch $(STAMP)
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/00_overview.ipynb
+
+demo: venv
+	$(PY) -m vit_edu demo
+
+test: venv
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+test-fast: venv
+	$(PY) -m pytest tests
+
+notebooks: venv
+	$(PY) tools/execute_notebooks.py notebooks/*.ipynb
+
+bench: venv
+	$(PY) benchmarks/bench_throughput.py
+
+assignments: venv
+	$(PY) -m vit_edu assignments
+
+clean:
+	rm -rf build .pytest_cache

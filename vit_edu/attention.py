@@ -1,0 +1,67 @@
+"""Multi-head self-attention (paper eqs. 5-8 in appendix A), written with einops.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+
+Two paths compute the same thing:
+
+* explicit: the formula above, step by step; it can hand back the attention probabilities A.
+* fused: ``torch.nn.functional.scaled_dot_product_attention``, one kernel, faster and lighter.
+
+Asking for the attention probabilities always takes the explicit path, whatever ``fused_attn`` says,
+so attention maps work with fused attention too (timm's forward hooks see nothing there).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, training: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d)) v for q, k, v of shape [..., N, d]; returns (out [..., N, d], attn [..., N, N]).
+
+    The 1/sqrt(d) keeps the logits' variance at 1 when q and k have unit-variance entries; without it
+    the softmax saturates to one-hot rows and its gradients vanish.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = (q * scale) @ k.transpose(-2, -1)  # [..., N, N]
+    attn = logits.softmax(dim=-1)  # each row (one query) sums to 1 over the keys
+    weights = F.dropout(attn, p=dropout_p, training=training) if dropout_p > 0 else attn
+    return weights @ v, attn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: [B, N, D] -> [B, N, D]."""
+
+    def __init__(self, dim: int, heads: int = 8, qkv_bias: bool = True, attn_dropout: float = 0.0,
+                 proj_dropout: float = 0.0, fused_attn: bool = True):
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"dim must be divisible by heads: dim={dim}, heads={heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.fused_attn = fused_attn
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)  # W_q, W_k, W_v stacked: out features (three h d)
+        self.attn_drop = attn_dropout
+        self.proj = nn.Linear(dim, dim)  # W_o mixes the heads back together
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False
+                ) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)  # 3 x [B, h, N, d]
+        dropout_p = self.attn_drop if self.training else 0.0
+        attn: Optional[torch.Tensor] = None
+        if self.fused_attn and not return_attention:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            out, attn = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, training=self.training)
+        out = rearrange(out, "b h n d -> b n (h d)")  # concatenate the heads: [B, N, D]
+        out = self.proj_drop(self.proj(out))
+        return (out, attn) if return_attention else out

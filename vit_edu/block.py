@@ -1,0 +1,75 @@
+"""The Transformer encoder block (paper eqs. 2-3), pre-norm as in the ViT paper:
+
+    z' = MSA(LN(z)) + z
+    z  = MLP(LN(z')) + z'
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .attention import Attention
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Dropout -> Linear -> Dropout, applied to every token independently."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()  # exact (erf) GELU, as in the paper's code, timm and torchvision
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def drop_path(x: torch.Tensor, p: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch for a random subset of samples, rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block: [B, T, D] -> [B, T, D]."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, qkv_bias: bool = True, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6, fused_attn: bool = True):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, heads, qkv_bias=qkv_bias, attn_dropout=attn_dropout, proj_dropout=dropout,
+                              fused_attn=fused_attn)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_dim, dropout=dropout)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False
+                ) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
+        if return_attention:
+            a, attn = self.attn(self.norm1(x), return_attention=True)
+        else:
+            a, attn = self.attn(self.norm1(x)), None
+        x = x + self.drop_path1(a)  # eq. 2
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))  # eq. 3
+        return (x, attn) if return_attention else x

@@ -1,0 +1,155 @@
+"""ViTConfig: every hyper-parameter of a Vision Transformer in one dataclass.
+
+The names follow the paper (Dosovitskiy et al. 2020, Table 1): ``dim`` is the hidden size D,
+``depth`` the number of encoder layers L, ``heads`` the attention heads, ``mlp_dim`` the MLP size.
+Validation happens here, once, so every module can trust its numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple, Union
+
+POOLS = ("cls", "mean")
+POS_EMBEDDINGS = ("learned", "sincos2d", "none")
+PATCH_EMBEDS = ("conv", "linear")
+
+
+def to_2tuple(x: Union[int, Tuple[int, int], list], name: str = "value") -> Tuple[int, int]:
+    """Turn ``224`` or ``(224, 224)`` into ``(224, 224)`` and reject anything else."""
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got bool {x!r}")
+    if isinstance(x, int):
+        return (x, x)
+    if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
+        return (int(x[0]), int(x[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {x!r}")
+
+
+@dataclass
+class ViTConfig:
+    """Hyper-parameters of :class:`vit_edu.VisionTransformer`.
+
+    Defaults are ViT-B/16 at 224x224 with 1000 classes (the paper's ImageNet fine-tuning setting).
+    """
+
+    image_size: Union[int, Tuple[int, int]] = 224
+    patch_size: Union[int, Tuple[int, int]] = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    class_token: bool = True
+    pool: str = "cls"  # "cls": read out the class token (paper eq. 4); "mean": average the patch tokens
+    pos_embedding: str = "learned"  # "learned" 1-D table, fixed "sincos2d", or "none"
+    representation_size: Optional[int] = None  # pre-logits Linear+Tanh used for ImageNet-21k pre-training
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth rate of the last block; rises linearly from 0 at the first
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6  # as timm and torchvision (PyTorch's LayerNorm default is 1e-5)
+    fc_norm: Optional[bool] = None  # LayerNorm after pooling instead of before (timm's avg pool); None: pool == "mean"
+    fused_attn: bool = True  # F.scaled_dot_product_attention; False: the explicit softmax(QK^T/sqrt(d))V
+    patch_embed: str = "conv"  # "conv": Conv2d(k=P, s=P); "linear": rearrange into patches + Linear
+    dynamic_img_size: bool = False  # accept other image sizes by resizing the position embedding on the fly
+    hybrid_layers: Optional[Tuple[int, ...]] = None  # ResNet stages for the hybrid (paper: (3, 4, 9)); None: pure ViT
+    head_zero_init: bool = False  # zero the classifier, as the paper does when fine-tuning
+    extra: dict = field(default_factory=dict)  # free-form notes (preset name, source); not used by the model
+
+    def __post_init__(self) -> None:
+        self.image_size = to_2tuple(self.image_size, "image_size")
+        self.patch_size = to_2tuple(self.patch_size, "patch_size")
+        if self.hybrid_layers is not None:
+            self.hybrid_layers = tuple(int(v) for v in self.hybrid_layers)
+        for name in ("in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            if value < (0 if name == "num_classes" else 1):
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.dim % self.heads != 0:
+            raise ValueError(
+                f"dim must be divisible by heads so each head gets dim/heads features: "
+                f"dim={self.dim}, heads={self.heads} (dim % heads = {self.dim % self.heads})"
+            )
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pos_embedding not in POS_EMBEDDINGS:
+            raise ValueError(f"pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
+        if self.patch_embed not in PATCH_EMBEDS:
+            raise ValueError(f"patch_embed must be one of {PATCH_EMBEDS}, got {self.patch_embed!r}")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True; use pool='mean' for a model without a class token")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.representation_size is not None and self.representation_size < 1:
+            raise ValueError(f"representation_size must be None or a positive int, got {self.representation_size}")
+        if self.hybrid_layers is None:
+            grid_check = self.image_size
+            stride = self.patch_size
+        else:
+            grid_check = self.image_size
+            stride = (self.backbone_stride * self.patch_size[0], self.backbone_stride * self.patch_size[1])
+        if grid_check[0] % stride[0] or grid_check[1] % stride[1]:
+            raise ValueError(
+                f"image_size {tuple(self.image_size)} must be divisible by the patch size "
+                f"{tuple(stride)}{' (backbone stride x patch size)' if self.hybrid_layers else ''}"
+            )
+        if self.pos_embedding == "sincos2d" and self.dim % 4 != 0:
+            raise ValueError(f"pos_embedding='sincos2d' needs dim divisible by 4, got dim={self.dim}")
+
+    @property
+    def backbone_stride(self) -> int:
+        """Down-sampling of the hybrid's CNN: stem /4, then one /2 per stage after the first."""
+        if self.hybrid_layers is None:
+            return 1
+        return 4 * 2 ** (len(self.hybrid_layers) - 1)
+
+    @property
+    def grid_size(self) -> Tuple[int, int]:
+        """Patches along height and width: (H / P, W / P)."""
+        s = self.backbone_stride
+        return (self.image_size[0] // (s * self.patch_size[0]), self.image_size[1] // (s * self.patch_size[1]))
+
+    @property
+    def num_patches(self) -> int:
+        """N = HW / P^2 in the paper."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length the encoder sees: N patches plus one class token if used."""
+        return self.num_patches + (1 if self.class_token else 0)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.pool == "mean" if self.fc_norm is None else bool(self.fc_norm)
+
+    def to_dict(self) -> dict:
+        """Plain types only, so a checkpoint can store it and load it with ``weights_only=True``."""
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["patch_size"] = list(self.patch_size)
+        if self.hybrid_layers is not None:
+            d["hybrid_layers"] = list(self.hybrid_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {unknown}; expected a subset of {sorted(known)}")
+        d = dict(d)
+        for k in ("image_size", "patch_size"):
+            if k in d and isinstance(d[k], list):
+                d[k] = tuple(d[k])
+        return cls(**d)

@@ -1,0 +1,285 @@
+"""Weights in and out: timm and torchvision ViTs <-> ``vit_edu.VisionTransformer``.
+
+vit_edu uses timm's parameter names, so timm state dicts map almost one to one; torchvision's
+``VisionTransformer`` uses ``nn.MultiheadAttention`` whose ``in_proj_weight`` is our ``qkv.weight``
+(q, k, v stacked, heads contiguous inside each: the ``(three h d)`` layout).
+
+Loading never unpickles code: ``torch.load(..., weights_only=True)`` or safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .config import ViTConfig
+from .models import get_config
+from .vit import VisionTransformer
+
+StateDict = Dict[str, torch.Tensor]
+
+# ------------------------------------------------------------------------------------------ checking
+
+
+def diff_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> Tuple[list, list, list]:
+    """(missing keys, unexpected keys, [(key, expected shape, got shape)])."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [(k, tuple(expected[k].shape), tuple(got[k].shape))
+              for k in sorted(set(expected) & set(got)) if tuple(expected[k].shape) != tuple(got[k].shape)]
+    return missing, unexpected, shapes
+
+
+def _fmt(keys: list, limit: int = 8) -> str:
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(map(str, keys[:limit])) + more
+
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
+    """``model.load_state_dict`` with one clear ValueError that lists every difference."""
+    missing, unexpected, shapes = diff_state_dict(model.state_dict(), state_dict)
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not fit this {type(model).__name__} (a different architecture?):"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): " + _fmt([f"{k}: expected {e}, got {g}" for k, e, g in shapes]))
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _is_identity(m) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+# ---------------------------------------------------------------------------------------------- timm
+
+
+def config_from_timm(tm: nn.Module) -> ViTConfig:
+    """Read a timm VisionTransformer's hyper-parameters; refuse features vit_edu does not have."""
+    name = type(tm).__name__
+    if name != "VisionTransformer" or not hasattr(tm, "blocks"):
+        raise TypeError(f"from_timm expects a timm.models.vision_transformer.VisionTransformer, got {name}")
+    blk = tm.blocks[0]
+    unsupported = {
+        "register tokens": getattr(tm, "num_reg_tokens", 0) > 0,
+        "no_embed_class": getattr(tm, "no_embed_class", False),
+        "attention pooling": getattr(tm, "attn_pool", None) is not None,
+        "pre-norm before the encoder (CLIP)": not _is_identity(getattr(tm, "norm_pre", None)),
+        "layer scale": not (_is_identity(getattr(blk, "ls1", None)) and _is_identity(getattr(blk, "ls2", None))),
+        "qk-norm": not (_is_identity(getattr(blk.attn, "q_norm", None)) and _is_identity(getattr(blk.attn, "k_norm", None))),
+        "attention output norm": not _is_identity(getattr(blk.attn, "norm", None)),
+        "patch-embedding norm": not _is_identity(getattr(tm.patch_embed, "norm", None)),
+        f"global_pool={tm.global_pool!r}": tm.global_pool not in ("token", "avg"),
+        "non-GELU MLP": not isinstance(getattr(blk.mlp, "act", None), nn.GELU) or getattr(blk.mlp.act, "approximate", "none") != "none",
+        "MLP norm": not _is_identity(getattr(blk.mlp, "norm", None)),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"this timm model uses features vit_edu does not implement: {', '.join(bad)}")
+    hybrid = hasattr(tm.patch_embed, "backbone")
+    norm = tm.norm if not _is_identity(tm.norm) else tm.fc_norm
+    kw = dict(
+        image_size=tuple(tm.patch_embed.img_size),
+        patch_size=tuple(tm.patch_embed.patch_size),
+        in_channels=tm.in_chans if hasattr(tm, "in_chans") else tm.patch_embed.proj.in_channels,
+        num_classes=tm.num_classes,
+        dim=tm.embed_dim,
+        depth=len(tm.blocks),
+        heads=blk.attn.num_heads,
+        mlp_dim=blk.mlp.fc1.out_features,
+        class_token=tm.cls_token is not None,
+        pool="cls" if tm.global_pool == "token" else "mean",
+        pos_embedding="learned" if tm.pos_embed is not None else "none",
+        qkv_bias=blk.attn.qkv.bias is not None,
+        norm_eps=float(norm.eps) if hasattr(norm, "eps") else 1e-6,
+        fc_norm=not _is_identity(tm.fc_norm),
+        dynamic_img_size=bool(getattr(tm, "dynamic_img_size", False)),
+        extra={"source": "timm"},
+    )
+    if hybrid:
+        kw["hybrid_layers"] = tuple(len(s.blocks) for s in tm.patch_embed.backbone.stages)
+        kw["patch_size"] = tuple(tm.patch_embed.patch_size)
+    return ViTConfig(**kw)
+
+
+def from_timm(tm: nn.Module) -> VisionTransformer:
+    """A ``VisionTransformer`` with the weights of a timm ViT (or the R50 hybrid); same logits in eval mode."""
+    model = VisionTransformer(config_from_timm(tm))
+    sd = {k: v for k, v in tm.state_dict().items()}
+    return load_checked(model, sd, "timm state_dict")
+
+
+def to_timm_state_dict(model: VisionTransformer) -> StateDict:
+    """vit_edu -> timm names (they are the same names; linear patch embeddings are reshaped to conv form)."""
+    sd = dict(model.state_dict())
+    w = sd.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 2:  # LinearPatchEmbed: [D, (p1 p2 c)] -> [D, c, p1, p2]
+        p1, p2 = model.patch_embed.patch_size
+        sd["patch_embed.proj.weight"] = w.reshape(w.shape[0], p1, p2, -1).permute(0, 3, 1, 2).contiguous()
+    return sd
+
+# --------------------------------------------------------------------------------------- torchvision
+
+_TV_TO_EDU = [
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight$", r"blocks.\1.attn.qkv.weight"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias$", r"blocks.\1.attn.qkv.bias"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.pre_logits\.", "pre_logits.0."),
+    (r"^heads\.head\.", "head."),
+]
+_EDU_TO_TV = [
+    (r"^cls_token$", "class_token"),
+    (r"^patch_embed\.proj\.", "conv_proj."),
+    (r"^pos_embed$", "encoder.pos_embedding"),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_weight"),
+    (r"^blocks\.(\d+)\.attn\.qkv\.bias$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_bias"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+    (r"^norm\.", "encoder.ln."),
+    (r"^pre_logits\.0\.", "heads.pre_logits."),
+    (r"^head\.", "heads.head."),
+]
+
+
+def _rename(sd: Mapping[str, torch.Tensor], rules) -> StateDict:
+    out = {}
+    for k, v in sd.items():
+        for pat, rep in rules:
+            new, n = re.subn(pat, rep, k)
+            if n:
+                out[new] = v
+                break
+        else:
+            out[k] = v  # left as is: load_checked reports it as unexpected
+    return out
+
+
+def torchvision_to_vit_edu_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    return _rename(sd, _TV_TO_EDU)
+
+
+def to_torchvision_state_dict(model: VisionTransformer) -> StateDict:
+    c = model.config
+    if not c.class_token or c.pool != "cls" or c.hybrid_layers or c.pos_embedding != "learned" or not c.qkv_bias:
+        raise ValueError("torchvision's VisionTransformer has a class token, cls pooling, a learned position "
+                         "embedding, qkv bias and no CNN backbone; this model differs")
+    return _rename(to_timm_state_dict(model), _EDU_TO_TV)
+
+
+def config_from_torchvision(tv: nn.Module) -> ViTConfig:
+    if type(tv).__name__ != "VisionTransformer" or not hasattr(tv, "conv_proj"):
+        raise TypeError(f"from_torchvision expects a torchvision.models.VisionTransformer, got {type(tv).__name__}")
+    if not isinstance(tv.conv_proj, nn.Conv2d):
+        raise ValueError("torchvision ViTs with a convolutional stem (conv_stem_configs) are not supported")
+    layer0 = tv.encoder.layers[0]
+    return ViTConfig(
+        image_size=tv.image_size, patch_size=tv.patch_size, in_channels=tv.conv_proj.in_channels,
+        num_classes=tv.num_classes, dim=tv.hidden_dim, depth=len(tv.encoder.layers),
+        heads=layer0.self_attention.num_heads, mlp_dim=tv.mlp_dim, class_token=True, pool="cls",
+        representation_size=tv.representation_size, norm_eps=float(tv.encoder.ln.eps),
+        extra={"source": "torchvision"},
+    )
+
+
+def from_torchvision(tv: nn.Module) -> VisionTransformer:
+    """A ``VisionTransformer`` with the weights of a torchvision ``vit_b_16``/``vit_b_32``/... model."""
+    model = VisionTransformer(config_from_torchvision(tv))
+    return load_checked(model, torchvision_to_vit_edu_state_dict(tv.state_dict()), "torchvision state_dict")
+
+# ------------------------------------------------------------------------------------- files, hubs
+
+
+def read_state_dict(path: str | os.PathLike) -> StateDict:
+    """Read a ``.safetensors`` file or a ``torch.save`` file of tensors (never unpickling code)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weights file at {path!r}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path!r} does not hold a state_dict (a dict of tensors); got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
+    if "conv_proj.weight" in sd or "encoder.pos_embedding" in sd:
+        return "torchvision"
+    if "blocks.0.attn.qkv.weight" in sd or "patch_embed.proj.weight" in sd:
+        return "timm"  # also vit_edu's own
+    raise ValueError("unrecognised state_dict: expected timm/vit_edu keys (e.g. 'blocks.0.attn.qkv.weight') or "
+                     f"torchvision keys (e.g. 'conv_proj.weight'); got keys like {_fmt(sorted(sd), 5)}")
+
+
+def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = None,
+                         config: Optional[ViTConfig] = None, **overrides) -> VisionTransformer:
+    """Build a model and load a saved timm or torchvision ViT state_dict into it.
+
+    For users with internet: save ``timm.create_model(name, pretrained=True).state_dict()`` (or a
+    torchvision ``vit_b_16(weights=...)``'s) and load the file here with the matching timm name, e.g.
+    ``load_state_dict_file('vit_b_16.pth', 'vit_base_patch16_224')``. ``num_classes`` and
+    ``representation_size`` are read from the file unless given.
+    """
+    sd = read_state_dict(path)
+    if detect_format(sd) == "torchvision":
+        sd = torchvision_to_vit_edu_state_dict(sd)
+    if config is None:
+        if model_name is None:
+            raise ValueError("load_state_dict_file needs model_name (e.g. 'vit_base_patch16_224') or config")
+        head = sd.get("head.weight")
+        if head is not None:
+            overrides.setdefault("num_classes", head.shape[0])
+        if "pre_logits.0.weight" in sd:
+            overrides.setdefault("representation_size", sd["pre_logits.0.weight"].shape[0])
+        config = get_config(model_name, **overrides)
+    elif overrides:
+        config = ViTConfig.from_dict({**config.to_dict(), **overrides})
+    return load_checked(VisionTransformer(config), sd, f"weights file {os.fspath(path)!r}")
+
+
+def timm_pretrained(name: str, **overrides) -> VisionTransformer:
+    """Download timm's pretrained weights for ``name`` (needs internet) and convert them."""
+    try:
+        import timm
+    except ImportError as e:  # pragma: no cover - timm is in requirements.txt
+        raise ImportError("pretrained weights come through timm: pip install timm") from e
+    kwargs = {}
+    if "num_classes" in overrides:
+        kwargs["num_classes"] = overrides.pop("num_classes")
+    if "image_size" in overrides:
+        kwargs["img_size"] = overrides.pop("image_size")
+    try:
+        tm = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:
+        raise RuntimeError(
+            f"could not download timm's pretrained weights for {name!r} ({type(e).__name__}: {e}). "
+            "Without internet: on a machine with internet save "
+            f"timm.create_model({name!r}, pretrained=True).state_dict() with torch.save, copy the file here "
+            f"and use vit_edu.load_state_dict_file(path, {name!r})"
+        ) from e
+    model = from_timm(tm)
+    return VisionTransformer(model.config, **overrides) if overrides else model

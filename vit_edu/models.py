@@ -1,0 +1,61 @@
+"""Named presets, with timm's names, and ``create_model``.
+
+The paper's Table 1: Base (D=768, L=12, 12 heads, MLP 3072), Large (1024, 24, 16, 4096),
+Huge (1280, 32, 16, 5120). Ti and S come from DeiT (Touvron et al. 2021). The ``vit_course_*``
+presets are the small 32x32 models this course trains on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from .config import ViTConfig
+from .vit import VisionTransformer
+
+_B = dict(dim=768, depth=12, heads=12, mlp_dim=3072)
+_L = dict(dim=1024, depth=24, heads=16, mlp_dim=4096)
+_H = dict(dim=1280, depth=32, heads=16, mlp_dim=5120)
+
+PRESETS: Dict[str, dict] = {
+    "vit_tiny_patch16_224": dict(patch_size=16, dim=192, depth=12, heads=3, mlp_dim=768),
+    "vit_small_patch16_224": dict(patch_size=16, dim=384, depth=12, heads=6, mlp_dim=1536),
+    "vit_base_patch16_224": dict(patch_size=16, **_B),
+    "vit_base_patch32_224": dict(patch_size=32, **_B),
+    "vit_large_patch16_224": dict(patch_size=16, **_L),
+    "vit_large_patch32_224": dict(patch_size=32, **_L),
+    "vit_huge_patch14_224": dict(patch_size=14, **_H),
+    "vit_base_r50_s16_224": dict(patch_size=1, hybrid_layers=(3, 4, 9), **_B),
+    # 32x32 course models: 4x4 patches -> 8x8 = 64 tokens (+1 class token)
+    "vit_nano_patch4_32": dict(image_size=32, patch_size=4, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128),
+    "vit_course_patch4_32": dict(image_size=32, patch_size=4, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=256),
+}
+
+
+def list_models() -> list:
+    return sorted(PRESETS)
+
+
+def get_config(name: str, **overrides) -> ViTConfig:
+    """The ViTConfig of a preset, with fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model name {name!r}; known models: {', '.join(list_models())}")
+    unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown ViTConfig field(s) {unknown} for create_model({name!r}); "
+                        f"expected some of {sorted(ViTConfig.__dataclass_fields__)}")
+    kwargs = {**PRESETS[name], **overrides}
+    kwargs["extra"] = {**kwargs.get("extra", {}), "preset": name}
+    return ViTConfig(**kwargs)
+
+
+def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTransformer:
+    """Build a preset by timm's name, e.g. ``create_model('vit_base_patch16_224', num_classes=10)``.
+
+    ``pretrained=True`` downloads timm's weights (needs internet) and converts them with ``from_timm``.
+    """
+    config = get_config(name, **overrides)
+    if not pretrained:
+        return VisionTransformer(config)
+    from .convert import timm_pretrained
+
+    return timm_pretrained(name, **overrides)

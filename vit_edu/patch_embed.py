@@ -1,0 +1,137 @@
+"""Patch embedding: cut the image into P x P patches and project each one to D features (paper eq. 1).
+
+Two equal ways to write it:
+
+* ``PatchEmbed``: ``Conv2d(C, D, kernel_size=P, stride=P)``. With stride = kernel the windows do not
+  overlap, so each output pixel is a linear function of exactly one patch. Output size per side:
+  floor((n + 2p - f) / s + 1) = n / P with padding p = 0, filter f = P, stride s = P.
+* ``LinearPatchEmbed``: ``rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')`` then ``Linear(P*P*C, D)``:
+  the paper's x_p^i E, literally.
+
+``conv_to_linear_`` / ``linear_to_conv_`` copy weights between the two, so a notebook can prove them equal.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+from einops import rearrange
+from einops.layers.torch import Rearrange
+from torch import nn
+
+from .config import to_2tuple
+
+PATCHIFY_PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
+
+
+def check_image(x: torch.Tensor, in_channels: int, image_size: Union[Tuple[int, int], None],
+                patch_size: Tuple[int, int], what: str = "model") -> None:
+    """Raise a clear error for anything but a [B, C, H, W] float tensor the model can cut into patches."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} expects a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " (a single image? add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
+        raise ValueError(f"{what} expects a 4-D tensor [B, C, H, W], got {x.ndim}-D tensor of shape {tuple(x.shape)}{hint}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{what} expects a floating-point image tensor, got dtype {x.dtype} (convert with x.float() / 255)")
+    if x.shape[1] != in_channels:
+        hint = " (channels-last input? permute with x.permute(0, 3, 1, 2))" if x.shape[-1] == in_channels else ""
+        raise ValueError(f"{what} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}){hint}")
+    H, W = x.shape[-2:]
+    if image_size is not None and (H, W) != tuple(image_size):
+        raise ValueError(
+            f"{what} was built for images of size {tuple(image_size)}, got {(H, W)}; build it with "
+            f"image_size={(H, W)} or dynamic_img_size=True, or resize the input"
+        )
+    if H % patch_size[0] or W % patch_size[1]:
+        raise ValueError(f"image size {(H, W)} is not divisible by the patch size {tuple(patch_size)}")
+
+
+def patchify(images: torch.Tensor, patch_size: Union[int, Tuple[int, int]]) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, P*P*C], patches in row-major order, pixels in (p1 p2 c) order."""
+    p1, p2 = to_2tuple(patch_size, "patch_size")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"patchify expects a 4-D tensor [B, C, H, W], got {shape}")
+    H, W = images.shape[-2:]
+    if H % p1 or W % p2:
+        raise ValueError(f"image size {(H, W)} is not divisible by the patch size {(p1, p2)}")
+    return rearrange(images, PATCHIFY_PATTERN, p1=p1, p2=p2)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: Union[int, Tuple[int, int]], grid_size: Tuple[int, int],
+               channels: int = 3) -> torch.Tensor:
+    """Inverse of :func:`patchify`: [B, N, P*P*C] -> [B, C, H, W]."""
+    p1, p2 = to_2tuple(patch_size, "patch_size")
+    return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=grid_size[0], w=grid_size[1], p1=p1, p2=p2, c=channels)
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(k=P, s=P) patch embedding: [B, C, H, W] -> [B, N, D]."""
+
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
+        super().__init__()
+        self.image_size = to_2tuple(image_size, "image_size")
+        self.patch_size = to_2tuple(patch_size, "patch_size")
+        self.in_channels = in_channels
+        self.dynamic_img_size = dynamic_img_size
+        self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
+        x = self.proj(x)  # [B, D, H/P, W/P]
+        return rearrange(x, "b d h w -> b (h w) d")  # [B, N, D]
+
+
+class LinearPatchEmbed(nn.Module):
+    """Rearrange into flattened patches, then Linear(P*P*C, D): [B, C, H, W] -> [B, N, D]."""
+
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
+        super().__init__()
+        self.image_size = to_2tuple(image_size, "image_size")
+        self.patch_size = to_2tuple(patch_size, "patch_size")
+        self.in_channels = in_channels
+        self.dynamic_img_size = dynamic_img_size
+        self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        p1, p2 = self.patch_size
+        self.to_patches = Rearrange(PATCHIFY_PATTERN, p1=p1, p2=p2)
+        self.proj = nn.Linear(p1 * p2 * in_channels, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
+        return self.proj(self.to_patches(x))  # [B, N, P*P*C] -> [B, N, D]
+
+
+def _check_pair(conv: nn.Conv2d, linear: nn.Linear) -> None:
+    c_out, c_in, p1, p2 = conv.weight.shape
+    if linear.weight.shape != (c_out, p1 * p2 * c_in):
+        raise ValueError(
+            f"cannot copy between Conv2d weight {tuple(conv.weight.shape)} and Linear weight "
+            f"{tuple(linear.weight.shape)}: expected Linear weight ({c_out}, {p1 * p2 * c_in})"
+        )
+
+
+@torch.no_grad()
+def conv_to_linear_(conv_embed: PatchEmbed, linear_embed: LinearPatchEmbed) -> LinearPatchEmbed:
+    """Copy Conv2d weights [D, C, P, P] into Linear weights [D, (P P C)] so both give the same tokens."""
+    conv, linear = conv_embed.proj, linear_embed.proj
+    _check_pair(conv, linear)
+    linear.weight.copy_(rearrange(conv.weight, "d c p1 p2 -> d (p1 p2 c)"))
+    linear.bias.copy_(conv.bias)
+    return linear_embed
+
+
+@torch.no_grad()
+def linear_to_conv_(linear_embed: LinearPatchEmbed, conv_embed: PatchEmbed) -> PatchEmbed:
+    """Inverse of :func:`conv_to_linear_`."""
+    conv, linear = conv_embed.proj, linear_embed.proj
+    _check_pair(conv, linear)
+    c = conv.weight.shape[1]
+    p1, p2 = conv.weight.shape[2:]
+    conv.weight.copy_(rearrange(linear.weight, "d (p1 p2 c) -> d c p1 p2", p1=p1, p2=p2, c=c))
+    conv.bias.copy_(linear.bias)
+    return conv_embed

@@ -1,0 +1,68 @@
+"""Position embeddings: the learned 1-D table of the paper, the fixed 2-D sin-cos alternative, and resizing.
+
+Without a position embedding self-attention is permutation-equivariant: shuffle the patches and the
+outputs come out shuffled the same way. E_pos (paper eq. 1) tells each token where it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def sincos_2d_pos_embed(dim: int, grid_size: Tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding [H*W, dim]: a quarter of the features each for sin(x), cos(x), sin(y), cos(y).
+
+    Row-major over the grid, like the patches. Used by big_vision's "simple ViT" and MoCo v3.
+    """
+    if dim % 4 != 0:
+        raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
+    gh, gw = grid_size
+    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    y = y.flatten()[:, None] * omega[None, :]  # [N, dim/4]
+    x = x.flatten()[:, None] * omega[None, :]
+    pe = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # [N, dim]
+    return pe.float()
+
+
+def resize_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: Tuple[int, int],
+    old_grid: Optional[Tuple[int, int]] = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Interpolate a position embedding [1, prefix + h*w, D] to a new grid [1, prefix + H*W, D].
+
+    The class-token position (the first ``num_prefix_tokens`` rows) is kept as is; the patch positions
+    are treated as a D-channel image of size h x w and resized (paper section 3.2, "fine-tuning and
+    higher resolution").
+    """
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
+        raise ValueError(f"pos_embed must have shape [1, tokens, D], got {tuple(pos_embed.shape)}")
+    if mode not in ("bilinear", "bicubic", "nearest"):
+        raise ValueError(f"mode must be 'bilinear', 'bicubic' or 'nearest', got {mode!r}")
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    n = grid.shape[1]
+    if old_grid is None:
+        side = int(math.isqrt(n))
+        if side * side != n:
+            raise ValueError(f"cannot infer a square grid from {n} patch positions; pass old_grid=(h, w)")
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n:
+        raise ValueError(f"old_grid {tuple(old_grid)} has {old_grid[0] * old_grid[1]} positions but pos_embed has {n}")
+    new_grid = (int(new_grid[0]), int(new_grid[1]))
+    if tuple(old_grid) == new_grid:
+        return pos_embed
+    dtype = pos_embed.dtype
+    img = rearrange(grid, "1 (h w) d -> 1 d h w", h=old_grid[0], w=old_grid[1]).float()
+    kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": antialias}
+    img = F.interpolate(img, size=new_grid, mode=mode, **kwargs)
+    grid = rearrange(img, "1 d h w -> 1 (h w) d").to(dtype)
+    return torch.cat([prefix, grid], dim=1)
