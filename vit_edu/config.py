@@ -61,6 +61,9 @@ class ViTConfig:
     def __post_init__(self) -> None:
         self.image_size = to_2tuple(self.image_size, "image_size")
         self.patch_size = to_2tuple(self.patch_size, "patch_size")
+        for name in ("image_size", "patch_size"):
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive, got {tuple(getattr(self, name))}")
         if self.hybrid_layers is not None:
             self.hybrid_layers = tuple(int(v) for v in self.hybrid_layers)
         for name in ("in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):

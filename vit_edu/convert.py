@@ -282,4 +282,7 @@ def timm_pretrained(name: str, **overrides) -> VisionTransformer:
             f"and use vit_edu.load_state_dict_file(path, {name!r})"
         ) from e
     model = from_timm(tm)
-    return VisionTransformer(model.config, **overrides) if overrides else model
+    if not overrides:
+        return model
+    # e.g. drop_path=0.1 for fine-tuning: a new model with the overrides, and the pretrained weights loaded into it
+    return load_checked(VisionTransformer(model.config, **overrides), model.state_dict(), f"timm {name!r} weights")

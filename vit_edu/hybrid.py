@@ -46,10 +46,14 @@ class StdConv2dSame(nn.Conv2d):
         self.eps = eps
 
     def standardized_weight(self) -> torch.Tensor:
-        w = self.weight
-        mean = w.mean(dim=(1, 2, 3), keepdim=True)
-        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return (w - mean) / torch.sqrt(var + self.eps)
+        """(w - mean) / sqrt(var + eps) per output filter.
+
+        Computed with ``F.batch_norm`` over the flattened filters (each filter is one "channel"), as
+        timm and BiT do: the same formula, and bit-for-bit the same rounding as the pretrained models.
+        """
+        w = self.weight.reshape(1, self.out_channels, -1)  # [1, C_out, C_in*k*k]
+        w = F.batch_norm(w, None, None, training=True, momentum=0.0, eps=self.eps)
+        return w.reshape_as(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_same(x, self.kernel_size, self.stride)

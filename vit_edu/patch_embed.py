@@ -39,12 +39,12 @@ def check_image(x: torch.Tensor, in_channels: int, image_size: Union[Tuple[int, 
         hint = " (channels-last input? permute with x.permute(0, 3, 1, 2))" if x.shape[-1] == in_channels else ""
         raise ValueError(f"{what} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}){hint}")
     H, W = x.shape[-2:]
+    divisible = H % patch_size[0] == 0 and W % patch_size[1] == 0
     if image_size is not None and (H, W) != tuple(image_size):
-        raise ValueError(
-            f"{what} was built for images of size {tuple(image_size)}, got {(H, W)}; build it with "
-            f"image_size={(H, W)} or dynamic_img_size=True, or resize the input"
-        )
-    if H % patch_size[0] or W % patch_size[1]:
+        fix = (f"build it with image_size={(H, W)} or dynamic_img_size=True, or resize the input" if divisible
+               else f"resize the input; {(H, W)} is not even divisible by the patch size {tuple(patch_size)}")
+        raise ValueError(f"{what} was built for images of size {tuple(image_size)}, got {(H, W)}; {fix}")
+    if not divisible:
         raise ValueError(f"image size {(H, W)} is not divisible by the patch size {tuple(patch_size)}")
 
 

@@ -17,7 +17,8 @@ from einops import rearrange
 def sincos_2d_pos_embed(dim: int, grid_size: Tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 2-D sin-cos embedding [H*W, dim]: a quarter of the features each for sin(x), cos(x), sin(y), cos(y).
 
-    Row-major over the grid, like the patches. Used by big_vision's "simple ViT" and MoCo v3.
+    Row-major over the grid, like the patches. Frequencies 1/T^(k/K) as in MoCo v3 and timm (big_vision
+    divides by K-1 instead, a small difference that matters only when loading its sin-cos models).
     """
     if dim % 4 != 0:
         raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")

@@ -1,0 +1,456 @@
+"""Tests for vit_edu.analysis (the numbers behind the pictures) and vit_edu.viz (the pictures).
+
+Every analysis function is checked against an independent reference: numbers worked out by hand,
+plain Python loops (itertools, math.dist, F.cosine_similarity) or scipy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from einops import rearrange  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import vit_edu  # noqa: E402
+from vit_edu import analysis, viz  # noqa: E402
+from vit_edu.patch_embed import LinearPatchEmbed, PatchEmbed, conv_to_linear_  # noqa: E402
+
+
+def random_attention(layers: int, batch: int, heads: int, tokens: int) -> list:
+    """Row-stochastic random attention, like a softmax output."""
+    return [torch.randn(batch, heads, tokens, tokens).softmax(dim=-1) for _ in range(layers)]
+
+
+# ------------------------------------------------------------------------------------------------ rollout
+# Hand case: T = 3, 2 heads, 2 layers, batch 1.
+HEADS_1 = torch.tensor([
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
+    [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+])[None]  # [1, 2, 3, 3]; mean over heads = [[.5, .5, 0], [0, 1, 0], [.5, 0, .5]]
+PERM = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+HEADS_2 = torch.stack([PERM, PERM])[None]  # [1, 2, 3, 3]; both heads the same permutation
+
+# Â1 = 0.5 * mean + 0.5 * I = [[.75, .25, 0], [0, 1, 0], [.25, 0, .75]]
+# Â2 = 0.5 * PERM + 0.5 * I = [[.5, 0, .5], [.5, .5, 0], [0, .5, .5]]
+# R = Â2 @ Â1, worked out by hand:
+ROLLOUT_HAND = torch.tensor([[0.5, 0.125, 0.375], [0.375, 0.625, 0.0], [0.125, 0.5, 0.375]])
+ROLLOUT_WRONG_ORDER = torch.tensor([[0.5, 0.125, 0.375], [0.5, 0.5, 0.0], [0.125, 0.375, 0.5]])  # Â1 @ Â2
+
+
+def test_rollout_hand_case():
+    r = analysis.attention_rollout([HEADS_1, HEADS_2])
+    assert r.shape == (1, 3, 3)
+    torch.testing.assert_close(r[0], ROLLOUT_HAND)
+    assert not torch.allclose(r[0], ROLLOUT_WRONG_ORDER)  # the order of multiplication matters
+
+
+def test_rollout_head_fusion_max_min_by_hand():
+    # max over heads of layer 1: [[1, 1, 0], [0, 1, 0], [1, 0, 1]]; + I, rows / [3, 2, 3]
+    a1_max = torch.tensor([[2 / 3, 1 / 3, 0.0], [0.0, 1.0, 0.0], [1 / 3, 0.0, 2 / 3]])
+    a2 = torch.tensor([[0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
+    r_max = analysis.attention_rollout([HEADS_1, HEADS_2], head_fusion="max")
+    torch.testing.assert_close(r_max[0], a2 @ a1_max)
+    torch.testing.assert_close(r_max[0, 0], torch.tensor([0.5, 1 / 6, 1 / 3]))
+    # min over heads of layer 1: [[0, 0, 0], [0, 1, 0], [0, 0, 0]]; + I and normalised = I, so R = Â2
+    r_min = analysis.attention_rollout([HEADS_1, HEADS_2], head_fusion="min")
+    torch.testing.assert_close(r_min[0], a2)
+
+
+def test_rollout_is_row_stochastic_and_batched():
+    att = random_attention(layers=4, batch=3, heads=2, tokens=10)
+    for fusion in ("mean", "max", "min"):
+        for discard in (0.0, 0.5):
+            r = analysis.attention_rollout(att, head_fusion=fusion, discard_ratio=discard)
+            assert r.shape == (3, 10, 10)
+            assert (r >= 0).all()
+            torch.testing.assert_close(r.sum(dim=-1), torch.ones(3, 10))
+    # batched = one image at a time
+    r = analysis.attention_rollout(att)
+    r1 = analysis.attention_rollout([a[1:2] for a in att])
+    torch.testing.assert_close(r[1:2], r1)
+
+
+def test_rollout_of_identity_attention_is_identity():
+    eye = torch.eye(5).expand(2, 3, 5, 5)
+    r = analysis.attention_rollout([eye, eye, eye])
+    torch.testing.assert_close(r, torch.eye(5).expand(2, 5, 5))
+
+
+def test_rollout_without_identity_is_plain_product():
+    att = random_attention(layers=3, batch=1, heads=2, tokens=4)
+    r = analysis.attention_rollout(att, add_identity=False)
+    means = [a.mean(dim=1)[0] for a in att]
+    torch.testing.assert_close(r[0], means[2] @ means[1] @ means[0])
+
+
+def test_rollout_discard_ratio_by_hand():
+    # one layer, one head: discard_ratio 0.4 of 3 keys drops the smallest entry of each row
+    a = torch.tensor([[[[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]]]])
+    r = analysis.attention_rollout([a], discard_ratio=0.4)
+    kept = torch.tensor([[0.6, 0.3, 0.0], [0.0, 0.2, 0.6], [0.5, 0.4, 0.0]])  # ties: either 0.2 may go
+    expected = (kept + torch.eye(3)) / (kept + torch.eye(3)).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(r[0, 0], expected[0])
+    torch.testing.assert_close(r[0, 2], expected[2])
+    torch.testing.assert_close(r[0].sum(dim=-1), torch.ones(3))
+
+
+def test_rollout_rejects_bad_input():
+    att = random_attention(2, 1, 2, 5)
+    with pytest.raises(TypeError, match="list"):
+        analysis.attention_rollout(att[0])
+    with pytest.raises(ValueError, match=r"\[B, heads, T, T\]"):
+        analysis.attention_rollout([torch.rand(1, 2, 5, 4)])
+    with pytest.raises(ValueError, match="same attention shape"):
+        analysis.attention_rollout([att[0], torch.rand(1, 2, 6, 6)])
+    with pytest.raises(ValueError, match="head_fusion"):
+        analysis.attention_rollout(att, head_fusion="median")
+    with pytest.raises(ValueError, match="discard_ratio"):
+        analysis.attention_rollout(att, discard_ratio=1.0)
+
+
+# -------------------------------------------------------------------------------------------- cls maps
+def test_cls_attention_maps_match_a_loop():
+    gh, gw = 2, 3
+    att = random_attention(layers=2, batch=2, heads=3, tokens=1 + gh * gw)
+    maps = analysis.cls_attention_maps(att, (gh, gw))
+    assert maps.shape == (2, 2, 3, gh, gw)
+    for b, l, h, i, j in itertools.product(range(2), range(2), range(3), range(gh), range(gw)):
+        assert maps[b, l, h, i, j] == att[l][b, h, 0, 1 + i * gw + j]
+
+
+def test_cls_attention_maps_without_class_token_use_mean_row():
+    att = random_attention(layers=1, batch=1, heads=2, tokens=4)
+    maps = analysis.cls_attention_maps(att, 2, num_prefix_tokens=0)
+    torch.testing.assert_close(maps[0, 0], att[0][0].mean(dim=1).reshape(2, 2, 2))
+
+
+def test_token_count_must_match_grid():
+    att = random_attention(1, 1, 2, 17)
+    with pytest.raises(ValueError, match=r"T=17 tokens but num_prefix_tokens=1 \+ grid 4x5 = 21"):
+        analysis.cls_attention_maps(att, (4, 5))
+    with pytest.raises(ValueError, match=r"num_prefix_tokens=0 \+ grid 4x4 = 16"):
+        analysis.rollout_cls_map(att, 4, num_prefix_tokens=0)
+    analysis.cls_attention_maps(att, (4, 4))  # 1 + 16 = 17 is fine
+
+
+def test_rollout_cls_map():
+    gh, gw = 3, 2
+    att = random_attention(layers=3, batch=2, heads=2, tokens=1 + gh * gw)
+    m = analysis.rollout_cls_map(att, (gh, gw))
+    assert m.shape == (2, gh, gw)
+    torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(2))
+    row = analysis.attention_rollout(att)[:, 0, 1:]
+    torch.testing.assert_close(m.flatten(1), row / row.sum(dim=1, keepdim=True))
+    # mean pool, no class token: mean over the query rows
+    att0 = random_attention(layers=2, batch=1, heads=2, tokens=gh * gw)
+    m0 = analysis.rollout_cls_map(att0, (gh, gw), num_prefix_tokens=0)
+    mean_row = analysis.attention_rollout(att0)[0].mean(dim=0)
+    torch.testing.assert_close(m0[0].flatten(), mean_row / mean_row.sum())
+
+
+def test_upsample_map():
+    m = torch.arange(6.0).reshape(1, 2, 3)
+    near = analysis.upsample_map(m, (8, 12), mode="nearest")
+    torch.testing.assert_close(near, m.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2))
+    flat = analysis.upsample_map(torch.full((2, 3, 3), 0.25), 12)
+    torch.testing.assert_close(flat, torch.full((2, 12, 12), 0.25))
+    assert analysis.upsample_map(torch.rand(4, 4), 16).shape == (16, 16)
+    with pytest.raises(ValueError, match="mode"):
+        analysis.upsample_map(m, 8, mode="cubic")
+    with pytest.raises(ValueError, match=r"\[B, gh, gw\]"):
+        analysis.upsample_map(torch.rand(1, 1, 2, 2), 8)
+
+
+# ------------------------------------------------------------------------------------ attention distance
+def mean_pairwise_distance(gh: int, gw: int, ph: int, pw: int) -> float:
+    """Mean distance over all ordered pairs of patch centres (self-pairs included), plain Python."""
+    centres = [((i + 0.5) * ph, (j + 0.5) * pw) for i in range(gh) for j in range(gw)]
+    dists = [math.dist(a, b) for a, b in itertools.product(centres, centres)]
+    return sum(dists) / len(dists)
+
+
+def test_mean_attention_distance_uniform_attention():
+    gh, gw, patch = 3, 4, (2, 3)  # non-square grid and patch catch row/column mix-ups
+    T = 1 + gh * gw
+    uniform = [torch.full((2, 3, T, T), 1.0 / T)] * 2  # also attends to the class token: renormalised away
+    d = analysis.mean_attention_distance(uniform, (gh, gw), patch)
+    assert d.shape == (2, 3)
+    expected = mean_pairwise_distance(gh, gw, *patch)
+    torch.testing.assert_close(d, torch.full((2, 3), expected))
+    wrong = mean_pairwise_distance(gh, gw, patch[1], patch[0])
+    assert abs(expected - wrong) > 0.1
+
+
+def test_mean_attention_distance_self_attention_is_zero():
+    eye = torch.eye(1 + 9).expand(2, 4, 10, 10)
+    d = analysis.mean_attention_distance([eye], 3, 16)
+    torch.testing.assert_close(d, torch.zeros(1, 4))
+
+
+def test_mean_attention_distance_hand_case():
+    # grid 1x2, patch 4: centres (2, 2) and (2, 6), 4 pixels apart.
+    a = torch.tensor([[
+        [0.5, 0.25, 0.25],   # class token row: not a patch query, ignored
+        [0.2, 0.6, 0.2],     # patch 0: keys renormalised to [0.75, 0.25] -> 0.25 * 4 = 1
+        [0.0, 0.5, 0.5],     # patch 1: 0.5 * 4 = 2
+    ]])[None]  # [1, 1, 3, 3]
+    b = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])[None]  # patch 0 -> 4, patch 1 -> 0
+    d = analysis.mean_attention_distance([torch.cat([a, b])], (1, 2), 4)  # batch of two images
+    torch.testing.assert_close(d, torch.tensor([[((1 + 2) / 2 + (4 + 0) / 2) / 2]]))
+
+
+# ------------------------------------------------------------------------------------- position embedding
+def test_pos_embed_similarity_matches_pairwise_cosine():
+    gh, gw = 2, 3
+    pe = torch.randn(1, 1 + gh * gw, 5)
+    sim = analysis.pos_embed_similarity(pe, (gh, gw))
+    assert sim.shape == (gh, gw, gh, gw)
+    patches = pe[0, 1:]
+    for (i, j), (k, l) in itertools.product(itertools.product(range(gh), range(gw)), repeat=2):
+        ref = F.cosine_similarity(patches[i * gw + j], patches[k * gw + l], dim=0)
+        torch.testing.assert_close(sim[i, j, k, l], ref)
+    # a plain [N, D] table (no prefix row) gives the same
+    torch.testing.assert_close(analysis.pos_embed_similarity(patches, (gh, gw)), sim)
+    with pytest.raises(ValueError, match="expected 6"):
+        analysis.pos_embed_similarity(torch.randn(1, 9, 5), (gh, gw))
+
+
+def test_rankdata_matches_scipy_with_ties():
+    x = torch.tensor([3.0, 1.0, 2.0, 3.0, 3.0, 0.5, 2.0])
+    np.testing.assert_allclose(analysis.rankdata(x).numpy(), stats.rankdata(x.numpy()))
+
+
+def off_diagonal_pairs(sim: torch.Tensor):
+    """Similarity and grid distance for all ordered pairs i != j, written with plain loops."""
+    gh, gw = sim.shape[:2]
+    cells = list(itertools.product(range(gh), range(gw)))
+    s, d = [], []
+    for a, b in itertools.product(cells, cells):
+        if a != b:
+            s.append(float(sim[a[0], a[1], b[0], b[1]]))
+            d.append(math.dist(a, b))
+    return np.array(s), np.array(d)
+
+
+@pytest.mark.parametrize("kind", ["sincos", "random"])
+def test_similarity_distance_correlation_matches_scipy(kind):
+    g = (5, 4)
+    pe = vit_edu.sincos_2d_pos_embed(32, g) if kind == "sincos" else torch.randn(20, 32)
+    sim = analysis.pos_embed_similarity(pe, g, num_prefix_tokens=0)
+    out = analysis.similarity_distance_correlation(sim)
+    s, d = off_diagonal_pairs(sim)
+    assert out["num_pairs"] == 20 * 19
+    assert out["spearman"] == pytest.approx(stats.spearmanr(s, d).statistic, abs=1e-6)
+    assert out["pearson"] == pytest.approx(stats.pearsonr(s, d).statistic, abs=1e-6)
+
+
+def test_similarity_distance_correlation_sincos_vs_random():
+    sincos = analysis.pos_embed_similarity(vit_edu.sincos_2d_pos_embed(64, (8, 8)), 8)
+    assert analysis.similarity_distance_correlation(sincos)["spearman"] < -0.5
+    torch.manual_seed(0)
+    rand = analysis.pos_embed_similarity(torch.randn(1, 65, 64), 8)
+    assert abs(analysis.similarity_distance_correlation(rand)["spearman"]) < 0.1
+    with pytest.raises(ValueError, match=r"\[gh, gw, gh, gw\]"):
+        analysis.similarity_distance_correlation(torch.rand(4, 4))
+
+
+# -------------------------------------------------------------------------------- patch-embedding filters
+def low_rank_filters(D: int, F_: int, scales=(5.0, 3.0, 1.0)):
+    """D filters = mean + coefficients @ basis^T with orthonormal basis [F, k] and uncorrelated coefficients."""
+    k = len(scales)
+    basis, _ = torch.linalg.qr(torch.randn(F_, k, dtype=torch.float64))  # [F, k] orthonormal columns
+    c = torch.randn(D, k, dtype=torch.float64)
+    c, _ = torch.linalg.qr(c - c.mean(dim=0))  # zero-mean, orthonormal columns: exactly uncorrelated
+    coeffs = c * torch.tensor(scales, dtype=torch.float64)
+    mean = torch.randn(1, F_, dtype=torch.float64)
+    return (mean + coeffs @ basis.T).float(), basis.T.float()  # [D, F], [k, F]
+
+
+def test_patch_embedding_components_recover_low_rank_mixture_conv_layout():
+    C, P, D = 3, 4, 40
+    flat, basis = low_rank_filters(D, C * P * P)
+    conv_w = rearrange(flat, "d (c p1 p2) -> d c p1 p2", c=C, p1=P, p2=P)
+    comps, ratio = analysis.patch_embedding_components(conv_w, num_components=3)
+    assert comps.shape == (3, C, P, P) and ratio.shape == (3,)
+    expected = rearrange(basis, "k (c p1 p2) -> k c p1 p2", c=C, p1=P, p2=P)
+    for i in range(3):
+        assert abs(float((comps[i] * expected[i]).sum())) == pytest.approx(1.0, abs=1e-4)  # same up to sign
+    torch.testing.assert_close(ratio, torch.tensor([25.0, 9.0, 1.0]) / 35.0)
+
+
+def test_patch_embedding_components_linear_layout_is_p1_p2_c():
+    C, P, D = 3, 4, 40
+    flat, basis = low_rank_filters(D, C * P * P)  # features in (p1 p2 c) order, as patchify
+    comps, _ = analysis.patch_embedding_components(flat, num_components=3)  # patch size inferred: 4
+    expected = rearrange(basis, "k (p1 p2 c) -> k c p1 p2", c=C, p1=P, p2=P)
+    for i in range(3):
+        assert abs(float((comps[i] * expected[i]).sum())) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_patch_embedding_components_same_for_conv_and_linear_embeddings():
+    conv = PatchEmbed(32, 4, 3, 64)
+    linear = conv_to_linear_(conv, LinearPatchEmbed(32, 4, 3, 64))
+    c_conv, r_conv = analysis.patch_embedding_components(conv.proj, num_components=10)
+    c_lin, r_lin = analysis.patch_embedding_components(linear.proj, num_components=10)
+    torch.testing.assert_close(c_conv, c_lin, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r_conv, r_lin)
+    with pytest.raises(ValueError, match="num_components"):
+        analysis.patch_embedding_components(conv.proj, num_components=49)  # P*P*C = 48
+    with pytest.raises(ValueError, match="patch_size"):
+        analysis.patch_embedding_components(torch.randn(8, 50))
+
+
+# ------------------------------------------------------------------------------------------- localisation
+def test_localization_map_on_object_and_uniform():
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :4, :4] = 1  # 4 of 16 patches (patch 2)
+    masks[1, 2:8, 0:2] = 1  # 3 of 16 patches
+    obj = F.avg_pool2d(masks[:, None], 2)[:, 0] >= 0.5
+    on_object = obj.float() / obj.float().sum(dim=(1, 2), keepdim=True)
+    out = analysis.attention_localization(on_object, masks, 2)
+    torch.testing.assert_close(out["ratio"], torch.tensor([16 / 4, 16 / 3]))
+    torch.testing.assert_close(out["object_share"], torch.tensor([4 / 16, 3 / 16]))
+    assert out["mean"] == pytest.approx((4 + 16 / 3) / 2)
+    uniform = analysis.attention_localization(torch.full((2, 4, 4), 0.3), masks, 2)
+    torch.testing.assert_close(uniform["ratio"], torch.ones(2))
+    assert uniform["median"] == pytest.approx(1.0)
+
+
+def test_localization_half_covered_rule_fallback_and_empty_mask():
+    masks = torch.zeros(3, 4, 4)  # patch 2 -> grid 2x2
+    masks[0, 0:2, 0:1] = 1  # half of patch (0, 0): counts as object, ratio = 4 for a map on that patch
+    masks[1, 0, 0] = 1      # a quarter only: no patch qualifies -> any overlap counts
+    # masks[2] stays empty -> nan, left out of mean and median
+    m = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(3, 2, 2)
+    out = analysis.attention_localization(m, masks, 2)
+    assert out["ratio"][:2].tolist() == [4.0, 4.0]
+    assert math.isnan(out["ratio"][2])
+    assert out["mean"] == pytest.approx(4.0) and out["median"] == pytest.approx(4.0)
+    masks[0, 0:1, 0:1] = 0  # now only 1 of 4 pixels of patch (0, 0) and none elsewhere: fallback again
+    masks[0, 2:4, 2:4] = 1  # a full patch at (1, 1): the only object patch now
+    assert analysis.attention_localization(m, masks, 2)["ratio"][0] == 0.0
+
+
+def test_localization_median_and_errors():
+    masks = torch.zeros(3, 4, 4)
+    masks[:, :2, :2] = 1
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]]])
+    out = analysis.attention_localization(maps, masks, 2)  # ratios 4, 1, 2
+    torch.testing.assert_close(out["ratio"], torch.tensor([4.0, 1.0, 2.0]))
+    assert out["median"] == pytest.approx(2.0) and out["mean"] == pytest.approx(7 / 3)
+    with pytest.raises(ValueError, match=r"masks must have shape \(3, 4, 4\)"):
+        analysis.attention_localization(maps, torch.zeros(3, 6, 6), 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        analysis.attention_localization(-maps, masks, 2)
+
+
+# -------------------------------------------------------------------------------- real model integration
+@pytest.fixture(scope="module")
+def nano_attention():
+    torch.manual_seed(0)
+    model = vit_edu.create_model("vit_nano_patch4_32").eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        _, att = model(images, return_attention=True)
+    return model, images, att
+
+
+def test_analysis_on_nano_model(nano_attention):
+    model, _, att = nano_attention
+    grid = model.config.grid_size  # (8, 8)
+    assert len(att) == 2 and att[0].shape == (2, 4, 65, 65)
+    r = analysis.attention_rollout(att)
+    assert r.shape == (2, 65, 65) and torch.isfinite(r).all()
+    assert analysis.cls_attention_maps(att, grid).shape == (2, 2, 4, 8, 8)
+    cls_map = analysis.rollout_cls_map(att, grid)
+    assert cls_map.shape == (2, 8, 8) and torch.isfinite(cls_map).all()
+    d = analysis.mean_attention_distance(att, grid, 4)
+    assert d.shape == (2, 4) and torch.isfinite(d).all()
+    assert ((d > 0) & (d < 32 * math.sqrt(2))).all()
+    sim = analysis.pos_embed_similarity(model.pos_embed, grid)
+    assert sim.shape == (8, 8, 8, 8)
+    torch.testing.assert_close(torch.diagonal(sim.reshape(64, 64)), torch.ones(64))
+    comps, ratio = analysis.patch_embedding_components(model.patch_embed.proj)
+    assert comps.shape == (28, 3, 4, 4) and float(ratio.sum()) <= 1.0 + 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ viz
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_show_images_and_save_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))
+    images = torch.rand(5, 3, 16, 16)
+    masks = torch.zeros(5, 16, 16)
+    masks[:, 4:12, 4:12] = 1
+    fig = viz.show_images(images, labels=torch.tensor([0, 1, 2, 1, 0]), class_names=["a", "b", "c"], ncols=3, masks=masks)
+    assert isinstance(fig, plt.Figure) and len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["a", "b", "c", "b", "a"]
+    path = viz.save_figure(fig, "test_images")
+    assert path == tmp_path / "test_images.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # numpy HWC batch works too
+    assert len(viz.show_images(np.random.rand(2, 16, 16, 3)).axes) == 2
+    with pytest.raises(ValueError, match="labels"):
+        viz.show_images(images, labels=[0, 1])
+
+
+def test_show_patch_grid():
+    fig = viz.show_patch_grid(torch.rand(3, 32, 32), 8)
+    assert len(fig.axes) == 2
+    assert "16 patches" in fig.axes[1].get_title()
+    with pytest.raises(ValueError, match="divisible"):
+        viz.show_patch_grid(np.random.rand(30, 30, 3), 8)
+
+
+def test_attention_plots(nano_attention):
+    _, images, att = nano_attention
+    fig = viz.plot_attention_heads(images[0], att, (8, 8), layer=-1)
+    assert len(fig.axes) == 1 + 4 + 1  # image, 4 heads, colourbar
+    fig = viz.plot_attention_layers(images[1], att, (8, 8), index=1)
+    assert len(fig.axes) == 2 * 4 + 1
+    masks = torch.zeros(2, 32, 32)
+    masks[:, 8:24, 8:24] = 1
+    fig = viz.plot_rollout(images, analysis.rollout_cls_map(att, 8), masks=masks)
+    assert len(fig.axes) == 2 * 2 + 1
+    assert fig.axes[2].get_xlabel().startswith("ratio")  # row 2, column 1
+    with pytest.raises(ValueError, match="rollout_maps"):
+        viz.plot_rollout(images, torch.rand(3, 8, 8))
+
+
+def test_distance_similarity_component_plots(nano_attention, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))
+    _, _, att = nano_attention
+    fig = viz.plot_mean_attention_distance(analysis.mean_attention_distance(att, 8, 4), patch_size=4, image_size=32)
+    assert len(fig.axes) == 1 and len(fig.axes[0].collections) == 4  # one scatter per head
+    sim = analysis.pos_embed_similarity(vit_edu.sincos_2d_pos_embed(64, (8, 8)), 8)
+    fig = viz.plot_pos_embed_similarity(sim, title="sincos", vmin=-1, vmax=1)
+    assert len(fig.axes) == 2  # mosaic + colourbar
+    assert fig.axes[0].get_xlabel() == "Input patch column" and fig.axes[0].get_ylabel() == "Input patch row"
+    assert viz.save_figure(fig, "sim").exists()
+    comps, ratio = analysis.patch_embedding_components(torch.randn(64, 3, 4, 4), num_components=10)
+    fig = viz.plot_patch_components(comps, ncols=7, variance_ratio=ratio)
+    assert len(fig.axes) == 14  # 2 rows of 7, the last 4 switched off
+    assert sum(ax.axison for ax in fig.axes) == 10
+
+
+def test_plot_history_tolerates_missing_keys():
+    full = {"epoch": [1, 2, 3], "train_loss": [2.0, 1.0, 0.5], "test_loss": [2.1, 1.2, 0.9],
+            "train_acc": [0.2, 0.5, 0.7], "test_acc": [0.2, 0.4, 0.6], "lr": [0.0, 1e-3, 5e-4]}
+    assert len(viz.plot_history(full).axes) == 3
+    assert len(viz.plot_history({"step": [10, 20], "train_loss": [1.0, 0.5]}).axes) == 2
+    assert len(viz.plot_history({}).axes) == 2
+    with pytest.raises(TypeError, match="dict"):
+        viz.plot_history([1, 2])

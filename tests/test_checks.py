@@ -1,0 +1,666 @@
+"""The self-checks accept right answers and name the usual mistakes (issue "Classroom assignments").
+
+Each mistake is written here as a small student-style function or class; the check must fail with a
+message that names that mistake, so a student learns WHAT is wrong, not only that something is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vit_edu import checks
+from vit_edu.checks import CheckError
+
+
+# ------------------------------------------------------------------------------------ reference solutions
+def patchify(images, patch_size):
+    return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
+
+
+def patchify_loops(images, patch_size):
+    """A correct alternative written with reshape + permute."""
+    B, C, H, W = images.shape
+    P = patch_size
+    x = images.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 3, 5, 1)  # b h w p1 p2 c
+    return x.reshape(B, (H // P) * (W // P), P * P * C)
+
+
+class PatchEmbedding(nn.Module):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+
+
+class LinearPatchEmbedding(nn.Module):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(patch_size * patch_size * in_channels, dim)
+
+    def forward(self, x):
+        return self.proj(patchify(x, self.patch_size))
+
+
+def add_cls_and_pos(tokens, cls_token, pos_embed):
+    return torch.cat([cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + pos_embed
+
+
+def attention(q, k, v):
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    return weights @ v, weights
+
+
+def attention_fused(q, k, v):
+    """Correct alternative: scale q first, fused kernel for out."""
+    weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return F.scaled_dot_product_attention(q, k, v), weights
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def split(self, x):
+        return rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+
+    def merge(self, out):
+        return rearrange(out, "b h n d -> b n (h d)")
+
+    def forward(self, x):
+        q, k, v = self.split(x)
+        out, _ = attention(q, k, v)
+        return self.proj(self.merge(out))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiHeadAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, mlp_dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def vit_forward(model, images):
+    x = model.patch_embed(images)
+    x = add_cls_and_pos(x, model.cls_token, model.pos_embed)
+    for blk in model.blocks:
+        x = blk(x)
+    return model.head(model.norm(x)[:, 0])
+
+
+def attention_rollout(attentions):
+    result = None
+    for attn in attentions:
+        a = attn.mean(dim=1)
+        a = a + torch.eye(a.shape[-1])
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a if result is None else a @ result
+    return result
+
+
+def not_implemented(*args, **kwargs):
+    raise NotImplementedError()
+
+
+class NotImplementedModule(nn.Module):
+    def __init__(self, *args):
+        super().__init__()
+        raise NotImplementedError()
+
+
+# ------------------------------------------------------------------------------------ right answers pass
+@pytest.mark.parametrize("check, solution", [
+    (checks.check_patchify, patchify), (checks.check_patchify, patchify_loops),
+    (checks.check_patch_embedding, PatchEmbedding), (checks.check_patch_embedding, LinearPatchEmbedding),
+    (checks.check_cls_and_pos, add_cls_and_pos),
+    (checks.check_attention, attention), (checks.check_attention, attention_fused),
+    (checks.check_multi_head_attention, MultiHeadAttention), (checks.check_mlp, MLP),
+    (checks.check_encoder_block, EncoderBlock), (checks.check_vit_forward, vit_forward),
+    (checks.check_rollout, attention_rollout),
+])
+def test_reference_passes(check, solution, capsys):
+    assert check(solution) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"✓ {check.__name__} passed (") and out.endswith(" cases)\n")
+
+
+def test_package_pieces_pass_their_checks():
+    """The package's own modules satisfy the contracts (they are the reference, so this is a sanity check)."""
+    import vit_edu
+    checks.check_patchify(vit_edu.patchify)
+    checks.check_attention(vit_edu.scaled_dot_product_attention)
+    checks.check_mlp(vit_edu.Mlp)
+    checks.check_multi_head_attention(vit_edu.Attention)
+    checks.check_encoder_block(vit_edu.Block)
+
+
+def test_rollout_reference_agrees_with_package_if_present():
+    """The check's fallback reference and vit_edu.analysis.attention_rollout (when it exists) agree."""
+    torch.manual_seed(0)
+    att = [(2 * torch.randn(2, 3, 7, 7)).softmax(-1) for _ in range(4)]
+    ref = checks._rollout_ref_impl()(att)
+    torch.testing.assert_close(ref, checks._rollout_reference(att))
+    torch.testing.assert_close(ref, attention_rollout(att))
+    torch.testing.assert_close(ref.sum(-1), torch.ones(2, 7))  # rows stay distributions
+
+
+def test_check_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.check_attention(attention)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_all_checks_registered():
+    assert sorted(checks.CHECKS) == sorted([
+        "patchify", "patch_embedding", "cls_and_pos", "attention", "multi_head_attention", "mlp", "encoder_block",
+        "vit_forward", "rollout"])
+
+
+# ------------------------------------------------------------------------------ generic failures: stubs, fakes
+ALL = [
+    (checks.check_patchify, not_implemented), (checks.check_patch_embedding, NotImplementedModule),
+    (checks.check_cls_and_pos, not_implemented), (checks.check_attention, not_implemented),
+    (checks.check_multi_head_attention, NotImplementedModule), (checks.check_mlp, NotImplementedModule),
+    (checks.check_encoder_block, NotImplementedModule), (checks.check_vit_forward, not_implemented),
+    (checks.check_rollout, not_implemented),
+]
+
+
+@pytest.mark.parametrize("check, stub", ALL, ids=[c.__name__ for c, _ in ALL])
+def test_not_implemented_stub_fails(check, stub):
+    with pytest.raises(CheckError, match=rf"^{check.__name__}: not implemented yet"):
+        check(stub)
+
+
+def _memo(fn):
+    """Hard-coded answer: the output for the first input, returned for every input (right shape, right once)."""
+    cache = {}
+
+    def f(*args):
+        if "out" not in cache:
+            cache["out"] = fn(*args)
+        return cache["out"]
+    return f
+
+
+@pytest.mark.parametrize("check, solution", [
+    (checks.check_patchify, patchify), (checks.check_cls_and_pos, add_cls_and_pos),
+    (checks.check_attention, attention), (checks.check_vit_forward, vit_forward),
+    (checks.check_rollout, attention_rollout),
+])
+def test_hard_coded_answer_fails(check, solution):
+    with pytest.raises(CheckError, match=f"^{check.__name__}: "):
+        check(_memo(solution))
+
+
+def test_hard_coded_module_fails():
+    class Frozen(MLP):
+        def forward(self, x):
+            return torch.zeros_like(x)
+    with pytest.raises(CheckError, match="wrong output values"):
+        checks.check_mlp(Frozen)
+
+
+def test_student_exception_is_reported_with_inputs():
+    def broken(images, patch_size):
+        return images.view(-1, 7, 3)
+    with pytest.raises(CheckError, match=r"raised RuntimeError: .*\n  inputs: images \[2, 3, 8, 8\], patch_size=4"):
+        checks.check_patchify(broken)
+
+
+def test_returning_none_is_explained():
+    with pytest.raises(CheckError, match="forget to return"):
+        checks.check_patchify(lambda images, p: None)
+
+
+def test_in_place_modification_is_reported():
+    def in_place(tokens, cls_token, pos_embed):
+        tokens += 0  # harmless value, but a student writing tokens += pos would corrupt the caller's tensor
+        tokens.mul_(2)
+        return add_cls_and_pos(tokens, cls_token, pos_embed)
+    with pytest.raises(CheckError, match="changed its input `tokens` in place"):
+        checks.check_cls_and_pos(in_place)
+
+
+def test_generic_message_names_diff_and_index():
+    def off_by_a_bit(images, p):
+        out = patchify(images, p).clone()
+        out[0, 1, 2] += 1.0
+        return out
+    with pytest.raises(CheckError, match=r"none of the usual mistakes matches\): max abs diff 1; first wrong entry "
+                                         r"at index \(0, 1, 2\)"):
+        checks.check_patchify(off_by_a_bit)
+
+
+# --------------------------------------------------------------------------------------- 1 patchify mutants
+PATCHIFY_MUTANTS = {
+    r"\(c p1 p2\) order": lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p),
+    "column by column": lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b (w h) (p1 p2 c)", p1=p, p2=p),
+    r"\(p2 p1 c\) order": lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b (h w) (p2 p1 c)", p1=p, p2=p),
+    "reshaped the image tensor directly": lambda x, p: x.reshape(x.shape[0], -1, p * p * x.shape[1]),
+    "moved the channels last and reshaped": lambda x, p: x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, p * p * x.shape[1]),
+    r"wrong output shape: expected \[2, 4, 48\], got \[2, 2, 2, 48\]":
+        lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b h w (p1 p2 c)", p1=p, p2=p),
+    r"(?s)raised EinopsError: .*\n  inputs: images \[1, 3, 8, 12\], patch_size=4":  # square images only
+        lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p, h=x.shape[2] // p, w=x.shape[2] // p),
+}
+
+
+@pytest.mark.parametrize("message", list(PATCHIFY_MUTANTS))
+def test_patchify_mutants(message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_patchify(PATCHIFY_MUTANTS[message])
+
+
+# ---------------------------------------------------------------------------------- 2 patch embedding mutants
+class ConvColumnMajor(PatchEmbedding):
+    def forward(self, x):
+        return rearrange(self.proj(x), "b d h w -> b (w h) d")
+
+
+class ConvNoTranspose(PatchEmbedding):
+    def forward(self, x):
+        y = self.proj(x)
+        return y.reshape(y.shape[0], -1, y.shape[1])
+
+
+class ConvFlattenOnly(PatchEmbedding):
+    def forward(self, x):
+        return self.proj(x).flatten(2)
+
+
+class ConvStride1(PatchEmbedding):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__(image_size, patch_size, in_channels, dim)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=1)
+
+
+class LinearChannelsFirst(LinearPatchEmbedding):
+    def forward(self, x):
+        p = self.patch_size
+        return self.proj(rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p))
+
+
+class LinearWrongSize(LinearPatchEmbedding):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__(image_size, patch_size, in_channels, dim)
+        self.proj = nn.Linear(patch_size * patch_size, dim)
+
+
+class NoProj(nn.Module):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+
+
+@pytest.mark.parametrize("module, message", [
+    (ConvColumnMajor, "column-major order"),
+    (ConvNoTranspose, r"reshaped the Conv2d output \[B, D, h, w\] straight to \[B, N, D\]"),
+    (ConvFlattenOnly, r"got \[B, D, N\]: after flatten\(2\) also transpose\(1, 2\)"),
+    (ConvStride1, r"`self.proj` should be nn.Conv2d\(3, 16, kernel_size=4, stride=4\)"),
+    (LinearChannelsFirst, r"\(c p1 p2\) order"),
+    (LinearWrongSize, r"should be .* or nn.Linear\(48, 16\), got nn.Linear\(16, 16\)"),
+    (NoProj, "has no attribute `proj`"),
+])
+def test_patch_embedding_mutants(module, message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_patch_embedding(module)
+
+
+def test_patch_embedding_wants_a_class():
+    with pytest.raises(CheckError, match="pass the class itself"):
+        checks.check_patch_embedding(PatchEmbedding(8, 4, 3, 16))
+
+
+# -------------------------------------------------------------------------------------- 3 cls + pos mutants
+def cat(*xs):
+    return torch.cat(xs, dim=1)
+
+
+CLS_MUTANTS = {
+    "the position embedding is missing": lambda t, c, p: cat(c.expand(t.shape[0], -1, -1), t),
+    "the class token is at the end; it goes in FRONT": lambda t, c, p: cat(t, c.expand(t.shape[0], -1, -1)) + p,
+    r"class token misses pos_embed\[:, 0\]": lambda t, c, p: cat(c.expand(t.shape[0], -1, -1), t + p[:, 1:]),
+    "the class token is missing": lambda t, c, p: t + p[:, 1:],
+    r"wrong output shape: expected \[2, 5, 8\], got \[1, 5, 8\]\n  hint: the batch axis is 1":
+        lambda t, c, p: cat(c, t[:1]) + p,
+}
+
+
+@pytest.mark.parametrize("message", list(CLS_MUTANTS))
+def test_cls_and_pos_mutants(message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_cls_and_pos(CLS_MUTANTS[message])
+
+
+def test_cls_without_expand_reports_the_error():
+    with pytest.raises(CheckError, match=r"raised RuntimeError: .*\n  inputs: tokens \[2, 4, 8\], cls_token \[1, 1, 8\]"):
+        checks.check_cls_and_pos(lambda t, c, p: torch.cat([c, t], dim=1) + p)
+
+
+# ------------------------------------------------------------------------------------ 4 attention mutants
+def _attn(scale=lambda d: d ** -0.5, dim=-1, softmax=True):
+    def f(q, k, v):
+        logits = q @ k.transpose(-2, -1) * scale(q.shape[-1])
+        w = logits.softmax(dim) if softmax else logits
+        return w @ v, w
+    return f
+
+
+ATTENTION_MUTANTS = {
+    r"wrong weights: the 1/sqrt\(d\) scale is missing": _attn(scale=lambda d: 1.0),
+    r"scaled by 1/d instead of 1/sqrt\(d\)": _attn(scale=lambda d: 1.0 / d),
+    r"multiplied by sqrt\(d\)": _attn(scale=lambda d: d ** 0.5),
+    r"softmax is over the wrong axis \(dim=-2": _attn(dim=-2),
+    r"softmax is over the heads axis": _attn(dim=1),
+    "the softmax is missing": _attn(softmax=False),
+    r"the outputs are swapped: return \(out, weights\)": lambda q, k, v: attention(q, k, v)[::-1],
+    r"must return a tuple \(out, weights\), got \[2, 4, 6, 8\]": lambda q, k, v: attention(q, k, v)[0],
+    r"wrong out: out uses the transposed weights":
+        lambda q, k, v: (attention(q, k, v)[1].transpose(-2, -1) @ v, attention(q, k, v)[1]),
+    r"wrong out: the 1/sqrt\(d\) scale is missing":
+        lambda q, k, v: (_attn(scale=lambda d: 1.0)(q, k, v)[0], attention(q, k, v)[1]),
+    r"scale uses the number of heads": lambda q, k, v: _attn(scale=lambda d: q.shape[1] ** -0.5)(q, k, v),
+}
+
+
+@pytest.mark.parametrize("message", list(ATTENTION_MUTANTS))
+def test_attention_mutants(message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_attention(ATTENTION_MUTANTS[message])
+
+
+# ---------------------------------------------------------------------------------- 5 multi-head mutants
+class SplitHThreeD(MultiHeadAttention):
+    def split(self, x):
+        return rearrange(self.qkv(x), "b n (h three d) -> three b h n d", three=3, h=self.heads)
+
+
+class HeadsDH(MultiHeadAttention):
+    def split(self, x):
+        return rearrange(self.qkv(x), "b n (three d h) -> three b h n d", three=3, h=self.heads)
+
+    def merge(self, out):
+        return rearrange(out, "b h n d -> b n (d h)")
+
+
+class MergeReshape(MultiHeadAttention):
+    def merge(self, out):
+        B, H, N, d = out.shape
+        return out.reshape(B, N, H * d)
+
+
+class SplitReshape(MultiHeadAttention):
+    def split(self, x):
+        B, N, D = x.shape
+        return [t.reshape(B, self.heads, N, D // self.heads) for t in self.qkv(x).chunk(3, dim=-1)]
+
+
+class NoScaleMHA(MultiHeadAttention):
+    def forward(self, x):
+        q, k, v = self.split(x)
+        return self.proj(self.merge((q @ k.transpose(-2, -1)).softmax(-1) @ v))
+
+
+class ModelDimScale(MultiHeadAttention):
+    def forward(self, x):
+        q, k, v = self.split(x)
+        return self.proj(self.merge((q @ k.transpose(-2, -1) / math.sqrt(x.shape[-1])).softmax(-1) @ v))
+
+
+class NoProjMHA(MultiHeadAttention):
+    def forward(self, x):
+        q, k, v = self.split(x)
+        return self.merge(attention(q, k, v)[0])
+
+
+class ReturnsTuple(MultiHeadAttention):
+    def forward(self, x):
+        q, k, v = self.split(x)
+        out, w = attention(q, k, v)
+        return self.proj(self.merge(out)), w
+
+
+class NoQkvBias(MultiHeadAttention):
+    """Correct: qkv without bias is still the same map once the weights are copied."""
+
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+
+
+class SeparateQKV(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+
+@pytest.mark.parametrize("module, message", [
+    (SplitHThreeD, r"split as \(h three d\); the contract .* stacks them as \(three h d\)"),
+    (HeadsDH, r"the heads are split as \(d h\) instead of \(h d\)"),
+    (MergeReshape, "the heads are merged with a plain reshape"),
+    (SplitReshape, "split into heads with a plain reshape"),
+    (NoScaleMHA, r"the 1/sqrt\(d\) scale is missing"),
+    (ModelDimScale, "the scale uses the model dim D"),
+    (NoProjMHA, "the output projection is missing"),
+    (ReturnsTuple, "should be a single torch.Tensor, got a tuple of 2 items"),
+    (SeparateQKV, r"has no attribute `qkv`; the exercise asks for `self.qkv` = nn.Linear\(32, 96\)"),
+])
+def test_multi_head_attention_mutants(module, message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_multi_head_attention(module)
+
+
+def test_multi_head_attention_without_qkv_bias_passes():
+    checks.check_multi_head_attention(NoQkvBias)
+
+
+# ----------------------------------------------------------------------------------------- 6 MLP mutants
+def _mlp_with(act):
+    class M(MLP):
+        def forward(self, x):
+            return self.fc2(act(self.fc1(x)))
+    return M
+
+
+class MLPResidual(MLP):
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+@pytest.mark.parametrize("module, message", [
+    (_mlp_with(F.relu), "ReLU is used instead of GELU"),
+    (_mlp_with(lambda t: F.gelu(t, approximate="tanh")), "the tanh approximation of GELU"),
+    (_mlp_with(lambda t: t), "the activation is missing"),
+    (MLPResidual, "the residual belongs to the encoder block"),
+])
+def test_mlp_mutants(module, message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_mlp(module)
+
+
+def test_mlp_with_dropout_passes():
+    class WithDropout(MLP):
+        def __init__(self, dim, hidden_dim):
+            super().__init__(dim, hidden_dim)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    checks.check_mlp(WithDropout)  # the check evaluates in eval() mode
+
+
+# --------------------------------------------------------------------------------------- 7 block mutants
+def _block(fwd):
+    class B(EncoderBlock):
+        def forward(self, x):
+            return fwd(self, x)
+    return B
+
+
+class BlockEps(EncoderBlock):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.norm1 = nn.LayerNorm(dim)
+
+
+class BlockBadAttn(EncoderBlock):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.attn = NoScaleMHA(dim, heads)
+
+
+class BlockReluMlp(EncoderBlock):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.mlp = _mlp_with(F.relu)(dim, mlp_dim)
+
+
+def _post_norm(s, x):
+    x = s.norm1(x + s.attn(x))
+    return s.norm2(x + s.mlp(x))
+
+
+def _no_attn_res(s, x):
+    x = s.attn(s.norm1(x))
+    return x + s.mlp(s.norm2(x))
+
+
+def _no_mlp_res(s, x):
+    x = x + s.attn(s.norm1(x))
+    return s.mlp(s.norm2(x))
+
+
+def _swapped(s, x):
+    x = x + s.attn(s.norm2(x))
+    return x + s.mlp(s.norm1(x))
+
+
+def _normed_res(s, x):
+    x = s.norm1(x)
+    x = x + s.attn(x)
+    x = s.norm2(x)
+    return x + s.mlp(x)
+
+
+def _parallel(s, x):
+    h = x + s.attn(s.norm1(x))
+    return h + s.mlp(s.norm2(x))
+
+
+@pytest.mark.parametrize("module, message", [
+    (_block(_post_norm), "this is post-norm"),
+    (_block(_no_attn_res), "the attention residual is missing"),
+    (_block(_no_mlp_res), "the MLP residual is missing"),
+    (_block(_swapped), "norm1 and norm2 are swapped"),
+    (_block(_normed_res), "the residual adds the normalised input"),
+    (_block(_parallel), "the MLP reads the block input x"),
+    (BlockEps, r"`self.norm1` has eps=1e-05; .* eps=1e-6"),
+    (BlockBadAttn, r"wrong self.attn\(x\): the 1/sqrt\(d\) scale is missing"),
+    (BlockReluMlp, r"wrong self.mlp\(x\): ReLU is used instead of GELU"),
+])
+def test_encoder_block_mutants(module, message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_encoder_block(module)
+
+
+# ------------------------------------------------------------------------------------------ 8 ViT mutants
+def _vit(cls="front", pos=True, norm=True, pool="cls", blocks=True):
+    def f(model, images):
+        x = model.patch_embed(images)
+        c = model.cls_token.expand(x.shape[0], -1, -1)
+        if cls == "front":
+            x = torch.cat([c, x], 1)
+        elif cls == "end":
+            x = torch.cat([x, c], 1)
+        if pos:
+            x = x + (model.pos_embed if cls else model.pos_embed[:, 1:])
+        for blk in (model.blocks if blocks else []):
+            x = blk(x)
+        if norm:
+            x = model.norm(x)
+        return model.head(x[:, 0] if pool == "cls" else x.mean(1))
+    return f
+
+
+@pytest.mark.parametrize("fn, message", [
+    (_vit(cls=None), "the class token is missing"),
+    (_vit(pos=False), "the position embedding is missing"),
+    (_vit(cls="end"), "the class token is appended at the end"),
+    (_vit(norm=False), "the final LayerNorm model.norm is missing"),
+    (_vit(pool="mean"), "the logits come from the mean of all tokens"),
+    (_vit(blocks=False), "the blocks are skipped"),
+    (lambda model, images: model(images), r"vit_forward called model\(\.\.\.\)"),
+    (lambda model, images: model.head(model.forward_features(images)[:, 0]), r"called model.forward_features"),
+])
+def test_vit_forward_mutants(fn, message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_vit_forward(fn)
+
+
+def test_vit_forward_check_restores_the_model_methods():
+    """After a check (even a failing one) nothing of the forbidding stays behind on the class."""
+    import vit_edu
+    with pytest.raises(CheckError):
+        checks.check_vit_forward(lambda model, images: model(images))
+    model = vit_edu.create_model("vit_nano_patch4_32")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+# -------------------------------------------------------------------------------------- 9 rollout mutants
+def _rollout(fuse=lambda a: a.mean(1), identity=True, renorm=True, first_left=False):
+    def f(attentions):
+        result = None
+        for attn in attentions:
+            a = fuse(attn)
+            if identity:
+                a = a + torch.eye(a.shape[-1])
+            if renorm:
+                a = a / a.sum(dim=-1, keepdim=True)
+            result = a if result is None else (result @ a if first_left else a @ result)
+        return result
+    return f
+
+
+@pytest.mark.parametrize("fn, message", [
+    (_rollout(identity=False), "the identity is missing"),
+    (_rollout(renorm=False), "the rows are not renormalised"),
+    (_rollout(first_left=True), "the layers are multiplied in the wrong order"),
+    (_rollout(fuse=lambda a: a.amax(1)), "the heads are not averaged: the max over heads"),
+    (_rollout(fuse=lambda a: a), "the heads axis is still there"),
+    (lambda att: _rollout()(att[-1:]), "only the last layer is used"),
+])
+def test_rollout_mutants(fn, message):
+    with pytest.raises(CheckError, match=message):
+        checks.check_rollout(fn)

@@ -1,0 +1,136 @@
+"""``python -m vit_edu``: help texts, a tiny train run in a subprocess, evaluate, clear errors, dispatch."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from vit_edu.__main__ import build_parser, main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI with pipes (not a terminal), one thread, so it behaves as in a log file or CI."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env.pop("VIT_EDU_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "vit_edu", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_help_lists_every_command(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "demo", "assignments", "grade"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--epochs", "--batch-size", "--lr", "--time-budget", "--resume", "--export", "--n-train"):
+        assert flag in out
+
+
+def test_train_then_evaluate_in_a_subprocess(tmp_path) -> None:
+    out_dir, export = tmp_path / "run", tmp_path / "nano.safetensors"
+    res = run_cli("train", "--model", "vit_nano_patch4_32", "--epochs", "1", "--n-train", "256", "--n-test", "128",
+                  "--batch-size", "64", "--out-dir", str(out_dir), "--export", str(export), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (out_dir / "last.pt").is_file() and export.is_file()
+    assert re.search(r"final test accuracy 0\.\d{4}", res.stdout)
+    assert f"checkpoint saved to {out_dir / 'last.pt'}" in res.stdout
+    # not a terminal: one line per epoch, no tqdm bars redrawn with carriage returns
+    assert "\r" not in res.stdout + res.stderr
+    assert "it/s" not in res.stderr
+
+    res = run_cli("evaluate", "--checkpoint", str(out_dir / "last.pt"), "--n", "96", "--seed", "5", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    printed = float(re.search(r"accuracy (\d\.\d{4})", res.stdout).group(1))
+
+    # the same number computed here, in-process, from the exported weights
+    import torch
+
+    from vit_edu import data
+    from vit_edu.train import evaluate, load_model
+
+    model = load_model(export)
+    ds = data.get_dataset("shapes", split="test", n=96, seed=5)
+    expected = evaluate(model, torch.utils.data.DataLoader(ds, batch_size=32))["acc"]
+    assert printed == pytest.approx(expected, abs=1e-4)
+
+
+def test_missing_real_dataset_is_a_clear_error(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("VIT_EDU_DEBUG", raising=False)
+    code = main(["train", "cifar10", "--data-root", str(tmp_path / "nothing_here"), "--epochs", "1",
+                 "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cifar10" in err and "not found" in err and "--download" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 3
+
+
+def test_bad_arguments_exit_nonzero(tmp_path, capsys) -> None:
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--model", "vit_nano_patch4_32", "--export", str(tmp_path / "x.pt")]) == 2
+    assert "safetensors" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "three"])
+    assert exit_info.value.code == 2
+
+
+def test_assignments_and_grade_dispatch_to_their_modules(monkeypatch) -> None:
+    calls = []
+    for name in ("assignments", "grading"):
+        fake = types.ModuleType(f"vit_edu.{name}")
+        fake.main = lambda argv, name=name: calls.append((name, argv)) or 7
+        monkeypatch.setitem(sys.modules, f"vit_edu.{name}", fake)
+    assert main(["assignments", "--out", "x"]) == 7
+    assert main(["grade", "nb.ipynb", "--help"]) == 7
+    assert calls == [("assignments", ["--out", "x"]), ("grading", ["nb.ipynb", "--help"])]
+
+
+def test_train_flags_map_onto_train_config() -> None:
+    from vit_edu.__main__ import train_config_from_args
+
+    args = build_parser().parse_args(["train", "--epochs", "3", "--lr", "0.01", "--time-budget", "0",
+                                      "--workers", "2", "--dropout", "0.1"])
+    cfg = train_config_from_args(args)
+    assert (cfg.epochs, cfg.lr, cfg.time_budget_s, cfg.num_workers) == (3, 0.01, None, 2)
+    assert cfg.model_overrides == {"dropout": 0.1} and cfg.dataset == "shapes"
+    default = train_config_from_args(build_parser().parse_args(["train"]))
+    assert default.time_budget_s == 300.0 and default.model == "vit_course_patch4_32"
+
+
+def test_resume_from_the_command_line(tmp_path, capsys) -> None:
+    out_dir = tmp_path / "run"
+    common = ["--out-dir", str(out_dir), "--no-progress"]
+    assert main(["train", "--model", "vit_nano_patch4_32", "--epochs", "2", "--stop-after-epochs", "1",
+                 "--n-train", "128", "--n-test", "64", "--batch-size", "64", *common]) == 0
+    from vit_edu.train import load_checkpoint
+
+    assert load_checkpoint(out_dir / "last.pt")["epoch"] == 1
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out_dir / "last.pt"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch  2.00/2" in out
+    ckpt = load_checkpoint(out_dir / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["train"]["n_train"] == 128  # the stored settings were kept
+
+
+def test_demo_writes_figures(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))  # restored after the test
+    assert main(["demo", "--n", "200", "--images", "4", "--figures-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"accuracy on 200 fresh shapes images \(seed 2024\): \d+\.\d\d %", out)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["demo_attention_rollout.png", "demo_pos_embed_similarity.png"]
+    for name in written:
+        assert f"wrote {tmp_path / name}" in out and (tmp_path / name).stat().st_size > 1000

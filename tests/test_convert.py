@@ -1,0 +1,276 @@
+"""Converters: vit_edu gives the same logits as timm and torchvision (max abs diff <= 1e-5, fp32, eval).
+
+All reference models are built with random weights (``pretrained=False`` / ``weights=None``) and then
+perturbed, so no parameter is a trivially-equal zero or one. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+import vit_edu
+from vit_edu import VisionTransformer, ViTConfig, from_timm, from_torchvision, load_state_dict_file
+from vit_edu.convert import load_checked, to_timm_state_dict, to_torchvision_state_dict
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+ATOL = 1e-5
+
+
+def assert_same_logits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    assert a.abs().max() > 1e-2, "logits are ~0: the comparison would prove nothing"
+    diff = (a - b).abs().max().item()
+    assert diff <= ATOL, f"max abs diff {diff:.3e} > {ATOL}"
+
+
+def small_timm(perturb, **kw) -> TimmViT:
+    """A small timm ViT (32x32 images, 4x4 patches) with randomized weights, in eval mode."""
+    args = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
+    return perturb(TimmViT(**{**args, **kw})).eval()
+
+
+def compare_timm(tm, x: torch.Tensor, features: bool = True) -> VisionTransformer:
+    model = from_timm(tm).eval()
+    with torch.no_grad():
+        assert_same_logits(model(x), tm(x))
+        if features:  # the tokens too, not only the pooled logits
+            torch.testing.assert_close(model.forward_features(x), tm.forward_features(x), rtol=0, atol=ATOL)
+    return model
+
+
+# -------------------------------------------------------------------------------------------------- timm
+
+
+@pytest.mark.parametrize(
+    "kw, pool, class_token",
+    [
+        (dict(), "cls", True),
+        (dict(global_pool="avg"), "mean", True),  # timm: no final norm, fc_norm after pooling
+        (dict(global_pool="avg", class_token=False), "mean", False),
+        (dict(global_pool="avg", class_token=False, fc_norm=False), "mean", False),  # norm before pooling
+        (dict(qkv_bias=False), "cls", True),
+        (dict(img_size=(32, 48)), "cls", True),  # non-square grid
+    ],
+)
+def test_timm_parity(perturb, kw, pool, class_token) -> None:
+    tm = small_timm(perturb, **kw)
+    h, w = tm.patch_embed.img_size
+    model = compare_timm(tm, torch.randn(3, 3, h, w))
+    assert model.config.pool == pool and model.config.class_token == class_token
+    assert model.num_parameters() == sum(p.numel() for p in tm.parameters())
+
+
+def test_timm_parity_other_image_size(perturb) -> None:
+    tm = small_timm(perturb, img_size=96, patch_size=16, embed_dim=48, num_heads=3)
+    model = compare_timm(tm, torch.randn(2, 3, 96, 96))
+    assert model.config.image_size == (96, 96) and model.config.grid_size == (6, 6)
+
+
+def test_timm_dynamic_img_size(perturb) -> None:
+    tm = small_timm(perturb, dynamic_img_size=True)
+    model = from_timm(tm).eval()
+    assert model.config.dynamic_img_size
+    x = torch.randn(2, 3, 48, 40)  # built for 32x32: the position table is resized on the fly (bicubic)
+    with torch.no_grad():
+        assert_same_logits(model(x), tm(x))
+
+
+def test_timm_preset_configs_are_read_back() -> None:
+    """from_timm reads every hyper-parameter of the real presets (on the meta device: no weights needed)."""
+    for name in ["vit_base_patch16_224", "vit_large_patch32_224", "vit_huge_patch14_224", "vit_base_r50_s16_224"]:
+        with torch.device("meta"):
+            tm = timm.create_model(name, pretrained=False, num_classes=1000)
+        cfg = vit_edu.convert.config_from_timm(tm)
+        ours = vit_edu.get_config(name)
+        for field in ["image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes", "class_token",
+                      "pool", "hybrid_layers", "norm_eps", "qkv_bias"]:
+            assert getattr(cfg, field) == getattr(ours, field), (name, field)
+
+
+def test_timm_hybrid_small(perturb) -> None:
+    tm = perturb(timm.create_model("vit_base_r50_s16_224", pretrained=False, depth=2, img_size=64,
+                                   num_classes=10)).eval()
+    model = compare_timm(tm, torch.randn(2, 3, 64, 64))
+    assert model.config.hybrid_layers == (3, 4, 9) and model.config.grid_size == (4, 4)
+
+
+def test_timm_hybrid_224_odd_size_padding(perturb) -> None:
+    """At 224 (and an odd 80, where TF 'SAME' padding is asymmetric) the backbone still matches."""
+    tm = perturb(timm.create_model("vit_base_r50_s16_224", pretrained=False, depth=1, num_classes=5)).eval()
+    compare_timm(tm, torch.randn(1, 3, 224, 224), features=False)
+    tm80 = perturb(timm.create_model("vit_base_r50_s16_224", pretrained=False, depth=1, img_size=80,
+                                     num_classes=5)).eval()
+    compare_timm(tm80, torch.randn(1, 3, 80, 80), features=False)
+
+
+@pytest.mark.parametrize(
+    "kw, feature",
+    [
+        (dict(reg_tokens=4), "register tokens"),
+        (dict(init_values=1e-5), "layer scale"),
+        (dict(qk_norm=True), "qk-norm"),
+        (dict(pre_norm=True), "pre-norm"),
+        (dict(global_pool="map"), "attention pooling"),
+    ],
+)
+def test_from_timm_refuses_unsupported(perturb, kw, feature) -> None:
+    tm = small_timm(perturb, **kw)
+    with pytest.raises(ValueError, match=feature):
+        from_timm(tm)
+
+
+def test_from_timm_refuses_unsupported_preset() -> None:
+    with torch.device("meta"):
+        tm = timm.create_model("vit_small_patch16_224", pretrained=False, reg_tokens=4)
+    with pytest.raises(ValueError, match="register tokens"):
+        from_timm(tm)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(patch_embed="linear"), dict(pool="mean"),
+                                       dict(class_token=False, pool="mean", fc_norm=False)])
+def test_to_timm_state_dict_round_trip(perturb, overrides) -> None:
+    cfg = ViTConfig(image_size=32, patch_size=4, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, **overrides)
+    model = perturb(VisionTransformer(cfg)).eval()
+    tm = TimmViT(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
+                 global_pool="avg" if cfg.pool == "mean" else "token", class_token=cfg.class_token,
+                 fc_norm=cfg.use_fc_norm).eval()
+    tm.load_state_dict(to_timm_state_dict(model), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(tm(x), model(x))
+
+
+def test_pretrained_keeps_weights_with_overrides(perturb, monkeypatch) -> None:
+    """create_model(name, pretrained=True, drop_path=0.1) must keep the downloaded weights.
+
+    The download is replaced by a random small timm model, so nothing goes to the network.
+    """
+    source = small_timm(perturb)
+    calls = []
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained, kwargs))
+        return source
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    model = vit_edu.timm_pretrained("vit_tiny_patch16_224", drop_path=0.1, fused_attn=False).eval()
+    assert calls == [("vit_tiny_patch16_224", True, {})]
+    assert model.config.drop_path == 0.1 and model.blocks[-1].drop_path1.p == pytest.approx(0.1)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(model(x), source(x))
+
+
+# ------------------------------------------------------------------------------------------ torchvision
+
+
+TV_ARGS = dict(image_size=32, patch_size=4, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+
+
+def small_torchvision(perturb, **kw) -> torchvision.models.VisionTransformer:
+    return perturb(torchvision.models.VisionTransformer(**{**TV_ARGS, **kw})).eval()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(representation_size=48), dict(patch_size=8, image_size=48)])
+def test_torchvision_parity(perturb, kw) -> None:
+    tv = small_torchvision(perturb, **kw)
+    model = from_torchvision(tv).eval()
+    assert model.config.representation_size == kw.get("representation_size")
+    assert model.num_parameters() == sum(p.numel() for p in tv.parameters())
+    x = torch.randn(3, 3, tv.image_size, tv.image_size)
+    with torch.no_grad():
+        assert_same_logits(model(x), tv(x))
+    # and back into a fresh torchvision model
+    tv2 = torchvision.models.VisionTransformer(**{**TV_ARGS, **kw}).eval()
+    tv2.load_state_dict(to_torchvision_state_dict(model), strict=True)
+    with torch.no_grad():
+        assert_same_logits(tv2(x), tv(x))
+
+
+@pytest.mark.parametrize("builder, preset", [(torchvision.models.vit_b_32, "vit_base_patch32_224")])
+def test_torchvision_real_builder(builder, preset) -> None:
+    tv = builder(weights=None).eval()  # random weights; torchvision zero-inits the head and the biases
+    with torch.no_grad():  # so perturb those (cheap: the big matrices are random already)
+        for name, p in tv.named_parameters():
+            if p.ndim <= 1 or name.startswith("heads") or name in ("class_token", "encoder.pos_embedding"):
+                p.add_(torch.randn_like(p) * 0.02)
+    model = from_torchvision(tv).eval()
+    ours = vit_edu.get_config(preset)
+    for field in ["image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "num_classes"]:
+        assert getattr(model.config, field) == getattr(ours, field), field
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_same_logits(model(x), tv(x))
+
+
+def test_vit_b_16_config_on_meta() -> None:
+    with torch.device("meta"):
+        tv = torchvision.models.vit_b_16(weights=None)
+        cfg = vit_edu.convert.config_from_torchvision(tv)
+    assert (cfg.patch_size, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_dim) == ((16, 16), 768, 12, 12, 3072)
+
+
+def test_to_torchvision_refuses_other_layouts() -> None:
+    model = VisionTransformer(ViTConfig(image_size=32, patch_size=4, dim=32, depth=1, heads=2, mlp_dim=64,
+                                        class_token=False, pool="mean"))
+    with pytest.raises(ValueError, match="class token"):
+        to_torchvision_state_dict(model)
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+NANO_TIMM = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0)
+
+
+def test_load_state_dict_file_torch_save(perturb, tmp_path) -> None:
+    tm = perturb(TimmViT(**NANO_TIMM)).eval()
+    path = tmp_path / "timm_nano.pth"
+    torch.save(tm.state_dict(), path)
+    model = load_state_dict_file(path, "vit_nano_patch4_32").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(model(x), tm(x))
+    wrapped = tmp_path / "wrapped.pth"  # a training checkpoint {"model": state_dict, ...}
+    torch.save({"model": tm.state_dict(), "epoch": 3}, wrapped)
+    with torch.no_grad():
+        assert_same_logits(load_state_dict_file(wrapped, "vit_nano_patch4_32").eval()(x), tm(x))
+
+
+def test_load_state_dict_file_safetensors_and_torchvision(perturb, tmp_path) -> None:
+    tm = perturb(TimmViT(**{**NANO_TIMM, "num_classes": 3})).eval()  # num_classes read from the file
+    path = tmp_path / "timm_nano.safetensors"
+    save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(path))
+    model = load_state_dict_file(path, "vit_nano_patch4_32").eval()
+    assert model.config.num_classes == 3
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(model(x), tm(x))
+    tv = small_torchvision(perturb)
+    tv_path = tmp_path / "tv_nano.pth"
+    torch.save(tv.state_dict(), tv_path)
+    with torch.no_grad():
+        assert_same_logits(load_state_dict_file(tv_path, "vit_nano_patch4_32").eval()(x), tv(x))
+
+
+def test_load_state_dict_file_wrong_architecture(perturb, tmp_path) -> None:
+    tm = TimmViT(**{**NANO_TIMM, "embed_dim": 96, "depth": 3, "num_heads": 3})  # not a vit_nano
+    path = tmp_path / "other.pth"
+    torch.save(tm.state_dict(), path)
+    with pytest.raises(ValueError, match=r"unexpected keys \(\d+\): blocks\.2\.") as info:
+        load_state_dict_file(path, "vit_nano_patch4_32")
+    message = str(info.value)
+    assert "shape mismatches" in message
+    assert "blocks.0.attn.qkv.weight: expected (192, 64), got (288, 96)" in message
+    other_size = tmp_path / "other_size.pth"  # same layers, 64x64 images: only the position table differs
+    torch.save(TimmViT(**{**NANO_TIMM, "img_size": 64}).state_dict(), other_size)
+    with pytest.raises(ValueError, match=r"shape mismatches \(1\): pos_embed: expected \(1, 65, 64\), got \(1, 257, 64\)"):
+        load_state_dict_file(other_size, "vit_nano_patch4_32")
+    with pytest.raises(ValueError, match=r"missing keys \(\d+\): .*head\.weight"):
+        load_checked(vit_edu.create_model("vit_nano_patch4_32"), {k: v for k, v in tm.state_dict().items()
+                                                                 if not k.startswith("head")})

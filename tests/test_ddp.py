@@ -1,0 +1,107 @@
+"""Two processes with DistributedDataParallel take exactly the step one process takes on the whole batch.
+
+The test launches ``torch.distributed.run --nproc_per_node=2`` (gloo on CPU, 127.0.0.1, a free port) on
+a script that calls ``vit_edu.train.fit`` and saves each rank's final weights. Then it redoes the same
+steps by hand in this process: each step's batch is rank 0's shard followed by rank 1's shard (as the
+DistributedSampler deals them), one mean loss, one SGD step. DDP averages the two ranks' gradients,
+and the mean over two equal halves is the mean over the whole, so the weights must agree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from vit_edu import data
+from vit_edu.train import TrainConfig, build_model, build_scheduler
+
+WORLD = 2
+# SGD, not AdamW: Adam divides by sqrt(v), which blows float noise in near-zero gradients (the key bias
+# gets none at all: softmax ignores it) up to full-size steps, so no tolerance would be meaningful.
+CONFIG = dict(model="vit_nano_patch4_32", epochs=1, batch_size=32, lr=0.05, weight_decay=0.05, warmup_steps=2,
+              optimizer="sgd",
+              label_smoothing=0.1, n_train=128, n_test=64, seed=7, device="cpu", progress=False,
+              save_checkpoints=False, model_overrides={"dropout": 0.0})
+
+SCRIPT = """
+import sys, torch
+from vit_edu.train import TrainConfig, cleanup_distributed, fit
+import torch.distributed as dist
+cfg = TrainConfig(**{config!r}, out_dir=sys.argv[1])
+model, history = fit(cfg)
+torch.save(model.state_dict(), f"{{sys.argv[1]}}/rank{{dist.get_rank()}}_of_{{dist.get_world_size()}}.pt")
+# a time budget that runs out: every rank must stop at the same step (else DDP hangs)
+_, budget_history = fit(TrainConfig(**{{**cfg.to_dict(), "epochs": 5, "time_budget_s": 1e-3}}))
+print(f"budget run stopped after {{budget_history['epoch'][-1]:.2f}} epochs on rank {{dist.get_rank()}}")
+cleanup_distributed()
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reference_weights() -> dict:
+    """One process, the concatenated batches, mean loss, the same optimizer and schedule."""
+    cfg = TrainConfig(**CONFIG, out_dir="unused")
+    ds = data.get_dataset("shapes", split="train", n=cfg.n_train)
+    model = build_model(cfg, num_classes=8, image_size=32, in_channels=3)
+    model.train()
+    skip = model.no_weight_decay()
+    opt = torch.optim.SGD([
+        {"params": [p for n, p in model.named_parameters() if n not in skip], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n in skip], "weight_decay": 0.0},
+    ], lr=cfg.lr, momentum=0.9)
+    per_rank = cfg.batch_size // WORLD
+    steps = cfg.n_train // cfg.batch_size
+    sched = build_scheduler(opt, cfg.warmup_steps, steps)
+    shards = []
+    for rank in range(WORLD):
+        sampler = DistributedSampler(ds, num_replicas=WORLD, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(0)
+        shards.append(list(sampler))
+    for step in range(steps):
+        idx = [i for shard in shards for i in shard[step * per_rank:(step + 1) * per_rank]]
+        images = torch.stack([ds[i][0] for i in idx])  # [32, 3, 32, 32]
+        labels = torch.tensor([ds[i][1] for i in idx])
+        loss = nn.functional.cross_entropy(model(images), labels, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return model.state_dict()
+
+
+def test_two_process_ddp_equals_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(config=CONFIG)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "PYTHONHASHSEED": "0"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(tmp_path)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "2 process(es)" in res.stdout  # it really ran distributed, and only rank 0 printed
+    assert res.stdout.count("final") == 0 and res.stdout.count("epoch  1.00/1") == 1
+    for rank in range(WORLD):  # the budget run ended (no hang) inside its first epoch on both ranks
+        assert f"budget run stopped after 0.25 epochs on rank {rank}" in res.stdout, res.stdout
+
+    ranks = [torch.load(tmp_path / f"rank{r}_of_{WORLD}.pt", weights_only=True) for r in range(WORLD)]
+    expected = reference_weights()
+    assert ranks[0].keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(ranks[0][k], ranks[1][k]), f"ranks disagree on {k}"
+        torch.testing.assert_close(ranks[0][k], expected[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    # and training moved the weights (so the comparison is not trivially true)
+    init = build_model(TrainConfig(**CONFIG, out_dir="unused"), 8, 32, 3).state_dict()
+    assert not torch.allclose(init["head.weight"], expected["head.weight"])

@@ -1,0 +1,399 @@
+"""The model itself: shapes, parameter counts, patch embeddings, attention, position embeddings,
+stochastic depth, initialization and a tiny overfitting run.
+
+Every check compares against something computed independently: a PyTorch operator
+(``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, ``F.interpolate``), timm, numpy,
+or a parameter count written out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+
+import vit_edu
+from vit_edu import (
+    Attention,
+    DropPath,
+    LinearPatchEmbed,
+    PatchEmbed,
+    ViTConfig,
+    VisionTransformer,
+    conv_to_linear_,
+    create_model,
+    linear_to_conv_,
+    resize_pos_embed,
+    scaled_dot_product_attention,
+    sincos_2d_pos_embed,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = dict(image_size=32, patch_size=8, num_classes=7, dim=32, depth=2, heads=4, mlp_dim=64)
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    "overrides, tokens",
+    [
+        (dict(), 16 + 1),  # (32/8)^2 = 16 patches + class token
+        (dict(pool="mean"), 16 + 1),
+        (dict(class_token=False, pool="mean"), 16),
+        (dict(pos_embedding="sincos2d"), 16 + 1),
+        (dict(pos_embedding="none", class_token=False, pool="mean"), 16),
+        (dict(patch_embed="linear"), 16 + 1),
+        (dict(image_size=(32, 48)), 4 * 6 + 1),  # non-square image: 4 x 6 grid
+        (dict(representation_size=24), 16 + 1),
+    ],
+)
+def test_shapes(overrides: dict, tokens: int) -> None:
+    model = VisionTransformer(ViTConfig(**{**TINY, **overrides})).eval()
+    h, w = model.config.image_size
+    x = torch.randn(3, 3, h, w)
+    assert model.config.num_tokens == tokens
+    assert model.forward_features(x).shape == (3, tokens, 32)  # [B, T, D]
+    assert model(x).shape == (3, 7)  # [B, num_classes]
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (3, overrides.get("representation_size", 32))
+
+
+def test_pooling_reads_the_right_tokens() -> None:
+    """cls pooling returns token 0; mean pooling averages the patch tokens and ignores the class token."""
+    tokens = torch.randn(2, 5, 8)
+    cls_model = VisionTransformer(ViTConfig(**{**TINY, "dim": 8, "heads": 2}))
+    mean_model = VisionTransformer(ViTConfig(**{**TINY, "dim": 8, "heads": 2, "pool": "mean"}))
+    torch.testing.assert_close(cls_model.pool(tokens), tokens[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(mean_model.pool(tokens), tokens[:, 1:].mean(dim=1))
+    assert isinstance(mean_model.fc_norm, nn.LayerNorm) and isinstance(mean_model.norm, nn.Identity)  # timm's avg layout
+
+
+def test_no_pos_embedding_is_permutation_equivariant() -> None:
+    """Without E_pos, shuffling the patches only shuffles the output tokens (why position embeddings exist)."""
+    model = VisionTransformer(ViTConfig(**{**TINY, "pos_embedding": "none", "class_token": False, "pool": "mean"})).eval()
+    x = torch.randn(2, 3, 32, 32)
+    perm = torch.randperm(16)
+    with torch.no_grad():
+        tokens = model.patch_embed(x)  # [B, 16, D]
+        out = model.norm(torch.nn.Sequential(*model.blocks)(tokens))
+        out_perm = model.norm(torch.nn.Sequential(*model.blocks)(tokens[:, perm]))
+    torch.testing.assert_close(out_perm, out[:, perm], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ parameter counts
+
+PAPER_COUNTS = {  # timm's numbers with a 1000-class head
+    "vit_tiny_patch16_224": 5_717_416,
+    "vit_small_patch16_224": 22_050_664,
+    "vit_base_patch16_224": 86_567_656,
+    "vit_base_patch32_224": 88_224_232,
+    "vit_large_patch16_224": 304_326_632,
+    "vit_large_patch32_224": 306_535_400,
+    "vit_huge_patch14_224": 632_045_800,
+    "vit_base_r50_s16_224": 98_659_112,
+}
+
+
+def resnet_params(in_channels: int, layers: tuple) -> tuple[int, int]:
+    """Parameters of the BiT ResNet (no conv biases, GroupNorm has weight + bias) and its output channels."""
+    n = 7 * 7 * in_channels * 64 + 2 * 64  # stem conv + GroupNorm
+    c_in = 64
+    for stage, depth in enumerate(layers):
+        c_out = 256 * 2**stage
+        mid = c_out // 4
+        for i in range(depth):
+            n += c_in * mid + 9 * mid * mid + mid * c_out  # 1x1, 3x3, 1x1 convolutions
+            n += 2 * (mid + mid + c_out)  # three GroupNorms
+            if i == 0:  # projection shortcut (channels change in the first block of every stage)
+                n += c_in * c_out + 2 * c_out
+            c_in = c_out
+    return n, c_in
+
+
+def analytic_params(c: ViTConfig) -> int:
+    """The count written out from the paper's equations, independently of any nn.Module."""
+    C, (P, _), D, L, M, K = c.in_channels, c.patch_size, c.dim, c.depth, c.mlp_dim, c.num_classes
+    if c.hybrid_layers is None:
+        patch = D * P * P * C + D  # E (eq. 1) as a conv with bias
+    else:
+        backbone, features = resnet_params(C, c.hybrid_layers)
+        patch = backbone + features * P * P * D + D  # CNN + the 1x1 projection
+    cls = D
+    pos = c.num_tokens * D
+    block = (4 * D * D + 4 * D) + (2 * D * M + M + D) + 4 * D  # qkv + proj, fc1 + fc2, two LayerNorms
+    norm = 2 * D
+    head = D * K + K
+    return patch + cls + pos + L * block + norm + head
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
+def test_parameter_counts(name: str) -> None:
+    with torch.device("meta"):  # no memory, no init work: even ViT-H builds in well under a second
+        model = create_model(name)
+        reference = timm.create_model(name, pretrained=False, num_classes=1000)
+    count = model.num_parameters()
+    assert model.config.num_classes == 1000
+    assert count == PAPER_COUNTS[name]
+    assert count == analytic_params(model.config)
+    assert count == sum(p.numel() for p in reference.parameters())
+
+
+# ---------------------------------------------------------------------------------------- patch embedding
+
+
+@pytest.mark.parametrize("patch_size, channels, image_size", [(4, 3, 32), (8, 1, (16, 24)), ((4, 2), 3, (8, 12))])
+def test_conv_and_linear_patch_embedding_agree(patch_size, channels, image_size) -> None:
+    conv = PatchEmbed(image_size, patch_size, channels, dim=16)
+    linear = LinearPatchEmbed(image_size, patch_size, channels, dim=16)
+    x = torch.randn(2, channels, *vit_edu.config.to_2tuple(image_size))
+    conv_to_linear_(conv, linear)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x), conv(x), rtol=1e-5, atol=1e-5)
+        # independent reference: the paper's x_p E with patches cut by unfold (in (c p1 p2) order)
+        p1, p2 = vit_edu.config.to_2tuple(patch_size)
+        cols = F.unfold(x, kernel_size=(p1, p2), stride=(p1, p2)).transpose(1, 2)  # [B, N, C*P*P]
+        ref = cols @ conv.proj.weight.reshape(16, -1).T + conv.proj.bias
+        torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)
+    # and back: a fresh conv gets the linear weights and matches again
+    conv2 = PatchEmbed(image_size, patch_size, channels, dim=16)
+    linear_to_conv_(linear, conv2)
+    torch.testing.assert_close(conv2.proj.weight, conv.proj.weight, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(conv2(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
+def test_patchify_order_and_unpatchify() -> None:
+    x = torch.randn(2, 3, 8, 12)
+    p = vit_edu.patchify(x, 4)  # [B, 6, 48]
+    assert p.shape == (2, 6, 48)
+    # patch (row 1, col 2) is token 1*3 + 2 = 5; its pixels flattened in (p1 p2 c) order
+    torch.testing.assert_close(p[:, 5], x[:, :, 4:8, 8:12].permute(0, 2, 3, 1).reshape(2, -1), rtol=0, atol=0)
+    torch.testing.assert_close(vit_edu.unpatchify(p, 4, (2, 3), channels=3), x, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+
+def _split_heads(attn: Attention, x: torch.Tensor):
+    q, k, v = attn.qkv(x).reshape(x.shape[0], x.shape[1], 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    return q, k, v  # each [B, h, N, d]
+
+
+def test_explicit_attention_matches_pytorch() -> None:
+    q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)  # [B=2, h=4, N=7, d=8]
+    out, weights = scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    assert weights.shape == (2, 4, 7, 7)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7), rtol=1e-6, atol=1e-6)
+    assert (weights >= 0).all()
+
+
+def test_attention_module_explicit_fused_and_nn_multihead_attention() -> None:
+    dim, heads = 32, 4
+    attn = Attention(dim, heads, fused_attn=True).eval()
+    with torch.no_grad():
+        attn.qkv.bias.normal_(0, 0.1)
+        attn.proj.bias.normal_(0, 0.1)
+    x = torch.randn(2, 9, dim)
+    mha = nn.MultiheadAttention(dim, heads, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(attn.qkv.weight)  # q, k, v stacked, heads contiguous: the (three h d) layout
+        mha.in_proj_bias.copy_(attn.qkv.bias)
+        mha.out_proj.weight.copy_(attn.proj.weight)
+        mha.out_proj.bias.copy_(attn.proj.bias)
+        fused = attn(x)
+        attn.fused_attn = False
+        explicit, weights = attn(x, return_attention=True)
+        ref, ref_weights = mha(x, x, x, need_weights=True, average_attn_weights=False)
+        q, k, v = _split_heads(attn, x)
+        sdpa = attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 9, dim))
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(explicit, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(explicit, sdpa, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-5)  # [B, h, N, N]
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, heads, 9), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_return_attention_fused_and_explicit(class_token: bool) -> None:
+    cfg = ViTConfig(**{**TINY, "depth": 3, "class_token": class_token, "pool": "cls" if class_token else "mean"})
+    model = VisionTransformer(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    T = 16 + int(class_token)
+    results = {}
+    with torch.no_grad():
+        for fused in (True, False):
+            model.set_fused_attn(fused)
+            assert all(blk.attn.fused_attn is fused for blk in model.blocks)
+            logits, attentions = model(x, return_attention=True)
+            assert len(attentions) == cfg.depth
+            for a in attentions:
+                assert a.shape == (2, cfg.heads, T, T)
+                torch.testing.assert_close(a.sum(-1), torch.ones(2, cfg.heads, T), rtol=1e-5, atol=1e-5)
+            results[fused] = (logits, model(x), attentions)
+    (lf, plain_f, att_f), (le, plain_e, att_e) = results[True], results[False]
+    for a, b in [(lf, le), (plain_f, plain_e), (lf, plain_f)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(att_f, att_e):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ position embeddings
+
+
+def test_sincos_2d_matches_numpy() -> None:
+    dim, (gh, gw), temperature = 16, (3, 5), 10000.0
+    got = sincos_2d_pos_embed(dim, (gh, gw)).numpy()
+    # independent formula: omega_i = 1 / T^(i / (dim/4)); features [sin(x w), cos(x w), sin(y w), cos(y w)]
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (np.arange(quarter) / quarter)
+    ref = np.zeros((gh * gw, dim))
+    for row in range(gh):
+        for col in range(gw):
+            n = row * gw + col  # row-major, like the patches
+            ref[n] = np.concatenate([np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    model = VisionTransformer(ViTConfig(**{**TINY, "pos_embedding": "sincos2d"}))
+    assert "pos_embed" not in dict(model.named_parameters())  # fixed, not learned
+    torch.testing.assert_close(model.pos_embed[0, 1:], sincos_2d_pos_embed(32, (4, 4)), rtol=0, atol=0)
+    torch.testing.assert_close(model.pos_embed[0, 0], torch.zeros(32), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("old_grid, new_grid", [((4, 4), (6, 6)), ((4, 4), (2, 3)), ((3, 5), (6, 4))])
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_resize_pos_embed_matches_interpolate(old_grid, new_grid, mode) -> None:
+    D = 8
+    pos = torch.randn(1, 1 + old_grid[0] * old_grid[1], D)
+    new = resize_pos_embed(pos, new_grid, old_grid=old_grid, num_prefix_tokens=1, mode=mode)
+    assert new.shape == (1, 1 + new_grid[0] * new_grid[1], D)
+    torch.testing.assert_close(new[:, 0], pos[:, 0], rtol=0, atol=0)  # class-token position kept
+    image = pos[0, 1:].reshape(old_grid[0], old_grid[1], D).permute(2, 0, 1)[None]  # [1, D, h, w]
+    ref = F.interpolate(image, size=new_grid, mode=mode, align_corners=False, antialias=True)
+    ref = ref[0].permute(1, 2, 0).reshape(-1, D)  # [H*W, D] row-major
+    torch.testing.assert_close(new[0, 1:], ref, rtol=1e-6, atol=1e-6)
+
+
+def test_resize_pos_embed_identity_and_timm() -> None:
+    pos = torch.randn(1, 1 + 16, 8)
+    assert torch.equal(resize_pos_embed(pos, (4, 4)), pos)  # same grid: untouched
+    from timm.layers import resample_abs_pos_embed
+
+    ref = resample_abs_pos_embed(pos, new_size=(6, 5), old_size=(4, 4), num_prefix_tokens=1)
+    torch.testing.assert_close(resize_pos_embed(pos, (6, 5), (4, 4)), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pos_embedding", ["learned", "sincos2d"])
+def test_dynamic_img_size_runs_on_other_sizes(pos_embedding: str) -> None:
+    model = VisionTransformer(ViTConfig(**{**TINY, "dynamic_img_size": True, "pos_embedding": pos_embedding})).eval()
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, 6 * 5 + 1, 32)
+        # equals the model rebuilt at that size with the resized table
+        big = VisionTransformer(ViTConfig(**{**TINY, "image_size": (48, 40), "pos_embedding": pos_embedding})).eval()
+        sd = model.state_dict()
+        if pos_embedding == "learned":
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], (6, 5), (4, 4))
+        big.load_state_dict(sd)
+        torch.testing.assert_close(model(x), big(x), rtol=1e-5, atol=1e-5)
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)  # its own size still works
+
+
+# ----------------------------------------------------------------------------------- stochastic depth
+
+
+def test_drop_path_identity_in_eval_and_unbiased_in_training() -> None:
+    layer = DropPath(0.3)
+    x = torch.randn(4000, 1, 8) + 1.0
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    layer.train()
+    y = layer(x)
+    per_sample = (y == 0).all(dim=(1, 2))  # a dropped sample is zeroed as a whole
+    kept = ~per_sample
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)  # survivors scaled by 1 / keep
+    assert abs(per_sample.float().mean().item() - 0.3) < 0.03  # ~ 4.4 standard errors
+    ratio = (y.mean(0) / x.mean(0)).mean().item()
+    assert abs(ratio - 1.0) < 0.05  # E[drop_path(x)] = x
+    assert torch.equal(DropPath(0.0).train()(x), x)
+
+
+def test_drop_path_rates_rise_linearly() -> None:
+    model = VisionTransformer(ViTConfig(**{**TINY, "depth": 5, "drop_path": 0.2}))
+    rates = [blk.drop_path1.p for blk in model.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0.0, 0.2, 5), rtol=0, atol=1e-12)
+    assert all(blk.drop_path2.p == blk.drop_path1.p for blk in model.blocks)
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+
+def test_init_matches_timm_distribution() -> None:
+    """Linear weights ~ N(0, 0.02^2) as timm's ``trunc_normal_(std=.02)``; biases zero; head zeroed on request.
+
+    timm (and vit_edu) call ``trunc_normal_(w, std=.02)`` whose cut-offs a=-2, b=2 are absolute values,
+    i.e. 100 standard deviations: in practice a plain normal. The test pins that behaviour.
+    """
+    cfg = ViTConfig(image_size=32, patch_size=8, num_classes=10, dim=192, depth=1, heads=3, mlp_dim=768)
+    model = VisionTransformer(cfg)
+    ours = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Linear)])
+    std = ours.std().item()
+    assert abs(std - 0.02) < 0.0005, std
+    assert abs(ours.mean().item()) < 0.0003
+    assert ours.abs().max().item() <= 2.0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            assert torch.count_nonzero(m.bias) == 0
+        if isinstance(m, nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.count_nonzero(m.bias) == 0
+    assert abs(model.pos_embed.std().item() - 0.02) < 0.004
+    assert model.cls_token.abs().max().item() < 1e-4
+    tm = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, num_classes=10, embed_dim=192,
+                                                          depth=1, num_heads=3, mlp_ratio=4.0)
+    theirs = torch.cat([m.weight.flatten() for m in tm.modules() if isinstance(m, nn.Linear)])
+    assert stats.ks_2samp(ours.detach().numpy(), theirs.detach().numpy()).pvalue > 1e-3  # same distribution
+    zero = VisionTransformer(ViTConfig(**{**TINY, "head_zero_init": True}))
+    assert torch.count_nonzero(zero.head.weight) == 0 and torch.count_nonzero(zero.head.bias) == 0
+    assert torch.count_nonzero(model.head.weight) > 0
+
+
+def test_init_is_seeded() -> None:
+    torch.manual_seed(123)
+    a = VisionTransformer(ViTConfig(**TINY)).state_dict()
+    torch.manual_seed(123)
+    b = VisionTransformer(ViTConfig(**TINY)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_weight_decay_names() -> None:
+    model = VisionTransformer(ViTConfig(**TINY))
+    skip = model.no_weight_decay()
+    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "head.bias"} <= skip
+    assert "blocks.0.attn.qkv.weight" not in skip and "head.weight" not in skip
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def test_tiny_model_overfits_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = create_model("vit_nano_patch4_32", image_size=16, dim=32, heads=2, mlp_dim=64)  # 16 patches, fast
+    x = torch.randn(16, 3, 16, 16)
+    y = torch.randint(0, 10, (16,))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(100):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert math.isfinite(losses[-1])
+    assert abs(losses[0] - math.log(10)) < 0.3  # starts near chance
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])

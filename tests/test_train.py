@@ -1,0 +1,241 @@
+"""The training loop: schedule, loss, checkpoints (atomic, weights_only, exact resume) and model loading.
+
+Every run here is the nano preset on a few hundred generated shapes, so each fit takes a second or two.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import vit_edu
+from vit_edu import train as T
+from vit_edu.train import TrainConfig, evaluate, fit, load_checkpoint, load_model, save_checkpoint
+
+
+def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(model="vit_nano_patch4_32", epochs=2, batch_size=64, lr=2e-3, n_train=256, n_test=128,
+                warmup_steps=2, out_dir=str(tmp_path / "run"), progress=False, device="cpu", seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(msg: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------- schedule
+def test_warmup_cosine_matches_closed_form() -> None:
+    """LambdaLR stepped once per optimizer step follows warm-up then half a cosine down to min_ratio."""
+    base_lr, warmup, total, min_ratio = 0.5, 4, 12, 0.1
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base_lr)
+    sched = T.build_scheduler(opt, warmup, total, min_ratio)
+    got = []
+    for _ in range(total):
+        got.append(opt.param_groups[0]["lr"])  # the lr used by this step
+        opt.step()
+        sched.step()
+    expected = [base_lr * (s + 1) / warmup for s in range(warmup)]
+    expected += [base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+                 for s in range(warmup, total)]
+    assert got == pytest.approx(expected, rel=1e-12, abs=0)
+    # spot values that need no formula: the peak right after warm-up and the cosine's midpoint
+    assert got[warmup - 1] == pytest.approx(base_lr) and got[warmup] == pytest.approx(base_lr)
+    assert got[warmup + (total - warmup) // 2] == pytest.approx(base_lr * (min_ratio + (1 - min_ratio) / 2))
+    assert got[0] == pytest.approx(base_lr / warmup)
+
+
+def test_optimizer_skips_weight_decay_on_norms_biases_and_embeddings() -> None:
+    model = vit_edu.create_model("vit_nano_patch4_32")
+    opt = T.build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    plain = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert {"pos_embed", "cls_token", "norm.weight", "head.bias", "blocks.0.attn.qkv.bias"} <= plain
+    assert {"head.weight", "blocks.0.attn.qkv.weight", "patch_embed.proj.weight"} <= decayed
+    assert decayed | plain == set(names.values()) and not decayed & plain
+
+
+def test_label_smoothing_reaches_the_loss(monkeypatch, tmp_path) -> None:
+    seen = []
+    real = T.build_criterion
+
+    def spy(config):
+        crit = real(config)
+        seen.append(crit)
+        return crit
+
+    monkeypatch.setattr(T, "build_criterion", spy)
+    fit(tiny_config(tmp_path, epochs=1, label_smoothing=0.3, save_checkpoints=False, n_train=64), log=quiet)
+    crit = seen[0]
+    assert crit.label_smoothing == 0.3
+    # and it is the textbook formula: (1 - eps) * CE(one-hot) + eps * mean_k(-log p_k)
+    logits, target = torch.randn(5, 8), torch.tensor([0, 3, 7, 1, 1])
+    logp = logits.log_softmax(-1)
+    by_hand = (0.7 * -logp[torch.arange(5), target] + 0.3 * -logp.mean(-1)).mean()
+    torch.testing.assert_close(crit(logits, target), by_hand)
+
+
+def test_train_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="unknown TrainConfig"):
+        TrainConfig.from_dict({"epochz": 3})
+    assert TrainConfig(dataset="cifar10", model="vit_nano_patch4_32").out_dir == os.path.join(
+        "runs", "cifar10-vit_nano_patch4_32")
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def test_fit_reduces_the_loss(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, epochs=4, n_train=256, lr=3e-3, label_smoothing=0.0, save_checkpoints=False)
+    train_ds, test_ds, _ = T.build_datasets(cfg)
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=128)
+    before = evaluate(T.build_model(cfg, 8, 32, 3), train_loader)  # build_model seeds: the same init as fit's
+    model, history = fit(cfg, log=quiet)
+    after = evaluate(model, train_loader)
+    assert history["epoch"] == [1.0, 2.0, 3.0, 4.0]
+    assert set(history) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s",
+                            "elapsed_s"}
+    assert history["train_loss"][-1] < history["train_loss"][0] - 0.02
+    assert after["loss"] < before["loss"] - 0.02
+    on_test = evaluate(model, torch.utils.data.DataLoader(test_ds, batch_size=100))
+    assert on_test["acc"] == pytest.approx(history["test_acc"][-1])  # evaluate() is what fit reports
+    assert not model.training
+
+
+def test_evaluate_matches_a_hand_computed_mean() -> None:
+    model = vit_edu.create_model("vit_nano_patch4_32", num_classes=8).eval()
+    x, y = torch.randn(10, 3, 32, 32), torch.randint(0, 8, (10,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)  # 4 + 4 + 2
+    got = evaluate(model, loader)
+    with torch.no_grad():
+        logits = model(x)
+    assert got["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert got["acc"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
+
+
+def test_time_budget_stops_cleanly_and_still_saves(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, epochs=50, time_budget_s=1e-3)
+    model, history = fit(cfg, log=quiet)
+    assert len(history["epoch"]) == 1 and history["epoch"][0] < 1  # stopped inside the first epoch
+    assert not math.isnan(history["test_acc"][0])  # ... but still evaluated
+    ckpt = load_checkpoint(Path(cfg.out_dir) / "last.pt")
+    assert ckpt["extra"]["stopped_early"] is True
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_loads_with_weights_only_and_restores_rng(tmp_path) -> None:
+    model = vit_edu.create_model("vit_nano_patch4_32", num_classes=8)
+    opt = T.build_optimizer(model, 1e-3, 0.05)
+    sched = T.build_scheduler(opt, 2, 10)
+    cfg = tiny_config(tmp_path)
+    path = save_checkpoint(tmp_path / "c.pt", model, opt, sched, epoch=3, history={"epoch": [1.0]}, train_config=cfg)
+    raw = torch.load(path, weights_only=True)  # no pickled code anywhere in it
+    assert raw["epoch"] == 3 and raw["config"]["train"] == cfg.to_dict()
+    assert vit_edu.ViTConfig.from_dict(raw["config"]["model"]) == model.config
+    expected_next = (torch.rand(3), torch.tensor(__import__("numpy").random.rand(2)), __import__("random").random())
+    T._set_rng_state(raw["rng"])  # back to the state at saving: the same "random" numbers come again
+    again = (torch.rand(3), torch.tensor(__import__("numpy").random.rand(2)), __import__("random").random())
+    torch.testing.assert_close(again[0], expected_next[0])
+    torch.testing.assert_close(again[1], expected_next[1])
+    assert again[2] == expected_next[2]
+
+
+@pytest.mark.parametrize("fail_in", ["torch.save", "os.replace"])
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, fail_in) -> None:
+    model = vit_edu.create_model("vit_nano_patch4_32", num_classes=8)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model, epoch=1)
+    old_bytes = path.read_bytes()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+
+    def crash(*args, **kwargs):
+        if fail_in == "torch.save":
+            args[1].write(b"half a checkpoint")  # bytes reach the temp file, then the "power cut"
+        raise OSError(f"simulated crash in {fail_in}")
+
+    if fail_in == "torch.save":
+        monkeypatch.setattr(T.torch, "save", crash)
+    else:
+        monkeypatch.setattr(T.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(path, model, epoch=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == old_bytes  # the old checkpoint is untouched ...
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # ... and no temp file is left behind
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a vit_edu training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_resume_is_exact(tmp_path) -> None:
+    """2 epochs straight == 1 epoch, stop, resume for the 2nd: bitwise, with dropout and augmentation on
+    (so the restored RNG states matter) and the data order drawn from (seed, epoch)."""
+    kw = dict(model_overrides={"dropout": 0.1}, augment=True, epochs=2)
+    straight, h_straight = fit(tiny_config(tmp_path / "a", **kw), log=quiet)
+
+    cfg_b = tiny_config(tmp_path / "b", **kw)
+    fit(TrainConfig.from_dict({**cfg_b.to_dict(), "stop_after_epochs": 1}), log=quiet)
+    ckpt = Path(cfg_b.out_dir) / "last.pt"
+    assert load_checkpoint(ckpt)["epoch"] == 1
+    torch.manual_seed(12345)  # whatever the RNG is now, resume must restore the saved one
+    resumed, h_resumed = fit(cfg_b, resume=ckpt, log=quiet)
+
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert h_resumed[key] == h_straight[key], key
+    # and resuming really started from the checkpoint, not from scratch: a fresh 1-epoch run differs
+    assert not torch.equal(a["head.weight"], fit(tiny_config(tmp_path / "c", **{**kw, "epochs": 1}),
+                                                 log=quiet)[0].state_dict()["head.weight"])
+
+
+# ------------------------------------------------------------------------------------------- loading
+def test_load_model_from_checkpoint_and_safetensors(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, epochs=1)
+    export = tmp_path / "model.safetensors"
+    model, history = fit(cfg, export=export, export_metadata={"command": "pytest"}, log=quiet)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    for path in (Path(cfg.out_dir) / "last.pt", export):
+        loaded = load_model(path)
+        assert isinstance(loaded, vit_edu.VisionTransformer) and not loaded.training
+        assert loaded.config == model.config
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+    meta = T.read_safetensors_metadata(export)
+    assert meta["command"] == "pytest" and float(meta["test_acc"]) == history["test_acc"][-1]
+    assert meta["classes"] == '["circle", "square", "triangle", "diamond", "cross", "ring", "crescent", "star"]'
+    assert oct(export.stat().st_mode & 0o777) != oct(0o600)  # readable by others, unlike a raw mkstemp file
+
+
+def test_load_model_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match="no 'config'"):
+        load_model(tmp_path / "bare.safetensors")

@@ -1,0 +1,586 @@
+"""Train a Vision Transformer: the loop, the schedule, checkpoints that resume exactly, and export.
+
+The recipe is the paper's (Dosovitskiy et al. 2020, Sec. 4.1 and Appendix B.1) scaled down to a laptop:
+AdamW with weight decay on the weight matrices only, a linear learning-rate warm-up followed by a cosine
+decay (updated every step), label smoothing and gradient clipping at global norm 1.
+
+    model, history = fit(TrainConfig(epochs=5))
+
+The same code runs on several processes with ``torchrun --nproc_per_node=2 -m vit_edu train``:
+every process sees its own share of each batch (``DistributedSampler``), ``DistributedDataParallel``
+averages the gradients, so all processes take the same step as one process on the whole batch would.
+
+Checkpoints hold only tensors and plain Python values, so ``torch.load(..., weights_only=True)`` can
+read them without running any pickled code. They are written atomically (temporary file + ``os.replace``):
+a crash while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from tqdm.auto import tqdm
+
+from .config import ViTConfig
+from .convert import load_checked
+from .models import create_model
+from .vit import VisionTransformer
+
+CHECKPOINT_FORMAT = "vit_edu.checkpoint/1"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+COURSE_CHECKPOINT = ASSETS_DIR / "vit_course_shapes.safetensors"
+
+PathLike = Union[str, os.PathLike]
+
+
+# ============================================================================================ config
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; stored in every checkpoint so a run can be repeated."""
+
+    dataset: str = "shapes"
+    model: str = "vit_course_patch4_32"  # a preset name from vit_edu.list_models()
+    epochs: int = 2  # the default run is sized for a 300 s budget on 2 CPU cores
+    batch_size: int = 128  # the global batch: split evenly over the processes under torchrun
+    lr: float = 2e-3  # peak learning rate, reached at the end of the warm-up
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # "adamw" (the paper's fine-tuning uses SGD, pre-training Adam) or "sgd" (momentum 0.9)
+    warmup_epochs: float = 0.5  # linear warm-up length in epochs ...
+    warmup_steps: Optional[int] = None  # ... or in optimizer steps (wins if set)
+    min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0  # clip the global gradient norm (paper: 1); 0 disables
+    seed: int = 0
+    out_dir: Optional[str] = None  # None: runs/<dataset>-<model>
+    num_workers: int = 0
+    time_budget_s: Optional[float] = None  # stop early (then still evaluate + save) when the time is up
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    image_size: Optional[int] = None  # None: the dataset's own size
+    data_root: str = "data"
+    download: bool = False
+    augment: bool = False
+    n_train: Optional[int] = None  # None: the dataset's default size
+    n_test: Optional[int] = None
+    data_seed: Optional[int] = None  # seed of the generated shapes data; None: the dataset's default
+    model_overrides: Dict[str, Any] = field(default_factory=dict)  # ViTConfig fields, e.g. {"dropout": 0.1}
+    stop_after_epochs: Optional[int] = None  # end this run after N epochs (the schedule still spans `epochs`)
+    progress: Optional[bool] = None  # tqdm bars; None: only when stderr is a terminal
+    save_checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):
+            raise ValueError(f"warm-up must be >= 0, got warmup_epochs={self.warmup_epochs}, "
+                             f"warmup_steps={self.warmup_steps}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise TypeError(f"TrainConfig.model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        if self.out_dir is None:
+            self.out_dir = os.path.join("runs", f"{self.dataset}-{self.model}")
+
+    def to_dict(self) -> dict:
+        """Plain types only (a checkpoint must load with ``weights_only=True``)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+# ============================================================================================ helpers
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so that a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def setup_distributed(device: str = "auto") -> Tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world <= 1:
+        return 0, 1, dev
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def all_reduce_sum(values: List[float], device: torch.device) -> List[float]:
+    """Sum a few numbers over all processes (a no-op in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _any_process(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` is true on any process: all of them must stop at the same step, or DDP hangs."""
+    return all_reduce_sum([float(flag)], device)[0] > 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The VisionTransformer inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ============================================================================================ pieces
+def build_model(config: TrainConfig, num_classes: int, image_size: int, in_channels: int) -> VisionTransformer:
+    """The preset, sized for the dataset; seeded so that every process starts from the same weights."""
+    torch.manual_seed(config.seed)
+    overrides = {"num_classes": num_classes, "image_size": image_size, "in_channels": in_channels,
+                 **config.model_overrides}
+    return create_model(config.model, **overrides)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (or SGD with momentum); no weight decay on biases, LayerNorms, the class token and the position embedding."""
+    skip = unwrap(model).no_weight_decay()
+    decay = [p for n, p in unwrap(model).named_parameters() if p.requires_grad and n not in skip]
+    no_decay = [p for n, p in unwrap(model).named_parameters() if p.requires_grad and n in skip]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name != "adamw":
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based): linear warm-up, then half a cosine.
+
+        warm-up:  (step + 1) / warmup_steps                                   for step < warmup_steps
+        decay:    min_ratio + (1 - min_ratio) * (1 + cos(pi * t)) / 2,   t = (step - warmup) / (total - warmup)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
+
+
+def build_criterion(config: TrainConfig) -> nn.CrossEntropyLoss:
+    """Cross-entropy against smoothed targets: (1 - eps) one-hot + eps / K (Szegedy et al. 2016)."""
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def _data():
+    """vit_edu.data, imported late so that `import vit_edu.train` stays light."""
+    from . import data
+
+    return data
+
+
+def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
+    data = _data()
+    common = dict(root=config.data_root, image_size=config.image_size, download=config.download)
+    if config.data_seed is not None:
+        common["seed"] = config.data_seed
+    train_ds = data.get_dataset(config.dataset, split="train", augment=config.augment, n=config.n_train, **common)
+    test_ds = data.get_dataset(config.dataset, split="test", augment=False, n=config.n_test, **common)
+    return train_ds, test_ds, data.dataset_info(train_ds)
+
+
+def build_train_loader(dataset: Dataset, config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Shuffled batches whose order depends only on (seed, epoch): call ``set_loader_epoch`` each epoch.
+
+    That is what makes a resumed run see the same batches as an uninterrupted one.
+    """
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world_size}")
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator())
+    return DataLoader(dataset, batch_size=config.batch_size // world_size, sampler=sampler, drop_last=True,
+                      num_workers=config.num_workers, persistent_workers=False)
+
+
+def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Re-seed the shuffling for this epoch (DistributedSampler.set_epoch or the RandomSampler's generator)."""
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(seed + epoch)
+
+
+def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                      num_workers: int = 0) -> DataLoader:
+    """Every process evaluates every world_size-th example, so together they see each example once."""
+    if world_size > 1:
+        dataset = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
+             progress: Optional[bool] = False) -> Dict[str, float]:
+    """Mean cross-entropy and accuracy over ``loader`` (summed over processes under torchrun)."""
+    model = unwrap(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    for batch in tqdm(loader, desc="eval", leave=False, disable=_bar_disabled(progress)):
+        images, labels = batch[0].to(device), batch[1].to(device)
+        logits = model(images)  # [B, num_classes]
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        count += labels.numel()
+    model.train(was_training)
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    if count == 0:
+        raise ValueError("evaluate() got an empty loader")
+    return {"loss": loss_sum / count, "acc": correct / count}
+
+
+def _bar_disabled(progress: Optional[bool]) -> bool:
+    """tqdm bars only on a terminal: carriage returns would litter logs and notebook outputs."""
+    if progress is None:
+        return not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return not progress
+
+
+def new_history() -> Dict[str, List[float]]:
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s", "elapsed_s")
+    return {k: [] for k in keys}
+
+
+# ============================================================================================ checkpoints
+def _rng_state() -> dict:
+    """RNG states as tensors and lists, so that weights_only loading accepts them."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
+    """Write via ``write(file)`` into a temp file next to ``path``, fsync, then ``os.replace`` it into place.
+
+    ``os.replace`` is atomic on POSIX and Windows: readers see the old file or the new one, never half.
+    On any error the temp file is removed and the old file stays untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Optional[Any] = None, epoch: int = 0, history: Optional[dict] = None,
+                    train_config: Optional[TrainConfig] = None, extra: Optional[dict] = None) -> Path:
+    """Everything needed to resume: weights, optimizer, scheduler, epochs done, RNG states, history, configs."""
+    vit = unwrap(model)
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "config": {"model": vit.config.to_dict(),
+                   "train": train_config.to_dict() if train_config is not None else None},
+        "model": {k: v.detach().cpu() for k, v in vit.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "rng": _rng_state(),
+        "history": history if history is not None else new_history(),
+        "extra": extra or {},
+    }
+    return _atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a vit_edu training checkpoint: expected format "
+                         f"{CHECKPOINT_FORMAT!r}, got {got!r}")
+    return ckpt
+
+
+def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> Path:
+    """Weights only, as safetensors, with the model config (JSON) in the header metadata.
+
+    Metadata values must be strings in safetensors; anything else is stored as JSON.
+    """
+    from safetensors.torch import save
+
+    vit = unwrap(model)
+    meta = {"format": "vit_edu", "config": json.dumps(vit.config.to_dict())}
+    for k, v in (metadata or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
+    blob = save(tensors, metadata=meta)
+    return _atomic_write(path, lambda f: f.write(blob))
+
+
+def read_safetensors_metadata(path: PathLike) -> Dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> VisionTransformer:
+    """A VisionTransformer in eval mode from a training checkpoint (.pt) or an exported .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        meta = read_safetensors_metadata(path)
+        if "config" not in meta:
+            raise ValueError(f"{path} has no 'config' in its safetensors metadata; "
+                             f"expected a file written by vit_edu.train.export_safetensors")
+        config = ViTConfig.from_dict(json.loads(meta["config"]))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    else:
+        ckpt = load_checkpoint(path)
+        config = ViTConfig.from_dict(ckpt["config"]["model"])
+        state = ckpt["model"]
+    model = VisionTransformer(config)
+    load_checked(model, state, source=str(path))
+    return model.to(device).eval()
+
+
+def pretrained_course_model(device: Union[str, torch.device] = "cpu") -> Tuple[VisionTransformer, dict]:
+    """The course ViT trained on the shapes data and shipped with the package: (model, info).
+
+    ``info`` holds the class names, the test accuracy measured at export, the command that produced it and its seed.
+    """
+    if not COURSE_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the shipped checkpoint is missing: {COURSE_CHECKPOINT}")
+    meta = read_safetensors_metadata(COURSE_CHECKPOINT)
+    info = {k: _maybe_json(v) for k, v in meta.items() if k != "config"}
+    return load_model(COURSE_CHECKPOINT, device=device), info
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# ============================================================================================ the loop
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    criterion: nn.Module, device: torch.device, grad_clip: float = 1.0,
+                    deadline: Optional[float] = None, progress: Optional[bool] = None,
+                    desc: str = "train") -> Dict[str, Any]:
+    """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``."""
+    model.train()
+    loss_sum, correct, count, stopped = 0.0, 0.0, 0.0, False
+    bar = tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress) or not is_main_process())
+    for batch in bar:
+        images, labels = batch[0].to(device), batch[1].to(device)
+        logits = model(images)  # [B, num_classes]
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP the gradients are averaged over the processes here
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * labels.numel()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        count += labels.numel()
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if deadline is not None and _any_process(time.monotonic() > deadline, device):
+            stopped = True
+            break
+    bar.close()
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped}
+
+
+def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
+        export: Optional[PathLike] = None, export_metadata: Optional[dict] = None,
+        log: Callable[[str], None] = print) -> Tuple[VisionTransformer, Dict[str, List[float]]]:
+    """Train ``config.model`` on ``config.dataset``; returns (model in eval mode, history of lists).
+
+    Saves ``<out_dir>/last.pt`` after every epoch (rank 0 only). ``resume`` continues a run from its
+    checkpoint exactly where it stopped. ``export`` also writes the final weights as .safetensors.
+    """
+    config = config or TrainConfig()
+    rank, world, device = setup_distributed(config.device)
+    main = rank == 0
+    say = log if main else (lambda msg: None)
+    start = time.monotonic()
+
+    seed_everything(config.seed)
+    train_ds, test_ds, info = build_datasets(config)
+    model = build_model(config, len(info["classes"]), info["image_size"], info["in_channels"]).to(device)
+    train_loader = build_train_loader(train_ds, config, rank, world)
+    test_loader = build_eval_loader(test_ds, max(256, config.batch_size), rank, world, config.num_workers)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set ({len(train_ds)} examples) is smaller than one batch "
+                         f"({config.batch_size}); lower --batch-size or raise --n-train")
+    total_steps = config.epochs * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
+    warmup = min(warmup, total_steps)
+
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.optimizer)
+    scheduler = build_scheduler(optimizer, warmup, total_steps, config.min_lr_ratio)
+    criterion = build_criterion(config)
+    history, start_epoch = new_history(), 0
+
+    if resume is not None:
+        ckpt = load_checkpoint(resume, map_location=device)
+        load_checked(model, ckpt["model"], source=str(resume))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, start_epoch = ckpt["history"], ckpt["epoch"]
+        _set_rng_state(ckpt["rng"])
+        say(f"resumed from {resume} after epoch {start_epoch}")
+
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    vit = unwrap(model)
+    say(f"{config.model} ({vit.num_parameters() / 1e6:.2f}M parameters) on {config.dataset}: "
+        f"{len(train_ds)} train / {len(test_ds)} test images, {world} process(es) on {device}, "
+        f"{config.epochs} epochs x {steps_per_epoch} steps of batch {config.batch_size}")
+    deadline = start + config.time_budget_s if config.time_budget_s else None
+    elapsed_before = history["elapsed_s"][-1] if history["elapsed_s"] else 0.0
+    out_dir = Path(config.out_dir)
+    last_eval_s, epoch, stopped = 0.0, start_epoch, False
+    end_epoch = config.epochs if config.stop_after_epochs is None else min(
+        config.epochs, start_epoch + config.stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        set_loader_epoch(train_loader, config.seed, epoch)
+        t0 = time.monotonic()
+        # leave time for the final evaluation inside the budget
+        stop_at = deadline - last_eval_s if deadline is not None else None
+        tr = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device, config.grad_clip,
+                             stop_at, config.progress, desc=f"epoch {epoch + 1}/{config.epochs}")
+        train_s = time.monotonic() - t0
+        stopped = tr["stopped"]
+        last = stopped or epoch + 1 == end_epoch
+        if last or (epoch + 1) % config.eval_every == 0:
+            t1 = time.monotonic()
+            te = evaluate(model, test_loader, device, progress=False)
+            last_eval_s = time.monotonic() - t1
+        else:
+            te = {"loss": float("nan"), "acc": float("nan")}
+        done = epoch + (1 if not stopped else tr["images"] / (steps_per_epoch * config.batch_size))
+        row = {"epoch": done, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
+               "test_acc": te["acc"], "lr": scheduler.get_last_lr()[0], "images_per_s": tr["images"] / train_s,
+               "elapsed_s": elapsed_before + time.monotonic() - start}
+        for k, v in row.items():
+            history[k].append(float(v))
+        say(f"epoch {done:5.2f}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+            f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f} s")
+        if main and config.save_checkpoints:
+            save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, epoch + 1, history, config,
+                            extra={"stopped_early": stopped})
+        if stopped:
+            say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs")
+            break
+
+    if main and export is not None:
+        meta = {"test_acc": history["test_acc"][-1] if history["test_acc"] else None,
+                "classes": list(info["classes"]), "seed": config.seed, "train_config": config.to_dict(),
+                "epochs_done": history["epoch"][-1] if history["epoch"] else 0, **(export_metadata or {})}
+        export_safetensors(model, export, meta)
+        say(f"exported weights to {export}")
+    if world > 1:
+        dist.barrier()
+    return vit.eval(), history
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
