@@ -9,6 +9,10 @@ Two modes: inference (eval, ``torch.inference_mode``) and a training step (forwa
 backward, no optimizer). Each repeat runs every contestant once, in rotating order, so a machine
 that gets busier or cooler during the run slows all of them alike; the median over repeats is reported.
 Prints a Markdown table ready for the README.
+
+On a shared machine the run-to-run noise can exceed any real difference: ``--control`` adds a second
+copy of the timm model, whose "ratio" to timm is that noise floor, and ``--threads 1 --clock process``
+counts only this process's CPU time.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def parse_args() -> argparse.Namespace:
                    help="'all': CPU, and CUDA when available")
     p.add_argument("--clock", default="wall", choices=["wall", "process"],
                    help="'process': CPU time of this process (CPU only), steadier on a shared machine with --threads 1")
+    p.add_argument("--control", action="store_true",
+                   help="add a copy of the timm model as a 4th contestant: its ratio to timm shows the noise floor")
     p.add_argument("--modes", default="inference,train", help="comma-separated subset of inference,train")
     return p.parse_args()
 
@@ -60,10 +66,23 @@ def build_models(args: argparse.Namespace, device: torch.device) -> Dict[str, nn
     if args.image_size is not None:
         kwargs["img_size"] = args.image_size
     torch.manual_seed(0)
-    tm = timm.create_model(args.model, **kwargs)
+    if timm.is_model(args.model):
+        tm = timm.create_model(args.model, **kwargs)
+    else:  # a vit_edu-only preset (the 32x32 course models): the same architecture built with timm's class
+        c = vit_edu.get_config(args.model, num_classes=args.num_classes,
+                               **({"image_size": args.image_size} if args.image_size else {}))
+        if c.hybrid_layers is not None or c.pos_embedding != "learned":
+            raise SystemExit(f"{args.model} has no timm counterpart to compare with")
+        tm = timm.models.vision_transformer.VisionTransformer(
+            img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
+            embed_dim=c.dim, depth=c.depth, num_heads=c.heads, mlp_ratio=c.mlp_dim / c.dim, qkv_bias=c.qkv_bias,
+            class_token=c.class_token, global_pool="token" if c.pool == "cls" else "avg")
     fused = vit_edu.from_timm(tm).set_fused_attn(True)
     explicit = copy.deepcopy(fused).set_fused_attn(False)
-    return {"timm": tm.to(device), "vit_edu fused": fused.to(device), "vit_edu explicit": explicit.to(device)}
+    models = {"timm": tm, "vit_edu fused": fused, "vit_edu explicit": explicit}
+    if args.control:
+        models["timm copy"] = copy.deepcopy(tm)  # same model twice: any 'speed-up' it shows is noise
+    return {name: m.to(device) for name, m in models.items()}
 
 
 def check_parity(models: Dict[str, nn.Module], x: torch.Tensor) -> float:
@@ -145,6 +164,9 @@ def markdown_table(rows: List[dict]) -> str:
         t, f, e = ips["timm"], ips["vit_edu fused"], ips["vit_edu explicit"]
         lines.append(f"| {r['device']} | {r['mode']} | {r['batch']} | {t:.1f} | {f:.1f} | {e:.1f} "
                      f"| {f / t:.2f} | {e / t:.2f} |")
+    controls = [f"{r['device']} {r['mode']} {r['ips']['timm copy'] / r['ips']['timm']:.2f}" for r in rows if "timm copy" in r["ips"]]
+    if controls:
+        lines.append("\nnoise floor, timm copy / timm: " + ", ".join(controls))
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Training throughput (images/s) of the course presets on this machine: forward + backward + AdamW step.
 
-    python benchmarks/train_speed.py                     # nano and course, batch 128, 1 and all threads
+    python benchmarks/train_speed.py                     # nano, course and fast, batch 128, 1 and all threads
     python benchmarks/train_speed.py --models vit_course_patch4_32 --batch-sizes 32 64 128 --steps 10
 
 Prints a Markdown table and the machine's load average: on shared cores the numbers are snapshots,
@@ -38,7 +38,8 @@ def images_per_second(model_name: str, batch_size: int, threads: int, steps: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vit_nano_patch4_32", "vit_course_patch4_32"])
+    parser.add_argument("--models", nargs="+",
+                        default=["vit_nano_patch4_32", "vit_course_patch4_32", "vit_fast_patch8_32"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--threads", nargs="+", type=int, default=sorted({1, os.cpu_count() or 1}))
     parser.add_argument("--steps", type=int, default=5)

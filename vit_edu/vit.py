@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import List, Optional, Tuple, Union
 
 import torch
-from einops import repeat
 from torch import nn
 
 from .block import Block
@@ -123,7 +122,8 @@ class VisionTransformer(nn.Module):
         grid = (x.shape[-2] // pe.patch_size[0], x.shape[-1] // pe.patch_size[1])
         x = pe(x)  # [B, N, D]
         if self.cls_token is not None:
-            x = torch.cat([repeat(self.cls_token, "1 1 d -> b 1 d", b=x.shape[0]), x], dim=1)  # [B, N+1, D]
+            cls = self.cls_token.expand(x.shape[0], -1, -1)  # [1, 1, D] -> [B, 1, D], a view: no copy
+            x = torch.cat([cls, x], dim=1)  # [B, N+1, D]
         pos = self._pos_embed_for(grid)
         if pos is not None:
             x = x + pos
