@@ -106,7 +106,9 @@ def test_train_flags_map_onto_train_config() -> None:
     assert (cfg.epochs, cfg.lr, cfg.time_budget_s, cfg.num_workers) == (3, 0.01, None, 2)
     assert cfg.model_overrides == {"dropout": 0.1} and cfg.dataset == "shapes"
     default = train_config_from_args(build_parser().parse_args(["train"]))
-    assert default.time_budget_s == 300.0 and default.model == "vit_course_patch4_32"
+    from vit_edu.train import TrainConfig
+
+    assert default.time_budget_s == 300.0 and default.model == TrainConfig().model
 
 
 def test_resume_from_the_command_line(tmp_path, capsys) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the terminal bar; tqdm.auto wants ipywidgets inside notebooks
 
 from .config import ViTConfig
 from .convert import load_checked
