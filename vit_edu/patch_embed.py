@@ -67,10 +67,10 @@ def unpatchify(patches: torch.Tensor, patch_size: Union[int, Tuple[int, int]], g
     return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=grid_size[0], w=grid_size[1], p1=p1, p2=p2, c=channels)
 
 
-class PatchEmbed(nn.Module):
-    """Conv2d(k=P, s=P) patch embedding: [B, C, H, W] -> [B, N, D]."""
+class _PatchGrid(nn.Module):
+    """What both patch embeddings share: the sizes, the token grid, and the input check."""
 
-    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dynamic_img_size: bool = False):
         super().__init__()
         self.image_size = to_2tuple(image_size, "image_size")
         self.patch_size = to_2tuple(patch_size, "patch_size")
@@ -78,31 +78,35 @@ class PatchEmbed(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def check(self, x: torch.Tensor) -> None:
+        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
+
+
+class PatchEmbed(_PatchGrid):
+    """Conv2d(k=P, s=P) patch embedding: [B, C, H, W] -> [B, N, D]."""
+
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
+        super().__init__(image_size, patch_size, in_channels, dynamic_img_size)
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
+        self.check(x)
         x = self.proj(x)  # [B, D, H/P, W/P]
         return rearrange(x, "b d h w -> b (h w) d")  # [B, N, D]
 
 
-class LinearPatchEmbed(nn.Module):
+class LinearPatchEmbed(_PatchGrid):
     """Rearrange into flattened patches, then Linear(P*P*C, D): [B, C, H, W] -> [B, N, D]."""
 
     def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
-        super().__init__()
-        self.image_size = to_2tuple(image_size, "image_size")
-        self.patch_size = to_2tuple(patch_size, "patch_size")
-        self.in_channels = in_channels
-        self.dynamic_img_size = dynamic_img_size
-        self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        super().__init__(image_size, patch_size, in_channels, dynamic_img_size)
         p1, p2 = self.patch_size
         self.to_patches = Rearrange(PATCHIFY_PATTERN, p1=p1, p2=p2)
         self.proj = nn.Linear(p1 * p2 * in_channels, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
+        self.check(x)
         return self.proj(self.to_patches(x))  # [B, N, P*P*C] -> [B, N, D]
 
 
