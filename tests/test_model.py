@@ -397,3 +397,21 @@ def test_tiny_model_overfits_a_fixed_batch() -> None:
     assert math.isfinite(losses[-1])
     assert abs(losses[0] - math.log(10)) < 0.3  # starts near chance
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_small_hybrid_preset_tokens_come_from_the_cnn_feature_map():
+    """vit_hybrid_s4_32: stem (/4) + one stage -> an 8x8 map of 256 features -> 64 tokens via a 1x1 patch."""
+    model = vit_edu.create_model("vit_hybrid_s4_32").eval()
+    c = model.config
+    assert (c.backbone_stride, c.grid_size, c.num_tokens) == (4, (8, 8), 64)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fmap = model.patch_embed.backbone(x)
+        tokens = model.patch_embed(x)
+        logits, attn = model(x, return_attention=True)
+    assert fmap.shape == (2, 256, 8, 8)
+    # a 1x1 conv on the feature map is a Linear applied to every position's 256-vector
+    proj = model.patch_embed.proj
+    by_hand = fmap.flatten(2).transpose(1, 2) @ proj.weight.flatten(1).T + proj.bias
+    torch.testing.assert_close(tokens, by_hand, rtol=1e-5, atol=1e-5)
+    assert logits.shape == (2, 10) and len(attn) == 6 and attn[0].shape == (2, 4, 64, 64)

@@ -20,7 +20,7 @@ from typing import List, Optional
 # Errors a user can cause (a missing dataset, a bad flag value): one line on stderr, no traceback.
 USER_ERRORS = (FileNotFoundError, ValueError, TypeError, NotADirectoryError, PermissionError)
 DEFAULT_TRAIN_BUDGET_S = 300.0
-DEFAULT_SHAPES_N_TRAIN = 50_000  # the default run: 5 epochs x 50,000 shapes images fit its 300 s budget
+DEFAULT_SHAPES_N_TRAIN = 24_000  # the default run: 3 epochs x 24,000 shapes images fit its 300 s budget
 DEFAULT_CPU_THREADS = 1  # busy 2 cores: 1 thread 2-7x faster than 2; quiet: 2 are ~1.4x faster
 DEMO_SEED = 2024
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Works under torchrun for several processes. Flags left out take the "
                                    "TrainConfig defaults, or the checkpoint's values with --resume.")
     _add_data_args(t)
-    t.add_argument("--model", default=None, help="preset name (default: vit_fast_patch8_32; see vit_edu.list_models())")
+    t.add_argument("--model", default=None, help="preset name (default: vit_hybrid_s4_32; see vit_edu.list_models())")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default: 5)")
     t.add_argument("--batch-size", type=int, default=None, help="global batch size (default: 64)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3)")
