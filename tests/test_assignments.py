@@ -10,6 +10,8 @@ import pytest
 from vit_edu import assignments
 from vit_edu.assignments import make_student_notebook
 
+from exercise_solutions import EXERCISES
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 COMMITTED = ROOT / "assignments" / "student"
@@ -31,18 +33,7 @@ SOLVED = '''def patchify(images, patch_size):
     return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
     ### END SOLUTION'''
 
-CLASS = '''class MLP(nn.Module):
-    def __init__(self, dim, hidden_dim):
-        super().__init__()
-        ### BEGIN SOLUTION
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        ### END SOLUTION
-
-    def forward(self, x):
-        ### BEGIN SOLUTION
-        return self.fc2(F.gelu(self.fc1(x)))
-        ### END SOLUTION'''
+CLASS = dict(EXERCISES)["mlp"]
 
 
 def test_region_becomes_stub_at_marker_indentation():
