@@ -136,3 +136,60 @@ def test_demo_writes_figures(tmp_path, capsys, monkeypatch) -> None:
     assert written == ["demo_attention_rollout.png", "demo_pos_embed_similarity.png"]
     for name in written:
         assert f"wrote {tmp_path / name}" in out and (tmp_path / name).stat().st_size > 1000
+
+
+def _train_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_train_help_states_the_train_config_defaults(capsys) -> None:
+    """Every train flag's help states TrainConfig's default, read from the dataclass (one source): change a
+    default there and the help follows. The two command-line defaults (time budget, shapes n_train) state both."""
+    from dataclasses import MISSING, fields
+
+    from vit_edu.__main__ import _TRAIN_FLAGS, CLI_DEFAULTS, NONE_MEANS
+    from vit_edu.train import TrainConfig, _model_field
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    helps = {a.dest: a.help for a in _train_parser()._actions}
+
+    def shown(field: str) -> str:
+        value = defaults[field]
+        if value is None:
+            assert NONE_MEANS[field], field
+            return NONE_MEANS[field].split("{")[0]  # the start of the sentence; the rest is filled in from data
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    for flag, field in _TRAIN_FLAGS.items():
+        text = helps[flag]
+        if field in CLI_DEFAULTS:
+            assert f"(default: {CLI_DEFAULTS[field]:g}" in text and f"TrainConfig's: {shown(field)}" in text, (flag, text)
+        else:
+            assert f"(default: {shown(field)}" in text, (flag, text)
+    assert f"(default: the preset's, {_model_field(defaults['model'], {}, 'dropout'):g})" in helps["dropout"]
+    # and the rendered --help says the same (argparse wraps lines, so compare with whitespace squeezed)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"epochs (default: {defaults['epochs']})" in out
+    assert f"global batch size (default: {defaults['batch_size']})" in out
+    assert f"AdamW weight decay (default: {defaults['weight_decay']:g})" in out
+
+
+def test_the_command_line_defaults_are_what_the_help_says() -> None:
+    """Flags left out give TrainConfig's defaults, except the two documented command-line ones."""
+    from dataclasses import MISSING, fields
+
+    from vit_edu.__main__ import CLI_DEFAULTS, train_config_from_args
+    from vit_edu.train import TrainConfig
+
+    cfg = train_config_from_args(build_parser().parse_args(["train"]))
+    for f in fields(TrainConfig):
+        if f.default is MISSING or f.name == "out_dir":
+            continue
+        expected = CLI_DEFAULTS.get(f.name, f.default)
+        assert getattr(cfg, f.name) == expected, f.name

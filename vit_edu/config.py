@@ -7,6 +7,7 @@ Validation happens here, once, so every module can trust its numbers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple, Union
 
@@ -89,6 +90,10 @@ class ViTConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        eps = self.norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            # eps <= 0 or NaN: LayerNorm divides by sqrt(var + eps), which gives NaN or inf outputs
+            raise ValueError(f"norm_eps must be a finite number > 0 (e.g. 1e-6), got {eps!r}")
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"representation_size must be None or a positive int, got {self.representation_size}")
         if self.hybrid_layers is None:

@@ -207,16 +207,73 @@ def from_torchvision(tv: nn.Module) -> VisionTransformer:
 # ------------------------------------------------------------------------------------- files, hubs
 
 
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, at most ``limit`` characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0].split(". ")[0] if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_readable_file(path: str | os.PathLike, expected: str) -> str:
+    """One clear error for a path that is missing, a folder or empty; ``expected`` names what should be there."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}; expected {expected}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder; expected {expected}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path!r} is an empty file (0 bytes; an interrupted write?); expected {expected}")
+    return path
+
+
+def torch_load_checked(path: str | os.PathLike, expected: str, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` whose every failure is one ValueError: expected vs. what came.
+
+    weights_only=True never runs pickled code: a file that needs it (a pickled class, a function) is refused.
+    """
+    path = check_readable_file(path, expected)
+    from .fileio import describe_file
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated zip, text, pickle of code, ...: all "not readable"
+        got = describe_file(path)
+        if "Weights only load failed" in str(err) or "weights_only" in str(err):
+            why = " (it holds pickled Python objects, which are never unpickled here: weights_only=True)"
+        elif got.startswith("a text file"):
+            why = ""  # what the unpickler tripped over in a text file says nothing more
+        else:
+            why = f" ({type(err).__name__}: {_first_line(err)})"
+        raise ValueError(f"cannot read {path!r}: expected {expected}, got {got}{why}") from None
+
+
+def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safetensors file") -> Tuple[StateDict, Dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file, or one ValueError naming what the file is instead."""
+    path = check_readable_file(path, expected)
+    from safetensors import safe_open
+
+    from .fileio import describe_file
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: a damaged or foreign file
+        raise ValueError(f"cannot read {path!r}: expected {expected}, got {describe_file(path)} "
+                         f"({type(err).__name__}: {_first_line(err)})") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """Read a ``.safetensors`` file or a ``torch.save`` file of tensors (never unpickling code)."""
+    """Read a ``.safetensors`` file or a ``torch.save`` file of tensors (never unpickling code).
+
+    A missing path, a folder, an empty, text or damaged file each give one clear error
+    (FileNotFoundError, IsADirectoryError, ValueError) that names what was expected and what came.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        return load_safetensors_checked(path, "a .safetensors file of weights")[0]
+    obj = torch_load_checked(path, "a state_dict saved with torch.save (a dict of tensors)")
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

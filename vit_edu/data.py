@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.error import URLError
 
 import torch
@@ -36,6 +36,15 @@ SHAPES_DEFAULT_SEEDS: Dict[str, int] = {"train": 0, "test": 1}
 # Object size = its circumscribed diameter as a fraction of the image side (30-60 %): at 32x32 the
 # smallest object is ~10 pixels across, about 2-3 patches of 4x4, still clearly its shape.
 MIN_SIZE_FRAC, MAX_SIZE_FRAC = 0.30, 0.60
+# Placement: how far an object may reach past the border, as a fraction of its circumscribed diameter.
+# 0 keeps every object whole and away from the border, so "near the border" always means background and a
+# learned position embedding can spend itself on that shortcut (it then forms a ring, not a grid). With
+# 0.25 an object's centre can come within half a radius of the border: every patch of the image holds
+# object pixels in some images, a quarter of the circle may be cut off, and the shape stays recognizable.
+DEFAULT_OVERHANG = 0.25
+# Fresh images every epoch: epoch e of a dataset with seed s is drawn from seed s + EPOCH_SEED_STRIDE * e, far
+# from the small seeds the test sets use (1, 777, 2024, ...).
+EPOCH_SEED_STRIDE = 100_003
 # Rotation range in degrees per class: shapes that would start to look like another shape when turned
 # (a square on its corner looks like a diamond, a plus turned by 45 degrees is an "x") only wobble by
 # +-15 degrees; circle and ring look the same at any angle; triangle, crescent and star turn freely.
@@ -141,25 +150,52 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _shape_params(n: int, image_size: int, g: torch.Generator) -> Dict[str, Tensor]:
+def _check_classes(classes: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """None -> all of SHAPE_CLASSES; otherwise at least two distinct known names, in the order given."""
+    if classes is None:
+        return SHAPE_CLASSES
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"classes must be a sequence of shape names, got {classes!r}")
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in SHAPE_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown shape class(es) {unknown}; known: {', '.join(SHAPE_CLASSES)}")
+    if len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ValueError(f"classes must name at least two distinct shapes, got {list(classes)}")
+    return classes
+
+
+def _check_overhang(overhang: object) -> float:
+    if isinstance(overhang, bool) or not isinstance(overhang, (int, float)) or not 0.0 <= overhang <= 0.5:
+        raise ValueError(f"overhang must be a number in [0, 0.5] (fraction of the object's diameter allowed "
+                         f"outside the image), got {overhang!r}")
+    return float(overhang)
+
+
+def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float = DEFAULT_OVERHANG,
+                  classes: Tuple[str, ...] = SHAPE_CLASSES) -> Dict[str, Tensor]:
     """Draw label, circumradius, centre, rotation and colours of n images (all in pixels / [0, 1])."""
-    k = len(SHAPE_CLASSES)
+    k = len(classes)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]  # exactly balanced, shuffled
     size = MIN_SIZE_FRAC + (MAX_SIZE_FRAC - MIN_SIZE_FRAC) * torch.rand(n, generator=g)
     radius = size * image_size / 2  # [n]
-    # Centre anywhere such that the circle of radius r stays inside the image.
-    cx = radius + (image_size - 2 * radius) * torch.rand(n, generator=g)
-    cy = radius + (image_size - 2 * radius) * torch.rand(n, generator=g)
-    max_rot = torch.tensor([MAX_ROTATION_DEG[c] for c in SHAPE_CLASSES])[labels]
+    # Centre uniform over the positions where at most `overhang` of the circumscribed diameter (2r) lies
+    # outside the image: [r - 2 r overhang, S - r + 2 r overhang] on each axis.
+    low = radius * (1 - 2 * overhang)
+    cx = low + (image_size - 2 * low) * torch.rand(n, generator=g)
+    cy = low + (image_size - 2 * low) * torch.rand(n, generator=g)
+    shape_ids = torch.tensor([SHAPE_CLASSES.index(c) for c in classes])[labels]  # [n] index into SHAPE_CLASSES
+    max_rot = torch.tensor([MAX_ROTATION_DEG[c] for c in SHAPE_CLASSES])[shape_ids]
     angle = torch.deg2rad((2 * torch.rand(n, generator=g) - 1) * max_rot)
-    # Background colour away from the extremes; the object differs from it by >= 0.45 in at least one
-    # channel (moving each channel towards the side with more room), so it is always visible.
-    bg = 0.15 + 0.7 * torch.rand(n, 3, generator=g)
-    delta = 0.6 * torch.rand(n, 3, generator=g)
-    strong = torch.randint(0, 3, (n,), generator=g)
-    delta[torch.arange(n), strong] = 0.45 + 0.2 * torch.rand(n, generator=g)
-    fg = torch.where(bg < 0.5, bg + delta, bg - delta).clamp(0, 1)
-    return {"labels": labels, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "bg": bg, "fg": fg}
+    # A light object on a darker background, both of random colour: every channel of the object lies in
+    # [0.6, 1], every channel of the background in [0.05, 0.4], so the object is brighter by at least 0.2
+    # in each channel. Why always brighter: with a random sign of the contrast (a dark shape on a light
+    # ground as often as the reverse) the small plain ViT first has to learn figure/ground from the
+    # colours alone, and learned 4x to 10x slower (docs/training.md); the shape itself is the lesson here.
+    bg = 0.05 + 0.35 * torch.rand(n, 3, generator=g)
+    fg = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
+    return {"labels": labels, "shapes": shape_ids, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "bg": bg,
+            "fg": fg}
 
 
 def _linear_upsample_matrix(n_in: int, n_out: int) -> Tensor:
@@ -180,8 +216,8 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator) -> 
     cos, sin = p["angle"].cos()[:, None, None], p["angle"].sin()[:, None, None]
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
     sdf = torch.empty(b, s, s)
-    for label, name in enumerate(SHAPE_CLASSES):
-        idx = (p["labels"] == label).nonzero().flatten()
+    for shape_id, name in enumerate(SHAPE_CLASSES):
+        idx = (p["shapes"] == shape_id).nonzero().flatten()
         if len(idx):
             sdf[idx] = _SDF[name](u[idx], v[idx], p["radius"][idx, None, None])
     mask = sdf < 0  # [b, H, W]: pixel centre inside the shape
@@ -204,13 +240,15 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator) -> 
     return image.clamp(0, 1), mask
 
 
-def _generate(n: int, image_size: int, seed: int, as_uint8: bool) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
+def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: float = DEFAULT_OVERHANG,
+              classes: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
     """Render n images chunk by chunk; returns images, labels, masks and the drawn parameters."""
     _check_int("n", n, 1)
     _check_int("image_size", image_size, 8)
     _check_int("seed", seed, 0)
+    overhang, classes = _check_overhang(overhang), _check_classes(classes)
     g = torch.Generator().manual_seed(seed)
-    params = _shape_params(n, image_size, g)
+    params = _shape_params(n, image_size, g, overhang, classes)
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8 if as_uint8 else torch.float32)
     masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
     step = max(1, _CHUNK_PIXELS // (image_size * image_size))
@@ -224,13 +262,16 @@ def _generate(n: int, image_size: int, seed: int, as_uint8: bool) -> Tuple[Tenso
     return images, params["labels"].clone(), masks, params
 
 
-def make_shapes(n: int, image_size: int = 32, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = DEFAULT_OVERHANG,
+                classes: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Generate n shape images, deterministic from ``seed``.
 
-    Returns images float32 [n, 3, H, W] in [0, 1], labels int64 [n] (index into SHAPE_CLASSES) and
-    masks bool [n, H, W] (True on the object's pixels). Classes are exactly balanced (n % 8 aside).
+    Returns images float32 [n, 3, H, W] in [0, 1], labels int64 [n] (index into ``classes``, by default
+    SHAPE_CLASSES) and masks bool [n, H, W] (True on the object's *visible* pixels: a part cut off by the
+    border is not in the mask). Classes are exactly balanced (n % len(classes) aside). ``overhang``: the
+    fraction of an object's diameter that may lie outside the image (0 = always whole).
     """
-    images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False)
+    images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes)
     return images, labels, masks
 
 
@@ -257,7 +298,12 @@ class ShapesDataset(Dataset):
     Images are stored as uint8 [n, 3, H, W] (a quarter of the float memory), so an item equals
     ``make_shapes(...)`` to within 1/255 before normalization. ``transform`` is applied to the normalized
     image tensor; the mask is NOT transformed, so with ``return_mask=True`` use only transforms that do
-    not move pixels.
+    not move pixels (translation invariance comes from the generator itself: see ``overhang``).
+
+    ``fresh_each_epoch=True``: ``set_epoch(e)`` redraws all n images from the seed ``seed + EPOCH_SEED_STRIDE * e``
+    (epoch 0 is the dataset as built). Drawing is cheap (about 1 s for 20,000 images), and a model that never
+    sees an image twice cannot memorize: the data is as large as the training run, like the paper's JFT.
+    The images of epoch e depend only on (seed, e), so a resumed run sees the same ones.
     """
 
     def __init__(
@@ -267,16 +313,31 @@ class ShapesDataset(Dataset):
         seed: int = 0,
         transform: Optional[Callable[[Tensor], Tensor]] = None,
         return_mask: bool = False,
+        overhang: float = DEFAULT_OVERHANG,
+        classes: Optional[Sequence[str]] = None,
+        fresh_each_epoch: bool = False,
     ) -> None:
-        images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=True)
+        self.n, self.image_size, self.seed = n, image_size, seed
+        self.overhang, self.classes = overhang, list(_check_classes(classes))
+        self.transform = transform
+        self.return_mask = return_mask
+        self.fresh_each_epoch = bool(fresh_each_epoch)
+        self.epoch = 0
+        self._draw(seed)
+
+    def _draw(self, seed: int) -> None:
+        images, labels, masks, _ = _generate(self.n, self.image_size, seed, as_uint8=True, overhang=self.overhang,
+                                             classes=self.classes)
         self.images = images  # uint8 [n, 3, H, W]
         self.labels = labels  # int64 [n]
         self.masks = masks  # bool [n, H, W]
-        self.classes: List[str] = list(SHAPE_CLASSES)
-        self.image_size = image_size
-        self.seed = seed
-        self.transform = transform
-        self.return_mask = return_mask
+
+    def set_epoch(self, epoch: int) -> None:
+        """With ``fresh_each_epoch``: redraw the images for this epoch (a no-op otherwise)."""
+        _check_int("epoch", epoch, 0)
+        if self.fresh_each_epoch and epoch != self.epoch:
+            self._draw(self.seed + EPOCH_SEED_STRIDE * epoch)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -351,6 +412,8 @@ def _torchvision_dataset(name: str, split: str, root: Path, image_size: Optional
 
 
 def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augment: bool) -> Dataset:
+    """torchvision's ImageFolder over root/split, checked up front: at least two class folders, and every
+    image decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
     from torchvision.datasets import ImageFolder
 
     folder = root / split
@@ -363,11 +426,32 @@ def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augm
     size = image_size or 32
     transform = _tv_transform("imagefolder", split, size, augment)
     try:
-        return ImageFolder(str(folder), transform=transform)
+        ds = ImageFolder(str(folder), transform=transform, loader=load_image_checked)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"imagefolder: no images found under {folder}/<class name>/ ({err})"
         ) from err
+    if len(ds.classes) < 2:  # one class: every prediction is right and training reports "100 %"
+        raise ValueError(f"imagefolder: {folder} has {len(ds.classes)} class folder {ds.classes}; expected at "
+                         f"least two classes, {folder}/<class name>/*.jpg|png")
+    for path, _ in ds.samples:  # decode every image now: a corrupt file fails here, named, not mid-epoch
+        load_image_checked(path)
+    return ds
+
+
+def load_image_checked(path: str):
+    """ImageFolder's loader (PIL, converted to RGB) whose failure is one ValueError naming the file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert() decodes all the pixel data
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        lines = str(err).splitlines()
+        got = ("a file in no image format PIL knows" if isinstance(err, Image.UnidentifiedImageError)
+               else f"{type(err).__name__}: {lines[0] if lines else ''}")
+        raise ValueError(f"imagefolder: cannot decode image {path}: expected an image file PIL can read, "
+                         f"got {got}") from None
 
 
 def get_dataset(
@@ -379,6 +463,8 @@ def get_dataset(
     download: bool = False,
     n: Optional[int] = None,
     seed: Optional[int] = None,
+    fresh_each_epoch: bool = False,
+    classes: Optional[Sequence[str]] = None,
 ) -> Dataset:
     """One split of a dataset, normalized with MEAN/STD, 3 channels; ``.classes`` lists the class names.
 
@@ -386,6 +472,8 @@ def get_dataset(
     used as is. image_size defaults to 32 (shapes, imagefolder), native size otherwise (32 CIFAR, 28 MNIST).
     For real datasets n keeps the first n examples (a Subset that still has ``.classes``) and seed is
     unused; they are looked up under ``root`` and never downloaded unless download=True.
+    ``fresh_each_epoch`` (shapes only): new images every epoch, see ``ShapesDataset``.
+    ``classes`` (shapes only): a subset of SHAPE_CLASSES to draw, e.g. a smaller task for a quick run.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
@@ -407,7 +495,13 @@ def get_dataset(
             image_size=size,
             seed=SHAPES_DEFAULT_SEEDS[split] if seed is None else seed,
             transform=transform,
+            fresh_each_epoch=fresh_each_epoch,
+            classes=classes,
         )
+    if fresh_each_epoch:
+        raise ValueError(f"fresh_each_epoch needs generated data (shapes); {name} is a fixed dataset")
+    if classes is not None:
+        raise ValueError(f"classes= picks shapes to draw (shapes only); {name} has its own classes")
     if name == "imagefolder":
         ds = _imagefolder_dataset(split, root, image_size, augment)
     else:

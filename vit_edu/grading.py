@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import re
 import subprocess
@@ -40,6 +41,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from .checks import CHECKS
+from .fileio import check_writable_file, remove_stale_temp_files, temp_file_for
 
 CHECK_NAMES = tuple(f"check_{name}" for name in CHECKS)
 _CHECK_CALL = re.compile(r"^[ \t]*(check_[A-Za-z0-9_]+)[ \t]*\(", re.MULTILINE)
@@ -190,7 +192,8 @@ def _expected_from(reference_dir: Optional[Path], notebook: str) -> Optional[Lis
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path)  # left by a write that was killed
+    fd, tmp = temp_file_for(path)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -200,6 +203,19 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_grades(out: Path, rows: Sequence[dict], students: Sequence[str]) -> None:
+    """Both CSVs (per exercise, per student) for ``students``; atomic, so a reader never sees half a file."""
+    rows = [r for r in rows if r["student"] in set(students)]
+    _write_csv(out, COLUMNS, [[r["student"], r["notebook"], r["exercise"], int(r["passed"]), f"{r['weight']:g}",
+                               r["message"]] for r in rows])
+    columns = list(dict.fromkeys((r["notebook"], r["exercise"]) for r in rows))
+    table = summarize(rows, students)
+    header = ["student"] + [f"{nb}:{ex}" for nb, ex in columns] + ["total", "max"]
+    _write_csv(summary_path(out), header,
+               [[s] + [f"{v:g}" if v is not None else "" for v in vals] + [f"{tot:g}", f"{mx:g}"]
+                for s, (vals, tot, mx) in table.items()])
 
 
 def summary_path(out_csv: "str | Path") -> Path:
@@ -217,6 +233,11 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     ``weights`` maps an exercise name (e.g. "patchify") to its weight (default 1). With ``reference_dir``
     (the handed-out copies), exercises whose check cell a student deleted count as failed. ``jobs``
     notebooks run at the same time (each in its own kernel).
+
+    Nothing is lost: ``out_csv`` is checked writable before any notebook runs, and both CSVs are rewritten
+    (atomically) as soon as each student's notebooks are graded, so an interrupted grading keeps every grade
+    computed so far. Refused up front (one-line error): a missing or empty ``reference_dir``, and a folder
+    whose notebooks are not in per-student folders.
     """
     root = Path(submissions_dir)
     if not root.is_dir():
@@ -225,8 +246,30 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     weights = dict(weights or {})
     ref = Path(reference_dir) if reference_dir is not None else None
+    if ref is not None:
+        if not ref.is_dir():
+            raise (NotADirectoryError if ref.exists() else FileNotFoundError)(
+                f"reference folder {ref} {'is a file' if ref.exists() else 'not found'}; expected the folder of "
+                f"handed-out notebooks (e.g. assignments/student)")
+        if not any(ref.glob("*.ipynb")):
+            raise ValueError(f"reference folder {ref} holds no .ipynb notebooks; expected the handed-out copies "
+                             f"(e.g. assignments/student)")
+    out = Path(out_csv)
+    check_writable_file(out, "grades file (--out)")  # now, not after grading everybody
+    check_writable_file(summary_path(out), "summary file")
     students = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     tasks = [(student, nb_path) for student in students for nb_path in sorted(student.glob("*.ipynb"))]
+    loose = sorted(p.name for p in root.glob("*.ipynb"))
+    if loose and not tasks:
+        raise ValueError(f"{root} holds notebooks directly ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) "
+                         f"but no student folders with notebooks; expected one folder per student: "
+                         f"{root}/<student>/*.ipynb")
+    if students and not tasks:
+        raise ValueError(f"none of the {len(students)} student folders in {root} holds a notebook; expected "
+                         f"{root}/<student>/*.ipynb (notebooks in deeper folders are not looked at)")
+    if loose:
+        print(f"warning: ignoring {len(loose)} notebook(s) directly in {root}: only {root}/<student>/*.ipynb "
+              f"are graded", file=sys.stderr)
 
     def run(task: Tuple[Path, Path]) -> Tuple[List[Tuple[str, bool, str]], float]:
         start = time.monotonic()
@@ -239,6 +282,8 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         return results, time.monotonic() - start
 
     rows: List[dict] = []
+    left = {student: sum(1 for s, _ in tasks if s == student) for student in students}
+    done: List[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # the threads only wait on their kernels
         for (student, nb_path), (results, seconds) in zip(tasks, pool.map(run, tasks)):
             for exercise, passed, message in results:
@@ -247,15 +292,11 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
             if verbose:
                 print(f"graded {student.name}/{nb_path.name}: {sum(r[1] for r in results)}/{len(results)} "
                       f"in {seconds:.0f} s", flush=True)
-    out = Path(out_csv)
-    _write_csv(out, COLUMNS, [[r["student"], r["notebook"], r["exercise"], int(r["passed"]), f"{r['weight']:g}",
-                               r["message"]] for r in rows])
-    columns = list(dict.fromkeys((r["notebook"], r["exercise"]) for r in rows))
-    table = summarize(rows, [s.name for s in students])
-    header = ["student"] + [f"{nb}:{ex}" for nb, ex in columns] + ["total", "max"]
-    _write_csv(summary_path(out), header,
-               [[s] + [f"{v:g}" if v is not None else "" for v in vals] + [f"{tot:g}", f"{mx:g}"]
-                for s, (vals, tot, mx) in table.items()])
+            left[student] -= 1
+            if left[student] == 0:  # each student's grades are on disk as soon as they are known
+                done.append(student.name)
+                _write_grades(out, rows, done)
+    _write_grades(out, rows, [s.name for s in students])
     if verbose:
         print(format_table(rows, [s.name for s in students]))
         print(f"wrote {out} and {summary_path(out)}")
@@ -314,9 +355,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             weights[name.strip()] = float(value)
         except ValueError:
             sep = ""
-        if not sep or name.strip() not in CHECKS:
-            print(f"error: --weight expects EXERCISE=NUMBER with EXERCISE one of {', '.join(CHECKS)}; got {item!r}",
-                  file=sys.stderr)
+        if not sep or name.strip() not in CHECKS or not (math.isfinite(weights[name.strip()])
+                                                          and weights[name.strip()] >= 0):
+            print(f"error: --weight expects EXERCISE=NUMBER (a finite number >= 0) with EXERCISE one of "
+                  f"{', '.join(CHECKS)}; got {item!r}", file=sys.stderr)
             return 2
     if not Path(args.submissions).is_dir():
         print(f"error: submissions folder not found: {args.submissions}", file=sys.stderr)
@@ -324,10 +366,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
         return 2
-    if args.timeout <= 0:
-        print(f"error: --timeout must be positive, got {args.timeout:g}", file=sys.stderr)
+    for flag, value in (("--timeout", args.timeout), ("--cell-timeout", args.cell_timeout)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            print(f"error: {flag} must be a positive number of seconds, got {value:g}", file=sys.stderr)
+            return 2
+    try:
+        grade(args.submissions, args.out, args.timeout, weights, args.reference, args.cell_timeout, jobs=args.jobs)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as err:
+        if os.environ.get("VIT_EDU_DEBUG"):
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
-    grade(args.submissions, args.out, args.timeout, weights, args.reference, args.cell_timeout, jobs=args.jobs)
     return 0
 
 

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import to_2tuple
-from .patch_embed import check_image
+from .patch_embed import cast_image, check_image
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> int:
@@ -162,5 +162,5 @@ class HybridEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
-        x = self.proj(self.backbone(x))  # [B, D, H/16, W/16]
+        x = self.proj(self.backbone(cast_image(x, self.proj.weight)))  # [B, D, H/16, W/16]
         return rearrange(x, "b d h w -> b (h w) d")

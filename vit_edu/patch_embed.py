@@ -27,7 +27,13 @@ PATCHIFY_PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
 
 def check_image(x: torch.Tensor, in_channels: int, image_size: Union[Tuple[int, int], None],
                 patch_size: Tuple[int, int], what: str = "model") -> None:
-    """Raise a clear error for anything but a [B, C, H, W] float tensor the model can cut into patches."""
+    """Raise a clear error for anything but a [B, C, H, W] float tensor the model can cut into patches.
+
+    dtype rule: any floating dtype passes this check (float32, float64, float16, bfloat16, ...); the model
+    then casts the image to the dtype of its own weights (:func:`cast_image`), so a float64 image from
+    NumPy meets a float32 model as float32, and a bfloat16 model gets bfloat16. Integer and bool images are
+    refused: their scale (0..255?) is unknown, so the fix (``x.float() / 255``) is left to the caller.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} expects a torch.Tensor of shape [B, C, H, W], got {type(x).__name__}")
     if x.ndim != 4:
@@ -46,6 +52,16 @@ def check_image(x: torch.Tensor, in_channels: int, image_size: Union[Tuple[int, 
         raise ValueError(f"{what} was built for images of size {tuple(image_size)}, got {(H, W)}; {fix}")
     if not divisible:
         raise ValueError(f"image size {(H, W)} is not divisible by the patch size {tuple(patch_size)}")
+
+
+def cast_image(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A floating-point image in the dtype of ``weight`` (the first layer's), so that float64, float16 or
+    bfloat16 input works with a float32 model (and float32 input with a half-precision one).
+
+    Casting float64 to float32 rounds each pixel to 24 significant bits, far below any image noise.
+    Under ``torch.autocast`` the layers then pick their own precision as usual.
+    """
+    return x if x.dtype == weight.dtype else x.to(weight.dtype)
 
 
 def patchify(images: torch.Tensor, patch_size: Union[int, Tuple[int, int]]) -> torch.Tensor:
@@ -92,7 +108,7 @@ class PatchEmbed(_PatchGrid):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check(x)
-        x = self.proj(x)  # [B, D, H/P, W/P]
+        x = self.proj(cast_image(x, self.proj.weight))  # [B, D, H/P, W/P]
         return rearrange(x, "b d h w -> b (h w) d")  # [B, N, D]
 
 
@@ -107,7 +123,7 @@ class LinearPatchEmbed(_PatchGrid):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check(x)
-        return self.proj(self.to_patches(x))  # [B, N, P*P*C] -> [B, N, D]
+        return self.proj(self.to_patches(cast_image(x, self.proj.weight)))  # [B, N, P*P*C] -> [B, N, D]
 
 
 def _check_pair(conv: nn.Conv2d, linear: nn.Linear) -> None:

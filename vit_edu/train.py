@@ -22,7 +22,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,8 +35,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm import tqdm  # the terminal bar; tqdm.auto wants ipywidgets inside notebooks
 
 from .config import ViTConfig
-from .convert import load_checked
-from .models import create_model
+from .convert import load_checked, load_safetensors_checked, torch_load_checked
+from .fileio import check_writable_dir, check_writable_file, remove_stale_temp_files, temp_file_for
+from .models import PRESETS, create_model
 from .vit import VisionTransformer
 
 CHECKPOINT_FORMAT = "vit_edu.checkpoint/1"
@@ -45,6 +45,21 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 COURSE_CHECKPOINT = ASSETS_DIR / "vit_course_shapes.safetensors"
 
 PathLike = Union[str, os.PathLike]
+
+
+def _check_number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                  low_open: bool = False, high_open: bool = False, what: str = "") -> None:
+    """A finite real number inside [low, high] (open ends where asked); NaN, inf, bools and strings fail."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rule = " and ".join(r for r in (lo, hi) if r)
+        raise ValueError(f"TrainConfig.{name} must be {what}a finite number{' ' + rule if rule else ''}, got {value!r}")
 
 
 # ============================================================================================ config
@@ -74,7 +89,9 @@ class TrainConfig:
     data_root: str = "data"
     download: bool = False
     augment: bool = False
-    n_train: Optional[int] = None  # None: the dataset's default size (the CLI uses 50,000 for shapes)
+    fresh_data: bool = False  # shapes only: draw new training images every epoch (never the same image twice)
+    classes: Optional[List[str]] = None  # shapes only: draw only these shapes (a smaller task); None: all eight
+    n_train: Optional[int] = None  # None: the dataset's default size (the CLI's for shapes: __main__.CLI_DEFAULTS)
     n_test: Optional[int] = None
     data_seed: Optional[int] = None  # seed of the generated shapes data; None: the dataset's default
     model_overrides: Dict[str, Any] = field(default_factory=dict)  # ViTConfig fields, e.g. {"dropout": 0.1}
@@ -87,17 +104,38 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        _check_number("lr", self.lr, low=0.0, low_open=True)  # NaN and inf are refused too
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("warmup_epochs", self.warmup_epochs, low=0.0)
+        _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _check_number("grad_clip", self.grad_clip, low=0.0)
+        if self.time_budget_s is not None:
+            _check_number("time_budget_s", self.time_budget_s, low=0.0, low_open=True, what="None (no limit) or ")
+        for name, minimum in (("warmup_steps", 0), ("n_train", 1), ("n_test", 1), ("stop_after_epochs", 1),
+                              ("data_seed", 0), ("seed", 0), ("num_workers", 0)):
+            value = getattr(self, name)
+            optional = name not in ("seed", "num_workers")
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
+                                 f"got {value!r}")
+        if self.model not in PRESETS:
+            raise ValueError(f"unknown model {self.model!r}; expected a preset name: {', '.join(sorted(PRESETS))}")
+        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):
-            raise ValueError(f"warm-up must be >= 0, got warmup_epochs={self.warmup_epochs}, "
-                             f"warmup_steps={self.warmup_steps}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.model_overrides, dict):
             raise TypeError(f"TrainConfig.model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        unknown = sorted(set(self.model_overrides) - set(ViTConfig.__dataclass_fields__))
+        if unknown:  # a typo fails here, not after the data are built
+            raise ValueError(f"TrainConfig.model_overrides has unknown ViTConfig fields {unknown}; "
+                             f"expected some of {sorted(ViTConfig.__dataclass_fields__)}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if name in self.model_overrides:
+                _check_number(f"model_overrides[{name!r}]", self.model_overrides[name], low=0.0, high=1.0,
+                              high_open=True)
         if self.out_dir is None:
             self.out_dir = os.path.join("runs", f"{self.dataset}-{self.model}")
 
@@ -123,11 +161,23 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps" as a torch.device; a one-line
+    ValueError for a name torch does not know or a device this machine does not have."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported here; expected auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
@@ -228,10 +278,20 @@ def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
     # generated data: the test split must never share the training seed (same seed = same images)
     train_seed = config.data_seed
     test_seed = None if config.data_seed is None else config.data_seed + 1
+    if config.classes is not None:
+        common["classes"] = config.classes
     train_ds = data.get_dataset(config.dataset, split="train", augment=config.augment, n=config.n_train,
-                                seed=train_seed, **common)
+                                seed=train_seed, fresh_each_epoch=config.fresh_data, **common)
     test_ds = data.get_dataset(config.dataset, split="test", augment=False, n=config.n_test, seed=test_seed, **common)
-    return train_ds, test_ds, data.dataset_info(train_ds)
+    info = data.dataset_info(train_ds)
+    if len(info["classes"]) < 2:  # one class: every prediction is right, "100 %" means nothing
+        raise ValueError(f"{config.dataset} train has {len(info['classes'])} class {info['classes']}; "
+                         f"expected at least two classes to learn to tell apart")
+    test_classes = data.dataset_info(test_ds)["classes"]
+    if list(test_classes) != list(info["classes"]):  # label k must mean the same class in both splits
+        raise ValueError(f"{config.dataset}: the test split's classes {test_classes} differ from the train "
+                         f"split's {info['classes']}; expected the same class folders in both")
+    return train_ds, test_ds, info
 
 
 def build_train_loader(dataset: Dataset, config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -251,7 +311,10 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, rank: int = 0, wor
 
 
 def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Re-seed the shuffling for this epoch (DistributedSampler.set_epoch or the RandomSampler's generator)."""
+    """Re-seed the shuffling for this epoch (DistributedSampler.set_epoch or the RandomSampler's generator),
+    and let a generated dataset draw this epoch's images (``ShapesDataset.set_epoch``)."""
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
     sampler = loader.sampler
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
@@ -332,11 +395,13 @@ def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
     """Write via ``write(file)`` into a temp file next to ``path``, fsync, then ``os.replace`` it into place.
 
     ``os.replace`` is atomic on POSIX and Windows: readers see the old file or the new one, never half.
-    On any error the temp file is removed and the old file stays untouched.
+    On any error the temp file is removed and the old file stays untouched. A write killed outright (SIGKILL,
+    power cut) cannot clean up, so temp files of writers that are gone are removed before each write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path)
+    fd, tmp = temp_file_for(path)  # .<name>.<pid>-<random>.tmp
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -378,16 +443,75 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, without unpickling code."""
+    """Read a checkpoint written by :func:`save_checkpoint`, without unpickling code.
+
+    Every bad file is one error that says what was expected and what came: FileNotFoundError (missing),
+    IsADirectoryError (a folder), ValueError (empty, truncated, text, a .safetensors export, pickled code,
+    another program's checkpoint, or a vit_edu checkpoint with parts missing).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    expected = f"a vit_edu training checkpoint (the last.pt that training writes, format {CHECKPOINT_FORMAT!r})"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}; expected {expected}")
+    if path.suffix == ".safetensors":
+        raise ValueError(f"{path} is a .safetensors export (weights only); expected {expected}. An export can "
+                         f"be evaluated (load_model) but not resumed")
+    ckpt = torch_load_checked(path, expected, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a vit_edu training checkpoint: expected format "
                          f"{CHECKPOINT_FORMAT!r}, got {got!r}")
+    missing = [k for k in ("config", "model", "epoch") if k not in ckpt]
+    if not missing and (not isinstance(ckpt["config"], dict) or "model" not in ckpt["config"]):
+        missing = ["config.model"]
+    if missing:
+        raise ValueError(f"{path} is an incomplete vit_edu checkpoint: it lacks {', '.join(missing)}")
     return ckpt
+
+
+def check_resumable(ckpt: dict, path: PathLike) -> None:
+    """A checkpoint ``fit(resume=...)`` can continue: it holds the optimizer, scheduler, RNG and train config."""
+    missing = [k for k in ("optimizer", "scheduler", "rng", "history") if ckpt.get(k) is None]
+    if ckpt["config"].get("train") is None:
+        missing.append("the training config")
+    if missing:
+        raise ValueError(f"{path} cannot be resumed: it holds no {', '.join(missing)} (a checkpoint saved "
+                         f"without them, e.g. save_checkpoint(path, model)); expected the last.pt that fit writes")
+
+
+# Fields that --resume may change: they decide where and how fast the run goes, or how long its schedule is
+# (epochs: the cosine is recomputed for the new length, as the shipped checkpoint's recipe does), never what
+# a step computes. Any other field that differs from the checkpoint's is refused: the optimizer and scheduler
+# states would silently keep the old lr and weight decay, another batch size or data would break the exact resume.
+RESUME_MAY_CHANGE = frozenset({"epochs", "stop_after_epochs", "time_budget_s", "eval_every", "out_dir", "device",
+                               "num_workers", "progress", "data_root", "download", "save_checkpoints", "n_test"})
+
+
+def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tuple[Any, Any]]]:
+    """(allowed, refused): {field: (checkpoint's value, config's value)} for the fields that differ."""
+    old = TrainConfig.from_dict(stored).to_dict()
+    new = config.to_dict()
+    allowed, refused = {}, {}
+    for name in new:
+        if name == "model_overrides":  # {} and {"dropout": 0.0} build the same model when the preset's is 0.0
+            keys = set(old[name]) | set(new[name])
+            same = all(_model_field(old["model"], old[name], k) == _model_field(new["model"], new[name], k)
+                       for k in keys)
+            if not same:
+                refused[name] = (old[name], new[name])
+        elif old.get(name) != new[name]:
+            (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (old.get(name), new[name])
+    return allowed, refused
+
+
+def _model_field(model: str, overrides: dict, name: str) -> Any:
+    """The value of ViTConfig field ``name`` that preset ``model`` with ``overrides`` gets."""
+    if name in overrides:
+        return overrides[name]
+    if name in PRESETS.get(model, {}):
+        return PRESETS[model][name]
+    f = ViTConfig.__dataclass_fields__.get(name)
+    return f.default if f is not None else None
 
 
 def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> Path:
@@ -407,26 +531,41 @@ def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict
 
 
 def read_safetensors_metadata(path: PathLike) -> Dict[str, str]:
+    """The header metadata of a .safetensors file (a damaged or foreign file: one ValueError)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    from .convert import check_readable_file
+    from .fileio import describe_file
+
+    expected = "a .safetensors file"
+    check_readable_file(path, expected)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001 - SafetensorError: truncated, text, ...
+        raise ValueError(f"cannot read {path}: expected {expected}, got {describe_file(path)} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> VisionTransformer:
-    """A VisionTransformer in eval mode from a training checkpoint (.pt) or an exported .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A VisionTransformer in eval mode from a training checkpoint (.pt) or an exported .safetensors file.
 
-        meta = read_safetensors_metadata(path)
+    A missing path, a folder, or a file that is not one of the two gives one clear error (see load_checkpoint).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}; expected a .pt training checkpoint or a "
+                                f".safetensors export")
+    if path.suffix == ".safetensors":
+        state, meta = load_safetensors_checked(path, "a .safetensors export written by vit_edu")
         if "config" not in meta:
             raise ValueError(f"{path} has no 'config' in its safetensors metadata; "
                              f"expected a file written by vit_edu.train.export_safetensors")
-        config = ViTConfig.from_dict(json.loads(meta["config"]))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        try:
+            config = ViTConfig.from_dict(json.loads(meta["config"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: its 'config' metadata is not a valid ViTConfig ({err})") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     else:
         ckpt = load_checkpoint(path)
         config = ViTConfig.from_dict(ckpt["config"]["model"])
@@ -453,6 +592,39 @@ def _maybe_json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def stored_classes(path: PathLike) -> Optional[List[str]]:
+    """The class names a .pt checkpoint or .safetensors export was trained on, or None if it does not say."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        classes = _maybe_json(read_safetensors_metadata(path).get("classes", "null"))
+    else:
+        classes = (load_checkpoint(path).get("extra") or {}).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def check_classes_match(model: VisionTransformer, model_classes: Optional[List[str]], data_classes: List[str],
+                        source: str, data_name: str) -> None:
+    """Refuse to evaluate a model on data whose classes are not the ones it was trained on (in that order).
+
+    Otherwise label k of the data is scored against output k of the model, and a model that is right
+    about every image can report 0 %.
+    """
+    data_classes = list(data_classes)
+    if model_classes is not None and list(model_classes) != data_classes:
+        how = "in another order" if sorted(model_classes) == sorted(data_classes) else ""
+        raise ValueError(f"classes do not match: {source} was trained on {len(model_classes)} classes "
+                         f"{_short_list(model_classes)}, but {data_name} has {len(data_classes)} classes "
+                         f"{_short_list(data_classes)}{' ' + how if how else ''}")
+    if model.config.num_classes != len(data_classes):
+        raise ValueError(f"classes do not match: {source} has {model.config.num_classes} outputs, but {data_name} "
+                         f"has {len(data_classes)} classes {_short_list(data_classes)}")
+
+
+def _short_list(items: List[str], limit: int = 10) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
 # ============================================================================================ the loop
@@ -500,8 +672,36 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     say = log if main else (lambda msg: None)
     start = time.monotonic()
 
+    # Everything that can be checked before the work starts is checked here, on every process (so that
+    # all of them stop together): somewhere to write, a checkpoint that can be resumed with this config.
+    if config.save_checkpoints:
+        check_writable_dir(config.out_dir, "output folder (--out-dir)")
+        if main:
+            remove_stale_temp_files(Path(config.out_dir) / "last.pt")  # left by a write that was killed
+    if export is not None:
+        check_writable_file(export, "export file (--export)")
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume, map_location=device)
+        check_resumable(ckpt, resume)
+        changed, refused = resume_changes(ckpt["config"]["train"], config)
+        if refused:
+            raise ValueError(f"resuming {resume} would change " + ", ".join(
+                f"{k} from {old!r} to {new!r}" for k, (old, new) in refused.items())
+                + "; a resumed run keeps the checkpoint's settings (only "
+                f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change): start a new run to use other values")
+        if ckpt["epoch"] >= config.epochs:
+            raise ValueError(f"{resume} is a finished run ({ckpt['epoch']} of {config.epochs} epochs done): "
+                             f"nothing to resume; to train longer, resume with more epochs (--epochs) than "
+                             f"{ckpt['epoch']}, or start a new run")
+
     seed_everything(config.seed)
     train_ds, test_ds, info = build_datasets(config)
+    if ckpt is not None:
+        trained_on = (ckpt.get("extra") or {}).get("classes")
+        if trained_on is not None and list(trained_on) != list(info["classes"]):
+            raise ValueError(f"{resume} was trained on classes {list(trained_on)}, but {config.dataset} now has "
+                             f"classes {list(info['classes'])}; expected the same data to resume on")
     model = build_model(config, len(info["classes"]), info["image_size"], info["in_channels"]).to(device)
     train_loader = build_train_loader(train_ds, config, rank, world)
     test_loader = build_eval_loader(test_ds, max(256, config.batch_size), rank, world, config.num_workers)
@@ -518,14 +718,15 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     criterion = build_criterion(config)
     history, start_epoch = new_history(), 0
 
-    if resume is not None:
-        ckpt = load_checkpoint(resume, map_location=device)
+    if ckpt is not None:
         load_checked(model, ckpt["model"], source=str(resume))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         history, start_epoch = ckpt["history"], ckpt["epoch"]
         _set_rng_state(ckpt["rng"])
-        say(f"resumed from {resume} after epoch {start_epoch}")
+        note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
+                         if k not in ("progress", "out_dir", "stop_after_epochs"))
+        say(f"resumed from {resume} after epoch {start_epoch}" + (f" (changed: {note})" if note else ""))
 
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -567,7 +768,7 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
             f"{row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f} s")
         if main and config.save_checkpoints:
             save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, epoch + 1, history, config,
-                            extra={"stopped_early": stopped})
+                            extra={"stopped_early": stopped, "classes": [str(c) for c in info["classes"]]})
         if stopped:
             say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs")
             break

@@ -156,6 +156,13 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """images [B, C, H, W] -> logits [B, num_classes] (and the attention maps with ``return_attention``).
+
+        Input dtypes: a floating-point image of any dtype (float32, float64, float16, bfloat16) is cast to
+        the dtype of the model's weights before the patch embedding, so the logits come in the model's
+        dtype (a float64 image into a float32 model gives float32 logits). Integer and bool images are
+        refused with a TypeError (scale them yourself: ``x.float() / 255``). See ``patch_embed.check_image``.
+        """
         if return_attention:
             x, attentions = self.forward_features(x, return_attention=True)
             return self.forward_head(x), attentions
