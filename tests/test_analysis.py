@@ -454,3 +454,44 @@ def test_plot_history_tolerates_missing_keys():
     assert len(viz.plot_history({}).axes) == 2
     with pytest.raises(TypeError, match="dict"):
         viz.plot_history([1, 2])
+
+
+# ------------------------------------------------------------------------- Fig. 7 summaries (filters, distance)
+def test_filter_smoothness_separates_smooth_random_and_alternating_filters():
+    torch.manual_seed(0)
+    random_filters = torch.randn(64, 3, 4, 4)
+    assert abs(analysis.filter_smoothness(random_filters)) < 0.15
+    ramp = torch.linspace(-1, 1, 4)
+    smooth = torch.stack([ramp[None, :] + 0 * ramp[:, None], ramp[:, None] + 0 * ramp[None, :],
+                          ramp[None, :] * ramp[:, None]])[:, None].expand(3, 3, 4, 4)  # ramps and a saddle
+    assert analysis.filter_smoothness(smooth) > 0.3
+    checker = ((torch.arange(4)[None, :] + torch.arange(4)[:, None]) % 2 * 2.0 - 1)[None, None]
+    assert analysis.filter_smoothness(checker) == pytest.approx(-1.0)
+    # independent reference: numpy's corrcoef over the same neighbour pairs of one centred filter
+    f = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    c = (f - f.mean()).numpy()[0, 0]
+    a = np.concatenate([c[:, :-1].ravel(), c[:-1, :].ravel()])
+    b = np.concatenate([c[:, 1:].ravel(), c[1:, :].ravel()])
+    expected = (a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())
+    assert analysis.filter_smoothness(f) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"\[k, C, P, P\]"):
+        analysis.filter_smoothness(torch.randn(3, 4, 4))
+
+
+def test_attention_distance_summary_and_uniform_yardstick():
+    grid, patch = (8, 8), (4, 4)
+    n = 64
+    uniform = [torch.full((1, 2, n + 1, n + 1), 1.0 / (n + 1))]
+    yardstick = analysis.uniform_attention_distance(grid, patch)
+    assert float(analysis.mean_attention_distance(uniform, grid, patch)[0, 0]) == pytest.approx(yardstick, rel=1e-6)
+    # brute force: mean Euclidean distance between all pairs of patch centres, itertools-free
+    centres = [((i + 0.5) * 4, (j + 0.5) * 4) for i in range(8) for j in range(8)]
+    brute = np.mean([math.dist(p, q) for p in centres for q in centres])
+    assert yardstick == pytest.approx(brute)
+    table = torch.tensor([[3.0, 16.0], [10.0, 14.0], [15.0, 17.0]])
+    summary = analysis.attention_distance_summary(table, yardstick)
+    assert summary["first_layer_min"] == pytest.approx(3.0 / yardstick)
+    assert summary["rising"] and summary["layer_mean"].shape == (3,)
+    assert not analysis.attention_distance_summary(table.flip(0), yardstick)["rising"]
+    with pytest.raises(ValueError, match="layers, heads"):
+        analysis.attention_distance_summary(torch.ones(3), yardstick)

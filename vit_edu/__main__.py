@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-test", type=int, default=None, help=_help("number of test images", "n_test"))
     t.add_argument("--augment", action="store_true", default=None,
                    help=_help("random flips/crops on the training set", "augment"))
+    t.add_argument("--fresh-data", action=argparse.BooleanOptionalAction, default=None,
+                   help=_help("draw new shapes images every epoch (shapes only)", "fresh_data"))
+    t.add_argument("--classes", type=lambda text: [c.strip() for c in text.split(",") if c.strip()], default=None,
+                   help=_help("comma-separated shapes to draw, e.g. circle,square,triangle (shapes only)", "classes"))
+    t.add_argument("--pos-lr-scale", type=float, default=None,
+                   help=_help("learning rate of a learned position embedding = lr x this", "pos_embed_lr_scale"))
     t.add_argument("--dropout", type=float, default=None,
                    help=f"dropout of the model (default: the preset's, {_preset_dropout():g})")
     t.add_argument("--out-dir", default=None, help=_help("where last.pt goes", "out_dir"))
@@ -146,7 +152,8 @@ _TRAIN_FLAGS = {  # argparse name -> TrainConfig field
     "seed": "seed", "data_seed": "data_seed", "n_train": "n_train", "n_test": "n_test", "augment": "augment",
     "out_dir": "out_dir", "time_budget": "time_budget_s", "eval_every": "eval_every", "device": "device",
     "workers": "num_workers", "image_size": "image_size", "data_root": "data_root", "download": "download",
-    "stop_after_epochs": "stop_after_epochs", "progress": "progress",
+    "stop_after_epochs": "stop_after_epochs", "progress": "progress", "fresh_data": "fresh_data", "classes": "classes",
+    "pos_lr_scale": "pos_embed_lr_scale",
 }
 
 

@@ -31,7 +31,8 @@ HEAD_FUSIONS = ("mean", "max", "min")
 __all__ = [
     "attention_rollout", "cls_attention_maps", "rollout_cls_map", "upsample_map", "mean_attention_distance",
     "patch_centers", "pos_embed_similarity", "grid_distances", "similarity_distance_correlation",
-    "rankdata", "patch_embedding_components", "attention_localization",
+    "rankdata", "patch_embedding_components", "attention_localization", "filter_smoothness",
+    "attention_distance_summary", "uniform_attention_distance", "what_the_model_learned",
 ]
 
 
@@ -341,6 +342,83 @@ def patch_embedding_components(
     variance = s ** 2
     ratio = variance[:num_components] / variance.sum().clamp_min(1e-300)
     return to_images(components).float(), ratio.float()
+
+
+def filter_smoothness(components: torch.Tensor) -> float:
+    """How smooth the filters are in space: the correlation between horizontally and vertically adjacent pixels.
+
+    Input: filters or principal components [k, C, P, P] (e.g. from ``patch_embedding_components``). For each
+    filter and channel, every pair of neighbouring pixels (a, b) is one sample; the result is the Pearson
+    correlation of a with b over all pairs, after removing each filter-channel's mean. Independent random
+    weights give about 0; the smooth, low-frequency filters of a trained patch embedding (the paper's Fig. 7
+    left: blobs, ramps, stripes) give clearly positive values; a checkerboard gives -1.
+    """
+    if not isinstance(components, torch.Tensor) or components.ndim != 4 or components.shape[-1] < 2 or components.shape[-2] < 2:
+        shape = tuple(components.shape) if isinstance(components, torch.Tensor) else type(components).__name__
+        raise ValueError(f"components must have shape [k, C, P, P] with P >= 2, got {shape}")
+    x = components.detach().to(torch.float64)
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    a = torch.cat([x[..., :, :-1].flatten(), x[..., :-1, :].flatten()])  # left / upper pixel of each pair
+    b = torch.cat([x[..., :, 1:].flatten(), x[..., 1:, :].flatten()])  # its right / lower neighbour
+    denom = torch.sqrt((a * a).sum() * (b * b).sum()).item()
+    return float("nan") if denom == 0 else float((a * b).sum().item() / denom)
+
+
+def attention_distance_summary(distances: torch.Tensor, uniform_distance: float) -> Dict[str, object]:
+    """Read the paper's Fig. 7 (right) off a [L, H] table of mean attention distances.
+
+    Returns the table relative to uniform attention (``ratio`` [L, H]; 1 = no preference for near or far
+    patches), the most local head of the first layer (``first_layer_min``), the mean over heads per layer
+    (``layer_mean`` [L]) and whether that mean rises from the first layer to the last (``rising``).
+    """
+    if not isinstance(distances, torch.Tensor) or distances.ndim != 2:
+        shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
+        raise ValueError(f"distances must be a [layers, heads] tensor (from mean_attention_distance), got {shape}")
+    if not uniform_distance > 0:
+        raise ValueError(f"uniform_distance must be > 0, got {uniform_distance}")
+    ratio = distances.detach().to(torch.float64) / uniform_distance
+    layer_mean = ratio.mean(dim=1)
+    return {"ratio": ratio.float(), "first_layer_min": float(ratio[0].min()), "layer_mean": layer_mean.float(),
+            "rising": bool(layer_mean[-1] > layer_mean[0])}
+
+
+def uniform_attention_distance(grid_size: Size2, patch_size: Size2) -> float:
+    """Mean attention distance (pixels) of a head that attends to every patch equally: the yardstick for "local"."""
+    centers = patch_centers(grid_size, patch_size)
+    return float(torch.cdist(centers, centers).mean())
+
+
+def what_the_model_learned(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                           num_components: int = 8) -> Dict[str, object]:
+    """The measurements of the paper's Fig. 7 and of the course's claims, for one plain ViT with a class token.
+
+    ``images`` [B, C, H, W] (normalized, as the model was trained) with their object ``masks`` [B, H, W].
+    Returns ``spearman`` (cosine similarity of the position embeddings vs grid distance, Fig. 7 centre),
+    ``distance`` (``attention_distance_summary``: Fig. 7 right, relative to uniform attention),
+    ``localization`` (mean mass of the class token's attention rollout on the object over the object's
+    share of patches), ``smoothness`` of the top ``num_components`` principal components of the patch
+    filters and the ``variance_top`` they explain (Fig. 7 left).
+    """
+    config = model.config
+    grid, patch = config.grid_size, config.patch_size
+    prefix = 1 if config.class_token else 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        _, attentions = model(images, return_attention=True)
+    model.train(was_training)
+    distances = mean_attention_distance(attentions, grid, patch, prefix)
+    out: Dict[str, object] = {
+        "distance": attention_distance_summary(distances, uniform_attention_distance(grid, patch)),
+        "localization": attention_localization(rollout_cls_map(attentions, grid, prefix), masks, patch)["mean"],
+    }
+    pos = getattr(model, "pos_embed", None)
+    out["spearman"] = (similarity_distance_correlation(pos_embed_similarity(pos, grid, prefix))["spearman"]
+                       if isinstance(pos, torch.Tensor) else float("nan"))
+    components, ratio = patch_embedding_components(model.patch_embed.proj, num_components=num_components)
+    out["smoothness"] = filter_smoothness(components)
+    out["variance_top"] = float(ratio.sum())
+    return out
 
 
 # ------------------------------------------------------------------------------------------- localisation

@@ -91,6 +91,7 @@ class TrainConfig:
     augment: bool = False
     fresh_data: bool = False  # shapes only: draw new training images every epoch (never the same image twice)
     classes: Optional[List[str]] = None  # shapes only: draw only these shapes (a smaller task); None: all eight
+    pos_embed_lr_scale: float = 1.0  # learning rate of a learned position embedding = lr x this
     n_train: Optional[int] = None  # None: the dataset's default size (the CLI's for shapes: __main__.CLI_DEFAULTS)
     n_test: Optional[int] = None
     data_seed: Optional[int] = None  # seed of the generated shapes data; None: the dataset's default
@@ -109,6 +110,11 @@ class TrainConfig:
         _check_number("warmup_epochs", self.warmup_epochs, low=0.0)
         _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         _check_number("grad_clip", self.grad_clip, low=0.0)
+        _check_number("pos_embed_lr_scale", self.pos_embed_lr_scale, low=0.0, low_open=True)
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not isinstance(self.classes, (list, tuple)):
+                raise TypeError(f"TrainConfig.classes must be None or a list of shape names, got {self.classes!r}")
+            self.classes = list(self.classes)
         if self.time_budget_s is not None:
             _check_number("time_budget_s", self.time_budget_s, low=0.0, low_open=True, what="None (no limit) or ")
         for name, minimum in (("warmup_steps", 0), ("n_train", 1), ("n_test", 1), ("stop_after_epochs", 1),
@@ -228,12 +234,24 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
     return create_model(config.model, **overrides)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw") -> torch.optim.Optimizer:
-    """AdamW (or SGD with momentum); no weight decay on biases, LayerNorms, the class token and the position embedding."""
-    skip = unwrap(model).no_weight_decay()
-    decay = [p for n, p in unwrap(model).named_parameters() if p.requires_grad and n not in skip]
-    no_decay = [p for n, p in unwrap(model).named_parameters() if p.requires_grad and n in skip]
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw",
+                    pos_embed_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW (or SGD with momentum); no weight decay on biases, LayerNorms, the class token and the position embedding.
+
+    ``pos_embed_lr_scale`` != 1 puts the learned position embedding in a third group with ``lr * scale``:
+    its gradient is an average over every image of where things tend to be, small and slow to add up, so
+    with the same step size as the weights the 2-D grid of the paper's Fig. 7 forms several times later
+    (docs/training.md measures it).
+    """
+    vit = unwrap(model)
+    skip = vit.no_weight_decay()
+    own_pos = pos_embed_lr_scale != 1.0 and isinstance(getattr(vit, "pos_embed", None), nn.Parameter)
+    named = [(n, p) for n, p in vit.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if n not in skip]
+    no_decay = [p for n, p in named if n in skip and not (own_pos and n == "pos_embed")]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if own_pos:
+        groups.append({"params": [vit.pos_embed], "weight_decay": 0.0, "lr": lr * pos_embed_lr_scale})
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name != "adamw":
@@ -713,7 +731,7 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
     warmup = min(warmup, total_steps)
 
-    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.optimizer)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.optimizer, config.pos_embed_lr_scale)
     scheduler = build_scheduler(optimizer, warmup, total_steps, config.min_lr_ratio)
     criterion = build_criterion(config)
     history, start_epoch = new_history(), 0
