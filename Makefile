@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks/00_overview.ipynb
+	$(VENV)/bin/jupyter lab --allow-root notebooks/00_overview.ipynb  # --allow-root: containers often run as root
 
 demo: venv
 	$(PY) -m vit_edu demo
@@ -31,7 +31,7 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest tests
 
-notebooks: venv
+notebooks: venv  # re-run every notebook in place; this (not the tests) rewrites the committed figures/
 	$(PY) tools/execute_notebooks.py notebooks/*.ipynb
 
 bench: venv

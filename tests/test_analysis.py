@@ -495,3 +495,33 @@ def test_attention_distance_summary_and_uniform_yardstick():
     assert not analysis.attention_distance_summary(table.flip(0), yardstick)["rising"]
     with pytest.raises(ValueError, match="layers, heads"):
         analysis.attention_distance_summary(torch.ones(3), yardstick)
+
+
+def test_plot_figure7_draws_the_three_panels(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))
+    torch.manual_seed(0)
+    comps, ratio = analysis.patch_embedding_components(torch.randn(64, 3, 4, 4), num_components=10)
+    sim = analysis.pos_embed_similarity(vit_edu.sincos_2d_pos_embed(64, (8, 8)), 8)
+    distances = torch.tensor([[5.0, 16.0, 17.0, 12.0], [10.0, 14.0, 16.5, 15.0], [15.0, 16.0, 17.0, 16.0]])
+    uniform = analysis.uniform_attention_distance(8, 4)
+    fig = viz.plot_figure7(comps, sim, distances, uniform, title="synthetic", num_components=10, ncols=4,
+                           variance_ratio=ratio, one_patch=4)
+    assert len(fig.axes) == 4  # filters, similarity, distance, and the similarity's colour bar
+    left, centre, right, _ = fig.axes
+    assert left.get_title().startswith("Embedding filters: first 10 principal components")
+    assert f"{100 * float(ratio.sum()):.0f} % of the variance" in left.get_title()
+    assert left.images[0].get_array().shape == (3 * 5 - 1, 4 * 5 - 1, 3)  # 3 rows x 4 tiles of 4x4, 1-px gaps
+    assert centre.get_title() == "Position embedding similarity"
+    assert centre.get_xlabel() == "Input patch column"
+    assert right.get_title() == "Mean attention distance per head"
+    assert right.get_xlabel() == "Network depth (layer)"
+    assert len(right.collections) == 4  # one scatter per head
+    dashed = [line for line in right.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(uniform)
+    assert fig._suptitle.get_text() == "synthetic"
+    assert viz.save_figure(fig, "figure7").exists()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="layers, heads"):
+        viz.plot_figure7(comps, sim, distances[0], uniform)
+    with pytest.raises(ValueError, match=r"\[gh, gw, gh, gw\]"):
+        viz.plot_figure7(comps, sim[0], distances, uniform)

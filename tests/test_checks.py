@@ -501,13 +501,18 @@ class MLPResidual(MLP):
 
 @pytest.mark.parametrize("module, message", [
     (_mlp_with(F.relu), "ReLU is used instead of GELU"),
-    (_mlp_with(lambda t: F.gelu(t, approximate="tanh")), "the tanh approximation of GELU"),
     (_mlp_with(lambda t: t), "the activation is missing"),
     (MLPResidual, "the residual belongs to the encoder block"),
 ])
 def test_mlp_mutants(module, message):
     with pytest.raises(CheckError, match=message):
         checks.check_mlp(module)
+
+
+def test_mlp_with_tanh_gelu_passes():
+    """The paper's JAX code uses the tanh approximation of GELU (flax's default): not a mistake."""
+    checks.check_mlp(_mlp_with(lambda t: F.gelu(t, approximate="tanh")))
+    checks.check_mlp(_mlp_with(nn.GELU(approximate="tanh")))
 
 
 def test_mlp_with_dropout_passes():

@@ -1,5 +1,7 @@
-"""Loose bounds on the course's claims, measured on the shipped checkpoint (benchmarks/measure_claims.py
-measures the same numbers on more images against the real goals)."""
+"""The course's claims about the shipped checkpoint, measured on images it never saw (seed 777: neither the
+training data nor the default test set). Bounds are a little looser than the goals that
+benchmarks/measure_claims.py checks on more images, so that a different CPU's last bits cannot flip them;
+a retrained checkpoint that loses one of the paper's Fig. 7 findings fails here."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import vit_edu
 from vit_edu import analysis, data
 from vit_edu.train import COURSE_CHECKPOINT, evaluate, pretrained_course_model, read_safetensors_metadata
 
-FRESH_SEED = 777  # neither the training data (seed 0) nor the default test set (seed 1)
+FRESH_SEED = 777
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +23,28 @@ def shipped():
     return pretrained_course_model()
 
 
-def test_shipped_checkpoint_is_small_documented_and_loads(shipped) -> None:
+@pytest.fixture(scope="module")
+def learned(shipped):
+    """what_the_model_learned for the shipped model and for the same architecture at random init."""
+    model, _ = shipped
+    ds = data.ShapesDataset(n=300, seed=FRESH_SEED, return_mask=True)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    masks = torch.stack([ds[i][2] for i in range(len(ds))])
+    torch.manual_seed(0)
+    fresh = vit_edu.create_model("vit_course_patch4_32", num_classes=model.config.num_classes)
+    return analysis.what_the_model_learned(model, images, masks), analysis.what_the_model_learned(fresh, images, masks)
+
+
+def test_shipped_checkpoint_is_a_plain_vit_small_documented_and_loads(shipped) -> None:
     model, info = shipped
+    c = model.config
+    # the paper's plain ViT: patch embedding, class token read out, learned 1-D position table, no CNN stem
+    assert c.hybrid_layers is None and c.class_token and c.pool == "cls" and c.pos_embedding == "learned"
     assert COURSE_CHECKPOINT.stat().st_size < 5 * 2**20
     assert isinstance(model, vit_edu.VisionTransformer) and not model.training
     assert info["classes"] == list(data.SHAPE_CLASSES)
     assert "vit_edu train" in info["command"] and isinstance(info["seed"], int)
+    assert info["train_config"]["fresh_data"] is True
     assert 0.0 <= info["test_acc"] <= 1.0
     meta = read_safetensors_metadata(COURSE_CHECKPOINT)
     assert vit_edu.ViTConfig.from_dict(json.loads(meta["config"])) == model.config
@@ -36,27 +54,28 @@ def test_shipped_checkpoint_is_small_documented_and_loads(shipped) -> None:
 def test_shipped_checkpoint_accuracy_on_fresh_images(shipped) -> None:
     model, _ = shipped
     ds = data.get_dataset("shapes", split="test", n=1000, seed=FRESH_SEED)
-    assert evaluate(model, DataLoader(ds, batch_size=500))["acc"] >= 0.95
+    assert evaluate(model, DataLoader(ds, batch_size=500))["acc"] >= 0.97
 
 
-def test_rollout_sits_on_the_object(shipped) -> None:
-    model, _ = shipped
-    ds = data.ShapesDataset(n=200, seed=FRESH_SEED, return_mask=True)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    masks = torch.stack([ds[i][2] for i in range(len(ds))])
-    with torch.no_grad():
-        _, attentions = model(images, return_attention=True)
-    maps = analysis.rollout_cls_map(attentions, model.config.grid_size)
-    assert analysis.attention_localization(maps, masks, model.config.patch_size)["mean"] >= 1.5
+def test_rollout_sits_on_the_object(learned) -> None:
+    trained, random_init = learned
+    assert trained["localization"] >= 2.2
+    assert abs(random_init["localization"] - 1.0) < 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped model's learned position embeddings show no 2-D "
-                   "grid structure (Spearman about +0.04, goal <= -0.5); needs a retrained checkpoint")
-def test_learned_position_embeddings_encode_the_grid(shipped) -> None:
-    model, _ = shipped
-    trained = analysis.similarity_distance_correlation(
-        analysis.pos_embed_similarity(model.pos_embed, model.config.grid_size))
-    assert trained["spearman"] <= -0.3
+def test_learned_position_embeddings_encode_the_grid(learned) -> None:
+    """Fig. 7 centre: closer patches have more similar position embeddings."""
+    trained, random_init = learned
+    assert trained["spearman"] <= -0.55
+    assert abs(random_init["spearman"]) < 0.2
+
+
+def test_patch_filters_are_smooth_unlike_random_init(learned) -> None:
+    """Fig. 7 left: the principal components of the trained filters are smooth patterns, random ones are not."""
+    trained, random_init = learned
+    assert abs(random_init["smoothness"]) < 0.2
+    assert trained["smoothness"] > random_init["smoothness"] + 0.2
+    assert trained["variance_top"] > random_init["variance_top"]
 
 
 def test_random_position_embeddings_have_no_grid_structure() -> None:

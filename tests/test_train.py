@@ -187,10 +187,12 @@ def test_load_checkpoint_rejects_other_files(tmp_path) -> None:
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_resume_is_exact(tmp_path) -> None:
+@pytest.mark.parametrize("fresh_data", [False, True], ids=["same-images", "fresh-images"])
+def test_resume_is_exact(tmp_path, fresh_data) -> None:
     """2 epochs straight == 1 epoch, stop, resume for the 2nd: bitwise, with dropout and augmentation on
-    (so the restored RNG states matter) and the data order drawn from (seed, epoch)."""
-    kw = dict(model_overrides={"dropout": 0.1}, augment=True, epochs=2)
+    (so the restored RNG states matter) and the data order drawn from (seed, epoch); with fresh_data the
+    2nd epoch's images are drawn from (data seed, epoch) and must be the same after a resume too."""
+    kw = dict(model_overrides={"dropout": 0.1}, augment=True, epochs=2, fresh_data=fresh_data)
     straight, h_straight = fit(tiny_config(tmp_path / "a", **kw), log=quiet)
 
     cfg_b = tiny_config(tmp_path / "b", **kw)
@@ -209,6 +211,28 @@ def test_resume_is_exact(tmp_path) -> None:
     # and resuming really started from the checkpoint, not from scratch: a fresh 1-epoch run differs
     assert not torch.equal(a["head.weight"], fit(tiny_config(tmp_path / "c", **{**kw, "epochs": 1}),
                                                  log=quiet)[0].state_dict()["head.weight"])
+
+
+def test_fresh_data_draws_new_images_each_epoch_and_a_larger_lr_for_the_position_embedding(tmp_path) -> None:
+    from vit_edu.train import build_datasets, build_optimizer, build_train_loader, set_loader_epoch
+
+    cfg = tiny_config(tmp_path, fresh_data=True, classes=["circle", "square", "star"], pos_embed_lr_scale=5.0)
+    train_ds, test_ds, info = build_datasets(cfg)
+    assert info["classes"] == ["circle", "square", "star"] and test_ds.classes == info["classes"]
+    loader = build_train_loader(train_ds, cfg)
+    set_loader_epoch(loader, cfg.seed, 0)
+    first = train_ds.images.clone()
+    set_loader_epoch(loader, cfg.seed, 1)
+    assert not torch.equal(train_ds.images, first)
+    assert not torch.equal(train_ds.images[:4], test_ds.images[:4])
+    model = vit_edu.create_model(cfg.model, num_classes=3)
+    opt = build_optimizer(model, 1e-3, 0.05, pos_embed_lr_scale=cfg.pos_embed_lr_scale)
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert groups[id(model.pos_embed)]["lr"] == pytest.approx(5e-3) and groups[id(model.pos_embed)]["weight_decay"] == 0
+    assert groups[id(model.head.weight)]["lr"] == pytest.approx(1e-3)
+    assert len(build_optimizer(model, 1e-3, 0.05).param_groups) == 2  # scale 1: the usual two groups
+    with pytest.raises(ValueError, match="pos_embed_lr_scale"):
+        TrainConfig(pos_embed_lr_scale=0.0)
 
 
 # ------------------------------------------------------------------------------------------- loading
