@@ -54,13 +54,15 @@ def free_port() -> int:
 def reference_weights() -> dict:
     """One process, the concatenated batches, mean loss, the same optimizer and schedule."""
     cfg = TrainConfig(**CONFIG, out_dir="unused")
+    assert cfg.epochs == 1  # one epoch: the images are the dataset as built (fresh ones start with epoch 2)
     ds = data.get_dataset("shapes", split="train", n=cfg.n_train)
     model = build_model(cfg, num_classes=8, image_size=32, in_channels=3)
     model.train()
     skip = model.no_weight_decay()
     opt = torch.optim.SGD([
         {"params": [p for n, p in model.named_parameters() if n not in skip], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n in skip], "weight_decay": 0.0},
+        {"params": [p for n, p in model.named_parameters() if n in skip and n != "pos_embed"], "weight_decay": 0.0},
+        {"params": [model.pos_embed], "weight_decay": 0.0, "lr": cfg.lr * cfg.pos_embed_lr_scale},
     ], lr=cfg.lr, momentum=0.9)
     per_rank = cfg.batch_size // WORLD
     steps = cfg.n_train // cfg.batch_size

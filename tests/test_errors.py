@@ -414,7 +414,7 @@ CLI_CASES = [
     ("resume-dropout", ["train", "--resume", "{half}", "--dropout", "0.5", "--out-dir", "{out}"],
      r"these flags are refused: --dropout 0.5 \(the checkpoint has 0.0\)"),
     ("resume-lr-and-batch", ["train", "--resume", "{half}", "--lr", "0.01", "--batch-size", "16", "--out-dir", "{out}"],
-     r"refused: --batch-size 16 \(the checkpoint has 32\), --lr 0.01 \(the checkpoint has 0.001\)"),
+     r"refused: --batch-size 16 \(the checkpoint has 32\), --lr 0.01 \(the checkpoint has 0.002\)"),
     # classes: a dataset must have two, and a model must be evaluated on its own classes
     ("evaluate-other-classes", ["evaluate", "imagefolder", "--data-root", "{two}"],
      r"classes do not match: .*vit_course_shapes.safetensors was trained on 8 classes \[circle, square, .*\], "
@@ -622,7 +622,7 @@ def test_fit_refuses_a_resume_that_would_change_the_run(files, tmp_path) -> None
     from vit_edu.train import TrainConfig, fit, load_checkpoint
 
     stored = load_checkpoint(files["half"])["config"]["train"]
-    with pytest.raises(ValueError, match=r"would change lr from 0.001 to 0.01.*start a new run"):
+    with pytest.raises(ValueError, match=r"would change lr from 0.002 to 0.01.*start a new run"):
         fit(TrainConfig.from_dict({**stored, "lr": 0.01, "out_dir": str(tmp_path)}), resume=files["half"], log=quiet)
     with pytest.raises(ValueError, match=r"would change model_overrides from \{\} to \{'dropout': 0.5\}"):
         fit(TrainConfig.from_dict({**stored, "model_overrides": {"dropout": 0.5}, "out_dir": str(tmp_path)}),

@@ -265,29 +265,39 @@ def plot_mean_attention_distance(distances: torch.Tensor, patch_size=None, image
     if not isinstance(distances, torch.Tensor) or distances.ndim != 2:
         shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
         raise ValueError(f"distances must have shape [layers, heads] (from mean_attention_distance), got {shape}")
-    d = distances.detach().cpu().double().numpy()
-    L, heads = d.shape
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    colors = plt.cm.viridis(np.linspace(0, 0.9, heads))
-    for h in range(heads):
-        ax.scatter(np.arange(1, L + 1), d[:, h], s=22, color=colors[h], label=f"head {h + 1}" if heads <= 16 else None)
+    uniform = one_patch = None
     if patch_size is not None and image_size is not None:
         ph, pw = to_2tuple(patch_size, "patch_size")
         Hs, Ws = to_2tuple(image_size, "image_size")
-        centers = analysis.patch_centers((Hs // ph, Ws // pw), (ph, pw))
-        uniform = float(torch.cdist(centers, centers).mean())
+        uniform = analysis.uniform_attention_distance((Hs // ph, Ws // pw), (ph, pw))
+        one_patch = min(ph, pw)
+    _draw_attention_distance(ax, distances, uniform, one_patch)
+    ax.set_title(title or "Mean attention distance per head")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_attention_distance(ax: plt.Axes, distances: torch.Tensor, uniform: Optional[float] = None,
+                             one_patch: Optional[float] = None) -> None:
+    """The scatter of Fig. 7 right on ``ax``: one colour per head, layers on x; optional reference lines."""
+    d = distances.detach().cpu().double().numpy()
+    L, heads = d.shape
+    colors = plt.cm.viridis(np.linspace(0, 0.9, heads))
+    for h in range(heads):
+        ax.scatter(np.arange(1, L + 1), d[:, h], s=22, color=colors[h], label=f"head {h + 1}" if heads <= 16 else None)
+    if uniform is not None:
         ax.axhline(uniform, color="gray", linestyle="--", linewidth=1, label="uniform attention")
-        ax.axhline(min(ph, pw), color="gray", linestyle=":", linewidth=1, label="one patch")
+    if one_patch is not None:
+        ax.axhline(one_patch, color="gray", linestyle=":", linewidth=1, label="one patch")
+    if uniform is not None:
         ax.set_ylim(0, max(uniform, float(d.max())) * 1.1)
     else:
         ax.set_ylim(bottom=0)
     ax.set_xticks(np.arange(1, L + 1))
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
-    ax.set_title(title or "Mean attention distance per head")
     ax.legend(fontsize=7, ncol=2 if heads > 4 else 1, loc="best")
-    fig.tight_layout()
-    return fig
 
 
 def plot_pos_embed_similarity(sim: torch.Tensor, title: str = "Position embedding similarity",
@@ -300,18 +310,41 @@ def plot_pos_embed_similarity(sim: torch.Tensor, title: str = "Position embeddin
     if not isinstance(sim, torch.Tensor) or sim.ndim != 4 or sim.shape[:2] != sim.shape[2:]:
         shape = tuple(sim.shape) if isinstance(sim, torch.Tensor) else type(sim).__name__
         raise ValueError(f"sim must have shape [gh, gw, gh, gw] (from pos_embed_similarity), got {shape}")
+    gh, gw = sim.shape[:2]
+    side = min(7.0, 2.0 + 0.4 * max(gh, gw))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
+    img = _draw_pos_embed_similarity(ax, sim, vmin, vmax)
+    ax.set_title(title)
+    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.03, label="Cosine similarity")
+    return fig
+
+
+def _mosaic(tiles: np.ndarray, gap: int = 1, fill: float = np.nan) -> np.ndarray:
+    """Tiles [R, C, h, w] (or [R, C, h, w, 3]) laid out as one image, ``gap`` pixels of ``fill`` between them.
+
+    One image instead of R*C axes: fast to draw even for 14x14 tiles, and it fits in one panel of a figure.
+    """
+    R, C, h, w = tiles.shape[:4]
+    out = np.full((R * (h + gap) - gap, C * (w + gap) - gap) + tiles.shape[4:], fill, dtype=np.float64)
+    for r in range(R):
+        for c in range(C):
+            out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = tiles[r, c]
+    return out
+
+
+def _draw_pos_embed_similarity(ax: plt.Axes, sim: torch.Tensor, vmin: Optional[float] = None,
+                               vmax: Optional[float] = None):
+    """The mosaic of Fig. 7 centre on ``ax`` (tile (r, c) = similarity of position (r, c) with all others).
+
+    Returns the image, for a colour bar.
+    """
     s = sim.detach().cpu().double().numpy()
     gh, gw = s.shape[:2]
     gap = 1
-    mosaic = np.full((gh * (gh + gap) - gap, gw * (gw + gap) - gap), np.nan)
-    for r in range(gh):
-        for c in range(gw):
-            mosaic[r * (gh + gap): r * (gh + gap) + gh, c * (gw + gap): c * (gw + gap) + gw] = s[r, c]
+    mosaic = _mosaic(s, gap)
     lo = float(np.nanmin(s)) if vmin is None else vmin
     hi = float(np.nanmax(s)) if vmax is None else vmax
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # the gaps between tiles
-    side = min(7.0, 2.0 + 0.4 * max(gh, gw))
-    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
     img = ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_xticks([c * (gw + gap) + (gw - 1) / 2 for c in range(gw)], [str(c + 1) for c in range(gw)])
     ax.set_yticks([r * (gh + gap) + (gh - 1) / 2 for r in range(gh)], [str(r + 1) for r in range(gh)])
@@ -320,9 +353,7 @@ def plot_pos_embed_similarity(sim: torch.Tensor, title: str = "Position embeddin
         spine.set_visible(False)
     ax.set_xlabel("Input patch column")
     ax.set_ylabel("Input patch row")
-    ax.set_title(title)
-    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.03, label="Cosine similarity")
-    return fig
+    return img
 
 
 def plot_patch_components(components: torch.Tensor, ncols: int = 7,
@@ -335,13 +366,72 @@ def plot_patch_components(components: torch.Tensor, ncols: int = 7,
     k = components.shape[0]
     fig, axes = _grid(k, ncols, tile=1.2, extra_h=0.5)
     for i in range(k):
-        c = components[i].detach().cpu().double()
-        c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
-        _imshow(axes.flat[i], to_numpy_image(c))
+        _imshow(axes.flat[i], _component_tile(components[i]))
         if variance_ratio is not None:
             axes.flat[i].set_title(f"{100 * float(variance_ratio[i]):.1f}%", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _component_tile(component: torch.Tensor) -> np.ndarray:
+    """One principal component [C, P, P] min-max scaled to [0, 1], as an image [P, P, 3] (or [P, P] for C = 1)."""
+    c = component.detach().cpu().double()
+    c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
+    return to_numpy_image(c)
+
+
+def plot_figure7(components: torch.Tensor, sim: torch.Tensor, distances: torch.Tensor, uniform_distance: float,
+                 title: Optional[str] = None, num_components: int = 8, ncols: int = 4,
+                 variance_ratio: Optional[torch.Tensor] = None, one_patch: Optional[float] = None,
+                 vmin: Optional[float] = None, vmax: Optional[float] = None) -> plt.Figure:
+    """The three panels of the paper's Fig. 7 for one model, side by side, as the paper shows them.
+
+    Left: the first ``num_components`` principal components of the patch-embedding filters (``components``
+    [k, C, P, P] from ``analysis.patch_embedding_components``), each min-max scaled, ``ncols`` per row; with
+    ``variance_ratio`` the title gives the share of the variance they explain. Centre: the position-embedding
+    similarity mosaic (``sim`` [gh, gw, gh, gw] from ``analysis.pos_embed_similarity``). Right: mean attention
+    distance (pixels) of every head against depth (``distances`` [L, H] from
+    ``analysis.mean_attention_distance``), with uniform attention's distance (``uniform_distance``, from
+    ``analysis.uniform_attention_distance``) dashed and, if given, ``one_patch`` dotted.
+
+    Why one figure: the paper reads the three together (what the first layer sees inside a patch, how
+    the model knows where a patch is, how far each head looks), and drawing two models with the same
+    function (trained and random init) makes the comparison a glance. The panels are drawn by the same
+    code as ``plot_patch_components``, ``plot_pos_embed_similarity`` and ``plot_mean_attention_distance``.
+    """
+    if not isinstance(components, torch.Tensor) or components.ndim != 4:
+        shape = tuple(components.shape) if isinstance(components, torch.Tensor) else type(components).__name__
+        raise ValueError(f"components must have shape [k, C, P, P] (from patch_embedding_components), got {shape}")
+    if not isinstance(sim, torch.Tensor) or sim.ndim != 4 or sim.shape[:2] != sim.shape[2:]:
+        shape = tuple(sim.shape) if isinstance(sim, torch.Tensor) else type(sim).__name__
+        raise ValueError(f"sim must have shape [gh, gw, gh, gw] (from pos_embed_similarity), got {shape}")
+    if not isinstance(distances, torch.Tensor) or distances.ndim != 2:
+        shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
+        raise ValueError(f"distances must have shape [layers, heads] (from mean_attention_distance), got {shape}")
+    if not uniform_distance > 0:
+        raise ValueError(f"uniform_distance must be > 0, got {uniform_distance}")
+    k = min(num_components, components.shape[0])
+    if k < 1 or ncols < 1:
+        raise ValueError(f"need num_components >= 1 and ncols >= 1, got {num_components} and {ncols}")
+    ncols = min(ncols, k)
+    nrows = math.ceil(k / ncols)
+    tiles = [_component_tile(components[i]) for i in range(k)]
+    blank = np.ones_like(tiles[0])  # white where the last row is not full
+    tiles = np.stack(tiles + [blank] * (nrows * ncols - k)).reshape(nrows, ncols, *tiles[0].shape)
+
+    fig, (ax_f, ax_s, ax_d) = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained",
+                                           gridspec_kw={"width_ratios": [1.0, 1.1, 1.2]})
+    _imshow(ax_f, _mosaic(tiles, gap=1, fill=1.0))
+    explained = f", {100 * float(variance_ratio[:k].sum()):.0f} % of the variance" if variance_ratio is not None else ""
+    ax_f.set_title(f"Embedding filters: first {k} principal components{explained}", fontsize=9)
+    img = _draw_pos_embed_similarity(ax_s, sim, vmin, vmax)
+    ax_s.set_title("Position embedding similarity", fontsize=9)
+    fig.colorbar(img, ax=ax_s, fraction=0.046, pad=0.03, label="Cosine similarity")
+    _draw_attention_distance(ax_d, distances, uniform_distance, one_patch)
+    ax_d.set_title("Mean attention distance per head", fontsize=9)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
