@@ -259,8 +259,9 @@ def plot_mean_attention_distance(distances: torch.Tensor, patch_size=None, image
                                  title: Union[str, None] = None) -> plt.Figure:
     """Paper Fig. 7 right: mean attention distance (pixels) of every head, one column of dots per layer.
 
-    With ``patch_size`` and ``image_size`` two reference lines are drawn: one patch (the smallest
-    non-zero distance) and the mean distance under uniform attention over the whole image.
+    With ``patch_size`` and ``image_size`` two reference lines are drawn: the nearest other patch (the smallest
+    non-zero distance; a head that looks only at its own patch scores 0) and the mean distance under
+    uniform attention over the whole image.
     """
     if not isinstance(distances, torch.Tensor) or distances.ndim != 2:
         shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
@@ -289,7 +290,7 @@ def _draw_attention_distance(ax: plt.Axes, distances: torch.Tensor, uniform: Opt
     if uniform is not None:
         ax.axhline(uniform, color="gray", linestyle="--", linewidth=1, label="uniform attention")
     if one_patch is not None:
-        ax.axhline(one_patch, color="gray", linestyle=":", linewidth=1, label="one patch")
+        ax.axhline(one_patch, color="gray", linestyle=":", linewidth=1, label="nearest other patch")
     if uniform is not None:
         ax.set_ylim(0, max(uniform, float(d.max())) * 1.1)
     else:
