@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: venv lab demo test test-fast notebooks bench assignments clean
+.PHONY: venv lab demo test test-fast notebooks bench assignments student handout nbgrader-check clean
 
 venv: $(STAMP)
 
@@ -37,8 +37,19 @@ notebooks: venv  # re-run every notebook in place; this (not the tests) rewrites
 bench: venv
 	$(PY) benchmarks/bench_throughput.py
 
-assignments: venv
+assignments: venv  # nbgrader metadata into notebooks/ + student copies into assignments/student/
 	$(PY) -m vit_edu assignments
+
+student: venv  # the course as students get it (assignments/student/); its figures go to build/student_figures
+	VIT_EDU_FIGURES=$(CURDIR)/build/student_figures $(VENV)/bin/jupyter lab --allow-root assignments/student/00_overview.ipynb
+
+HANDOUT ?= build/handout
+handout: venv  # the folder to give students: student notebooks, the package, a README (replaces a previous one)
+	$(PY) -m vit_edu handout $(HANDOUT) --force
+
+NBGRADER_PY ?= $(PY)
+nbgrader-check: venv  # real nbgrader: generate + autograde a right/empty/half submission (skips without nbgrader)
+	$(NBGRADER_PY) tools/nbgrader_check.py $(NOTEBOOKS)
 
 clean:
 	rm -rf build .pytest_cache

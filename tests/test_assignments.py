@@ -1,14 +1,21 @@
-"""Student copies: solution regions become stubs, nothing of a solution leaks (issue "Classroom assignments")."""
+"""Student copies, nbgrader metadata and the handout: solution regions become stubs, nothing of a solution
+leaks, every exercise's answer and check cells carry the metadata nbgrader grades by."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from vit_edu import assignments
-from vit_edu.assignments import make_student_notebook
+from vit_edu import assignments, viz
+from vit_edu.__main__ import main as cli_main
+from vit_edu.assignments import add_nbgrader_metadata, find_exercises, make_student_notebook
 
 from exercise_solutions import EXERCISES
 
@@ -82,18 +89,40 @@ def test_wrong_type_raises():
         make_student_notebook({"cells": []})
 
 
+SETUP = "import torch\nfrom einops import rearrange"
+STATEMENT = "**Exercise 1 (2 points): `patchify`**\n\nCut images into patches, row by row."
+CHECK = "from vit_edu.checks import check_patchify\ncheck_patchify(patchify)"
+
+
+def _course_nb(solution: str = SOLVED, statement: str = STATEMENT, check: str = CHECK,
+               extra=()) -> nbformat.NotebookNode:
+    """A teacher notebook as the course writes them: title, setup cell, statement, answer, check, demo."""
+    nb = _nb(SETUP, solution, check, "print(patchify(torch.zeros(1, 3, 4, 4), 2).shape)", *extra,
+             markdown="# 01 · Patches")
+    nb.cells.insert(2, nbformat.v4.new_markdown_cell(statement))
+    nb.cells[1].metadata["tags"] = ["setup"]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+    return nb
+
+
 def test_generate_check_and_cli(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    nbformat.write(_nb(SOLVED), src / "01_a.ipynb")
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
     nbformat.write(_nb("print(1)"), src / "02_no_exercise.ipynb")
     written = assignments.generate(src, out)
     assert [p.name for p in written] == ["01_a.ipynb", "02_no_exercise.ipynb"]
-    assert "NotImplementedError" in nbformat.read(out / "01_a.ipynb", as_version=4).cells[1].source
+    assert "NotImplementedError" in nbformat.read(out / "01_a.ipynb", as_version=4).cells[3].source
     assert nbformat.read(out / "02_no_exercise.ipynb", as_version=4).cells[1].source == "print(1)"
+    assert assignments.main(["--src", str(src), "--out", str(out), "--check"]) == 1  # no metadata in src yet
+    assert "01_a.ipynb, cell 3: nbgrader metadata missing" in capsys.readouterr().out
+    assert assignments.main(["--src", str(src), "--out", str(out)]) == 0
+    assert "rewrote 1 teacher notebook(s)" in capsys.readouterr().out
     assert assignments.main(["--src", str(src), "--out", str(out), "--check"]) == 0
 
-    nbformat.write(_nb(SOLVED.replace("Cut images", "Cut the images")), src / "01_a.ipynb")  # the source changed
+    nbformat.write(add_nbgrader_metadata(_course_nb(SOLVED.replace("Cut images", "Cut the images"))),
+                   src / "01_a.ipynb")  # the source changed
     (out / "99_orphan.ipynb").write_text((out / "02_no_exercise.ipynb").read_text())
     capsys.readouterr()
     assert assignments.main(["--src", str(src), "--out", str(out), "--check"]) == 1
@@ -106,13 +135,132 @@ def test_generate_check_and_cli(tmp_path, capsys):
     assert assignments.main(["--src", str(src), "--out", str(out), "--check"]) == 0
     assert assignments.main(["--src", str(tmp_path / "missing"), "--out", str(out)]) == 2
 
+    nbformat.write(_course_nb(statement="**Exercise 1: `patchify`**"), src / "01_a.ipynb")
+    capsys.readouterr()
+    assert assignments.main(["--src", str(src), "--out", str(out)]) == 2  # a clear error, nothing half-written
+    assert "error: 01_a.ipynb, cell 2: 'Exercise 1' states no points" in capsys.readouterr().err
 
-def _leaks(source_nb: nbformat.NotebookNode, student_nb: nbformat.NotebookNode, name: str) -> list:
-    """Solution lines that show up in the student copy (unless the source also has them outside regions)."""
-    solution = {l.strip() for l in assignments.solution_lines(source_nb, name) if l.strip()}
-    outside = {l.strip() for c in make_student_notebook(source_nb, name).cells for l in c.source.split("\n")}
-    secret = solution - outside
-    return [l for c in student_nb.cells for l in c.source.split("\n") if l.strip() in secret]
+
+# ------------------------------------------------------------------------------------------ nbgrader metadata
+ANSWER_META = {"solution": True, "grade": False, "locked": False, "grade_id": "patchify_answer", "schema_version": 3}
+CHECK_META = {"grade": True, "solution": False, "locked": True, "points": 2, "grade_id": "patchify_check",
+              "schema_version": 3}
+
+
+def test_metadata_from_markers_and_statement():
+    nb = add_nbgrader_metadata(_course_nb(), "01_a.ipynb")
+    assert nb.cells[3].metadata["nbgrader"] == ANSWER_META
+    assert nb.cells[4].metadata["nbgrader"] == CHECK_META
+    assert [i for i, c in enumerate(nb.cells) if "nbgrader" in c.metadata] == [3, 4]
+    assert nb.cells[1].metadata["tags"] == ["setup"]
+    assert add_nbgrader_metadata(nb, "01_a.ipynb") == nb  # idempotent
+    assert assignments.metadata_problems(nb, "01_a.ipynb") == []
+    (ex,) = find_exercises(nb, "01_a.ipynb")
+    assert (ex.key, ex.check, ex.number, ex.points, ex.title, ex.statement, ex.answers, ex.check_cell) == (
+        "patchify", "patchify", "1", 2, "`patchify`", 2, (3,), 4)
+
+
+def test_student_copy_keeps_metadata_and_locks_the_check():
+    student = make_student_notebook(add_nbgrader_metadata(_course_nb()), "01_a.ipynb")
+    assert student.cells[3].metadata["nbgrader"] == ANSWER_META and student.cells[3].metadata["deletable"] is False
+    assert student.cells[4].metadata["nbgrader"] == CHECK_META
+    assert student.cells[4].metadata["editable"] is False and student.cells[4].metadata["deletable"] is False
+    assert student.cells[1].metadata == {"tags": ["setup"]}  # the set-up cell stays editable and tagged
+    assert "editable" not in student.cells[5].metadata
+    nbformat.validate(student)
+
+
+def test_metadata_is_stale_when_an_exercise_changes():
+    nb = add_nbgrader_metadata(_course_nb())
+    changed = _course_nb(statement=STATEMENT.replace("(2 points)", "(3 points)"))
+    changed.cells[3].metadata["nbgrader"] = nb.cells[3].metadata["nbgrader"]
+    changed.cells[4].metadata["nbgrader"] = nb.cells[4].metadata["nbgrader"]
+    changed.cells[5].metadata["nbgrader"] = dict(ANSWER_META, grade_id="leftover")
+    problems = assignments.metadata_problems(changed, "x.ipynb")
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("x.ipynb, cell 4: nbgrader metadata out of date (expected {")
+    assert problems[1].startswith("x.ipynb, cell 5: nbgrader metadata not an exercise cell (expected None")
+    assert add_nbgrader_metadata(changed).cells[4].metadata["nbgrader"]["points"] == 3
+    assert "nbgrader" not in add_nbgrader_metadata(changed).cells[5].metadata
+
+
+def test_same_check_twice_and_several_answer_cells():
+    helper = "def helper(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION"
+    second = [nbformat.v4.new_markdown_cell("## Exercise 1.2 (1.5 points): patchify again"),
+              nbformat.v4.new_code_cell(helper), nbformat.v4.new_code_cell(SOLVED), nbformat.v4.new_code_cell(CHECK)]
+    nb = _course_nb()
+    nb.cells += second
+    exercises = find_exercises(nb, "x.ipynb")
+    assert [(e.key, e.number, e.points, e.answers) for e in exercises] == [
+        ("patchify", "1", 2, (3,)), ("patchify_2", "1.2", 1.5, (7, 8))]
+    meta = add_nbgrader_metadata(nb).cells
+    assert [meta[i].metadata["nbgrader"]["grade_id"] for i in (7, 8, 9)] == [
+        "patchify_2_answer", "patchify_2_answer_2", "patchify_2_check"]
+    assert meta[9].metadata["nbgrader"]["points"] == 1.5
+
+
+def _with(cells) -> nbformat.NotebookNode:
+    nb = _nb(markdown="# T")
+    nb.cells = [nbformat.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbformat.v4.new_code_cell(c)
+                for c in cells]
+    return nb
+
+
+@pytest.mark.parametrize("cells, message", [
+    (["md:**Exercise 1: `patchify`**", SOLVED, CHECK], r"x.ipynb, cell 0: 'Exercise 1' states no points"),
+    (["md:**Exercise 1 (0 points): p**", SOLVED, CHECK], r"cell 0: 'Exercise 1' is worth 0 points"),
+    (["md:**Exercise 1 (2 points): p**\n\n**Exercise 1 (3 points): p**", SOLVED, CHECK],
+     r"cell 0: 'Exercise 1' states different points \(2 and 3\)"),
+    (["md:**Exercise 1 (2 points): p**\n**Exercise 2 (2 points): q**", SOLVED, CHECK], r"cell 0: states several"),
+    (["md:Some text", SOLVED, CHECK], r"x.ipynb, cell 1: answer cell without an exercise statement"),
+    (["md:**Exercise 1 (2 points): p**", SOLVED, "x = 1"], r"cell 1: answer cell without a check cell"),
+    (["md:**Exercise 1 (2 points): p**", CHECK], r"cell 1: check_patchify\(...\) has no answer cell"),
+    (["md:**Exercise 1 (2 points): p**", SOLVED, CHECK, CHECK], r"cell 3: check_patchify\(...\) has no answer"),
+    (["md:**Exercise 1 (2 points): p**", SOLVED + "\ncheck_patchify(patchify)"], r"cell 1: a solution region and"),
+    (["md:**Exercise 1 (2 points): p**", SOLVED, "check_patchify(f)\ncheck_mlp(g)"], r"cell 2: 2 check calls"),
+    (["md:**Exercise 1 (2 points): p**", SOLVED, CHECK, "md:**Exercise 1 (1 point): q**", SOLVED, CHECK],
+     r"cell 3: 'Exercise 1' is stated twice"),
+    (["md:Why?\n### BEGIN SOLUTION\nbecause\n### END SOLUTION"], r"cell 0: a solution region in a markdown cell"),
+])
+def test_broken_exercise_layouts_raise_naming_the_cell(cells, message):
+    with pytest.raises(ValueError, match=message):
+        find_exercises(_with(cells), "x.ipynb")
+
+
+def test_write_metadata_changes_only_metadata_and_is_idempotent(tmp_path):
+    nbformat.write(_course_nb(), tmp_path / "01_a.ipynb")
+    nbformat.write(_nb("print(1)"), tmp_path / "02_b.ipynb")
+    before = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.ipynb")}
+    assert [p.name for p in assignments.write_metadata(tmp_path)] == ["01_a.ipynb"]
+    after = json.loads((tmp_path / "01_a.ipynb").read_text())
+    assert after["cells"][4]["metadata"]["nbgrader"] == CHECK_META
+    for cell in after["cells"]:
+        cell["metadata"].pop("nbgrader", None)
+    assert after == before["01_a.ipynb"]  # nothing but the nbgrader entries changed
+    text = (tmp_path / "01_a.ipynb").read_text()
+    assert assignments.write_metadata(tmp_path) == []  # second run: nothing to do
+    assert (tmp_path / "01_a.ipynb").read_text() == text
+
+
+def test_nbgrader_course_layout(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    nbformat.write(_nb("print(1)"), src / "02_b.ipynb")
+    course = tmp_path / "course"
+    assert assignments.main(["--src", str(src), "--nbgrader-course", str(course), "--notebooks", "01_a"]) == 0
+    assert sorted(str(p.relative_to(course)) for p in course.rglob("*") if p.is_file()) == [
+        "nbgrader_config.py", "source/01_a/01_a.ipynb"]
+    config = (course / "nbgrader_config.py").read_text()
+    assert "c.Execute.timeout = 900" in config and 'c.CourseDirectory.course_id = "vit_edu"' in config
+    compile(config, "nbgrader_config.py", "exec")
+    nb = nbformat.read(course / "source/01_a/01_a.ipynb", as_version=4)
+    assert nb.cells[4].metadata["nbgrader"] == CHECK_META and "BEGIN SOLUTION" in nb.cells[3].source
+    assert assignments.main(["--src", str(src), "--nbgrader-course", str(course), "--notebooks", "nope"]) == 2
+    assert "no notebook nope" in capsys.readouterr().err
+
+
+_leaks = assignments.leaked_lines
 
 
 COURSE = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -139,3 +287,134 @@ def test_committed_student_copies_are_up_to_date():
         student = nbformat.read(path, as_version=4)
         assert _leaks(nbformat.read(NOTEBOOKS / path.name, as_version=4), student, path.name) == []
         assert "BEGIN SOLUTION" not in path.read_text()
+
+
+# ------------------------------------------------------------------------------------------ the course itself
+ALLOWED_KEYS = {"schema_version", "grade", "locked", "solution", "task", "grade_id", "points", "checksum", "cell_type"}
+
+
+def _stated_points(nb: nbformat.NotebookNode, check_cell: int) -> float:
+    """P of the nearest "Exercise N (P point(s))" above a check cell, read independently of the module."""
+    for cell in reversed(nb.cells[:check_cell]):
+        m = re.search(r"Exercise\s+[\d.]+\s*\((\d+(?:\.\d+)?)\s+points?\)", cell.source)
+        if cell.cell_type == "markdown" and m:
+            return float(m.group(1))
+    raise AssertionError(f"no points statement above cell {check_cell}")
+
+
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_course_nbgrader_metadata_is_valid_and_current(path):
+    """What nbgrader autograde and the grader read: answer cells, graded check cells with the stated points."""
+    import vit_edu.checks as checks
+
+    nb = nbformat.read(path, as_version=4)
+    assert assignments.metadata_problems(nb, path.name) == []  # = the committed file is what the writer makes
+    graded = {i: c.metadata["nbgrader"] for i, c in enumerate(nb.cells) if "nbgrader" in c.metadata}
+    for index, meta in graded.items():  # nbgrader's schema v3, spelled out
+        assert set(meta) <= ALLOWED_KEYS and {"schema_version", "grade", "locked", "solution"} <= set(meta)
+        assert meta["schema_version"] == 3 and re.fullmatch(r"[A-Za-z0-9_\-]+", meta["grade_id"])
+        assert nb.cells[index].cell_type == "code"
+    ids = [m["grade_id"] for m in graded.values()]
+    assert len(ids) == len(set(ids)), f"duplicate grade ids in {path.name}: {ids}"
+    answers = [i for i, m in graded.items() if m["solution"]]
+    checks_cells = [i for i, m in graded.items() if m["grade"]]
+    assert answers == [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and assignments.BEGIN in c.source]
+    for i in answers:
+        assert graded[i] == {"solution": True, "grade": False, "locked": False, "schema_version": 3,
+                             "grade_id": graded[i]["grade_id"]}
+        following = [j for j in checks_cells if j > i]
+        assert following, f"{path.name}: answer cell {i} has no check cell after it"
+    for j in checks_cells:
+        meta = graded[j]
+        name = re.search(r"^check_(\w+)\(", nb.cells[j].source, re.M).group(1)
+        assert meta["grade_id"].startswith(name) and meta["grade_id"].endswith("_check")
+        assert meta["locked"] is True and meta["solution"] is False and meta["points"] > 0
+        assert meta["points"] == _stated_points(nb, j), f"{path.name}, cell {j}"
+        assert name in checks.CHECKS, f"{path.name}, cell {j}: check_{name} is not in vit_edu.checks.CHECKS"
+
+
+def test_course_has_an_exercise_in_every_notebook():
+    exercises = assignments.course_exercises(NOTEBOOKS)
+    assert len(exercises) >= 16, f"{len(exercises)} exercises"
+    assert {nb for nb, _ in exercises} == {p.name for p in COURSE}
+
+
+# ------------------------------------------------------------------------------------------ handout
+HANDOUT_TOP = {".vit_edu_handout", "Makefile", "README.md", "notebooks", "pyproject.toml", "requirements.txt",
+               "vit_edu"}
+
+
+def _assert_handout(out: Path, src: Path) -> None:
+    assert {p.name for p in out.iterdir()} == HANDOUT_TOP
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == sorted(p.name for p in src.glob("*.ipynb"))
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert not [f for f in files if "exercise_solutions" in f or f.startswith("tests/") or "__pycache__" in f]
+    assert (out / "vit_edu" / "checks.py").is_file() and (out / "vit_edu" / "assets").is_dir()
+    for path in (out / "notebooks").iterdir():
+        text = path.read_text()
+        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+        teacher = nbformat.read(src / path.name, as_version=4)
+        assert assignments.leaked_lines(teacher, nbformat.reads(text, as_version=4), path.name) == []
+    readme = (out / "README.md").read_text()
+    assert "pip install -r requirements.txt -e ." in readme and "jupyter lab notebooks/" in readme
+    assert "check_" in readme and "YOUR CODE HERE" in readme
+
+
+def test_handout_of_a_small_course(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    nbformat.write(_nb("print(1)"), src / "02_b.ipynb")
+    out = tmp_path / "handout"
+    assert cli_main(["handout", str(out), "--src", str(src)]) == 0
+    assert f"wrote the handout to {out}: 2 student notebooks (2 points)" in capsys.readouterr().out
+    _assert_handout(out, src)
+    student = nbformat.read(out / "notebooks" / "01_a.ipynb", as_version=4)
+    assert student.cells[4].metadata["nbgrader"] == CHECK_META and "NotImplementedError" in student.cells[3].source
+    readme = (out / "README.md").read_text()
+    assert "| 01_a.ipynb | 1: `patchify` | 2 |" in readme and "Total: 2 points." in readme
+    assert "notebooks/01_a.ipynb" in (out / "Makefile").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".handout")]  # no temporary folder left
+
+    (out / "notebooks" / "01_a.ipynb").write_text("edited")
+    assert cli_main(["handout", str(out), "--src", str(src)]) == 2  # not empty: refused, untouched
+    assert "is not empty" in capsys.readouterr().err and (out / "notebooks" / "01_a.ipynb").read_text() == "edited"
+    assert cli_main(["handout", str(out), "--src", str(src), "--force"]) == 0  # a previous handout: replaced
+    _assert_handout(out, src)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    assert cli_main(["handout", str(other), "--src", str(src), "--force"]) == 2
+    assert "not a handout made by this command" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
+    assert cli_main(["handout", str(ROOT / "vit_edu" / "h"), "--src", str(src)]) == 2
+    assert not (ROOT / "vit_edu" / "h").exists()
+
+
+def test_handout_of_the_course_imports_on_its_own(tmp_path):
+    """The real course: every notebook, no solution line, and the handout's own vit_edu is the one imported."""
+    out = tmp_path / "handout"
+    assignments.handout(out, NOTEBOOKS)
+    _assert_handout(out, NOTEBOOKS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import vit_edu, vit_edu.checks; print(vit_edu.__file__); print(' '.join(vit_edu.checks.CHECKS))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=out / "notebooks", env=dict(env, PYTHONPATH=str(out)),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    where, checks = run.stdout.split("\n", 1)
+    assert Path(where).resolve() == (out / "vit_edu" / "__init__.py").resolve()
+    missing = {ex.check for _, ex in assignments.course_exercises(NOTEBOOKS)} - set(checks.split())
+    assert not missing, f"checks the notebooks call but the handout's vit_edu.checks lacks: {sorted(missing)}"
+
+
+# ------------------------------------------------------------------------------------------ figures folder
+def test_figures_go_next_to_the_notebook_unless_in_the_repository(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIT_EDU_FIGURES", raising=False)
+    monkeypatch.chdir(tmp_path)  # a student's copy or nbgrader's autograded/<student>/<assignment>/
+    assert viz.figures_dir() == tmp_path.resolve() / "figures" and (tmp_path / "figures").is_dir()
+    for where in (ROOT, NOTEBOOKS):  # make notebooks, make demo: the committed figures/
+        monkeypatch.chdir(where)
+        assert viz.figures_dir() == ROOT / "figures"
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path / "env"))
+    assert viz.figures_dir() == tmp_path / "env"

@@ -68,6 +68,8 @@ def attention_fused(q, k, v):
 class MultiHeadAttention(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -162,12 +164,15 @@ def test_package_pieces_pass_their_checks():
     checks.check_encoder_block(vit_edu.Block)
 
 
-def test_rollout_reference_agrees_with_package_if_present():
-    """The check's fallback reference and vit_edu.analysis.attention_rollout (when it exists) agree."""
+def test_rollout_reference_agrees_with_package():
+    """The check's reference and vit_edu.analysis.attention_rollout agree."""
+    from vit_edu.analysis import attention_rollout as package_rollout
+    from vit_edu.classroom.exercises_build import rollout_variant
     torch.manual_seed(0)
     att = [(2 * torch.randn(2, 3, 7, 7)).softmax(-1) for _ in range(4)]
-    ref = checks._rollout_ref_impl()(att)
-    torch.testing.assert_close(ref, checks._rollout_reference(att))
+    ref = rollout_variant(att)
+    assert ref.dtype == torch.float32  # the reference keeps the input's dtype
+    torch.testing.assert_close(ref, package_rollout(att).float())
     torch.testing.assert_close(ref, attention_rollout(att))
     torch.testing.assert_close(ref.sum(-1), torch.ones(2, 7))  # rows stay distributions
 
@@ -181,9 +186,12 @@ def test_check_does_not_touch_global_rng():
 
 
 def test_all_checks_registered():
-    assert sorted(checks.CHECKS) == sorted([
-        "patchify", "patch_embedding", "cls_and_pos", "attention", "multi_head_attention", "mlp", "encoder_block",
-        "vit_forward", "rollout"])
+    """The nine model-building exercises are there; every exercise has its check_<name>, exported."""
+    assert {"patchify", "patch_embedding", "cls_and_pos", "attention", "multi_head_attention", "mlp",
+            "encoder_block", "vit_forward", "rollout"} <= set(checks.CHECKS)
+    for name, ex in checks.CHECKS.items():
+        assert ex.name == name
+        assert callable(getattr(checks, f"check_{name}")) and f"check_{name}" in checks.__all__
 
 
 # ------------------------------------------------------------------------------ generic failures: stubs, fakes
@@ -311,6 +319,17 @@ class LinearChannelsFirst(LinearPatchEmbedding):
         return self.proj(rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p))
 
 
+class LinearRawReshape(LinearPatchEmbedding):
+    def forward(self, x):
+        return self.proj(x.reshape(x.shape[0], -1, self.proj.in_features))
+
+
+class ConvPadded(PatchEmbedding):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__(image_size, patch_size, in_channels, dim)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, padding=patch_size // 2)
+
+
 class LinearWrongSize(LinearPatchEmbedding):
     def __init__(self, image_size, patch_size, in_channels, dim):
         super().__init__(image_size, patch_size, in_channels, dim)
@@ -328,13 +347,33 @@ class NoProj(nn.Module):
     (ConvNoTranspose, r"reshaped the Conv2d output \[B, D, h, w\] straight to \[B, N, D\]"),
     (ConvFlattenOnly, r"got \[B, D, N\]: after flatten\(2\) also transpose\(1, 2\)"),
     (ConvStride1, r"`self.proj` should be nn.Conv2d\(3, 16, kernel_size=4, stride=4\)"),
-    (LinearChannelsFirst, r"\(c p1 p2\) order"),
     (LinearWrongSize, r"should be .* or nn.Linear\(48, 16\), got nn.Linear\(16, 16\)"),
+    (ConvPadded, r"without padding"),
+    (LinearRawReshape, "reshaped the image tensor directly"),
     (NoProj, "has no attribute `proj`"),
 ])
 def test_patch_embedding_mutants(module, message):
     with pytest.raises(CheckError, match=message):
         checks.check_patch_embedding(module)
+
+
+class ConvValid(PatchEmbedding):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__(image_size, patch_size, in_channels, dim)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, padding="valid")
+
+
+class LazyLinearPatchEmbedding(LinearPatchEmbedding):
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__(image_size, patch_size, in_channels, dim)
+        self.proj = nn.LazyLinear(dim)
+
+
+@pytest.mark.parametrize("module", [LinearChannelsFirst, ConvValid, LazyLinearPatchEmbedding])
+def test_patch_embedding_judges_behaviour_not_attributes(module):
+    """(c p1 p2) is as good as (p1 p2 c) for a Linear (the exercise fixes no order); padding="valid" is padding 0;
+    a LazyLinear is a Linear once it has seen an input."""
+    checks.check_patch_embedding(module)
 
 
 def test_patch_embedding_wants_a_class():
@@ -364,7 +403,8 @@ def test_cls_and_pos_mutants(message):
 
 
 def test_cls_without_expand_reports_the_error():
-    with pytest.raises(CheckError, match=r"raised RuntimeError: .*\n  inputs: tokens \[2, 4, 8\], cls_token \[1, 1, 8\]"):
+    with pytest.raises(CheckError, match=r"raised RuntimeError: .*\n  likely cause: the class token \[1, 1, D\] was "
+                                         r"not expanded .*\n  inputs: tokens \[2, 4, 8\], cls_token \[1, 1, 8\]"):
         checks.check_cls_and_pos(lambda t, c, p: torch.cat([c, t], dim=1) + p)
 
 
@@ -385,7 +425,7 @@ ATTENTION_MUTANTS = {
     r"softmax is over the heads axis": _attn(dim=1),
     "the softmax is missing": _attn(softmax=False),
     r"the outputs are swapped: return \(out, weights\)": lambda q, k, v: attention(q, k, v)[::-1],
-    r"must return a tuple \(out, weights\), got \[2, 4, 6, 8\]": lambda q, k, v: attention(q, k, v)[0],
+    r"must return a tuple \(out, weights\), got a tensor of shape \[2, 4, 6, 8\]": lambda q, k, v: attention(q, k, v)[0],
     r"wrong out: out uses the transposed weights":
         lambda q, k, v: (attention(q, k, v)[1].transpose(-2, -1) @ v, attention(q, k, v)[1]),
     r"wrong out: the 1/sqrt\(d\) scale is missing":
@@ -591,7 +631,7 @@ def _parallel(s, x):
     (_block(_swapped), "norm1 and norm2 are swapped"),
     (_block(_normed_res), "the residual adds the normalised input"),
     (_block(_parallel), "the MLP reads the block input x"),
-    (BlockEps, r"`self.norm1` has eps=1e-05; .* eps=1e-6"),
+    (BlockEps, r"eps is 1e-5 \(PyTorch's default\); .* eps=1e-6"),
     (BlockBadAttn, r"wrong self.attn\(x\): the 1/sqrt\(d\) scale is missing"),
     (BlockReluMlp, r"wrong self.mlp\(x\): ReLU is used instead of GELU"),
 ])
@@ -669,3 +709,106 @@ def _rollout(fuse=lambda a: a.mean(1), identity=True, renorm=True, first_left=Fa
 def test_rollout_mutants(fn, message):
     with pytest.raises(CheckError, match=message):
         checks.check_rollout(fn)
+
+
+# ------------------------------------------------------------------------------ probe / judge (the grader's split)
+def test_observations_round_trip_through_torch_save(tmp_path):
+    """probe() records plain data only: torch.load(weights_only=True) reads it back and judge() decides the same."""
+    for name, impl in [("patchify", patchify), ("multi_head_attention", MultiHeadAttention),
+                       ("vit_forward", vit_forward), ("attention", attention)]:
+        obs = checks.probe(name, impl, seed=3)
+        torch.save(obs, tmp_path / "obs.pt")
+        loaded = torch.load(tmp_path / "obs.pt", weights_only=True)
+        verdict = checks.judge(name, loaded, seed=3)
+        assert verdict.passed and verdict.cases > 0 and verdict.message.startswith(f"✓ check_{name} passed")
+
+
+def test_judge_never_trusts_the_observations():
+    """Untrusted input: wrong types, another seed, forged parameters or outputs fail with a message, never crash."""
+    good = checks.probe("multi_head_attention", MultiHeadAttention, seed=5)
+    assert checks.judge("multi_head_attention", good, seed=5).passed
+    assert not checks.judge("multi_head_attention", good, seed=6).passed  # answers made for another seed
+    for forged in ([], "passed", {"exercise": "multi_head_attention"}, {**good, "cases": good["cases"][:2]}):
+        v = checks.judge("multi_head_attention", forged, seed=5)
+        assert not v.passed and "malformed" in v.message
+    import copy
+    zeroed = copy.deepcopy(good)  # all-zero weights would make the reference trivial to fake
+    for case in zeroed["cases"]:
+        for p in case.get("module", {}).get("params", {}).values():
+            p.zero_()
+    assert not checks.judge("multi_head_attention", zeroed, seed=5).passed
+    wrong_type = copy.deepcopy(good)
+    wrong_type["cases"][0]["output"] = {"kind": "tensor", "value": "a string"}
+    assert not checks.judge("multi_head_attention", wrong_type, seed=5).passed
+
+
+def test_a_hard_coded_answer_for_seed_0_fails_with_another_seed():
+    outputs = {}
+
+    def remember(images, patch_size):
+        return outputs.setdefault(tuple(images.shape), patchify(images, patch_size))
+
+    assert checks.judge("patchify", checks.probe("patchify", patchify, seed=0), seed=0).passed
+    checks.probe("patchify", remember, seed=0)  # learns the answers of seed 0
+    assert not checks.judge("patchify", checks.probe("patchify", remember, seed=1), seed=1).passed
+
+
+def test_check_error_shows_only_the_diagnosis_in_jupyter():
+    with pytest.raises(CheckError) as info:
+        checks.check_patchify(lambda images, p: None)
+    lines = info.value._render_traceback_()
+    assert lines[0].startswith("CheckError: check_patchify: ") and all("File " not in line for line in lines)
+    assert "\n".join(lines) == f"CheckError: {info.value}"
+
+
+# ------------------------------------------------------------------------------------ what every check sees
+class MHANoGrad(MultiHeadAttention):
+    def forward(self, x):
+        with torch.no_grad():
+            return super().forward(x)
+
+
+class MHADropout(MultiHeadAttention):
+    def forward(self, x):
+        return F.dropout(super().forward(x), 0.1)
+
+
+class MHAInPlace(MultiHeadAttention):
+    def forward(self, x):
+        x.mul_(2)
+        return super().forward(x)
+
+
+class MHANoValueError(MultiHeadAttention):
+    def __init__(self, dim, heads):
+        nn.Module.__init__(self)
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+
+class MHAKQV(MultiHeadAttention):
+    def split(self, x):
+        q, k, v = super().split(x)
+        return k, q, v
+
+
+class BlockSharedNorm(EncoderBlock):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.norm2 = self.norm1
+
+
+@pytest.mark.parametrize("check, impl, message", [
+    (checks.check_multi_head_attention, MHANoGrad, "cut off from the autograd graph"),
+    (checks.check_multi_head_attention, MHADropout, "two calls on the same input give different answers in eval mode"),
+    (checks.check_multi_head_attention, MHAInPlace, "changed its input `x` in place"),
+    (checks.check_multi_head_attention, MHANoValueError, "should raise ValueError when dim=10 is not divisible by heads=3"),
+    (checks.check_multi_head_attention, MHAKQV, "q, k, v are unpacked in the wrong order"),
+    (checks.check_encoder_block, BlockSharedNorm, "`self.norm2` and `self.norm1` share their parameters"),
+    (checks.check_patchify, lambda x, p: patchify(x, p).double(), "has dtype float64; it should keep the input's dtype"),
+    (checks.check_patchify, lambda x, p: patchify(x.detach(), p), "cut off from the autograd graph"),
+    (checks.check_vit_forward, lambda model, x: type(model).forward(model, x), r"vit_forward called model\(\.\.\.\)"),
+    (checks.check_rollout, _rollout(fuse=lambda a: a.amin(1)), "min over heads"),
+])
+def test_each_check_covers_gradients_dtype_inputs_and_contract(check, impl, message):
+    with pytest.raises(CheckError, match=message):
+        check(impl)

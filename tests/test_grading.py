@@ -1,213 +1,678 @@
-"""The grader runs student notebooks and scores their check cells (issue "Classroom assignments").
+"""The grader: student code runs in a sandboxed child, the verdict is made in the grader (issue 9, point 3).
 
-Synthetic notebooks keep this fast: each is a teacher notebook with solution markers (or a variant of it),
-so the same files also exercise vit_edu.assignments. The submissions are graded once per module.
+Every attack of the issue is a student of the ``graded`` class below (one grading run, under a second of
+child process each, but for the time limits): their answer cells hold the attack and a wrong (or honest)
+answer, and the tests check that the wrong answers fail, the honest ones pass, and nothing outside the
+sandbox changed. No IPython kernel runs the answers (plain ``exec`` in the child), so IPython's
+``set_custom_exc`` and input transformers do not even exist there. Attacks that only the uid change can
+stop (kill every process, write the repository) are in the class only when the tests run as root;
+:func:`test_unprivileged_grader_survives_a_killed_server` runs the grader in its not-root mode, where a
+student can kill the sandbox server.
+
+The reference is synthetic: two notebooks built from tests/exercise_solutions.py with the nbgrader
+metadata ``python -m vit_edu assignments`` writes (answer cells ``<name>_answer``, check cells
+``<name>_check`` with points, setup cells tagged "setup"), stubbed into the student copy.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from vit_edu import assignments, grading
+from vit_edu.classroom import sandbox
 
 import exercise_solutions
 
 ROOT = Path(__file__).resolve().parent.parent
-
-SETUP = """import math
-import torch
-import torch.nn.functional as F
-from einops import rearrange
-from torch import nn
-torch.manual_seed(0)"""
-
-EXERCISES = exercise_solutions.EXERCISES
-NAMES = [name for name, _ in EXERCISES]
-CALL = {"patchify": "patchify", "patch_embedding": "PatchEmbedding", "cls_and_pos": "add_cls_and_pos",
-        "attention": "attention", "multi_head_attention": "MultiHeadAttention", "mlp": "MLP",
-        "encoder_block": "EncoderBlock", "vit_forward": "vit_forward", "rollout": "attention_rollout"}
+ROOTED = sandbox.privileged()
+SETUP = "import math\nimport torch\nimport torch.nn.functional as F\nfrom einops import rearrange\nfrom torch import nn"
+SOLUTIONS = dict(exercise_solutions.EXERCISES)
+OBJECT = {name: re.search(r"^(?:def|class) (\w+)", src, re.M).group(1) for name, src in exercise_solutions.EXERCISES}
+# the reference: notebook a (1 point), notebook b (2 + 3 points)
+LAYOUT = {"a.ipynb": [("patchify", 1)], "b.ipynb": [("attention", 2), ("mlp", 3)]}
+MAX = 6
+TIMEOUT, CELL_TIMEOUT, MEMORY_MB = 12, 4, 1024
 
 
-def check_cell(name: str) -> str:
-    return f"from vit_edu.checks import check_{name}\n\ncheck_{name}({CALL[name]})"
+def _cell(source: str, **nbgrader) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source)
+    if nbgrader:
+        cell.metadata["nbgrader"] = dict(nbgrader, schema_version=3)
+    return cell
 
 
-def notebook(cells) -> nbformat.NotebookNode:
+def teacher(exercises, answers=None) -> nbformat.NotebookNode:
+    """A teacher notebook with nbgrader metadata; ``answers`` replaces solutions (name -> source)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell("# Exercises"), nbformat.v4.new_code_cell(SETUP)]
-    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    setup = nbformat.v4.new_code_cell(SETUP)
+    setup.metadata["tags"] = ["setup"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Exercises"), setup]
+    for number, (name, points) in enumerate(exercises, 1):
+        nb.cells += [
+            nbformat.v4.new_markdown_cell(f"**Exercise {number} ({points} points): `{OBJECT[name]}`**"),
+            _cell((answers or {}).get(name, SOLUTIONS[name]), grade=False, grade_id=f"{name}_answer", locked=False,
+                  solution=True),
+            _cell(f"from vit_edu.checks import check_{name}\ncheck_{name}({OBJECT[name]})", grade=True,
+                  grade_id=f"{name}_check", locked=True, points=points, solution=False),
+            _cell(f"print({OBJECT[name]})"),  # a demonstration cell: never run by the grader
+        ]
     return nb
 
 
-def teacher(replace: dict | None = None, extra: dict | None = None, names=NAMES) -> nbformat.NotebookNode:
-    """Solution + check cell per exercise; ``replace`` swaps a solution, ``extra`` inserts cells before one."""
-    cells = []
-    for name, solution in EXERCISES:
-        if name not in names:
-            continue
-        cells += (extra or {}).get(name, [])
-        cells += [(replace or {}).get(name, solution), check_cell(name)]
-    return notebook(cells)
+def reference_folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, exercises in LAYOUT.items():
+        nbformat.write(assignments.make_student_notebook(teacher(exercises), name), path / name)
+    return path
 
 
-MUTANT_ATTENTION = '''def attention(q, k, v):
-    weights = (q @ k.transpose(-2, -1)).softmax(dim=-1)
-    return weights @ v, weights'''
+def submission(name: str, answers=None, check_cells=None) -> nbformat.NotebookNode:
+    """A student's notebook ``name`` with the solutions, ``answers`` replacing answer cells (exercise -> source)
+    and ``check_cells`` replacing check cells (grade_id -> source, None: deleted)."""
+    nb = teacher(LAYOUT[name], answers)
+    for check_id, source in (check_cells or {}).items():
+        index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == check_id)
+        if source is None:
+            del nb.cells[index]
+        else:
+            nb.cells[index].source = source
+    return nb
+
+
+ZEROS = '''def patchify(images, patch_size):
+    b, c, h, w = images.shape
+    return torch.zeros(b, (h // patch_size) * (w // patch_size), patch_size * patch_size * c)'''
+WRONG_ORDER = '''def patchify(images, patch_size):
+    return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p2 p1 c)", p1=patch_size, p2=patch_size)'''
+HONEST_A = SOLUTIONS["patchify"]
+
+
+def _attack(code: str, then: str = ZEROS) -> str:
+    return f"try:\n    {code.strip().replace(chr(10), chr(10) + '    ')}\nexcept BaseException as _e:\n    pass\n{then}"
+
+
+MONKEYPATCH = '''import vit_edu.checks as c, vit_edu.classroom.engine as e
+from vit_edu.checks import Verdict
+for n in list(c.CHECKS):
+    setattr(c, "check_" + n, lambda *a, **k: print("✓ check passed (5 cases)"))
+c.probe = e.probe = lambda *a, **k: {"format": 1, "cases": []}
+c.judge = e.judge = lambda *a, **k: Verdict(True, "✓ passed", 5)
+c.CHECKS.clear()'''
+IPYTHON = '''ip = get_ipython()
+ip.set_custom_exc((BaseException,), lambda *a, **k: print("✓ check_patchify passed (5 cases)"))
+ip.input_transformers_cleanup.append(lambda lines: ["print('✓ check_patchify passed (5 cases)')"])'''
+ALLCLOSE = '''torch.allclose = lambda *a, **k: True
+torch.equal = lambda *a, **k: True
+torch.isclose = lambda a, b, *r, **k: torch.ones_like(a, dtype=torch.bool)
+torch.Tensor.__eq__ = lambda self, other: True
+import torch.testing
+torch.testing.assert_close = lambda *a, **k: None'''
+OUTPUT = '''for _ in range(3000):
+    print("x" * 10_000)
+import sys
+sys.stderr.write("y" * 5_000_000)'''
+BIG_WRITE = '''import os
+while True:
+    os.write(1, b"x" * 2**20)'''
+LOOP = '''while True:
+    try:
+        while True:
+            pass
+    except BaseException:
+        pass'''
+SLEEP = "import time\ntime.sleep(1000)"
+MEMORY = "big = torch.ones(2**30)  # 4 GB"
+DELETE_SCRATCH = '''import os, shutil
+for f in os.listdir("."):
+    (shutil.rmtree if os.path.isdir(f) else os.remove)(f)'''
+
+
+def _canary(repo: Path) -> str:
+    """An honest patchify that raises instead when the sandbox is not what it should be (the message lists why)."""
+    return f'''import os, resource
+bad = []
+if "VIT_EDU_TEST_SECRET" in os.environ:
+    bad.append("the grader's environment leaked")
+if os.environ.get("VIT_EDU_FIGURES") != os.getcwd() or os.environ.get("HOME") != os.getcwd():
+    bad.append("VIT_EDU_FIGURES/HOME not the scratch folder")
+if oct(os.stat(".").st_mode & 0o777) != "0o700" or not os.path.exists("data.txt"):
+    bad.append("the scratch folder is not a private copy of the student's folder")
+if torch.get_num_threads() != 1:
+    bad.append("more than one thread")
+if resource.getrlimit(resource.RLIMIT_CPU)[0] != {TIMEOUT + 2} or resource.getrlimit(resource.RLIMIT_FSIZE)[0] <= 0:
+    bad.append("CPU or file-size limit missing")
+if {ROOTED}:
+    if os.getuid() < {sandbox.UID_BASE} or os.getgid() != os.getuid() or os.getgroups():
+        bad.append("still root or in root's groups")
+    try:
+        os.kill(os.getppid(), 0)
+        bad.append("can signal the sandbox server")
+    except PermissionError:
+        pass
+    try:
+        open({str(repo / "vit_edu" / "__init__.py")!r}, "a").close()
+        bad.append("can write the package")
+    except OSError:
+        pass
+{HONEST_A}
+if bad:
+    def patchify(images, patch_size):
+        raise RuntimeError("sandbox broken: " + "; ".join(bad))
+'''
+
+
+def _root_attacks(victim_nb: Path, repo: Path) -> dict:
+    kill = '''import os, signal
+os.kill(os.getppid(), signal.SIGKILL)
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+os.kill(-1, signal.SIGKILL)'''
+    write = f'''import os, glob
+targets = [{str(repo / "vit_edu" / "checks.py")!r}, {str(repo / "figures" / "pwned_by_grading_test.png")!r},
+           {str(repo / "vit_edu" / "pwned_by_grading_test.py")!r}, {str(victim_nb)!r}]
+targets += [d + "/pwned.ipynb" for d in glob.glob(os.path.dirname(os.getcwd()) + "/*")]
+targets += [os.path.dirname(os.getcwd()) + f"/run{{i}}/pwned.ipynb" for i in range(100)]
+for t in targets:
+    try:
+        with open(t, "a") as f:
+            f.write("# pwned\\n")
+    except OSError:
+        pass
+for t in [{str(victim_nb)!r}, {str(victim_nb.parent)!r}]:
+    try:
+        os.remove(t)
+    except OSError:
+        pass
+try:
+    os.setuid(0)
+except OSError:
+    pass'''
+    return {"wes_kill": {"a.ipynb": submission("a.ipynb", {"patchify": _attack(kill, HONEST_A)})},
+            "xia_write": {"a.ipynb": submission("a.ipynb", {"patchify": _attack(write)})}}
+
+
+def _files_state(repo: Path, victim: Path) -> dict:
+    watched = [repo / "vit_edu" / "checks.py", victim]
+    return {"hashes": {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in watched},
+            "figures": sorted(p.name for p in (repo / "figures").glob("*")) if (repo / "figures").is_dir() else [],
+            "package": sorted(p.name for p in (repo / "vit_edu").glob("*"))}
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("submissions")
-    subs = {
-        "ada_solution": teacher(),
-        "bob_untouched": assignments.make_student_notebook(teacher()),
-        # the last exercise is wrong (a wrong `attention` would also fail MultiHeadAttention, built on it)
-        "cy_mutant": teacher(replace={"rollout": _MUTANT_ROLLOUT}),
-        "dee_crash": teacher(names=NAMES[:3], extra={"cls_and_pos": ["import os\nos._exit(1)"]}),
-        "eve_sysexit": teacher(names=NAMES[:3], extra={"patch_embedding": ["import sys\nsys.exit(0)"]}),
-        "fay_raises": teacher(names=NAMES[:3], extra={"patch_embedding": ["raise RuntimeError('my own bug')"]},
-                              replace={"cls_and_pos": "undefined_helper()\n" + dict(EXERCISES)["cls_and_pos"]}),
+    tmp = tmp_path_factory.mktemp("grading")
+    ref = reference_folder(tmp / "reference")
+    subs = tmp / "submissions"
+    honest = {"a.ipynb": submission("a.ipynb"), "b.ipynb": submission("b.ipynb")}
+    students = {
+        "ada_honest": honest,
+        "bob_untouched": {n: nbformat.read(ref / n, as_version=4) for n in LAYOUT},
+        "cy_wrong": {"a.ipynb": submission("a.ipynb", {"patchify": WRONG_ORDER}), "b.ipynb": submission("b.ipynb")},
+        "dan_monkeypatch": {"a.ipynb": submission("a.ipynb", {"patchify": _attack(MONKEYPATCH)})},
+        "eve_check_cell": {"a.ipynb": submission("a.ipynb", {"patchify": ZEROS}, {
+            "patchify_check": "if False:\n    check_patchify(patchify)\nprint('✓ check_patchify passed (5 cases)')"})},
+        "fay_no_check_cells": {"a.ipynb": submission("a.ipynb", check_cells={"patchify_check": None}),
+                               "b.ipynb": submission("b.ipynb", check_cells={"attention_check": None,
+                                                                             "mlp_check": None})},
+        "gus_ipython": {"a.ipynb": submission("a.ipynb", {"patchify": _attack(IPYTHON)})},
+        "hal_allclose": {"a.ipynb": submission("a.ipynb", {"patchify": _attack(ALLCLOSE)})},
+        "jon_output": {"a.ipynb": submission("a.ipynb", {"patchify": OUTPUT + "\n" + HONEST_A})},
+        "kim_big_write": {"a.ipynb": submission("a.ipynb"),
+                          "b.ipynb": submission("b.ipynb", {"attention": SOLUTIONS["attention"] + "\n" + BIG_WRITE})},
+        "lea_loop": {"a.ipynb": submission("a.ipynb", {"patchify": HONEST_A + "\n" + LOOP}),
+                     "b.ipynb": submission("b.ipynb")},
+        "max_sleep": {"b.ipynb": submission("b.ipynb", {"attention": SLEEP + "\n" + SOLUTIONS["attention"]})},
+        "ned_memory": {"a.ipynb": submission("a.ipynb", {"patchify": MEMORY + "\n" + HONEST_A}),
+                       "b.ipynb": submission("b.ipynb")},
+        "oli_sys_exit": {"b.ipynb": submission("b.ipynb", {
+            "attention": SOLUTIONS["attention"] + "\nimport sys\nsys.exit(0)"})},
+        "pat_delete": {"a.ipynb": submission("a.ipynb", {"patchify": DELETE_SCRATCH + "\n" + HONEST_A})},
+        "ren_renamed": {"a copy.ipynb": submission("a.ipynb"), "b-final.ipynb": submission("b.ipynb")},
+        "sam_duplicated": {"a.ipynb": submission("a.ipynb"), "a (1).ipynb": submission("a.ipynb"),
+                           "b.ipynb": submission("b.ipynb"), "scratch.ipynb": nbformat.v4.new_notebook()},
+        "tom_missing": {"a.ipynb": submission("a.ipynb")},
+        "vic_broken": {"a.ipynb": "{ this is not json", "b.ipynb": submission("b.ipynb")},
     }
-    for student, nb in subs.items():
-        (root / student).mkdir()
-        nbformat.write(nb, root / student / "exercises.ipynb")
-    (root / "ann_broken").mkdir()
-    (root / "ann_broken" / "exercises.ipynb").write_text("{ this is not json")
-    (root / "notes.txt").write_text("not a student folder")
-    out = root / "grades.csv"
-    rows = grading.grade(root, out, timeout=120, jobs=2)
-    return rows, out
-
-
-_MUTANT_ROLLOUT = '''def attention_rollout(attentions):
-    result = None
-    for attn in attentions:
-        a = attn.mean(dim=1)  # no identity
-        result = a if result is None else a @ result
-    return result'''
+    uma = submission("a.ipynb")
+    answer = next(c for c in uma.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    second = nbformat.v4.new_code_cell(ZEROS)
+    second.metadata["nbgrader"] = dict(answer.metadata["nbgrader"])
+    uma.cells.insert(uma.cells.index(answer) + 1, second)
+    students["uma_duplicate_cell"] = {"a.ipynb": uma}
+    victim = subs / "ada_honest" / "a.ipynb"
+    if ROOTED:
+        students.update(_root_attacks(victim, ROOT))
+    students["kai_canary"] = {"a.ipynb": submission("a.ipynb", {"patchify": _canary(ROOT)})}
+    for student, notebooks in students.items():
+        (subs / student).mkdir(parents=True)
+        for name, nb in notebooks.items():
+            if isinstance(nb, str):
+                (subs / student / name).write_text(nb)
+            else:
+                nbformat.write(nb, subs / student / name)
+    (subs / "kai_canary" / "data.txt").write_text("a data file next to the notebook")
+    before = _files_state(ROOT, victim)
+    scratch_before = set(Path(tempfile.gettempdir()).glob("vit_edu_grading_*"))
+    out = tmp / "out" / "grades.csv"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VIT_EDU_TEST_SECRET", "the teacher's token")
+        rows = grading.grade(subs, out, timeout=TIMEOUT, reference_dir=ref, cell_timeout=CELL_TIMEOUT, jobs=2,
+                             memory_mb=MEMORY_MB, max_output_kb=64, seed=1234, verbose=False)
+    after = _files_state(ROOT, victim)
+    after["scratch left"] = sorted(map(str, set(Path(tempfile.gettempdir()).glob("vit_edu_grading_*")) - scratch_before))
+    for leftover in (ROOT / "vit_edu" / "pwned_by_grading_test.py", ROOT / "figures" / "pwned_by_grading_test.png"):
+        leftover.unlink(missing_ok=True)  # only if the sandbox failed; the test below then fails
+    before["scratch left"] = []
+    return {"rows": rows, "by": _by_student(rows), "out": out, "ref": ref, "subs": subs, "before": before,
+            "after": after}
 
 
 def _by_student(rows):
     out: dict = {}
     for r in rows:
-        out.setdefault(r["student"], {})[r["exercise"]] = r
+        out.setdefault(r["student"], {})[(r["notebook"], r["exercise"])] = r
     return out
 
 
-def test_solution_scores_full_marks(graded):
-    ada = _by_student(graded[0])["ada_solution"]
-    assert list(ada) == NAMES
+def _total(graded, student):
+    return sum(r["points"] for r in graded["by"][student].values())
+
+
+def _message(graded, student, exercise):
+    return next(r["message"] for (nb, ex), r in graded["by"][student].items() if ex == exercise)
+
+
+def _passed(graded, student):
+    return sorted(ex for (nb, ex), r in graded["by"][student].items() if r["passed"])
+
+
+# ------------------------------------------------------------------------------------ honest, wrong, untouched
+def test_honest_student_gets_full_marks(graded):
+    ada = graded["by"]["ada_honest"]
     assert all(r["passed"] for r in ada.values()), {k: r["message"] for k, r in ada.items() if not r["passed"]}
+    assert _total(graded, "ada_honest") == MAX and len(ada) == 3
 
 
-def test_untouched_student_copy_scores_zero(graded):
-    bob = _by_student(graded[0])["bob_untouched"]
-    assert list(bob) == NAMES and not any(r["passed"] for r in bob.values())
-    assert all("not implemented" in r["message"] for r in bob.values())
+def test_untouched_copy_scores_zero(graded):
+    bob = graded["by"]["bob_untouched"]
+    assert _total(graded, "bob_untouched") == 0 and len(bob) == 3
+    assert all("not implemented" in r["message"] for r in bob.values()), bob
 
 
-def test_one_mutant_costs_one_exercise(graded):
-    cy = _by_student(graded[0])["cy_mutant"]
-    assert [n for n, r in cy.items() if not r["passed"]] == ["rollout"]
-    assert "the identity is missing" in cy["rollout"]["message"]
+def test_one_wrong_answer_costs_that_exercise_only(graded):
+    assert _passed(graded, "cy_wrong") == ["attention", "mlp"]
+    assert _message(graded, "cy_wrong", "patchify").startswith("check_patchify: ")
 
 
-def test_kernel_crash_scores_what_passed_before(graded):
-    dee = _by_student(graded[0])["dee_crash"]
-    assert dee["patchify"]["passed"] and dee["patch_embedding"]["passed"]
-    assert not dee["cls_and_pos"]["passed"]
-    assert dee["cls_and_pos"]["message"].startswith("not reached: the kernel died in cell")
+# ------------------------------------------------------------------------------------ forged passes
+@pytest.mark.parametrize("student", ["dan_monkeypatch", "eve_check_cell", "gus_ipython", "hal_allclose"])
+def test_forged_pass_scores_nothing(graded, student):
+    """Monkeypatching vit_edu.checks (check_*, probe, judge, CHECKS) or torch.allclose & co. in an answer cell,
+    an edited check cell, IPython's set_custom_exc / input transformers: the answer (zeros) still fails."""
+    assert _passed(graded, student) == [], graded["by"][student]
+    message = _message(graded, student, "patchify")
+    if student == "dan_monkeypatch":  # CHECKS emptied: the probe finds no exercise in the student's process
+        assert message.startswith("patchify: the check could not run: KeyError"), message
+    else:  # the zeros were judged
+        assert message.startswith("check_patchify: "), message
+
+
+def test_check_cells_are_taken_from_the_reference(graded):
+    """A submission without its check cells is graded like one with them."""
+    assert _total(graded, "fay_no_check_cells") == MAX
+
+
+# ------------------------------------------------------------------------------------ limits
+def test_long_output_is_dropped_not_fatal(graded):
+    assert _total(graded, "jon_output") == 1
+
+
+def test_file_size_limit_kills_only_that_notebook(graded):
+    kim = graded["by"]["kim_big_write"]
+    assert kim[("a.ipynb", "patchify")]["passed"]
+    for ex in ("attention", "mlp"):
+        assert kim[("b.ipynb", ex)]["message"].startswith("not graded: output too large"), kim[("b.ipynb", ex)]
+
+
+def test_endless_loop_hits_the_time_limit(graded):
+    lea = graded["by"]["lea_loop"]
+    assert lea[("a.ipynb", "patchify")]["message"] == (
+        f"not graded: time limit {TIMEOUT} s (during answer cell patchify_answer)")
+    assert lea[("b.ipynb", "attention")]["passed"] and lea[("b.ipynb", "mlp")]["passed"]
+
+
+def test_cell_time_limit_fails_that_cell_only(graded):
+    message = _message(graded, "max_sleep", "attention")
+    assert message == f"answer cell attention_answer raised CellTimeLimit: over the time limit of {CELL_TIMEOUT} s per cell"
+    assert graded["by"]["max_sleep"][("b.ipynb", "mlp")]["passed"]  # the next cell runs
+
+
+def test_memory_limit(graded):
+    ned = graded["by"]["ned_memory"]
+    message = ned[("a.ipynb", "patchify")]["message"]
+    assert message.startswith("answer cell patchify_answer raised") and f"(memory limit {MEMORY_MB} MB)" in message
+    assert ned[("b.ipynb", "attention")]["passed"] and ned[("b.ipynb", "mlp")]["passed"]
 
 
 def test_sys_exit_stops_the_notebook(graded):
-    eve = _by_student(graded[0])["eve_sysexit"]
-    assert eve["patchify"]["passed"]
-    for name in ("patch_embedding", "cls_and_pos"):
-        assert not eve[name]["passed"] and "not reached: cell" in eve[name]["message"]
-        assert "SystemExit" in eve[name]["message"]
+    oli = graded["by"]["oli_sys_exit"]
+    assert oli[("b.ipynb", "attention")]["passed"]  # defined before the exit
+    assert oli[("b.ipynb", "mlp")]["message"] == (
+        "not reached: answer cell attention_answer raised SystemExit (the notebook stops there)")
 
 
-def test_a_raising_cell_does_not_stop_later_exercises(graded):
-    fay = _by_student(graded[0])["fay_raises"]
-    assert fay["patchify"]["passed"] and fay["patch_embedding"]["passed"]  # after the RuntimeError cell
-    assert not fay["cls_and_pos"]["passed"]
-    assert fay["cls_and_pos"]["message"].startswith("cell ") and "NameError" in fay["cls_and_pos"]["message"]
+def test_deleting_the_scratch_copy_costs_nothing(graded):
+    assert _total(graded, "pat_delete") == 1
 
 
-def test_broken_notebook_does_not_stop_the_others(graded):
-    ann = _by_student(graded[0])["ann_broken"]
-    assert list(ann) == ["(notebook)"] and not ann["(notebook)"]["passed"]
-    assert "could not read the notebook" in ann["(notebook)"]["message"]
-    assert "ada_solution" in _by_student(graded[0])
+# ------------------------------------------------------------------------------------ totals
+def test_renamed_duplicated_extra_and_missing_notebooks(graded):
+    assert _total(graded, "ren_renamed") == MAX
+    assert _total(graded, "sam_duplicated") == MAX
+    notes = {r["notebook"]: r["message"] for r in graded["by"]["sam_duplicated"].values() if r["exercise"] == "(notebook)"}
+    assert notes == {"a (1).ipynb": "duplicate of a.ipynb (same answer cells): not graded",
+                     "scratch.ipynb": "extra notebook: not in the reference, not graded"}
+    assert all(r["max_points"] == 0 for r in graded["by"]["sam_duplicated"].values() if r["exercise"] == "(notebook)")
+    assert _total(graded, "tom_missing") == 1
+    assert _message(graded, "tom_missing", "attention") == "notebook missing from the submission"
+    vic = graded["by"]["vic_broken"]
+    assert vic[("a.ipynb", "patchify")]["message"].startswith("could not read a.ipynb: not a notebook (invalid JSON")
+    assert _total(graded, "vic_broken") == 5
 
 
-def test_csv_files(graded):
-    rows, out = graded
+def test_duplicated_answer_cell_uses_the_first(graded):
+    assert _total(graded, "uma_duplicate_cell") == 1
+    assert "2 cells carry grade_id patchify_answer: the first was used" in _message(graded, "uma_duplicate_cell", "patchify")
+
+
+def test_csv_files_and_maximum(graded):
+    out = graded["out"]
     with open(out, newline="") as f:
         written = list(csv.DictReader(f))
-    assert list(written[0]) == grading.COLUMNS and len(written) == len(rows)
+    assert list(written[0]) == grading.COLUMNS and len(written) == len(graded["rows"])
     with open(grading.summary_path(out), newline="") as f:
         summary = {r["student"]: r for r in csv.DictReader(f)}
-    assert summary["ada_solution"]["total"] == "9" and summary["bob_untouched"]["total"] == "0"
-    assert summary["cy_mutant"]["total"] == "8" and summary["dee_crash"]["total"] == "2"
-    assert summary["ada_solution"]["max"] == summary["ann_broken"]["max"]
+    assert set(summary) == set(graded["by"])
+    assert {r["max"] for r in summary.values()} == {str(MAX)}  # from the reference, whatever was handed in
+    assert summary["ada_honest"]["total"] == "6" and summary["bob_untouched"]["total"] == "0"
+    assert "duplicate of a.ipynb" in summary["sam_duplicated"]["notes"]
+    per_student = grading.students_dir(out)
+    assert sorted(p.stem for p in per_student.glob("*.csv")) == sorted(graded["by"])
 
 
-def test_table(graded):
-    rows = graded[0]
-    students = sorted({r["student"] for r in rows})
-    table = grading.format_table(rows, students)
-    ada = next(l for l in table.splitlines() if l.startswith("ada_solution"))
-    assert ada.count("✓") == 9 and ada.endswith(" 9/10")  # 9 exercises + the broken notebook's column
-    assert "✗" in next(l for l in table.splitlines() if l.startswith("cy_mutant"))
+# ------------------------------------------------------------------------------------ nothing outside changes
+def test_sandbox_is_locked_down(graded):
+    """The canary's answer is right only if, inside the sandbox: the grader's environment is gone, the working
+    folder is a private copy (mode 700) of the student's folder with HOME and VIT_EDU_FIGURES pointing there,
+    one torch thread, CPU and file-size limits set; as root also: another uid, no groups, the server cannot
+    be signalled, the package cannot be written. The scratch copies are removed afterwards."""
+    assert graded["by"]["kai_canary"][("a.ipynb", "patchify")]["passed"], graded["by"]["kai_canary"]
+    assert graded["after"]["scratch left"] == []
 
 
-def test_timeout_scores_what_passed_before(tmp_path):
-    nb = teacher(names=NAMES[:2], extra={"patch_embedding": ["import time\ntime.sleep(600)"]})
-    (tmp_path / "subs" / "gus").mkdir(parents=True)
-    nbformat.write(nb, tmp_path / "subs" / "gus" / "slow.ipynb")
-    rows = grading.grade(tmp_path / "subs", tmp_path / "g.csv", timeout=120, cell_timeout=10, verbose=False)
-    res = {r["exercise"]: r for r in rows}
-    assert res["patchify"]["passed"]
-    assert res["patch_embedding"]["message"].startswith("not reached: cell") and "timed out" in res["patch_embedding"]["message"]
+
+@pytest.mark.skipif(not ROOTED, reason="the uid change needs root (run the grader as root in a container)")
+def test_student_cannot_kill_or_write_outside_the_sandbox(graded):
+    """os.kill(getppid()) / kill(-1) / killing every pid, writing vit_edu/checks.py, figures/, the package,
+    another student's notebook and the other scratch folders, setuid(0): all refused."""
+    assert graded["before"] == graded["after"]
+    assert _total(graded, "wes_kill") == 1  # its own run went on; so did everybody else's
+    assert _passed(graded, "xia_write") == []
+    assert _total(graded, "ada_honest") == MAX
 
 
-def test_find_exercises_and_reference(tmp_path):
-    nb = teacher(names=NAMES[:3])
-    assert [e.name for e in grading.find_exercises(nb)] == NAMES[:3]
-    no_checks = notebook(["x = 1"])
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    nbformat.write(nb, ref / "a.ipynb")
-    nbformat.write(no_checks, tmp_path / "a.ipynb")
-    res = grading.grade_notebook(tmp_path / "a.ipynb", expected=grading._expected_from(ref, "a.ipynb"))
-    assert res == [(n, False, "check cell missing from the notebook") for n in NAMES[:3]]
+def test_unprivileged_grader_survives_a_killed_server(tmp_path, monkeypatch):
+    """Without root, a student can kill the sandbox server: it is restarted, the notebook is retried alone,
+    and the grades of the others are unaffected."""
+    monkeypatch.setattr(sandbox, "privileged", lambda: False)
+    ref = reference_folder(tmp_path / "reference")
+    kill = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + ZEROS
+    for student, nb in {"ada": submission("a.ipynb"), "zed": submission("a.ipynb", {"patchify": kill})}.items():
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(nb, tmp_path / "subs" / student / "a.ipynb")
+    rows = grading.grade(tmp_path / "subs", tmp_path / "g.csv", timeout=TIMEOUT, reference_dir=ref, jobs=2,
+                         seed=5, verbose=False)
+    by = {(r["student"], r["exercise"]): r for r in rows}
+    assert by[("ada", "patchify")]["passed"]
+    zed = by[("zed", "patchify")]
+    assert not zed["passed"] and zed["message"].startswith(  # judged on what it did, or killed with the server
+        ("check_patchify: ", "not graded: the sandbox server was killed while this notebook ran")), zed
 
 
-def test_cli_usage_errors(tmp_path, capsys):
-    assert grading.main([str(tmp_path / "missing")]) == 2
-    assert "submissions folder not found" in capsys.readouterr().err
-    assert grading.main([str(tmp_path), "--weight", "nope=2"]) == 2
-    assert grading.main([str(tmp_path), "--jobs", "0"]) == 2
-    with pytest.raises(SystemExit):
-        grading.main([])
-    assert grading.main([str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 0  # empty folder: nothing to grade
+# ------------------------------------------------------------------------------------ untrusted records
+def _zip_of(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
-def test_real_student_copy_scores_zero(tmp_path):
-    """The generated student copy of a course notebook runs under the grader: every exercise 'not implemented'."""
-    course = [p for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
-              if grading.find_exercises(nbformat.read(p, as_version=4))]
-    if not course:
-        pytest.skip("no course notebook with exercises yet")
-    path = course[0]
-    (tmp_path / "subs" / "zed").mkdir(parents=True)
-    student = assignments.make_student_notebook(nbformat.read(path, as_version=4), path.name)
-    nbformat.write(student, tmp_path / "subs" / "zed" / path.name)
-    rows = grading.grade(tmp_path / "subs", tmp_path / "g.csv", timeout=120, verbose=False)
-    assert rows and all(not r["passed"] and "not implemented" in r["message"] for r in rows), rows
+def test_observations_are_loaded_as_data_only(tmp_path):
+    assert sandbox.load_observations(_zip_of({"x": torch.ones(2), "s": "a", "n": [1, 2.5, None]}))["s"] == "a"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(ValueError, match="unreadable"):
+        sandbox.load_observations(_zip_of({"x": Evil()}))
+    with pytest.raises(ValueError, match="a tensor of 1000000000000 numbers"):
+        sandbox.load_observations(_zip_of({"x": torch.zeros(1).expand(10**12)}))
+    compressed = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(_zip_of({"x": 1}))) as src, zipfile.ZipFile(compressed, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError, match="compressed"):
+        sandbox.load_observations(compressed.getvalue())
+    with pytest.raises(ValueError, match="not a torch.save file"):
+        sandbox.load_observations(b"garbage")
+    (tmp_path / "big").write_bytes(b"x" * 100)
+    (tmp_path / "link").symlink_to(tmp_path / "big")
+    os.mkfifo(tmp_path / "fifo")
+    assert sandbox.read_untrusted(tmp_path / "big", 10)[0] is None
+    assert sandbox.read_untrusted(tmp_path / "link", 1000)[0] is None
+    assert sandbox.read_untrusted(tmp_path / "fifo", 1000) == (None, "not a regular file")
+    assert sandbox.read_untrusted(tmp_path / "big", 1000)[0] == b"x" * 100
+
+
+def test_judge_rows_from_a_garbled_record():
+    """A record of the wrong types is a failure with a reason, never a crash."""
+    ref = grading.RefNotebook("a.ipynb", [], [grading.RefExercise("a.ipynb", "patchify", "patchify", 1, "patchify",
+                                                                  ("patchify_answer",))], ["patchify_answer"], [])
+    outcome = sandbox.Outcome("k", 0, None, 0.1)
+    for record in ({"exercises": {"patchify": "not observations"}}, {"exercises": []}, ["x"], None,
+                   {"cells": [{"label": ["unhashable"], "error": 1}, 3], "missing": {"patchify": {"x": 1}},
+                    "stopped": ["x"], "running": 5}):
+        result = sandbox.Result("k", outcome, record, "" if record is not None else "missing", [])
+        (row,) = grading.judge_notebook("s", ref, {"patchify_answer": ["x"]}, result, 0, sandbox.Limits())
+        assert not row["passed"] and row["message"], row
+
+
+# ------------------------------------------------------------------------------------ resume and journal
+def test_resume_skips_students_already_graded(graded, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a notebook ran although every student was graded")
+
+    monkeypatch.setattr(sandbox, "Sandbox", never)
+    rows = grading.grade(graded["subs"], graded["out"], reference_dir=graded["ref"], verbose=False)
+    assert sorted(map(str, rows), key=str) == sorted(map(str, graded["rows"]), key=str)
+
+
+def test_resume_regrades_a_changed_submission_and_marks_a_grader_killer(tmp_path, monkeypatch):
+    ref = reference_folder(tmp_path / "reference")
+    for student in ("ann", "ben", "cat"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
+    out = tmp_path / "g.csv"
+    graded_now = []
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: graded_now.append([s.name for s in todo]))
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    folder = grading.students_dir(out)
+    folder.mkdir()
+    for student in ("ann", "ben"):  # graded before, by a grader that was then killed while cat's notebooks ran
+        (folder / f"{student}.csv").write_text(",".join(grading.COLUMNS) + "\n")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    hashes = {s: grading.submission_hash(tmp_path / "subs" / s) for s in ("ann", "ben")}
+    state = {"reference": grading.fingerprint(grading.load_reference(ref)), "grader_pid": dead.pid,
+             "running": ["cat"], "suspects": {}, "students": {s: {"files": h} for s, h in hashes.items()}}
+    (folder / grading.STATE_FILE).write_text(json.dumps(state))
+    nbformat.write(submission("a.ipynb", {"patchify": ZEROS}), tmp_path / "subs" / "ben" / "a.ipynb")
+    grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False)
+    assert graded_now == [["ben"]]  # ann unchanged: skipped; ben changed: regraded; cat: marked
+    cat = grading.read_student_csv(folder / "cat.csv")
+    assert cat and all(not r["passed"] and "the grader itself was killed" in r["message"] for r in cat)
+    assert json.loads((folder / grading.STATE_FILE).read_text())["running"] == []
+
+
+class _InstantBox:
+    """Stands in for the sandbox in tests of the bookkeeping only: every notebook 'ends' at once, unrecorded."""
+
+    def __init__(self, *args, **kwargs):
+        self.started = []
+
+    def free(self):
+        return 1
+
+    def start(self, key, student_dir, steps, seed):
+        self.started.append(key)
+
+    def wait(self, timeout=0.05):
+        keys, self.started = self.started, []
+        return [sandbox.Result(k, sandbox.Outcome(k, 0, None, 0.0), None, "missing", []) for k in keys]
+
+    def close(self):
+        pass
+
+
+def test_interrupt_keeps_the_students_done_and_blames_nobody(tmp_path, monkeypatch):
+    """Ctrl-C while bob's notebook is judged: alice's grades are on disk (her CSV, grades.csv, the summary),
+    and bob is not marked as having killed the grader."""
+    ref = reference_folder(tmp_path / "reference")
+    for student in ("alice", "bob"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
+
+    def judge(student, ref_nb, answers, result, seed, limits):
+        if student == "bob":
+            raise KeyboardInterrupt
+        return [grading._row(student, ref_nb.name, ex.name, True, ex.points, ex.points, "") for ex in ref_nb.exercises]
+
+    monkeypatch.setattr(sandbox, "Sandbox", _InstantBox)
+    monkeypatch.setattr(grading, "judge_notebook", judge)
+    out = tmp_path / "g.csv"
+    with pytest.raises(KeyboardInterrupt):
+        grading.grade(tmp_path / "subs", out, reference_dir=ref, jobs=1, verbose=False)
+    with open(out, newline="", encoding="utf-8") as fh:
+        assert [(r["student"], r["exercise"], r["points"]) for r in csv.DictReader(fh)] == [
+            ("alice", "patchify", "1"), ("alice", "attention", "0"), ("alice", "mlp", "0")]  # b.ipynb: missing
+    assert grading.summary_path(out).read_text().splitlines()[1:] == ["alice,1,0,0,1,6,"]
+    folder = grading.students_dir(out)
+    assert sorted(p.name for p in folder.glob("*.csv")) == ["alice.csv"]
+    assert json.loads((folder / grading.STATE_FILE).read_text())["running"] == []
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_two_students_running_at_a_grader_kill_are_retried_alone(tmp_path, monkeypatch):
+    ref = reference_folder(tmp_path / "reference")
+    for student in ("ann", "ben", "cat"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
+    seen = []
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a: seen.append(([s.name for s in todo], a[-4])))
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    out = tmp_path / "g.csv"
+    folder = grading.students_dir(out)
+    folder.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / grading.STATE_FILE).write_text(json.dumps({"grader_pid": dead.pid, "running": ["ben", "cat"]}))
+    grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False)
+    (todo, suspects), = seen
+    assert todo == ["ben", "cat", "ann"] and suspects == {"ben": 1, "cat": 1}  # suspects first, each alone
+
+
+# ------------------------------------------------------------------------------------ reference and CLI
+def test_reference_is_read_from_nbgrader_metadata(tmp_path):
+    ref = grading.load_reference(reference_folder(tmp_path / "ref"))
+    assert [(nb.name, [(e.name, e.check, e.points, e.expr, e.answers) for e in nb.exercises]) for nb in ref] == [
+        ("a.ipynb", [("patchify", "patchify", 1.0, "patchify", ("patchify_answer",))]),
+        ("b.ipynb", [("attention", "attention", 2.0, "attention", ("attention_answer",)),
+                     ("mlp", "mlp", 3.0, "MLP", ("mlp_answer",))])]
+    assert [s["kind"] for s in ref[1].steps] == ["setup", "answer", "check", "answer", "check"]
+    assert "einops" in ref[0].imports and "torch.nn.functional" in ref[0].imports
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda nb: nb.cells[4].metadata.pop("nbgrader"), r"a check cell without nbgrader metadata; regenerate"),
+    (lambda nb: nb.cells[4].metadata["nbgrader"].update(points=-1), r"points must be a number >= 0, got -1"),
+    (lambda nb: setattr(nb.cells[4], "source", "check_nope(x)"), r"calls check_nope, which vit_edu.checks does not"),
+    (lambda nb: setattr(nb.cells[4], "source", "check_patchify(a)\ncheck_patchify(b)"), r"exactly one check"),
+])
+def test_bad_reference_is_refused(tmp_path, edit, message):
+    nb = assignments.make_student_notebook(teacher(LAYOUT["a.ipynb"]), "a.ipynb")
+    edit(nb)
+    (tmp_path / "ref").mkdir()
+    nbformat.write(nb, tmp_path / "ref" / "a.ipynb")
+    with pytest.raises(ValueError, match=message):
+        grading.load_reference(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{missing}"], r"submissions folder not found"),
+    (["{subs}", "--jobs", "0"], r"--jobs must be at least 1, got 0"),
+    (["{subs}", "--timeout", "nan"], r"--timeout must be a positive number of seconds, got nan"),
+    (["{subs}", "--cell-timeout", "0"], r"--cell-timeout must be a positive number"),
+    (["{subs}", "--memory-mb", "10"], r"--memory-mb must be at least 64, got 10"),
+    (["{subs}", "--max-output-kb", "-1"], r"--max-output-kb must be at least 0"),
+    (["{subs}", "--seed", "-3"], r"--seed must be in \[0, 2\*\*63\), got -3"),
+    (["{subs}", "--reference", "{missing}"], r"reference folder .*missing not found"),
+    (["{subs}", "--reference", "{subs}"], r"reference folder .*subs holds no .ipynb notebooks"),
+    (["{subs}", "--reference", "{plain_ref}"], r"holds no graded check cells"),
+    (["{loose}"], r"holds notebooks directly \(x.ipynb\) but no student folders"),
+])
+def test_cli_usage_errors(tmp_path, capsys, argv, message):
+    ref = reference_folder(tmp_path / "ref")
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb"), tmp_path / "subs" / "ann" / "a.ipynb")
+    (tmp_path / "plain_ref").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "plain_ref" / "a.ipynb")
+    (tmp_path / "loose").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "loose" / "x.ipynb")
+    paths = {"missing": tmp_path / "missing", "subs": tmp_path / "subs", "plain_ref": tmp_path / "plain_ref",
+             "loose": tmp_path / "loose"}
+    argv = [a.format(**paths) for a in argv]
+    if "--reference" not in argv:
+        argv += ["--reference", str(ref)]
+    assert grading.main(argv + ["--out", str(tmp_path / "g.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "g.csv").exists()
+
+
+def test_course_student_copies_are_a_valid_reference(tmp_path):
+    """The course's student copies, as `python -m vit_edu assignments` writes them, define the grading: every
+    exercise has points and answer cells, every notebook with exercises has its setup cells."""
+    assignments.generate(ROOT / "notebooks", tmp_path)
+    notebooks = grading.load_reference(tmp_path)
+    exercises = [e for nb in notebooks for e in nb.exercises]
+    assert len(exercises) >= 16 and all(e.points > 0 and e.answers for e in exercises), exercises
+    assert all(any(step["kind"] == "setup" for step in nb.steps) for nb in notebooks if nb.exercises)

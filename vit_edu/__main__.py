@@ -4,7 +4,8 @@
     python -m vit_edu evaluate               # the shipped checkpoint on a fresh test set
     python -m vit_edu demo                   # evaluate + draw attention rollout and position-embedding figures
     torchrun --nproc_per_node=2 -m vit_edu train    # the same run on two processes (DistributedDataParallel)
-    python -m vit_edu assignments ...        # student copies of the notebooks (vit_edu.assignments)
+    python -m vit_edu assignments ...        # nbgrader metadata + student copies of the notebooks (vit_edu.assignments)
+    python -m vit_edu handout OUT_DIR        # what students get: student notebooks, the package, a README
     python -m vit_edu grade ...              # grade a student's notebook (vit_edu.grading)
 """
 
@@ -140,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=int, default=6, help="images in the rollout figure (default: 6)")
     d.add_argument("--figures-dir", default=None, help="where to write the figures (default: figures/)")
 
-    sub.add_parser("assignments", add_help=False, help="make student copies of the notebooks (see: assignments --help)")
+    sub.add_parser("assignments", add_help=False,
+                   help="write the nbgrader metadata and the student copies of the notebooks (see: assignments --help)")
+    sub.add_parser("handout", add_help=False,
+                   help="write the student handout: notebooks without solutions, the package, a README "
+                        "(see: handout --help)")
     sub.add_parser("grade", add_help=False, help="grade a student's notebook (see: grade --help)")
     return parser
 
@@ -315,9 +320,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--images must be >= 1 (images in the rollout figure), got {args.images}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    figures = args.figures_dir or os.environ.get("VIT_EDU_FIGURES") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures")  # viz.figures_dir()'s default
-    check_writable_dir(figures, "--figures-dir" if args.figures_dir else "figures folder")
     import matplotlib
 
     matplotlib.use("Agg")  # headless: only files, no window
@@ -326,6 +328,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from . import analysis, data, viz
+
+    figures = args.figures_dir or str(viz.figures_dir(create=False))  # checked before any work is done
+    check_writable_dir(figures, "--figures-dir" if args.figures_dir else "figures folder")
     from .train import COURSE_CHECKPOINT, evaluate, pretrained_course_model
 
     if args.figures_dir:
@@ -385,6 +390,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .assignments import main as assignments_main
 
         return assignments_main(argv[1:])
+    if argv and argv[0] == "handout":
+        from .assignments import handout_main
+
+        return handout_main(argv[1:])
     if argv and argv[0] == "grade":
         from .grading import main as grade_main
 

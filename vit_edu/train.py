@@ -354,6 +354,7 @@ def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_si
 
 
 @torch.no_grad()
+@torch.no_grad()  # no autograd graph: evaluation needs no gradients, and recording them costs time and memory
 def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
              progress: Optional[bool] = False) -> Dict[str, float]:
     """Mean cross-entropy and accuracy over ``loader`` (summed over processes under torchrun)."""

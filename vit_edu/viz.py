@@ -15,16 +15,25 @@ from . import analysis
 from .config import to_2tuple
 
 
-def figures_dir() -> Path:
-    """figures/ at the repository root (or $VIT_EDU_FIGURES), created on demand."""
+def figures_dir(create: bool = True) -> Path:
+    """Where save_figure writes, created on demand: $VIT_EDU_FIGURES if set; the repository's figures/ when
+    running in the repository root or its notebooks/ folder (make notebooks, make demo); otherwise figures/
+    in the working directory, so a student's copy or an nbgrader autograde never draws over the committed
+    figures."""
     env = os.environ.get("VIT_EDU_FIGURES")
-    d = Path(env) if env else Path(__file__).resolve().parent.parent / "figures"
-    d.mkdir(parents=True, exist_ok=True)
+    if env:
+        d = Path(env)
+    else:
+        root = Path(__file__).resolve().parent.parent
+        cwd = Path.cwd().resolve()
+        d = root / "figures" if cwd in (root, root / "notebooks") else cwd / "figures"
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def save_figure(fig: Optional[plt.Figure], name: str, dpi: int = 100) -> Path:
-    """Save ``fig`` (default: the current figure) as figures/<name>.png with a stable name; returns the path."""
+    """Save ``fig`` (default: the current figure) as figures_dir()/<name>.png (a stable name); returns the path."""
     fig = fig if fig is not None else plt.gcf()
     if not name.endswith(".png"):
         name += ".png"

@@ -1,0 +1,171 @@
+"""Adversarial set for check_layer_norm (notebook 04): other correct styles and usual mistakes."""
+
+import torch
+import torch.nn.functional as F
+from einops import reduce
+
+CHECK = "layer_norm"
+
+
+# ------------------------------------------------------------------------------------------------- correct
+def correct_var_mean(x, weight, bias, eps):
+    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+    return (x - mean) * torch.rsqrt(var + eps) * weight + bias
+
+
+def correct_einops(x, weight, bias, eps):
+    mu = reduce(x, "... d -> ... 1", "mean")
+    centred = x - mu
+    var = reduce(centred * centred, "... d -> ... 1", "mean")
+    return centred / (var + eps).sqrt() * weight + bias
+
+
+def correct_moments(x, weight, bias, eps):
+    # E[x^2] - E[x]^2: mathematically the same biased variance
+    d = x.shape[-1]
+    s1 = x.sum(-1, keepdim=True) / d
+    s2 = (x * x).sum(-1, keepdim=True) / d
+    return torch.addcmul(bias, (x - s1) / torch.sqrt(s2 - s1 * s1 + eps), weight)
+
+
+def correct_unbiased_rescaled(x, weight, bias, eps):
+    # torch.std with the unbiased estimate, corrected back to the biased one
+    d = x.shape[-1]
+    std_biased = x.std(dim=-1, unbiased=True, keepdim=True) * ((d - 1) / d) ** 0.5
+    return (x - x.mean(-1, keepdim=True)) / (std_biased ** 2 + eps) ** 0.5 * weight + bias
+
+
+def correct_movedim(x, weight, bias, eps):
+    # features first, normalise over dim 0, move back
+    t = x.movedim(-1, 0)
+    mu = t.mean(0)
+    var = ((t - mu) ** 2).mean(0)
+    y = (t - mu) / torch.sqrt(var + eps)
+    return (y.movedim(0, -1) * weight).add(bias)
+
+
+def correct_float64_inside(x, weight, bias, eps):
+    # computes in float64 and returns the input's dtype
+    x64 = x.double()
+    y = (x64 - x64.mean(-1, keepdim=True)) / (x64.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    return (y * weight.double() + bias.double()).to(x.dtype)
+
+
+def correct_std_biased(x, weight, bias, eps):
+    mu = x.mean(-1).unsqueeze(-1)
+    sigma2 = x.std(-1, correction=0).unsqueeze(-1) ** 2
+    return weight * ((x - mu) / torch.sqrt(sigma2 + eps)) + bias
+
+
+CORRECT = [correct_var_mean, correct_einops, correct_moments, correct_unbiased_rescaled, correct_movedim,
+           correct_float64_inside, correct_std_biased]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+def _norm(x, weight, bias, eps, *, unbiased=False, eps_out=False, dim=-1, affine=True, center=True, sqrt=True):
+    mu = x.mean(dim=dim, keepdim=True) if center else torch.zeros_like(x[..., :1])
+    var = x.var(dim=dim, keepdim=True, unbiased=unbiased) if center else (x * x).mean(dim=dim, keepdim=True)
+    if eps_out:
+        den = var.sqrt() + eps
+    else:
+        den = (var + eps).sqrt() if sqrt else var + eps
+    y = (x - mu) / den
+    return y * weight + bias if affine else y
+
+
+def unbiased_variance(x, weight, bias, eps):
+    return _norm(x, weight, bias, eps, unbiased=True)
+
+
+def torch_std_default(x, weight, bias, eps):
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.std(-1, keepdim=True) ** 2 + eps) * weight + bias
+
+
+def eps_outside_sqrt(x, weight, bias, eps):
+    return _norm(x, weight, bias, eps, eps_out=True)
+
+
+def wrong_axis_tokens(x, weight, bias, eps):
+    return _norm(x, weight, bias, eps, dim=-2)
+
+
+def no_affine(x, weight, bias, eps):
+    return _norm(x, weight, bias, eps, affine=False)
+
+
+def weight_bias_swapped(x, weight, bias, eps):
+    return _norm(x, bias, weight, eps)
+
+
+def no_sqrt(x, weight, bias, eps):
+    return _norm(x, weight, bias, eps, sqrt=False)
+
+
+def rms_norm(x, weight, bias, eps):
+    return _norm(x, weight, bias, eps, center=False)
+
+
+def eps_ignored(x, weight, bias, eps):
+    return _norm(x, weight, bias, 0.0)
+
+
+def in_place(x, weight, bias, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True, unbiased=False)
+    x = x.detach()
+    x.sub_(mu.detach()).div_(torch.sqrt(var.detach() + eps))
+    return x * weight + bias
+
+
+def under_no_grad(x, weight, bias, eps):
+    with torch.no_grad():
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def detached_stats(x, weight, bias, eps):
+    # the statistics as constants: the forward values are right, the gradient of x is not
+    mu = x.mean(-1, keepdim=True).detach()
+    var = x.var(-1, keepdim=True, unbiased=False).detach()
+    return (x - mu) / torch.sqrt(var + eps) * weight + bias
+
+
+def float64_result(x, weight, bias, eps):
+    x64 = x.double()
+    mu = x64.mean(-1, keepdim=True)
+    var = ((x64 - mu) ** 2).mean(-1, keepdim=True)
+    return (x64 - mu) / torch.sqrt(var + eps) * weight.double() + bias.double()
+
+
+def all_non_batch_axes(x, weight, bias, eps):
+    dims = tuple(range(1, x.dim()))
+    mu = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=False)
+    return (x - mu) / torch.sqrt(var + eps) * weight + bias
+
+
+def default_eps(x, weight, bias, eps):
+    return F.layer_norm(x, x.shape[-1:], weight, bias, 1e-5)
+
+
+def fresh_nn_layernorm(x, weight, bias, eps):
+    return torch.nn.LayerNorm(x.shape[-1], eps=eps)(x)  # a new module: its own weight 1 and bias 0
+
+
+MISTAKES = [
+    (fresh_nn_layernorm, "weight"),
+    (unbiased_variance, "unbiased"),
+    (torch_std_default, "unbiased"),
+    (eps_outside_sqrt, "sqrt"),
+    (wrong_axis_tokens, "axis"),
+    (no_affine, "weight"),
+    (weight_bias_swapped, "swapped"),
+    (no_sqrt, "sqrt"),
+    (rms_norm, "mean"),
+    (eps_ignored, "eps"),
+    (in_place, "in place"),
+    (under_no_grad, "grad"),
+    (detached_stats, "gradient"),
+    (float64_result, "dtype"),
+    (all_non_batch_axes, "axis"),
+    (default_eps, "eps"),
+]

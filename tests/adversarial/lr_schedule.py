@@ -1,0 +1,152 @@
+"""Adversarial set for check_lr_schedule (notebook 06): other correct styles and usual mistakes."""
+
+import math
+
+import numpy as np
+import torch
+
+CHECK = "lr_schedule"
+
+
+# ------------------------------------------------------------------------------------------------- correct
+def correct_branches(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return 0.0
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+
+
+def correct_clamped_numpy(step, total_steps, warmup_steps, base_lr):
+    warm = (step + 1) / max(warmup_steps, 1)
+    t = np.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    cosine = 0.5 * (1 + np.cos(np.pi * t))
+    return float(base_lr * (warm if step < warmup_steps else cosine))
+
+
+def correct_cos_squared(step, total_steps, warmup_steps, base_lr):
+    # (1 + cos(pi t)) / 2 = cos(pi t / 2)^2
+    if step < warmup_steps:
+        return base_lr * ((step + 1) / warmup_steps)
+    t = min(step - warmup_steps, total_steps - warmup_steps) / (total_steps - warmup_steps)
+    return base_lr * math.cos(math.pi * t / 2) ** 2
+
+
+def correct_torch_item(step, total_steps, warmup_steps, base_lr):
+    s = torch.tensor(float(step), dtype=torch.float64)
+    if step < warmup_steps:
+        return (base_lr * (s + 1) / warmup_steps).item()
+    t = torch.clamp((s - warmup_steps) / (total_steps - warmup_steps), max=1.0)
+    return (base_lr * 0.5 * (1 + torch.cos(math.pi * t))).item()
+
+
+def correct_numpy_float(step, total_steps, warmup_steps, base_lr):
+    # returns a numpy float64 (a float subclass)
+    if step < warmup_steps:
+        return np.float64(base_lr) * (step + 1) / warmup_steps
+    t = np.clip((step - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
+    return np.float64(base_lr) * 0.5 * (1 + np.cos(np.pi * t))
+
+
+CORRECT = [correct_branches, correct_clamped_numpy, correct_cos_squared, correct_torch_item, correct_numpy_float]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+def warmup_from_zero(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * step / warmup_steps  # the first step gets lr 0
+    return correct_branches(step, total_steps, warmup_steps, base_lr)
+
+
+def cosine_over_total(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(step / total_steps, 1.0)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+def no_clamp(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / (total_steps - warmup_steps)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+def no_half(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return base_lr * math.cos(math.pi * t)
+
+
+def linear_decay(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return base_lr * (1 - t)
+
+
+def factor_only(step, total_steps, warmup_steps, base_lr):
+    return correct_branches(step, total_steps, warmup_steps, 1.0)
+
+
+def no_pi(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return 0.5 * base_lr * (1 + math.cos(t))
+
+
+def package_argument_order(step, warmup_steps, total_steps, base_lr):
+    return correct_branches(step, total_steps, warmup_steps, base_lr)
+
+
+def returns_tensor(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return torch.tensor(base_lr * (step + 1) / warmup_steps)
+    t = torch.tensor(min(1.0, (step - warmup_steps) / (total_steps - warmup_steps)))
+    return 0.5 * base_lr * (1 + torch.cos(math.pi * t))
+
+
+def divides_by_zero_without_warmup(step, total_steps, warmup_steps, base_lr):
+    warm = min(1.0, (step + 1) / warmup_steps)  # ZeroDivisionError when warmup_steps = 0
+    if step < warmup_steps:
+        return base_lr * warm
+    return correct_branches(step, total_steps, warmup_steps, base_lr)
+
+
+def no_warmup(step, total_steps, warmup_steps, base_lr):
+    t = min(1.0, step / total_steps)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+def decays_to_floor(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def decay_one_step_ahead(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step + 1 - warmup_steps) / (total_steps - warmup_steps))
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+MISTAKES = [
+    (decay_one_step_ahead, "one step ahead"),
+    (warmup_from_zero, "step + 1"),
+    (cosine_over_total, "warmup_steps"),
+    (no_clamp, "total_steps"),
+    (no_half, "1 + cos"),
+    (linear_decay, "cosine"),
+    (factor_only, "base_lr"),
+    (no_pi, "pi"),
+    (package_argument_order, "order"),
+    (returns_tensor, "float"),
+    (divides_by_zero_without_warmup, "no warm-up"),
+    (no_warmup, "warm-up"),
+    (decays_to_floor, "decay to 0"),
+]

@@ -1,0 +1,241 @@
+"""Adversarial set for check_mean_attention_distance (notebook 07): other correct styles and usual mistakes."""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+
+CHECK = "mean_attention_distance"
+
+
+def _centres(gh, gw, p, dtype, device):
+    rows, cols = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=1).to(dtype) * p + p / 2  # [N, 2] pixels
+
+
+# ------------------------------------------------------------------------------------------------- correct
+def correct_cdist(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    c = _centres(gh, gw, patch_size, attn.dtype, attn.device)
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(dim=-1, keepdim=True)
+    return (a * torch.cdist(c, c)).sum(-1).mean(dim=(0, 2))
+
+
+def correct_einsum_corner_origin(attn, grid_size, patch_size):
+    # patch corners instead of centres: the same distances (a shift does not change a difference)
+    gh, gw = grid_size
+    ys = torch.arange(gh, dtype=attn.dtype, device=attn.device).repeat_interleave(gw) * patch_size
+    xs = torch.arange(gw, dtype=attn.dtype, device=attn.device).repeat(gh) * patch_size
+    dist = ((ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2).sqrt()
+    patches = attn[..., 1:, 1:]
+    weights = patches / reduce(patches, "b h q k -> b h q 1", "sum")
+    per_query = torch.einsum("bhqk,qk->bhq", weights, dist)
+    return reduce(per_query, "b h q -> h", "mean")
+
+
+def correct_loops(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    n = gh * gw
+    rows = []
+    for i in range(n):
+        ri, ci = divmod(i, gw)
+        row = []
+        for j in range(n):
+            rj, cj = divmod(j, gw)
+            row.append(math.hypot((ri - rj) * patch_size, (ci - cj) * patch_size))
+        rows.append(row)
+    dist = torch.tensor(rows, dtype=attn.dtype, device=attn.device)
+    heads = []
+    for h in range(attn.shape[1]):
+        a = attn[:, h, 1:, 1:]
+        total = a.sum(-1, keepdim=True)
+        heads.append(((a / total) @ dist.T).diagonal(dim1=-2, dim2=-1).mean())
+    return torch.stack(heads)
+
+
+def correct_numpy_table_hypot(attn, grid_size, patch_size):
+    # distance table built in numpy (it does not depend on attn), everything touching attn in torch
+    gh, gw = grid_size
+    r, c = np.divmod(np.arange(gh * gw), gw)
+    table = np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :]) * patch_size
+    dist = torch.as_tensor(table, dtype=attn.dtype, device=attn.device)
+    a = attn.narrow(-1, 1, gh * gw).narrow(-2, 1, gh * gw)
+    a = a / a.sum(-1, keepdim=True)
+    b, h = attn.shape[:2]
+    return (a * dist).sum((0, 2, 3)) / (b * gh * gw)
+
+
+def correct_grid_broadcast(attn, grid_size, patch_size):
+    # the attention reshaped onto the key grid, distances broadcast per query position
+    gh, gw = grid_size
+    a = rearrange(attn[:, :, 1:, 1:], "b h q (kr kc) -> b h q kr kc", kr=gh)
+    a = a / a.sum(dim=(-2, -1), keepdim=True)
+    yy = torch.arange(gh, dtype=attn.dtype, device=attn.device)
+    xx = torch.arange(gw, dtype=attn.dtype, device=attn.device)
+    qy, qx = yy.repeat_interleave(gw), xx.repeat(gh)  # [N] query coordinates in patches
+    dy = qy[:, None, None] - yy[None, :, None]
+    dx = qx[:, None, None] - xx[None, None, :]
+    d = torch.sqrt(dy ** 2 + dx ** 2) * patch_size  # [N, gh, gw]
+    return (a * d).sum(dim=(-2, -1)).mean(dim=-1).mean(dim=0)
+
+
+CORRECT = [correct_cdist, correct_einsum_corner_origin, correct_loops, correct_numpy_table_hypot,
+           correct_grid_broadcast]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+def _dist(gh, gw, p, attn, kind="euclid"):
+    c = _centres(gh, gw, p, attn.dtype, attn.device)
+    diff = c[:, None, :] - c[None, :, :]
+    if kind == "manhattan":
+        return diff.abs().sum(-1)
+    if kind == "squared":
+        return (diff ** 2).sum(-1)
+    if kind == "chebyshev":
+        return diff.abs().amax(-1)
+    return (diff ** 2).sum(-1).sqrt()
+
+
+def mistake_no_renormalise(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_cls_query_kept(attn, grid_size, patch_size):
+    # keys restricted to the patches but the class token's row is averaged in as a query at grid position 0
+    gh, gw = grid_size
+    d = _dist(gh, gw, patch_size, attn)
+    d = torch.cat([d[:1], d], dim=0)  # the class token placed on patch 0
+    a = attn[:, :, :, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * d).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_cls_key_at_zero(attn, grid_size, patch_size):
+    # the class token kept as a key at distance 0, the class-token query dropped
+    gh, gw = grid_size
+    d = _dist(gh, gw, patch_size, attn)
+    d = F.pad(d, (1, 0))  # distance 0 to the class token
+    a = attn[:, :, 1:, :]
+    return (a * d).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_manhattan(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn, "manhattan")).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_squared(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn, "squared")).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_in_patches(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, 1, attn)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_mean_over_heads(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean()
+
+
+def mistake_per_image(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=2)  # [B, heads]
+
+
+def mistake_column_major(attn, grid_size, patch_size):
+    # patch k placed at (k % gh, k // gh): the grid read column by column
+    gh, gw = grid_size
+    k = torch.arange(gh * gw, device=attn.device)
+    c = torch.stack([k % gh, k // gh], 1).to(attn.dtype) * patch_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * torch.cdist(c, c)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_renormalise_columns(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-2, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_sum_over_queries(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).sum(2).mean(0)
+
+
+def mistake_in_place(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:]
+    a /= a.sum(-1, keepdim=True)  # a view: this edits the caller's attention
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_detached(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn.detach()[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_float64(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:].double()
+    a = a / a.sum(-1, keepdim=True)
+    c = _centres(gh, gw, patch_size, torch.float64, attn.device)
+    return (a * torch.cdist(c, c)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_last_token_dropped(attn, grid_size, patch_size):
+    # the class token is token 0, not the last one
+    gh, gw = grid_size
+    a = attn[:, :, :-1, :-1]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
+def mistake_transposed(attn, grid_size, patch_size):
+    # rows are queries: weighting with the columns (keys as queries) is another quantity
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:].transpose(-2, -1)
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
+MISTAKES = [
+    (mistake_no_renormalise, "renormalis"),
+    (mistake_cls_query_kept, "class token"),
+    (mistake_cls_key_at_zero, "class token"),
+    (mistake_manhattan, "manhattan"),
+    (mistake_squared, "square"),
+    (mistake_in_patches, "pixels"),
+    (mistake_mean_over_heads, "head"),
+    (mistake_per_image, "images"),
+    (mistake_column_major, "row"),
+    (mistake_renormalise_columns, "rows"),
+    (mistake_sum_over_queries, "mean over"),
+    (mistake_in_place, "in place"),
+    (mistake_detached, "gradient"),
+    (mistake_float64, "dtype"),
+    (mistake_last_token_dropped, "class token"),
+    (mistake_transposed, "transpos"),
+]

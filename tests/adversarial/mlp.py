@@ -1,0 +1,171 @@
+"""Adversarial set for check_mlp (notebook 04): other correct styles and usual mistakes."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHECK = "mlp"
+
+
+# ------------------------------------------------------------------------------------------------- correct
+class ModuleGELU(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TanhGELU(nn.Module):
+    """The paper's JAX code (flax nn.gelu) uses the tanh approximation: right too."""
+
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class ErfByHand(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0))))
+
+
+class TanhFormulaByHand(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        g = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+        return self.fc2(g)
+
+
+class DropoutsAndLazy(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.LazyLinear(hidden_dim)
+        self.drop1, self.drop2 = nn.Dropout(0.5), nn.Dropout(0.2)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.drop1(F.gelu(self.fc1(x)))))
+
+
+class FunctionalWithWeights(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        h = torch.einsum("bnd,hd->bnh", x, self.fc1.weight) + self.fc1.bias
+        return F.linear(F.gelu(h), self.fc2.weight, self.fc2.bias)
+
+
+CORRECT = [ModuleGELU, TanhGELU, ErfByHand, TanhFormulaByHand, DropoutsAndLazy, FunctionalWithWeights]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+class _Base(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+
+def _with(act, name):
+    cls = type(name, (_Base,), {"forward": lambda self, x: self.fc2(act(self.fc1(x)))})
+    return cls
+
+
+ReLU = _with(F.relu, "ReLU")
+NoActivation = _with(lambda t: t, "NoActivation")
+SiLU = _with(F.silu, "SiLU")
+QuickGELU = _with(lambda t: t * torch.sigmoid(1.702 * t), "QuickGELU")
+TanhActivation = _with(torch.tanh, "TanhActivation")
+
+
+class Residual(_Base):
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(x)))
+
+
+class GeluTwice(_Base):
+    def forward(self, x):
+        return F.gelu(self.fc2(F.gelu(self.fc1(x))))
+
+
+class DropoutAlwaysOn(_Base):
+    def forward(self, x):
+        return self.fc2(F.dropout(F.gelu(self.fc1(x)), p=0.1, training=True))
+
+
+class DetachedHidden(_Base):
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)).detach())
+
+
+class InPlaceScale(_Base):
+    def forward(self, x):
+        x.mul_(1.0)
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Float64Out(_Base):
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x))).double()
+
+
+class UnusedBias(_Base):
+    def forward(self, x):
+        return F.linear(F.gelu(self.fc1(x)), self.fc2.weight)
+
+
+class FrozenFirstLayer(_Base):
+    def __init__(self, dim, hidden_dim):
+        super().__init__(dim, hidden_dim)
+        self.fc1.requires_grad_(False)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SequentialNamedLayers(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+MISTAKES = [
+    (ReLU, "ReLU"),
+    (NoActivation, "activation is missing"),
+    (SiLU, "SiLU"),
+    (QuickGELU, "sigmoid approximation"),
+    (TanhActivation, "tanh is used"),
+    (Residual, "residual"),
+    (GeluTwice, "after fc2"),
+    (DropoutAlwaysOn, "dropout"),
+    (DetachedHidden, "gradient"),
+    (InPlaceScale, "in place"),
+    (Float64Out, "dtype"),
+    (UnusedBias, "bias of fc2"),
+    (FrozenFirstLayer, "requires_grad=False"),
+    (SequentialNamedLayers, "no attribute `fc1`"),
+]

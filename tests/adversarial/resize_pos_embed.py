@@ -1,0 +1,158 @@
+"""Adversarial set for check_resize_pos_embed (notebook 08): other correct styles and usual mistakes.
+
+The contract: ``resize_pos_embed(pos_embed [1, 1 + h*w, D], new_grid (H, W), old_grid (h, w)) -> [1, 1 + H*W, D]``;
+the class token's row stays first and unchanged, the h*w patch rows (row-major) are a D-channel h x w image resized
+with ``F.interpolate(..., size=(H, W), mode="bicubic", align_corners=False, antialias=True)``.
+"""
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from einops import rearrange
+from torchvision.transforms import InterpolationMode
+
+CHECK = "resize_pos_embed"
+
+
+def _resize(pos_embed, new_grid, old_grid, pattern_in="1 (h w) d -> 1 d h w", pattern_out="1 d h w -> 1 (h w) d",
+            mode="bicubic", align_corners=False, antialias=True, size=None):
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    h, w = old_grid
+    img = rearrange(grid, pattern_in, h=h, w=w)
+    kw = {} if mode == "nearest" else {"align_corners": align_corners, "antialias": antialias}
+    img = F.interpolate(img, size=size or tuple(new_grid), mode=mode, **kw)
+    return torch.cat([cls, rearrange(img, pattern_out)], dim=1)
+
+
+# ------------------------------------------------------------------------------------------------- correct
+def correct_rearrange(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid)
+
+
+def correct_permute_reshape(pos_embed, new_grid, old_grid):
+    _, t, d = pos_embed.shape
+    h, w = old_grid
+    H, W = new_grid
+    img = pos_embed[0, 1:].reshape(h, w, d).permute(2, 0, 1).unsqueeze(0)  # [1, D, h, w]
+    out = F.interpolate(img, size=(H, W), mode="bicubic", align_corners=False, antialias=True)
+    out = out[0].permute(1, 2, 0).reshape(1, H * W, d)
+    return torch.cat((pos_embed[:, :1], out), dim=1)
+
+
+def correct_per_feature_loop(pos_embed, new_grid, old_grid):
+    h, w = old_grid
+    cols = []
+    for j in range(pos_embed.shape[-1]):
+        feature = pos_embed[0, 1:, j].view(1, 1, h, w)
+        cols.append(F.interpolate(feature, size=tuple(new_grid), mode="bicubic", antialias=True).flatten())
+    return torch.cat([pos_embed[0, :1], torch.stack(cols, dim=1)])[None]
+
+
+def correct_torchvision(pos_embed, new_grid, old_grid):
+    h, w = old_grid
+    img = rearrange(pos_embed[0, 1:], "(h w) d -> d h w", h=h, w=w)
+    img = TF.resize(img, list(new_grid), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return torch.cat([pos_embed[:, :1], rearrange(img, "d h w -> 1 (h w) d")], dim=1)
+
+
+def correct_package(pos_embed, new_grid, old_grid):
+    from vit_edu import resize_pos_embed
+
+    return resize_pos_embed(pos_embed, tuple(new_grid), tuple(old_grid))
+
+
+CORRECT = [correct_rearrange, correct_permute_reshape, correct_per_feature_loop, correct_torchvision, correct_package]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+def mistake_reshape_without_permute(pos_embed, new_grid, old_grid):
+    h, w = old_grid
+    d = pos_embed.shape[-1]
+    img = pos_embed[:, 1:].reshape(1, d, h, w)  # the memory order is (h w) d, not d h w
+    out = F.interpolate(img, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([pos_embed[:, :1], out.reshape(1, -1, d)], dim=1)
+
+
+def mistake_column_major(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid, pattern_in="1 (w h) d -> 1 d h w",
+                   pattern_out="1 d h w -> 1 (w h) d")
+
+
+def mistake_class_token_dropped(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid)[:, 1:]
+
+
+def mistake_class_token_last(pos_embed, new_grid, old_grid):
+    out = _resize(pos_embed, new_grid, old_grid)
+    return torch.cat([out[:, 1:], out[:, :1]], dim=1)
+
+
+def mistake_bilinear(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid, mode="bilinear")
+
+
+def mistake_nearest(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid, mode="nearest")
+
+
+def mistake_align_corners(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid, align_corners=True)
+
+
+def mistake_no_antialias(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid, antialias=False)
+
+
+def mistake_new_grid_swapped(pos_embed, new_grid, old_grid):
+    H, W = new_grid
+    return _resize(pos_embed, new_grid, old_grid, size=(W, H))
+
+
+def mistake_old_grid_swapped(pos_embed, new_grid, old_grid):
+    h, w = old_grid
+    return _resize(pos_embed, new_grid, (w, h))
+
+
+def mistake_grids_in_package_order_confused(pos_embed, new_grid, old_grid):
+    # old and new swapped in the call: resizes to the old grid
+    from vit_edu import resize_pos_embed
+
+    return resize_pos_embed(pos_embed, tuple(old_grid), tuple(new_grid)) if tuple(new_grid) != tuple(old_grid) \
+        else pos_embed.clone()
+
+
+def mistake_detached(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed.detach(), new_grid, old_grid)
+
+
+def mistake_float64(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed.double(), new_grid, old_grid)
+
+
+def mistake_in_place(pos_embed, new_grid, old_grid):
+    out = _resize(pos_embed, new_grid, old_grid)
+    pos_embed[:, 1:] = 0  # "free" the old table
+    return out
+
+
+def mistake_no_batch_axis(pos_embed, new_grid, old_grid):
+    return _resize(pos_embed, new_grid, old_grid)[0]
+
+
+MISTAKES = [
+    (mistake_reshape_without_permute, "reshape"),
+    (mistake_column_major, "row"),
+    (mistake_class_token_dropped, "class token"),
+    (mistake_class_token_last, "class token"),
+    (mistake_bilinear, "bicubic"),
+    (mistake_nearest, "bicubic"),
+    (mistake_align_corners, "align_corners"),
+    (mistake_no_antialias, "antialias"),
+    (mistake_new_grid_swapped, "new grid"),
+    (mistake_old_grid_swapped, "old grid"),
+    (mistake_grids_in_package_order_confused, "old_grid"),
+    (mistake_detached, "gradient"),
+    (mistake_float64, "dtype"),
+    (mistake_in_place, "in place"),
+    (mistake_no_batch_axis, "batch axis"),
+]

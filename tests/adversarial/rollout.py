@@ -1,0 +1,169 @@
+"""Adversarial set for check_rollout (notebook 07): other correct styles and usual mistakes."""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from einops import reduce
+
+CHECK = "rollout"
+
+
+# ------------------------------------------------------------------------------------------------- correct
+def loop(attentions):
+    result = None
+    for attn in attentions:
+        a = attn.mean(dim=1) + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a if result is None else a @ result
+    return result
+
+
+def half_and_half(attentions):
+    # the mean of softmax rows sums to 1, so rownorm(A + I) = (A + I) / 2
+    mats = [0.5 * reduce(a, "b h t s -> b t s", "mean") + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+            for a in attentions]
+    return functools.reduce(lambda acc, m: m @ acc, mats)
+
+
+def from_last_layer(attentions):
+    mats = []
+    for a in attentions:
+        m = a.mean(1) + torch.eye(a.size(-1), dtype=a.dtype, device=a.device)
+        mats.append(m / m.sum(-1, keepdim=True))
+    r = mats[-1]
+    for m in reversed(mats[:-1]):
+        r = r @ m
+    return r
+
+
+def einsum_with_identity_start(attentions):
+    B, H, T, _ = attentions[0].shape
+    r = torch.eye(T, dtype=attentions[0].dtype).expand(B, T, T)
+    for a in attentions:
+        m = torch.einsum("bhts->bts", a) / H + torch.diag_embed(a.new_ones(B, T))
+        m = m / m.sum(-1, keepdim=True)
+        r = torch.einsum("bij,bjk->bik", m, r)
+    return r
+
+
+def stacked(attentions):
+    A = torch.stack(list(attentions))  # [L, B, H, T, T]
+    A = A.mean(2) + torch.eye(A.shape[-1], dtype=A.dtype)
+    A = A / A.sum(-1, keepdim=True)
+    r = A[0]
+    for layer in range(1, A.shape[0]):
+        r = torch.bmm(A[layer], r)
+    return r
+
+
+def l1_normalize(attentions):
+    r = None
+    for a in attentions:
+        m = F.normalize(a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype), p=1, dim=-1)
+        r = m if r is None else m @ r
+    return r
+
+
+def diagonal_add(attentions):
+    r = None
+    for a in attentions:
+        m = a.mean(dim=1)
+        m.diagonal(dim1=-2, dim2=-1).add_(1)  # in place on a new tensor: fine
+        m = m / m.sum(-1, keepdim=True)
+        r = m if r is None else torch.matmul(m, r)
+    return r
+
+CORRECT = [loop, half_and_half, from_last_layer, einsum_with_identity_start, stacked, l1_normalize, diagonal_add]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+def _variant(fuse=lambda a: a.mean(1), add=lambda T, a: torch.eye(T, dtype=a.dtype), renorm=True, order="left"):
+    def f(attentions):
+        r = None
+        for attn in attentions:
+            a = fuse(attn)
+            a = a + add(a.shape[-1], a)
+            if renorm:
+                a = a / a.sum(-1, keepdim=True)
+            r = a if r is None else (a @ r if order == "left" else r @ a if order == "right" else r + a)
+        return r
+    return f
+
+
+no_identity = _variant(add=lambda T, a: 0)
+ones_not_identity = _variant(add=lambda T, a: torch.ones(T, T, dtype=a.dtype))
+min_over_heads = _variant(fuse=lambda a: a.amin(1))
+max_over_heads = _variant(fuse=lambda a: a.amax(1))
+no_renorm = _variant(renorm=False)
+wrong_order = _variant(order="right")
+added_layers = _variant(order="sum")
+first_head = _variant(fuse=lambda a: a[:, 0])
+
+
+def keeps_heads(attentions):
+    r = None
+    for attn in attentions:
+        a = attn + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+    return r
+
+
+def last_layer_only(attentions):
+    a = attentions[-1].mean(1) + torch.eye(attentions[-1].shape[-1], dtype=attentions[-1].dtype)
+    return a / a.sum(-1, keepdim=True)
+
+
+def in_place_identity(attentions):
+    r = None
+    for attn in attentions:
+        T = attn.shape[-1]
+        attn.add_(torch.eye(T, dtype=attn.dtype))  # writes into the caller's attention maps
+        a = attn.mean(1)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+    return r
+
+
+def float32_eye_start(attentions):
+    B, H, T, _ = attentions[0].shape
+    r = torch.eye(T).repeat(B, 1, 1)
+    for attn in attentions:
+        a = attn.mean(1) + torch.eye(T, dtype=attn.dtype)
+        r = (a / a.sum(-1, keepdim=True)) @ r
+    return r
+
+
+def detached(attentions):
+    return loop([a.detach() for a in attentions])
+
+
+def mean_over_batch(attentions):
+    r = None
+    for attn in attentions:
+        a = attn.mean(0) + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+    return r
+
+
+MISTAKES = [
+    (mean_over_batch, "dim 0 (the batch)"),
+    (no_identity, "identity is missing"),
+    (ones_not_identity, "ones"),
+    (min_over_heads, "min over heads"),
+    (max_over_heads, "max over heads"),
+    (no_renorm, "not renormalised"),
+    (wrong_order, "wrong order"),
+    (added_layers, "added instead of multiplied"),
+    (first_head, "first head"),
+    (keeps_heads, "heads axis"),
+    (last_layer_only, "only the last layer"),
+    (in_place_identity, "in place"),
+    (float32_eye_start, "dtype"),
+    (detached, "autograd"),
+]
+for _name, _f in list(globals().items()):
+    if callable(_f) and getattr(_f, "__name__", "") == "f":
+        _f.__name__ = _name

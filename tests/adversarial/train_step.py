@@ -1,0 +1,218 @@
+"""Adversarial set for check_train_step (notebook 06): other correct styles and usual mistakes."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHECK = "train_step"
+
+
+# ------------------------------------------------------------------------------------------------- correct
+def correct_module_loss(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad(set_to_none=False)
+    loss = nn.CrossEntropyLoss()(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def correct_nll_of_log_softmax(model, images, labels, optimizer):
+    model.train(True)
+    for p in model.parameters():  # zeroing by hand
+        p.grad = None
+    log_probs = F.log_softmax(model(images), dim=-1)
+    loss = F.nll_loss(log_probs, labels)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().item()
+
+
+def correct_manual_gather(model, images, labels, optimizer):
+    model.train()
+    logits = model(images)
+    picked = logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    loss = -picked.mean()
+    value = loss.item()  # reading the value before backward is fine
+    model.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return value
+
+
+def correct_zero_after_step(model, images, labels, optimizer):
+    # zeroing at the end instead of the start: the next call starts from clean gradients too
+    model.train()
+    loss = F.cross_entropy(model(images), labels, reduction="sum") / labels.shape[0]
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+CORRECT = [correct_module_loss, correct_nll_of_log_softmax, correct_manual_gather, correct_zero_after_step]
+
+
+# ------------------------------------------------------------------------------------------------ mistakes
+def no_zero_grad(model, images, labels, optimizer):
+    model.train()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def no_step(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    return loss.item()
+
+
+def eval_mode(model, images, labels, optimizer):
+    model.eval()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def forgets_train_mode(model, images, labels, optimizer):
+    optimizer.zero_grad()  # whatever mode the model came in
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def mse_on_one_hot(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    logits = model(images)
+    loss = F.mse_loss(logits.softmax(-1), F.one_hot(labels, logits.shape[-1]).float())
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def nll_on_logits(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.nll_loss(model(images), labels)  # no log_softmax
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def sum_reduction(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels, reduction="sum")
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def label_smoothing(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def detached_logits(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    logits = model(images).detach().requires_grad_()  # the graph to the weights is cut
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def forward_under_no_grad(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    with torch.no_grad():
+        logits = model(images)
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()  # RuntimeError: element 0 of tensors does not require grad
+    optimizer.step()
+    return loss.item()
+
+
+def item_before_backward(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels).item()
+    loss.backward()  # AttributeError: 'float' object has no attribute 'backward'
+    optimizer.step()
+    return loss
+
+
+def returns_tensor(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def loss_after_step(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    F.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    return F.cross_entropy(model(images), labels).item()
+
+
+def step_before_backward(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.step()
+    loss.backward()
+    return loss.item()
+
+
+def clips_gradients(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+    optimizer.step()
+    return loss.item()
+
+
+def returns_nothing(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+
+
+MISTAKES = [
+    (no_zero_grad, "zero_grad"),
+    (no_step, "optimizer.step"),
+    (eval_mode, "train"),
+    (forgets_train_mode, "train"),
+    (mse_on_one_hot, "cross-entropy"),
+    (nll_on_logits, "log_softmax"),
+    (sum_reduction, "mean"),
+    (label_smoothing, "smoothing"),
+    (detached_logits, "detach"),
+    (forward_under_no_grad, "no_grad"),
+    (item_before_backward, "item"),
+    (returns_tensor, "float"),
+    (loss_after_step, "before"),
+    (step_before_backward, "before"),
+    (clips_gradients, "clip"),
+    (returns_nothing, "return"),
+]
