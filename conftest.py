@@ -1,7 +1,7 @@
 """Repository-wide pytest set-up, for the package tests and the notebooks (nbval) alike.
 
 Tests leave the tree clean: every figure a test or a notebook draws goes to a temporary folder
-(``VIT_EDU_FIGURES``, read by ``vit_edu.viz.figures_dir``), never over the committed ``figures/``.
+(``VIT_EDU_FIGURES``, read by ``vit_edu.explain.viz.figures_dir``), never over the committed ``figures/``.
 The nbval kernels inherit this environment. ``make notebooks`` is what regenerates ``figures/``.
 """
 

@@ -28,7 +28,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vit_edu import assignments, grading  # noqa: E402
+from vit_edu.classroom import assignments, grading  # noqa: E402
 
 RIGHT, WRONG, UNTOUCHED = "right", "wrong", "untouched"
 

@@ -1,4 +1,4 @@
-"""Tests for vit_edu.analysis (the numbers behind the pictures) and vit_edu.viz (the pictures).
+"""Tests for vit_edu.explain.analysis (the numbers behind the pictures) and vit_edu.explain.viz (the pictures).
 
 Every analysis function is checked against an independent reference: numbers worked out by hand,
 plain Python loops (itertools, math.dist, F.cosine_similarity) or scipy.
@@ -22,7 +22,7 @@ from einops import rearrange  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import vit_edu  # noqa: E402
-from vit_edu import analysis, viz  # noqa: E402
+from vit_edu.explain import analysis, viz  # noqa: E402
 from vit_edu.patch_embed import LinearPatchEmbed, PatchEmbed, conv_to_linear_  # noqa: E402
 
 
@@ -525,3 +525,16 @@ def test_plot_figure7_draws_the_three_panels(tmp_path, monkeypatch):
         viz.plot_figure7(comps, sim, distances[0], uniform)
     with pytest.raises(ValueError, match=r"\[gh, gw, gh, gw\]"):
         viz.plot_figure7(comps, sim[0], distances, uniform)
+
+
+def test_patch_canvas_puts_each_patch_in_its_tile():
+    image = torch.rand(3, 12, 8)  # a 3 x 2 grid of 4x4 patches
+    canvas = viz.patch_canvas(image, 4, gap=2)
+    assert canvas.shape == (3 * 4 + 2 * 2, 2 * 4 + 1 * 2, 3)
+    hwc = image.permute(1, 2, 0).numpy()
+    for r in range(3):
+        for c in range(2):
+            np.testing.assert_array_equal(canvas[r * 6:r * 6 + 4, c * 6:c * 6 + 4], hwc[r * 4:r * 4 + 4, c * 4:c * 4 + 4])
+    assert (canvas[4:6] == 1.0).all() and (canvas[:, 4:6] == 1.0).all()  # white gaps
+    with pytest.raises(ValueError, match="divisible"):
+        viz.patch_canvas(image, 5)

@@ -13,9 +13,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vit_edu import assignments, viz
 from vit_edu.__main__ import main as cli_main
-from vit_edu.assignments import add_nbgrader_metadata, find_exercises, make_student_notebook
+from vit_edu.classroom import assignments
+from vit_edu.classroom.assignments import add_nbgrader_metadata, find_exercises, make_student_notebook
+from vit_edu.explain import viz
 
 from exercise_solutions import EXERCISES
 

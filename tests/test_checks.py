@@ -158,21 +158,24 @@ def test_package_pieces_pass_their_checks():
     """The package's own modules satisfy the contracts (they are the reference, so this is a sanity check)."""
     import vit_edu
     checks.check_patchify(vit_edu.patchify)
-    checks.check_attention(vit_edu.scaled_dot_product_attention)
+    checks.check_attention(vit_edu.attention_with_weights)
     checks.check_mlp(vit_edu.Mlp)
     checks.check_multi_head_attention(vit_edu.Attention)
     checks.check_encoder_block(vit_edu.Block)
 
 
 def test_rollout_reference_agrees_with_package():
-    """The check's reference and vit_edu.analysis.attention_rollout agree."""
-    from vit_edu.analysis import attention_rollout as package_rollout
-    from vit_edu.classroom.exercises_build import rollout_variant
+    """The check's reference is vit_edu.explain.analysis.attention_rollout, kept differentiable; the mutants'
+    base (rollout_variant with its defaults) agrees with it."""
+    from vit_edu.classroom.exercises_build import ROLLOUT_EX, rollout_variant
+    from vit_edu.explain.analysis import attention_rollout as package_rollout
     torch.manual_seed(0)
-    att = [(2 * torch.randn(2, 3, 7, 7)).softmax(-1) for _ in range(4)]
-    ref = rollout_variant(att)
+    att = [(2 * torch.randn(2, 3, 7, 7)).softmax(-1).requires_grad_() for _ in range(4)]
+    ref = ROLLOUT_EX.reference(None, att)
     assert ref.dtype == torch.float32  # the reference keeps the input's dtype
+    assert ref.requires_grad  # the judge takes gradients through it
     torch.testing.assert_close(ref, package_rollout(att).float())
+    torch.testing.assert_close(ref, rollout_variant(att))
     torch.testing.assert_close(ref, attention_rollout(att))
     torch.testing.assert_close(ref.sum(-1), torch.ones(2, 7))  # rows stay distributions
 

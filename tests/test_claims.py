@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import vit_edu
-from vit_edu import analysis, data
-from vit_edu.train import COURSE_CHECKPOINT, evaluate, pretrained_course_model, read_safetensors_metadata
+from vit_edu.explain import analysis
+from vit_edu.training import COURSE_CHECKPOINT, data, evaluate, pretrained_course_model, read_safetensors_metadata
 
 FRESH_SEED = 777
 

@@ -57,8 +57,7 @@ def test_train_then_evaluate_in_a_subprocess(tmp_path) -> None:
     # the same number computed here, in-process, from the exported weights
     import torch
 
-    from vit_edu import data
-    from vit_edu.train import evaluate, load_model
+    from vit_edu.training import data, evaluate, load_model
 
     model = load_model(export)
     ds = data.get_dataset("shapes", split="test", n=96, seed=5)
@@ -89,9 +88,9 @@ def test_bad_arguments_exit_nonzero(tmp_path, capsys) -> None:
 def test_assignments_and_grade_dispatch_to_their_modules(monkeypatch) -> None:
     calls = []
     for name in ("assignments", "grading"):
-        fake = types.ModuleType(f"vit_edu.{name}")
+        fake = types.ModuleType(f"vit_edu.classroom.{name}")
         fake.main = lambda argv, name=name: calls.append((name, argv)) or 7
-        monkeypatch.setitem(sys.modules, f"vit_edu.{name}", fake)
+        monkeypatch.setitem(sys.modules, f"vit_edu.classroom.{name}", fake)
     assert main(["assignments", "--out", "x"]) == 7
     assert main(["grade", "nb.ipynb", "--help"]) == 7
     assert calls == [("assignments", ["--out", "x"]), ("grading", ["nb.ipynb", "--help"])]
@@ -106,7 +105,7 @@ def test_train_flags_map_onto_train_config() -> None:
     assert (cfg.epochs, cfg.lr, cfg.time_budget_s, cfg.num_workers) == (3, 0.01, None, 2)
     assert cfg.model_overrides == {"dropout": 0.1} and cfg.dataset == "shapes"
     default = train_config_from_args(build_parser().parse_args(["train"]))
-    from vit_edu.train import TrainConfig
+    from vit_edu.training import TrainConfig
 
     assert default.time_budget_s == 300.0 and default.model == TrainConfig().model
 
@@ -116,7 +115,7 @@ def test_resume_from_the_command_line(tmp_path, capsys) -> None:
     common = ["--out-dir", str(out_dir), "--no-progress"]
     assert main(["train", "--model", "vit_nano_patch4_32", "--epochs", "2", "--stop-after-epochs", "1",
                  "--n-train", "128", "--n-test", "64", "--batch-size", "64", *common]) == 0
-    from vit_edu.train import load_checkpoint
+    from vit_edu.training import load_checkpoint
 
     assert load_checkpoint(out_dir / "last.pt")["epoch"] == 1
     capsys.readouterr()
@@ -146,31 +145,39 @@ def _train_parser():
 
 def test_train_help_states_the_train_config_defaults(capsys) -> None:
     """Every train flag's help states TrainConfig's default, read from the dataclass (one source): change a
-    default there and the help follows. The two command-line defaults (time budget, shapes n_train) state both."""
+    default there and the help follows. There are no command-line defaults of its own."""
     from dataclasses import MISSING, fields
 
-    from vit_edu.__main__ import _TRAIN_FLAGS, CLI_DEFAULTS, NONE_MEANS
-    from vit_edu.train import TrainConfig, _model_field
+    from vit_edu.__main__ import flag_of, train_fields
+    from vit_edu.training import TrainConfig
+    from vit_edu.training.config import model_field
 
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    helps = {a.dest: a.help for a in _train_parser()._actions}
+    by_flag = {opt: a for a in _train_parser()._actions for opt in a.option_strings or [a.dest]}
 
     def shown(field: str) -> str:
         value = defaults[field]
         if value is None:
-            assert NONE_MEANS[field], field
-            return NONE_MEANS[field].split("{")[0]  # the start of the sentence; the rest is filled in from data
+            none = TrainConfig.__dataclass_fields__[field].metadata["none"]
+            assert none, field
+            return none.split("{")[0]  # the start of the sentence; the rest is filled in from the dataset
         if isinstance(value, bool):
             return "on" if value else "off"
         return f"{value:g}" if isinstance(value, float) else str(value)
 
-    for flag, field in _TRAIN_FLAGS.items():
-        text = helps[flag]
-        if field in CLI_DEFAULTS:
-            assert f"(default: {CLI_DEFAULTS[field]:g}" in text and f"TrainConfig's: {shown(field)}" in text, (flag, text)
+    assert set(by_flag) == {  # the command line's flags, unchanged by building them from TrainConfig's fields
+        "-h", "--help", "dataset", "--data-root", "--download", "--image-size", "--device", "--workers", "--model",
+        "--epochs", "--batch-size", "--lr", "--weight-decay", "--optimizer", "--warmup-epochs", "--label-smoothing",
+        "--seed", "--data-seed", "--n-train", "--n-test", "--augment", "--fresh-data", "--no-fresh-data", "--classes",
+        "--pos-lr-scale", "--dropout", "--out-dir", "--time-budget", "--eval-every", "--resume", "--stop-after-epochs",
+        "--export", "--threads", "--progress", "--no-progress"}
+    for field in train_fields():
+        text = by_flag[flag_of(field)].help
+        if field == "model_overrides":
+            assert f"(default: the preset's, {model_field(defaults['model'], {}, 'dropout'):g})" in text
         else:
-            assert f"(default: {shown(field)}" in text, (flag, text)
-    assert f"(default: the preset's, {_model_field(defaults['model'], {}, 'dropout'):g})" in helps["dropout"]
+            assert f"(default: {shown(field)}" in text, (field, text)
+        assert by_flag[flag_of(field)].default is None  # "not given": the config's default, or the checkpoint's
     # and the rendered --help says the same (argparse wraps lines, so compare with whitespace squeezed)
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -181,15 +188,15 @@ def test_train_help_states_the_train_config_defaults(capsys) -> None:
 
 
 def test_the_command_line_defaults_are_what_the_help_says() -> None:
-    """Flags left out give TrainConfig's defaults, except the two documented command-line ones."""
+    """Flags left out give TrainConfig's defaults: `python -m vit_edu train` is `fit(TrainConfig())`."""
     from dataclasses import MISSING, fields
 
-    from vit_edu.__main__ import CLI_DEFAULTS, train_config_from_args
-    from vit_edu.train import TrainConfig
+    from vit_edu.__main__ import train_config_from_args
+    from vit_edu.training import TrainConfig
 
     cfg = train_config_from_args(build_parser().parse_args(["train"]))
     for f in fields(TrainConfig):
         if f.default is MISSING or f.name == "out_dir":
             continue
-        expected = CLI_DEFAULTS.get(f.name, f.default)
-        assert getattr(cfg, f.name) == expected, f.name
+        assert getattr(cfg, f.name) == f.default, f.name
+    assert cfg == TrainConfig()

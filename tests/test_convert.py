@@ -167,6 +167,24 @@ def test_pretrained_keeps_weights_with_overrides(perturb, monkeypatch) -> None:
         assert_same_logits(model(x), source(x))
 
 
+def test_create_model_pretrained_loads_timms_weights_as_they_are(perturb, monkeypatch) -> None:
+    """create_model(name, pretrained=True): the preset, with timm's state_dict loaded unchanged (same names)."""
+    source = small_timm(perturb)  # the vit_nano_patch4_32 architecture; stands in for the download
+    calls = []
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained, kwargs))
+        return source
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    model = vit_edu.create_model("vit_nano_patch4_32", pretrained=True, drop_path=0.1).eval()
+    assert calls == [("vit_nano_patch4_32", True, {"num_classes": 10, "img_size": (32, 32)})]
+    assert model.config.extra["preset"] == "vit_nano_patch4_32" and model.config.drop_path == 0.1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(model(x), source(x))
+
+
 # ------------------------------------------------------------------------------------------ torchvision
 
 
@@ -214,6 +232,21 @@ def test_vit_b_16_config_on_meta() -> None:
         tv = torchvision.models.vit_b_16(weights=None)
         cfg = vit_edu.convert.config_from_torchvision(tv)
     assert (cfg.patch_size, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_dim) == ((16, 16), 768, 12, 12, 3072)
+
+
+def test_torchvision_name_table_is_its_own_inverse() -> None:
+    """One table of names; both directions are derived from it, so a round trip gives every name back."""
+    from vit_edu.convert import _EDU_TO_TV, _TV_TO_EDU, _rename
+
+    tv = torchvision.models.VisionTransformer(**{**TV_ARGS, "num_layers": 11, "representation_size": 8})
+    names = {k: torch.zeros(1) for k in tv.state_dict()}
+    edu = _rename(names, _TV_TO_EDU)
+    cfg = ViTConfig(image_size=32, patch_size=4, dim=64, depth=11, heads=4, mlp_dim=128, num_classes=10,
+                    representation_size=8)
+    assert set(edu) == set(VisionTransformer(cfg).state_dict())
+    assert set(_rename(edu, _EDU_TO_TV)) == set(names)
+    old = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v for k, v in names.items()}
+    assert set(_rename(old, _TV_TO_EDU)) == set(edu)  # older torchvision names are read too
 
 
 def test_to_torchvision_refuses_other_layouts() -> None:

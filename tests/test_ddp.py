@@ -1,7 +1,7 @@
 """Two processes with DistributedDataParallel take exactly the step one process takes on the whole batch.
 
 The test launches ``torch.distributed.run --nproc_per_node=2`` (gloo on CPU, 127.0.0.1, a free port) on
-a script that calls ``vit_edu.train.fit`` and saves each rank's final weights. Then it redoes the same
+a script that calls ``vit_edu.training.fit`` and saves each rank's final weights. Then it redoes the same
 steps by hand in this process: each step's batch is rank 0's shard followed by rank 1's shard (as the
 DistributedSampler deals them), one mean loss, one SGD step. DDP averages the two ranks' gradients,
 and the mean over two equal halves is the mean over the whole, so the weights must agree.
@@ -20,8 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from vit_edu import data
-from vit_edu.train import TrainConfig, build_model, build_scheduler
+from vit_edu.training import TrainConfig, build_model, build_scheduler, data
 
 WORLD = 2
 # SGD, not AdamW: Adam divides by sqrt(v), which blows float noise in near-zero gradients (the key bias
@@ -33,7 +32,7 @@ CONFIG = dict(model="vit_nano_patch4_32", epochs=1, batch_size=32, lr=0.05, weig
 
 SCRIPT = """
 import sys, torch
-from vit_edu.train import TrainConfig, cleanup_distributed, fit
+from vit_edu.training import TrainConfig, cleanup_distributed, fit
 import torch.distributed as dist
 cfg = TrainConfig(**{config!r}, out_dir=sys.argv[1])
 model, history = fit(cfg)

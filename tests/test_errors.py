@@ -259,7 +259,7 @@ def test_a_half_precision_model_takes_float32_images() -> None:
     ("model_overrides", {"dropuot": 0.1}, r"model_overrides has unknown ViTConfig fields \['dropuot'\]"),
 ])
 def test_train_config_refuses_bad_values(field, value, match) -> None:
-    from vit_edu.train import TrainConfig
+    from vit_edu.training import TrainConfig
 
     with pytest.raises(ValueError, match=match):
         TrainConfig(**{field: value})
@@ -271,7 +271,7 @@ def test_train_config_refuses_bad_values(field, value, match) -> None:
     ("meta", r"device 'meta' is not supported here"),
 ])
 def test_bad_device(device, match) -> None:
-    from vit_edu.train import resolve_device
+    from vit_edu.training import resolve_device
 
     with pytest.raises(ValueError, match=match):
         resolve_device(device)
@@ -319,7 +319,7 @@ def files(tmp_path_factory) -> dict:
     """Every kind of bad file, and two real checkpoints: a finished run and one stopped after 1 of 2 epochs."""
     from PIL import Image
 
-    from vit_edu.train import TrainConfig, fit
+    from vit_edu.training import TrainConfig, fit
 
     d = tmp_path_factory.mktemp("bad_inputs")
     f = {"dir": d}
@@ -539,7 +539,7 @@ GRADE_CASES = [
 
 @pytest.mark.parametrize("argv, pattern", [c[1:] for c in GRADE_CASES], ids=[c[0] for c in GRADE_CASES])
 def test_bad_grade_input(files, tmp_path, capsys, monkeypatch, argv, pattern) -> None:
-    from vit_edu import grading
+    from vit_edu.classroom import grading
     from vit_edu.classroom import sandbox
 
     def never(*args, **kwargs):
@@ -582,7 +582,7 @@ def test_load_state_dict_file_on_bad_files(files, name, error, match) -> None:
     ("export", ValueError, r"is a .safetensors export"), ("code", ValueError, r"pickled Python objects"),
 ])
 def test_load_checkpoint_on_bad_files(files, name, error, match) -> None:
-    from vit_edu.train import load_checkpoint, load_model
+    from vit_edu.training import load_checkpoint, load_model
 
     with pytest.raises(error, match=match):
         load_checkpoint(files[name])
@@ -592,7 +592,7 @@ def test_load_checkpoint_on_bad_files(files, name, error, match) -> None:
 
 
 def test_fit_refuses_a_resume_that_would_change_the_run(files, tmp_path) -> None:
-    from vit_edu.train import TrainConfig, fit, load_checkpoint
+    from vit_edu.training import TrainConfig, fit, load_checkpoint
 
     stored = load_checkpoint(files["half"])["config"]["train"]
     with pytest.raises(ValueError, match=r"would change lr from 0.002 to 0.01.*start a new run"):
@@ -609,7 +609,7 @@ def test_fit_refuses_a_resume_that_would_change_the_run(files, tmp_path) -> None
 def test_resume_applies_the_overrides_it_allows(files, tmp_path, capsys) -> None:
     """--epochs lengthens the schedule of a finished run (the shipped checkpoint's recipe), --out-dir moves it."""
     from vit_edu.__main__ import main
-    from vit_edu.train import load_checkpoint
+    from vit_edu.training import load_checkpoint
 
     out = tmp_path / "longer"
     assert main(["train", "--resume", str(files["finished"]), "--epochs", "2", "--out-dir", str(out)]) == 0
@@ -625,7 +625,7 @@ def test_an_image_broken_after_the_check_is_named_mid_epoch(files, tmp_path) -> 
     """The loader itself names a file that became unreadable after the up-front check, also from a worker."""
     import shutil
 
-    from vit_edu import data
+    from vit_edu.training import data
     from vit_edu.__main__ import one_line
 
     root = tmp_path / "two"
@@ -646,7 +646,7 @@ def test_an_image_broken_after_the_check_is_named_mid_epoch(files, tmp_path) -> 
 
 def test_killed_writes_leave_no_litter(tmp_path) -> None:
     """Temp files of killed writes (no pid, or a pid that is gone) are removed when the next run starts."""
-    from vit_edu.train import TrainConfig, fit, load_checkpoint
+    from vit_edu.training import TrainConfig, fit, load_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()
@@ -665,12 +665,11 @@ def test_killed_writes_leave_no_litter(tmp_path) -> None:
 def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch) -> None:
     """Ctrl-C while the second epoch's checkpoint is written: the first stays loadable, no temp file is
     left, and resuming gives bitwise the weights of an uninterrupted run."""
-    from vit_edu import train as T
-    from vit_edu.train import TrainConfig, fit, load_checkpoint
+    from vit_edu.training import TrainConfig, fit, load_checkpoint
 
     kw = {**NANO, "epochs": 2}
     straight, _ = fit(TrainConfig(**kw, out_dir=str(tmp_path / "a")), log=quiet)
-    real_save, saves = T.torch.save, []
+    real_save, saves = torch.save, []
 
     def interrupted(obj, f, *args, **kwargs):
         saves.append(1)
@@ -680,7 +679,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch) -> None:
         return real_save(obj, f, *args, **kwargs)
 
     cfg = TrainConfig(**kw, out_dir=str(tmp_path / "b"))
-    monkeypatch.setattr(T.torch, "save", interrupted)
+    monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, log=quiet)
     monkeypatch.undo()

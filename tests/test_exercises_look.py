@@ -5,7 +5,7 @@ be named, and would hide a case set too weak to see the mistake)."""
 import pytest
 import torch
 
-from vit_edu import analysis
+from vit_edu.explain import analysis
 from vit_edu.classroom import engine
 from vit_edu.classroom.exercises_look import EXERCISES, bottleneck, mad, pes
 from vit_edu.hybrid import Bottleneck

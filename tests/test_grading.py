@@ -32,7 +32,7 @@ import nbformat
 import pytest
 import torch
 
-from vit_edu import assignments, grading
+from vit_edu.classroom import assignments, grading
 from vit_edu.classroom import sandbox
 
 import exercise_solutions

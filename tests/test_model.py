@@ -26,11 +26,11 @@ from vit_edu import (
     PatchEmbed,
     ViTConfig,
     VisionTransformer,
+    attention_with_weights,
     conv_to_linear_,
     create_model,
     linear_to_conv_,
     resize_pos_embed,
-    scaled_dot_product_attention,
     sincos_2d_pos_embed,
 )
 
@@ -168,6 +168,41 @@ def test_conv_and_linear_patch_embedding_agree(patch_size, channels, image_size)
         torch.testing.assert_close(conv2(x), linear(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("overrides, kind", [(dict(), PatchEmbed), (dict(patch_embed="linear"), LinearPatchEmbed),
+                                             (dict(patch_size=1, hybrid_layers=(1,)), vit_edu.HybridEmbed)])
+def test_build_patch_embed_follows_the_config(overrides, kind) -> None:
+    cfg = ViTConfig(**{**TINY, **overrides})
+    embed = vit_edu.patch_embed.build_patch_embed(cfg)
+    assert type(embed) is kind and tuple(embed.grid_size) == cfg.grid_size
+    assert tuple(embed.patch_size) == cfg.input_patch_size  # in input pixels, also for the hybrid (stride x P)
+    assert type(VisionTransformer(cfg).patch_embed) is kind
+
+
+def test_embed_layer_can_be_passed_in() -> None:
+    cfg = ViTConfig(**TINY)
+    embed = LinearPatchEmbed(32, 8, 3, 32)
+    model = VisionTransformer(cfg, embed_layer=embed).eval()
+    assert model.patch_embed is embed
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError, match=r"embed_layer makes a \(8, 8\) grid of tokens; .* is for \(4, 4\)"):
+        VisionTransformer(cfg, embed_layer=PatchEmbed(32, 4, 3, 32))
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(patch_embed="linear"), dict(patch_size=1, hybrid_layers=(1,))])
+def test_the_image_is_checked_once_per_forward(monkeypatch, overrides) -> None:
+    """The patch embedding checks the image (naming the model in its errors); the model does not check again."""
+    model = VisionTransformer(ViTConfig(**{**TINY, **overrides})).eval()
+    calls = []
+    real = vit_edu.patch_embed.check_image
+    monkeypatch.setattr(vit_edu.patch_embed, "check_image", lambda *a: calls.append(a[-1]) or real(*a))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert calls == ["VisionTransformer"]
+    with pytest.raises(ValueError, match=r"^VisionTransformer was built for images of size \(32, 32\), got \(16, 16\)"):
+        model(torch.randn(1, 3, 16, 16))
+
+
 def test_patchify_order_and_unpatchify() -> None:
     x = torch.randn(2, 3, 8, 12)
     p = vit_edu.patchify(x, 4)  # [B, 6, 48]
@@ -187,11 +222,45 @@ def _split_heads(attn: Attention, x: torch.Tensor):
 
 def test_explicit_attention_matches_pytorch() -> None:
     q, k, v = torch.randn(3, 2, 4, 7, 8).unbind(0)  # [B=2, h=4, N=7, d=8]
-    out, weights = scaled_dot_product_attention(q, k, v)
+    out, weights = attention_with_weights(q, k, v)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
     assert weights.shape == (2, 4, 7, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7), rtol=1e-6, atol=1e-6)
     assert (weights >= 0).all()
+
+
+def test_old_attention_name_warns_once_and_still_works(monkeypatch) -> None:
+    """vit_edu.scaled_dot_product_attention (shadowing torch's name) is a deprecated alias of attention_with_weights."""
+    monkeypatch.setattr(vit_edu.attention, "_warned_old_name", False)
+    q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
+    with pytest.warns(DeprecationWarning, match="renamed vit_edu.attention_with_weights"):
+        out, weights = vit_edu.scaled_dot_product_attention(q, k, v)
+    expected = attention_with_weights(q, k, v)
+    torch.testing.assert_close(out, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(weights, expected[1], rtol=0, atol=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vit_edu.scaled_dot_product_attention(q, k, v)  # once only
+
+
+def test_attention_dropout_is_a_module_and_both_paths_use_it() -> None:
+    """attn_drop shows in print(model) and adds no weights; the fused and the explicit path both follow its p."""
+    attn = Attention(16, 2, attn_dropout=0.5)
+    assert isinstance(attn.attn_drop, nn.Dropout) and "(attn_drop): Dropout(p=0.5" in repr(attn)
+    assert set(attn.state_dict()) == {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
+    x = torch.randn(1, 6, 16)
+    with torch.no_grad():
+        ref = attn.eval()(x)
+        for fused in (True, False):
+            attn.fused_attn = fused
+            assert not torch.allclose(attn.train()(x), ref)  # dropout on in training ...
+            torch.testing.assert_close(attn.eval()(x), ref, rtol=1e-5, atol=1e-5)  # ... off in eval
+        attn.attn_drop.p = 0.0  # one switch for both paths
+        for fused in (True, False):
+            attn.fused_attn = fused
+            torch.testing.assert_close(attn.train()(x), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_module_explicit_fused_and_nn_multihead_attention() -> None:
@@ -415,3 +484,43 @@ def test_small_hybrid_preset_tokens_come_from_the_cnn_feature_map():
     by_hand = fmap.flatten(2).transpose(1, 2) @ proj.weight.flatten(1).T + proj.bias
     torch.testing.assert_close(tokens, by_hand, rtol=1e-5, atol=1e-5)
     assert logits.shape == (2, 10) and len(attn) == 6 and attn[0].shape == (2, 4, 64, 64)
+
+
+def test_import_graph_runs_one_way() -> None:
+    """convert -> models -> vit; vit.py names no patch embedding kind (the config does), so no hybrid import."""
+    import ast
+    from pathlib import Path
+
+    def imported(module: str) -> set:
+        tree = ast.parse((Path(vit_edu.__file__).parent / f"{module}.py").read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert "convert" not in imported("models") and "models" in imported("convert")
+    assert not {"convert", "models", "hybrid"} & imported("vit")
+    assert "vit" not in imported("patch_embed") | imported("hybrid") | imported("config")
+
+
+@pytest.mark.parametrize("name", [n for n in vit_edu.list_models() if "hybrid" not in n and "r50" not in n])
+def test_parameter_breakdown_counts_every_plain_preset(name):
+    with torch.device("meta"):
+        model = vit_edu.create_model(name)
+    parts = vit_edu.models.parameter_breakdown(model.config)
+    assert sum(parts.values()) == model.num_parameters()
+    by_module = {"patch_embed": model.patch_embed, "attention": [b.attn for b in model.blocks],
+                 "mlp": [b.mlp for b in model.blocks]}
+    for part, modules in by_module.items():
+        modules = modules if isinstance(modules, list) else [modules]
+        assert parts[part] == sum(p.numel() for m in modules for p in m.parameters()), part
+
+
+@pytest.mark.parametrize("overrides", [dict(qkv_bias=False), dict(representation_size=32), dict(num_classes=0),
+                                       dict(class_token=False, pool="mean"), dict(pos_embedding="sincos2d"),
+                                       dict(pos_embedding="none", patch_embed="linear")])
+def test_parameter_breakdown_follows_the_switches(overrides):
+    model = vit_edu.create_model("vit_nano_patch4_32", **overrides)
+    assert sum(vit_edu.models.parameter_breakdown(model.config).values()) == model.num_parameters()
+
+
+def test_parameter_breakdown_refuses_a_hybrid():
+    with pytest.raises(ValueError, match="hybrid"):
+        vit_edu.models.parameter_breakdown(vit_edu.get_config("vit_hybrid_s4_32"))

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 import vit_edu
-from vit_edu import train as T
-from vit_edu.train import TrainConfig, evaluate, fit, load_checkpoint, load_model, save_checkpoint
+from vit_edu import training as T
+from vit_edu.training import TrainConfig, evaluate, fit, load_checkpoint, load_model, loop, save_checkpoint
+from vit_edu.training.checkpoint import set_rng_state
 
 
 def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
@@ -71,7 +72,7 @@ def test_label_smoothing_reaches_the_loss(monkeypatch, tmp_path) -> None:
         seen.append(crit)
         return crit
 
-    monkeypatch.setattr(T, "build_criterion", spy)
+    monkeypatch.setattr(loop, "build_criterion", spy)  # the name fit looks up
     fit(tiny_config(tmp_path, epochs=1, label_smoothing=0.3, save_checkpoints=False, n_train=64), log=quiet)
     crit = seen[0]
     assert crit.label_smoothing == 0.3
@@ -146,7 +147,7 @@ def test_checkpoint_loads_with_weights_only_and_restores_rng(tmp_path) -> None:
     assert raw["epoch"] == 3 and raw["config"]["train"] == cfg.to_dict()
     assert vit_edu.ViTConfig.from_dict(raw["config"]["model"]) == model.config
     expected_next = (torch.rand(3), torch.tensor(__import__("numpy").random.rand(2)), __import__("random").random())
-    T._set_rng_state(raw["rng"])  # back to the state at saving: the same "random" numbers come again
+    set_rng_state(raw["rng"])  # back to the state at saving: the same "random" numbers come again
     again = (torch.rand(3), torch.tensor(__import__("numpy").random.rand(2)), __import__("random").random())
     torch.testing.assert_close(again[0], expected_next[0])
     torch.testing.assert_close(again[1], expected_next[1])
@@ -168,9 +169,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, fail_in) -> None:
         raise OSError(f"simulated crash in {fail_in}")
 
     if fail_in == "torch.save":
-        monkeypatch.setattr(T.torch, "save", crash)
+        monkeypatch.setattr(torch, "save", crash)
     else:
-        monkeypatch.setattr(T.os, "replace", crash)
+        monkeypatch.setattr(os, "replace", crash)  # what vit_edu.fileio.atomic_write calls
     with pytest.raises(OSError, match="simulated crash"):
         save_checkpoint(path, model, epoch=2)
     monkeypatch.undo()
@@ -214,7 +215,7 @@ def test_resume_is_exact(tmp_path, fresh_data) -> None:
 
 
 def test_fresh_data_draws_new_images_each_epoch_and_a_larger_lr_for_the_position_embedding(tmp_path) -> None:
-    from vit_edu.train import build_datasets, build_optimizer, build_train_loader, set_loader_epoch
+    from vit_edu.training import build_datasets, build_optimizer, build_train_loader, set_loader_epoch
 
     cfg = tiny_config(tmp_path, fresh_data=True, classes=["circle", "square", "star"], pos_embed_lr_scale=5.0)
     train_ds, test_ds, info = build_datasets(cfg)

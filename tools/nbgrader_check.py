@@ -57,7 +57,7 @@ def main(argv: list) -> int:
         print("nbgrader-check skipped: nbgrader is not installed next to vit_edu (pip install nbgrader)")
         return 0
     sys.path.insert(0, str(ROOT))
-    from vit_edu import assignments
+    from vit_edu.classroom import assignments
 
     names = argv or DEFAULT
     start = time.monotonic()

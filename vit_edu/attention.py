@@ -4,7 +4,8 @@
 
 Two paths compute the same thing:
 
-* explicit: the formula above, step by step; it can hand back the attention probabilities A.
+* explicit: the formula above, step by step (:func:`attention_with_weights`); it can hand back the
+  attention probabilities A.
 * fused: ``torch.nn.functional.scaled_dot_product_attention``, one kernel, faster and lighter.
 
 Asking for the attention probabilities always takes the explicit path, whatever ``fused_attn`` says,
@@ -14,6 +15,7 @@ so attention maps work with fused attention too (timm's forward hooks see nothin
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -22,11 +24,12 @@ from einops import rearrange
 from torch import nn
 
 
-def scaled_dot_product_attention(
+def attention_with_weights(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, training: bool = False
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T / sqrt(d)) v for q, k, v of shape [..., N, d]; returns (out [..., N, d], attn [..., N, N]).
 
+    Unlike ``F.scaled_dot_product_attention`` it also returns the attention probabilities (before dropout).
     The 1/sqrt(d) keeps the logits' variance at 1 when q and k have unit-variance entries; without it
     the softmax saturates to one-hot rows and its gradients vanish.
     """
@@ -35,6 +38,25 @@ def scaled_dot_product_attention(
     attn = logits.softmax(dim=-1)  # each row (one query) sums to 1 over the keys
     weights = F.dropout(attn, p=dropout_p, training=training) if dropout_p > 0 else attn
     return weights @ v, attn
+
+
+_warned_old_name = False
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, training: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Deprecated name of :func:`attention_with_weights`.
+
+    Renamed because it shadowed ``torch.nn.functional.scaled_dot_product_attention``, which returns only ``out``.
+    """
+    global _warned_old_name
+    if not _warned_old_name:
+        _warned_old_name = True
+        warnings.warn("vit_edu.scaled_dot_product_attention is renamed vit_edu.attention_with_weights (it returns "
+                      "(out, attn), unlike torch's F.scaled_dot_product_attention); the old name will be removed",
+                      DeprecationWarning, stacklevel=2)
+    return attention_with_weights(q, k, v, dropout_p=dropout_p, training=training)
 
 
 class Attention(nn.Module):
@@ -49,19 +71,19 @@ class Attention(nn.Module):
         self.head_dim = dim // heads
         self.fused_attn = fused_attn
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)  # W_q, W_k, W_v stacked: out features (three h d)
-        self.attn_drop = attn_dropout
+        # dropout on the attention probabilities: a module, so print(model) shows it; both paths below use its p
+        self.attn_drop = nn.Dropout(attn_dropout)
         self.proj = nn.Linear(dim, dim)  # W_o mixes the heads back together
         self.proj_drop = nn.Dropout(proj_dropout)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)  # 3 x [B, h, N, d]
-        dropout_p = self.attn_drop if self.training else 0.0
         attn: Optional[torch.Tensor] = None
         if self.fused_attn and not return_attention:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
-            out, attn = scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, training=self.training)
+            out, attn = attention_with_weights(q, k, v, dropout_p=self.attn_drop.p, training=self.training)
         out = rearrange(out, "b h n d -> b n (h d)")  # concatenate the heads: [B, N, D]
         out = self.proj_drop(self.proj(out))
-        return (out, attn) if return_attention else out
+        return (out, attn) if return_attention else out  # attn: [B, h, N, N]

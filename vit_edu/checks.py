@@ -12,9 +12,13 @@ and, if your output equals one of them, names the mistake. On success each check
 ``✓ check_xxx passed (N cases)`` and returns None; on failure it raises :class:`CheckError`.
 
 A check runs in two halves (:mod:`vit_edu.classroom.engine`): :func:`probe` runs your code and records
-what it did, :func:`judge` decides from those records alone; the grader runs them in different processes.
-The exercises themselves are tables in ``vit_edu/classroom/exercises_*.py``. The checks never touch your
-global random state.
+what it did, :func:`judge` decides from those records alone; the grader (:mod:`vit_edu.classroom.grading`)
+runs them in different processes. The exercises themselves are tables in ``vit_edu/classroom/exercises_*.py``.
+The checks never touch your global random state.
+
+This module is the classroom's front door and stays at ``vit_edu.checks`` (every notebook says
+``from vit_edu.checks import check_patchify``): a thin facade over :mod:`vit_edu.classroom`, which holds
+the engine, the exercise tables, the grader, its sandbox and the nbgrader/handout tooling.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 POOLS = ("cls", "mean")
 POS_EMBEDDINGS = ("learned", "sincos2d", "none")
@@ -25,6 +25,16 @@ def to_2tuple(x: Union[int, Tuple[int, int], list], name: str = "value") -> Tupl
     if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
         return (int(x[0]), int(x[1]))
     raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {x!r}")
+
+
+def patch_grid(image_size: Tuple[int, int], patch_size: Tuple[int, int]) -> Tuple[int, int]:
+    """Patches along height and width, (H / P, W / P): the one place the token grid is computed."""
+    return (int(image_size[0]) // patch_size[0], int(image_size[1]) // patch_size[1])
+
+
+def resnet_stride(layers: Sequence[int]) -> int:
+    """Down-sampling of the hybrid's ResNet: stem /4, then /2 at the start of every stage after the first."""
+    return 4 * 2 ** (len(layers) - 1)
 
 
 @dataclass
@@ -96,13 +106,8 @@ class ViTConfig:
             raise ValueError(f"norm_eps must be a finite number > 0 (e.g. 1e-6), got {eps!r}")
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"representation_size must be None or a positive int, got {self.representation_size}")
-        if self.hybrid_layers is None:
-            grid_check = self.image_size
-            stride = self.patch_size
-        else:
-            grid_check = self.image_size
-            stride = (self.backbone_stride * self.patch_size[0], self.backbone_stride * self.patch_size[1])
-        if grid_check[0] % stride[0] or grid_check[1] % stride[1]:
+        stride = self.input_patch_size
+        if self.image_size[0] % stride[0] or self.image_size[1] % stride[1]:
             raise ValueError(
                 f"image_size {tuple(self.image_size)} must be divisible by the patch size "
                 f"{tuple(stride)}{' (backbone stride x patch size)' if self.hybrid_layers else ''}"
@@ -112,16 +117,19 @@ class ViTConfig:
 
     @property
     def backbone_stride(self) -> int:
-        """Down-sampling of the hybrid's CNN: stem /4, then one /2 per stage after the first."""
-        if self.hybrid_layers is None:
-            return 1
-        return 4 * 2 ** (len(self.hybrid_layers) - 1)
+        """Down-sampling of the hybrid's CNN before the patch embedding; 1 for a pure ViT."""
+        return 1 if self.hybrid_layers is None else resnet_stride(self.hybrid_layers)
+
+    @property
+    def input_patch_size(self) -> Tuple[int, int]:
+        """One token's patch in input pixels: patch_size, times the backbone stride for the hybrid."""
+        s = self.backbone_stride
+        return (s * self.patch_size[0], s * self.patch_size[1])
 
     @property
     def grid_size(self) -> Tuple[int, int]:
         """Patches along height and width: (H / P, W / P)."""
-        s = self.backbone_stride
-        return (self.image_size[0] // (s * self.patch_size[0]), self.image_size[1] // (s * self.patch_size[1]))
+        return patch_grid(self.image_size, self.input_patch_size)
 
     @property
     def num_patches(self) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import ViTConfig
-from .models import get_config
+from .models import download_timm_model, get_config
 from .vit import VisionTransformer
 
 StateDict = Dict[str, torch.Tensor]
@@ -127,36 +127,42 @@ def to_timm_state_dict(model: VisionTransformer) -> StateDict:
 
 # --------------------------------------------------------------------------------------- torchvision
 
-_TV_TO_EDU = [
-    (r"^class_token$", "cls_token"),
-    (r"^conv_proj\.", "patch_embed.proj."),
-    (r"^encoder\.pos_embedding$", "pos_embed"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight$", r"blocks.\1.attn.qkv.weight"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias$", r"blocks.\1.attn.qkv.bias"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.", r"blocks.\1.mlp.fc2."),
-    (r"^encoder\.ln\.", "norm."),
-    (r"^heads\.pre_logits\.", "pre_logits.0."),
-    (r"^heads\.head\.", "head."),
+# torchvision name <-> vit_edu (= timm) name, written once; {i} is the encoder layer. A name that ends in
+# "." is a prefix (weight and bias follow), any other a whole name.
+TORCHVISION_NAMES = [
+    ("class_token", "cls_token"),
+    ("conv_proj.", "patch_embed.proj."),
+    ("encoder.pos_embedding", "pos_embed"),
+    ("encoder.layers.encoder_layer_{i}.ln_1.", "blocks.{i}.norm1."),
+    ("encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight", "blocks.{i}.attn.qkv.weight"),
+    ("encoder.layers.encoder_layer_{i}.self_attention.in_proj_bias", "blocks.{i}.attn.qkv.bias"),
+    ("encoder.layers.encoder_layer_{i}.self_attention.out_proj.", "blocks.{i}.attn.proj."),
+    ("encoder.layers.encoder_layer_{i}.ln_2.", "blocks.{i}.norm2."),
+    ("encoder.layers.encoder_layer_{i}.mlp.0.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layers.encoder_layer_{i}.mlp.3.", "blocks.{i}.mlp.fc2."),
+    ("encoder.ln.", "norm."),
+    ("heads.pre_logits.", "pre_logits.0."),
+    ("heads.head.", "head."),
 ]
-_EDU_TO_TV = [
-    (r"^cls_token$", "class_token"),
-    (r"^patch_embed\.proj\.", "conv_proj."),
-    (r"^pos_embed$", "encoder.pos_embedding"),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_weight"),
-    (r"^blocks\.(\d+)\.attn\.qkv\.bias$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_bias"),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
-    (r"^norm\.", "encoder.ln."),
-    (r"^pre_logits\.0\.", "heads.pre_logits."),
-    (r"^head\.", "heads.head."),
+# older torchvision releases named the MLP's layers linear_1 and linear_2: read, never written
+TORCHVISION_OLD_NAMES = [
+    ("encoder.layers.encoder_layer_{i}.mlp.linear_1.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layers.encoder_layer_{i}.mlp.linear_2.", "blocks.{i}.mlp.fc2."),
 ]
+
+
+def _rename_rules(names, reverse: bool = False) -> list:
+    """(regex, replacement) pairs from (torchvision, vit_edu) name templates; reverse=True: vit_edu -> torchvision."""
+    rules = []
+    for tv, edu in names:
+        src, dst = (edu, tv) if reverse else (tv, edu)
+        pattern = r"(\d+)".join(re.escape(part) for part in src.split("{i}"))
+        rules.append(("^" + pattern + ("" if src.endswith(".") else "$"), dst.replace("{i}", r"\1")))
+    return rules
+
+
+_TV_TO_EDU = _rename_rules(TORCHVISION_NAMES + TORCHVISION_OLD_NAMES)
+_EDU_TO_TV = _rename_rules(TORCHVISION_NAMES, reverse=True)
 
 
 def _rename(sd: Mapping[str, torch.Tensor], rules) -> StateDict:
@@ -319,26 +325,14 @@ def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = No
 
 
 def timm_pretrained(name: str, **overrides) -> VisionTransformer:
-    """Download timm's pretrained weights for ``name`` (needs internet) and convert them."""
-    try:
-        import timm
-    except ImportError as e:  # pragma: no cover - timm is in requirements.txt
-        raise ImportError("pretrained weights come through timm: pip install timm") from e
+    """timm's pretrained ``name`` (needs internet), converted with :func:`from_timm`; ``overrides`` as in
+    ``create_model`` (``num_classes`` and ``image_size`` go to timm, which resizes the head and positions)."""
     kwargs = {}
     if "num_classes" in overrides:
         kwargs["num_classes"] = overrides.pop("num_classes")
     if "image_size" in overrides:
         kwargs["img_size"] = overrides.pop("image_size")
-    try:
-        tm = timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as e:
-        raise RuntimeError(
-            f"could not download timm's pretrained weights for {name!r} ({type(e).__name__}: {e}). "
-            "Without internet: on a machine with internet save "
-            f"timm.create_model({name!r}, pretrained=True).state_dict() with torch.save, copy the file here "
-            f"and use vit_edu.load_state_dict_file(path, {name!r})"
-        ) from e
-    model = from_timm(tm)
+    model = from_timm(download_timm_model(name, **kwargs))
     if not overrides:
         return model
     # e.g. drop_path=0.1 for fine-tuning: a new model with the overrides, and the pretrained weights loaded into it

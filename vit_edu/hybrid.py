@@ -4,6 +4,9 @@ The paper's R50+ViT-B/16 feeds the stride-16 feature map of a ResNet-50 cut afte
 (3, 4 and 9 bottleneck blocks; stage 4 is dropped and stage 3 extended from 6 to 9 blocks) into a
 "patch" embedding of size 1x1. The ResNet is the BiT flavour: weight-standardized convolutions and
 GroupNorm instead of BatchNorm, and TensorFlow "SAME" padding, so pretrained weights load exactly.
+
+Importing this module registers ``HybridEmbed`` as the patch embedding of configs with ``hybrid_layers``
+(``patch_embed.build_patch_embed``); ``import vit_edu`` does it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import to_2tuple
-from .patch_embed import cast_image, check_image
+from .config import ViTConfig, resnet_stride, to_2tuple
+from .patch_embed import PATCH_EMBED_BUILDERS, PatchEmbedBase, cast_image
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> int:
@@ -136,31 +139,37 @@ class ResNetBackbone(nn.Module):
             for i, d in enumerate(layers)
         ])
         self.num_features = chs[-1]
-        self.stride = 4 * 2 ** (len(layers) - 1)
+        self.stride = resnet_stride(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
 
-class HybridEmbed(nn.Module):
-    """CNN feature map -> tokens: backbone, then a PxP (usually 1x1) conv projection to D, then flatten."""
+class HybridEmbed(PatchEmbedBase):
+    """CNN feature map -> tokens: backbone, then a PxP (usually 1x1) conv projection to D, then flatten.
+
+    ``patch_size`` is on the feature map; ``self.patch_size`` is in input pixels (backbone stride x P).
+    """
 
     def __init__(self, image_size=224, patch_size=1, in_channels: int = 3, dim: int = 768,
-                 layers: Sequence[int] = (3, 4, 9), dynamic_img_size: bool = False):
-        super().__init__()
-        self.image_size = to_2tuple(image_size, "image_size")
-        self.feature_patch_size = to_2tuple(patch_size, "patch_size")
-        self.in_channels = in_channels
-        self.dynamic_img_size = dynamic_img_size
+                 layers: Sequence[int] = (3, 4, 9), dynamic_img_size: bool = False, owner: str = "model"):
+        feature_patch_size = to_2tuple(patch_size, "patch_size")
+        s = resnet_stride(layers)
+        super().__init__(image_size, (s * feature_patch_size[0], s * feature_patch_size[1]), in_channels,
+                         dynamic_img_size, owner)
+        self.feature_patch_size = feature_patch_size
         self.backbone = ResNetBackbone(layers, in_channels)
-        s = self.backbone.stride
-        self.patch_size = (s * self.feature_patch_size[0], s * self.feature_patch_size[1])  # in input pixels
-        self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(self.backbone.num_features, dim, kernel_size=self.feature_patch_size,
-                              stride=self.feature_patch_size)
+        self.proj = nn.Conv2d(self.backbone.num_features, dim, kernel_size=feature_patch_size,
+                              stride=feature_patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
-        x = self.proj(self.backbone(cast_image(x, self.proj.weight)))  # [B, D, H/16, W/16]
-        return rearrange(x, "b d h w -> b (h w) d")
+        self.check(x)
+        x = self.proj(self.backbone(cast_image(x, self.proj.weight)))  # [B, D, H/s/P, W/s/P]
+        return rearrange(x, "b d h w -> b (h w) d")  # [B, N, D]
+
+
+def _build_hybrid(c: ViTConfig, owner: str) -> HybridEmbed:
+    return HybridEmbed(c.image_size, c.patch_size, c.in_channels, c.dim, c.hybrid_layers, c.dynamic_img_size, owner)
+
+
+PATCH_EMBED_BUILDERS["hybrid"] = _build_hybrid

@@ -3,11 +3,16 @@
 The paper's Table 1: Base (D=768, L=12, 12 heads, MLP 3072), Large (1024, 24, 16, 4096),
 Huge (1280, 32, 16, 5120). Ti and S come from DeiT (Touvron et al. 2021). The ``vit_course_*``
 presets are the small 32x32 models this course trains on a laptop CPU.
+
+Imports run one way: convert -> models -> vit. Pretrained weights need no conversion here: a preset's
+name is timm's, and so are our parameter names.
 """
 
 from __future__ import annotations
 
 from typing import Dict
+
+from torch import nn
 
 from .config import ViTConfig
 from .vit import VisionTransformer
@@ -37,10 +42,10 @@ PRESETS: Dict[str, dict] = {
     # (Beyer et al. 2022), which learns faster from few images than learned positions + class token
     "vit_fast_patch8_32": dict(image_size=32, patch_size=8, num_classes=10, dim=64, depth=6, heads=4, mlp_dim=128,
                                class_token=False, pool="mean", pos_embedding="sincos2d"),
-    # the default `python -m vit_edu train` model: the paper's hybrid idea (section 3.1) at toy scale. A
-    # ResNet stem + one bottleneck stage (stride 4) gives an 8x8 feature map, embedded by a 1x1 "patch";
-    # the convolutions supply the locality a plain ViT must learn from data, so it reaches ~98 % on the
-    # shapes in under 300 s on a CPU where the plain ViTs above stay below 70 % (docs/training.md)
+    # the paper's hybrid idea (section 3.1) at toy scale (`--model vit_hybrid_s4_32`; the default run trains the
+    # plain vit_course_patch8_32). A ResNet stem + one bottleneck stage (stride 4) gives an 8x8 feature map,
+    # embedded by a 1x1 "patch"; the convolutions supply the locality a plain ViT must learn from data
+    # (notebooks 06 and 09 compare the two at equal compute)
     "vit_hybrid_s4_32": dict(image_size=32, patch_size=1, hybrid_layers=(1,), num_classes=10, dim=64, depth=6, heads=4,
                              mlp_dim=128, class_token=False, pool="mean", pos_embedding="sincos2d"),
 }
@@ -63,14 +68,57 @@ def get_config(name: str, **overrides) -> ViTConfig:
     return ViTConfig(**kwargs)
 
 
+def parameter_breakdown(config: ViTConfig) -> Dict[str, int]:
+    """The paper's ViT counted on paper: trainable parameters per part, from the config alone.
+
+    A check on the model, not a copy of it: notebook 00 derives the formula, 05 regroups it, and the tests
+    hold it equal to ``model.num_parameters()`` (and timm's count) for every plain preset.
+    """
+    c = config
+    if c.hybrid_layers is not None:
+        raise ValueError("parameter_breakdown counts the plain ViT; a hybrid's ResNet is not in the formula")
+    P, C, D, M, L, K, R = c.patch_size[0] * c.patch_size[1], c.in_channels, c.dim, c.mlp_dim, c.depth, \
+        c.num_classes, c.representation_size
+    head_in = R or D
+    return {
+        "patch_embed": P * C * D + D,                                    # E and its bias (a conv or a Linear)
+        "cls_token": D if c.class_token else 0,                          # x_class
+        "pos_embed": c.num_tokens * D if c.pos_embedding == "learned" else 0,  # E_pos, N (+1) rows
+        "attention": L * (D * 3 * D + (3 * D if c.qkv_bias else 0) + D * D + D),  # W_qkv (+ bias), W_o + bias
+        "mlp": L * (D * M + M + M * D + D),                              # two Linears
+        "block_norms": L * 2 * (2 * D),                                  # LN before MSA and before the MLP
+        "final_norm": 2 * D,                                             # LN of eq. 4 (or fc_norm when mean-pooling)
+        "pre_logits": D * R + R if R else 0,                             # the 21k models' Linear + tanh
+        "head": head_in * K + K if K > 0 else 0,
+    }
+
+
 def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTransformer:
     """Build a preset by timm's name, e.g. ``create_model('vit_base_patch16_224', num_classes=10)``.
 
-    ``pretrained=True`` downloads timm's weights (needs internet) and converts them with ``from_timm``.
+    ``pretrained=True`` loads timm's weights for it (needs internet). They load as they are: vit_edu uses
+    timm's parameter names (``vit_edu.timm_pretrained`` instead reads the architecture from timm's model).
     """
-    config = get_config(name, **overrides)
-    if not pretrained:
-        return VisionTransformer(config)
-    from .convert import timm_pretrained
+    model = VisionTransformer(get_config(name, **overrides))
+    if pretrained:
+        c = model.config  # timm makes the same head and position table (resized to img_size) as the config
+        timm_model = download_timm_model(name, num_classes=c.num_classes, img_size=c.image_size)
+        model.load_state_dict(timm_model.state_dict())  # strict: every name and shape must match
+    return model
 
-    return timm_pretrained(name, **overrides)
+
+def download_timm_model(name: str, **timm_kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=True, **timm_kwargs)``, or one error that says what to do offline."""
+    try:
+        import timm  # only for pretrained weights: importing vit_edu does not need it
+    except ImportError as e:  # pragma: no cover - timm is in requirements.txt
+        raise ImportError("pretrained weights come through timm: pip install timm") from e
+    try:
+        return timm.create_model(name, pretrained=True, **timm_kwargs)
+    except Exception as e:
+        raise RuntimeError(
+            f"could not download timm's pretrained weights for {name!r} ({type(e).__name__}: {e}). "
+            "Without internet: on a machine with internet save "
+            f"timm.create_model({name!r}, pretrained=True).state_dict() with torch.save, copy the file here "
+            f"and use vit_edu.load_state_dict_file(path, {name!r})"
+        ) from e

@@ -9,18 +9,21 @@ Two equal ways to write it:
   the paper's x_p^i E, literally.
 
 ``conv_to_linear_`` / ``linear_to_conv_`` copy weights between the two, so a notebook can prove them equal.
+``build_patch_embed(config)`` picks the one a config names (or the hybrid's CNN embedding, vit_edu/hybrid.py).
+
+A patch embedding checks its input (:func:`check_image`); the model relies on that and does not check again.
 """
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
 import torch
 from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from .config import to_2tuple
+from .config import ViTConfig, patch_grid, to_2tuple
 
 PATCHIFY_PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
 
@@ -83,27 +86,35 @@ def unpatchify(patches: torch.Tensor, patch_size: Union[int, Tuple[int, int]], g
     return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=grid_size[0], w=grid_size[1], p1=p1, p2=p2, c=channels)
 
 
-class _PatchGrid(nn.Module):
-    """What both patch embeddings share: the sizes, the token grid, and the input check."""
+class PatchEmbedBase(nn.Module):
+    """What every patch embedding shares: the sizes, the token grid, and the input check.
 
-    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dynamic_img_size: bool = False):
+    ``patch_size`` is in input pixels. ``owner`` names the caller in input errors: "model" for an embedding
+    used alone, "VisionTransformer" for the one inside a model (it validates the model's input).
+    """
+
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dynamic_img_size: bool = False,
+                 owner: str = "model"):
         super().__init__()
         self.image_size = to_2tuple(image_size, "image_size")
         self.patch_size = to_2tuple(patch_size, "patch_size")
         self.in_channels = in_channels
         self.dynamic_img_size = dynamic_img_size
-        self.grid_size = (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+        self.owner = owner
+        self.grid_size = patch_grid(self.image_size, self.patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
     def check(self, x: torch.Tensor) -> None:
-        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size)
+        check_image(x, self.in_channels, None if self.dynamic_img_size else self.image_size, self.patch_size,
+                    self.owner)
 
 
-class PatchEmbed(_PatchGrid):
+class PatchEmbed(PatchEmbedBase):
     """Conv2d(k=P, s=P) patch embedding: [B, C, H, W] -> [B, N, D]."""
 
-    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
-        super().__init__(image_size, patch_size, in_channels, dynamic_img_size)
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768,
+                 dynamic_img_size: bool = False, owner: str = "model"):
+        super().__init__(image_size, patch_size, in_channels, dynamic_img_size, owner)
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,11 +123,12 @@ class PatchEmbed(_PatchGrid):
         return rearrange(x, "b d h w -> b (h w) d")  # [B, N, D]
 
 
-class LinearPatchEmbed(_PatchGrid):
+class LinearPatchEmbed(PatchEmbedBase):
     """Rearrange into flattened patches, then Linear(P*P*C, D): [B, C, H, W] -> [B, N, D]."""
 
-    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768, dynamic_img_size: bool = False):
-        super().__init__(image_size, patch_size, in_channels, dynamic_img_size)
+    def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768,
+                 dynamic_img_size: bool = False, owner: str = "model"):
+        super().__init__(image_size, patch_size, in_channels, dynamic_img_size, owner)
         p1, p2 = self.patch_size
         self.to_patches = Rearrange(PATCHIFY_PATTERN, p1=p1, p2=p2)
         self.proj = nn.Linear(p1 * p2 * in_channels, dim)
@@ -124,6 +136,24 @@ class LinearPatchEmbed(_PatchGrid):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check(x)
         return self.proj(self.to_patches(cast_image(x, self.proj.weight)))  # [B, N, P*P*C] -> [B, N, D]
+
+
+# ViTConfig -> patch embedding, by kind: the config's patch_embed ("conv", "linear"), or "hybrid" when it has
+# hybrid_layers. vit_edu/hybrid.py adds "hybrid"; `import vit_edu` imports it, before any model can be built.
+PATCH_EMBED_BUILDERS: Dict[str, Callable[[ViTConfig, str], nn.Module]] = {
+    "conv": lambda c, owner: PatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim, c.dynamic_img_size, owner),
+    "linear": lambda c, owner: LinearPatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim, c.dynamic_img_size,
+                                                owner),
+}
+
+
+def build_patch_embed(config: ViTConfig, owner: str = "model") -> nn.Module:
+    """The patch embedding ``config`` asks for: [B, C, H, W] -> [B, N, D], checking its input."""
+    kind = "hybrid" if config.hybrid_layers is not None else config.patch_embed
+    if kind not in PATCH_EMBED_BUILDERS:
+        raise ValueError(f"no patch embedding registered for {kind!r} (known: {sorted(PATCH_EMBED_BUILDERS)}); "
+                         "'hybrid' is registered by vit_edu/hybrid.py, which `import vit_edu` imports")
+    return PATCH_EMBED_BUILDERS[kind](config, owner)
 
 
 def _check_pair(conv: nn.Conv2d, linear: nn.Linear) -> None:

@@ -4,6 +4,9 @@
     z'_l = MSA(LN(z_{l-1})) + z_{l-1}                      (eq. 2)
     z_l  = MLP(LN(z'_l)) + z'_l                            (eq. 3)
     y    = LN(z_L^0)                                       (eq. 4)  -> head -> logits
+
+``__init__`` and the forward methods follow these equations; the switches that exist so that timm's and
+torchvision's weights load unchanged are gathered at the end of the class ("beyond eqs. 1-4").
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ import torch
 from torch import nn
 
 from .block import Block
-from .config import ViTConfig
-from .hybrid import HybridEmbed
-from .patch_embed import LinearPatchEmbed, PatchEmbed, check_image
+from .config import ViTConfig, patch_grid
+from .patch_embed import build_patch_embed
 from .pos_embed import resize_pos_embed, sincos_2d_pos_embed
 
 
 class VisionTransformer(nn.Module):
-    """images [B, C, H, W] -> logits [B, num_classes]; with ``return_attention=True`` also the attention maps."""
+    """images [B, C, H, W] -> logits [B, num_classes]; with ``return_attention=True`` also the attention maps.
 
-    def __init__(self, config: Optional[ViTConfig] = None, **overrides):
+    The patch embedding is the one the config names (:func:`vit_edu.patch_embed.build_patch_embed`), or
+    ``embed_layer``: a module [B, C, H, W] -> [B, N, D] with ``patch_size`` (in input pixels), ``grid_size``
+    and a ``proj`` layer. It checks the input image; the model does not check it again.
+    """
+
+    def __init__(self, config: Optional[ViTConfig] = None, embed_layer: Optional[nn.Module] = None, **overrides):
         super().__init__()
         if config is None:
             config = ViTConfig(**overrides)
@@ -33,16 +40,13 @@ class VisionTransformer(nn.Module):
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = c = config
 
-        if c.hybrid_layers is not None:
-            self.patch_embed = HybridEmbed(c.image_size, c.patch_size, c.in_channels, c.dim, c.hybrid_layers,
-                                           dynamic_img_size=c.dynamic_img_size)
-        elif c.patch_embed == "conv":
-            self.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim, c.dynamic_img_size)
-        else:
-            self.patch_embed = LinearPatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim, c.dynamic_img_size)
+        # eq. 1: the patch embedding E, the class token x_class, the position embedding E_pos
+        self.patch_embed = build_patch_embed(c, owner=type(self).__name__) if embed_layer is None else embed_layer
+        if tuple(self.patch_embed.grid_size) != c.grid_size:
+            raise ValueError(f"embed_layer makes a {tuple(self.patch_embed.grid_size)} grid of tokens; "
+                             f"the config's position embedding is for {c.grid_size}")
         self.num_prefix_tokens = 1 if c.class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.class_token else None
-
         if c.pos_embedding == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens, c.dim))
         elif c.pos_embedding == "sincos2d":
@@ -51,30 +55,22 @@ class VisionTransformer(nn.Module):
             self.pos_embed = None
         self.pos_drop = nn.Dropout(c.dropout)
 
+        # eqs. 2-3: L pre-norm encoder blocks
         rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth grows linearly
         self.blocks = nn.ModuleList([
             Block(c.dim, c.heads, c.mlp_dim, qkv_bias=c.qkv_bias, dropout=c.dropout, attn_dropout=c.attn_dropout,
                   drop_path=r, norm_eps=c.norm_eps, fused_attn=c.fused_attn)
             for r in rates
         ])
-        self.norm = nn.Identity() if c.use_fc_norm else nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.fc_norm = nn.LayerNorm(c.dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
-        if c.representation_size:
-            self.pre_logits = nn.Sequential(nn.Linear(c.dim, c.representation_size), nn.Tanh())
-            head_in = c.representation_size
-        else:
-            self.pre_logits = nn.Identity()
-            head_in = c.dim
+
+        # eq. 4: y = LN(z_L^0), then the classifier. The paper's layout: norm = LayerNorm, fc_norm and
+        # pre_logits = Identity (timm's variants: _final_norms, _pre_logits)
+        self.norm, self.fc_norm = self._final_norms(c)
+        self.pre_logits, head_in = self._pre_logits(c)
         self.head = nn.Linear(head_in, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
-    # ----------------------------------------------------------------------------------------------- init
-    def _sincos(self, grid: Tuple[int, int]) -> torch.Tensor:
-        pe = sincos_2d_pos_embed(self.config.dim, grid)
-        if self.config.class_token:
-            pe = torch.cat([torch.zeros(1, self.config.dim), pe], dim=0)  # the class token gets no position
-        return pe[None]
-
+    # ------------------------------------------------------------------------------------------------ init
     @torch.no_grad()
     def init_weights(self) -> None:
         """timm's ViT init: truncated normal (std 0.02) for Linear layers and the learned position embedding."""
@@ -94,40 +90,21 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        if self.config.head_zero_init and isinstance(self.head, nn.Linear):
+        if self.config.head_zero_init and isinstance(self.head, nn.Linear):  # the paper zeroes it to fine-tune
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    # -------------------------------------------------------------------------------------------- forward
-    def set_fused_attn(self, fused: bool) -> "VisionTransformer":
-        """Switch every block between the fused kernel and the explicit softmax(QK^T/sqrt(d))V."""
-        self.config.fused_attn = bool(fused)
-        for blk in self.blocks:
-            blk.attn.fused_attn = bool(fused)
-        return self
-
-    def _pos_embed_for(self, grid: Tuple[int, int]) -> Optional[torch.Tensor]:
-        if self.pos_embed is None:
-            return None
-        if tuple(grid) == tuple(self.patch_embed.grid_size):
-            return self.pos_embed
-        if self.config.pos_embedding == "sincos2d":
-            return self._sincos(grid).to(self.pos_embed)
-        return resize_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
-
+    # --------------------------------------------------------------------------------------------- forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 1: patches -> tokens, prepend the class token, add positions. [B, C, H, W] -> [B, T, D]."""
-        pe, c = self.patch_embed, self.config
-        check_image(x, c.in_channels, None if c.dynamic_img_size else c.image_size, pe.patch_size, "VisionTransformer")
-        grid = (x.shape[-2] // pe.patch_size[0], x.shape[-1] // pe.patch_size[1])
-        x = pe(x)  # [B, N, D]
+        tokens = self.patch_embed(x)  # [B, N, D]; the patch embedding checks the image
         if self.cls_token is not None:
-            cls = self.cls_token.expand(x.shape[0], -1, -1)  # [1, 1, D] -> [B, 1, D], a view: no copy
-            x = torch.cat([cls, x], dim=1)  # [B, N+1, D]
-        pos = self._pos_embed_for(grid)
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # [1, 1, D] -> [B, 1, D], a view: no copy
+            tokens = torch.cat([cls, tokens], dim=1)  # [B, N+1, D]
+        pos = self._pos_embed_for(patch_grid(x.shape[-2:], self.patch_embed.patch_size))  # [1, T, D] or None
         if pos is not None:
-            x = x + pos
-        return self.pos_drop(x)
+            tokens = tokens + pos
+        return self.pos_drop(tokens)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False
                          ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
@@ -144,13 +121,14 @@ class VisionTransformer(nn.Module):
         return (x, attentions) if return_attention else x
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] -> [B, D]: the class token (eq. 4) or the mean of the patch tokens."""
+        """[B, T, D] -> [B, D]: the class token (eq. 4) or, with pool="mean", the mean of the patch tokens."""
         if self.config.pool == "cls":
             return x[:, 0]
         return x[:, self.num_prefix_tokens:].mean(dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.fc_norm(self.pool(x))
+        """Eq. 4 and the classifier: [B, T, D] -> logits [B, num_classes]; pre_logits=True stops before the head."""
+        x = self.fc_norm(self.pool(x))  # [B, D]
         x = self.pre_logits(x)
         return x if pre_logits else self.head(x)
 
@@ -168,7 +146,52 @@ class VisionTransformer(nn.Module):
             return self.forward_head(x), attentions
         return self.forward_head(self.forward_features(x))
 
+    # ---------------------------------------------------------------------------------- beyond eqs. 1-4
+    # Switches the paper's model does not use; their defaults turn them off. Most exist so that timm's or
+    # torchvision's weights load unchanged (vit_edu/convert.py):
+    #   pool="mean", fc_norm     timm's global_pool="avg": average the patch tokens, LayerNorm after pooling
+    #   representation_size      the pre-logits Linear + Tanh of ImageNet-21k pre-training (torchvision)
+    #   patch_embed="linear"     the paper's x_p E as a Linear; timm's Conv2d is the same map (build_patch_embed)
+    #   dynamic_img_size         images of other sizes: the position table resized on the fly (timm)
+    #   head_zero_init           the zeroed classifier of the paper's fine-tuning (init_weights)
+    #   pos_embedding="sincos2d" fixed 2-D sin-cos positions, the "simple ViT" recipe (Beyer et al. 2022)
+    @staticmethod
+    def _final_norms(c: ViTConfig) -> Tuple[nn.Module, nn.Module]:
+        """(norm before pooling, fc_norm after it): the paper's LayerNorm before, timm's avg pool after."""
+        if c.use_fc_norm:
+            return nn.Identity(), nn.LayerNorm(c.dim, eps=c.norm_eps)
+        return nn.LayerNorm(c.dim, eps=c.norm_eps), nn.Identity()
+
+    @staticmethod
+    def _pre_logits(c: ViTConfig) -> Tuple[nn.Module, int]:
+        """(pre-logits layer, its output width): Linear + Tanh if representation_size, else Identity."""
+        if c.representation_size:
+            return nn.Sequential(nn.Linear(c.dim, c.representation_size), nn.Tanh()), c.representation_size
+        return nn.Identity(), c.dim
+
+    def _pos_embed_for(self, grid: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """E_pos for a grid of patches: the table itself, or (dynamic_img_size) one made for another grid."""
+        if self.pos_embed is None or tuple(grid) == tuple(self.patch_embed.grid_size):
+            return self.pos_embed
+        if self.config.pos_embedding == "sincos2d":
+            return self._sincos(grid).to(self.pos_embed)
+        return resize_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self.num_prefix_tokens)
+
+    def _sincos(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The fixed 2-D sin-cos E_pos [1, T, D]; the class token gets no position (a zero row)."""
+        pos = sincos_2d_pos_embed(self.config.dim, grid)  # [N, D]
+        if self.config.class_token:
+            pos = torch.cat([torch.zeros(1, self.config.dim), pos], dim=0)  # [N+1, D]
+        return pos[None]
+
     # --------------------------------------------------------------------------------------------- extras
+    def set_fused_attn(self, fused: bool) -> "VisionTransformer":
+        """Switch every block between the fused kernel and the explicit softmax(QK^T/sqrt(d))V."""
+        self.config.fused_attn = bool(fused)
+        for blk in self.blocks:
+            blk.attn.fused_attn = bool(fused)
+        return self
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 

@@ -173,7 +173,7 @@ def mix_seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
 
 
-_WEIGHT_LIKE = {"weight", "gamma", "g", "scale", "w", "alpha"}
+SCALE_NAMES = ("weight", "gamma", "g", "scale", "w", "alpha")  # a norm's scale, as students name it (first wins)
 
 
 def param_value(seed: int, index: int, name: str, shape: Sequence[int], dtype: torch.dtype = torch.float32
@@ -188,7 +188,7 @@ def param_value(seed: int, index: int, name: str, shape: Sequence[int], dtype: t
     if len(shape) >= 2:
         fan_in = max(1, math.prod(shape) // max(1, shape[0]))
         x = x / math.sqrt(fan_in)
-    elif name.rsplit(".", 1)[-1] in _WEIGHT_LIKE:
+    elif name.rsplit(".", 1)[-1] in SCALE_NAMES:
         x = 1.0 + 0.5 * x
     else:
         x = 0.5 * x
@@ -962,11 +962,3 @@ def run_check(ex: Exercise, obj: Any, seed: int = 0) -> None:
     if not verdict.passed:
         raise CheckError(verdict.message) from None
     print(verdict.message)
-
-
-def make_check(ex: Exercise) -> Callable[[Any], None]:
-    def check(obj: Any) -> None:
-        run_check(ex, obj)
-    check.__name__ = check.__qualname__ = ex.check
-    check.__doc__ = ex.doc or f"Check ``{ex.call}``."
-    return check

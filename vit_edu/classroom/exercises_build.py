@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .engine import Case, ContractError, Ctx, Exercise, Mutant
+from .engine import SCALE_NAMES, Case, ContractError, Ctx, Exercise, Mutant
 
 PATCHIFY = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
 
@@ -584,14 +584,13 @@ MLP_EX = Exercise(
 
 
 # ------------------------------------------------------------------------------------- 7 encoder block
-_SCALE_NAMES = ("weight", "gamma", "g", "scale", "w", "alpha")
 _SHIFT_NAMES = ("bias", "beta", "b", "shift")
 
 
 def norm_params(ctx: Ctx, name: str, D: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(weight, bias) of the student's LayerNorm ``self.<name>``, nn.LayerNorm or hand-written (gamma/beta)."""
     found = ctx.with_prefix(name)
-    w = next((found[n] for n in _SCALE_NAMES if n in found), None)
+    w = next((found[n] for n in SCALE_NAMES if n in found), None)
     b = next((found[n] for n in _SHIFT_NAMES if n in found), None)
     if w is None:
         vectors = [v for v in found.values() if v is not None and tuple(v.shape) == (D,)]
@@ -959,10 +958,18 @@ VIT_FORWARD_EX = Exercise(
 
 
 # -------------------------------------------------------------------------------------- 9 attention rollout
+def _rollout_reference(ctx: Ctx, att: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The package's rollout, kept differentiable (imported here: vit_edu.explain also loads matplotlib)."""
+    from ..explain.analysis import attention_rollout
+
+    return attention_rollout(att, differentiable=True)
+
+
 def rollout_variant(att: Sequence[torch.Tensor], fuse: str = "mean", identity: str = "eye", renorm: str = "rows",
                     order: str = "last_left") -> torch.Tensor:
-    """Abnar & Zuidema (2020) with switchable mistakes; the defaults give the right answer:
-    Â_l = rownorm(mean_heads(A_l) + I), R = Â_L ... Â_2 Â_1."""
+    """The usual mistakes of Abnar & Zuidema's (2020) rollout, one switch each, for the mutants only (the
+    reference is :func:`vit_edu.explain.analysis.attention_rollout`). The defaults are the right answer,
+    Â_l = rownorm(mean_heads(A_l) + I), R = Â_L ... Â_2 Â_1, so each mutant changes one thing."""
     result: Optional[torch.Tensor] = None
     for attn in att:
         a = {"mean": lambda: attn.mean(1), "max": lambda: attn.amax(1), "min": lambda: attn.amin(1),
@@ -1044,7 +1051,7 @@ def _rollout_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], att: Sequence[torch.T
 
 ROLLOUT_EX = Exercise(
     name="rollout", kind="function", call="attention_rollout(attentions)", outputs=("rollout",),
-    cases=_rollout_cases, reference=lambda ctx, att: rollout_variant(att), mutants=_rollout_mutants,
+    cases=_rollout_cases, reference=_rollout_reference, mutants=_rollout_mutants,
     shape_hint=_rollout_hint,
     # attention rows are distributions: only the gradient along them is defined by the contract
     # (0.5 A + 0.5 I equals rownorm(A + I) there, but not off it)

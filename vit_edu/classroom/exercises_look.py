@@ -6,9 +6,8 @@
 * ``bottleneck`` (09): the hybrid's ResNet block (weight-standardized convs, GroupNorm, projection shortcut).
 
 The references are differentiable torch code (the judge takes gradients through them) computed in float64
-and returned in the input's dtype; they agree with :mod:`vit_edu.analysis`, :func:`vit_edu.resize_pos_embed` and
-:class:`vit_edu.hybrid.Bottleneck`
-(tests/test_exercises_look.py). :mod:`vit_edu.classroom.engine` does the rest (dtype, device, in-place edits,
+and returned in the input's dtype; they agree with :mod:`vit_edu.explain.analysis`, :func:`vit_edu.resize_pos_embed` and
+:class:`vit_edu.hybrid.Bottleneck` (tests/test_exercises_look.py). :mod:`vit_edu.classroom.engine` does the rest (dtype, device, in-place edits,
 gradients, parameters randomised by name).
 """
 
@@ -156,7 +155,7 @@ MEAN_ATTENTION_DISTANCE_EX = Exercise(
     The class token (token 0) is left out as query and as key, each query's row is renormalised over the
     patches, the distance is the Euclidean distance between patch centres in pixels (patches row by row), and
     the expected distance of each query is averaged over the query patches and the images, as
-    ``vit_edu.analysis.mean_attention_distance`` does for every layer.
+    ``vit_edu.explain.analysis.mean_attention_distance`` does for every layer.
     """,
 )
 
@@ -265,7 +264,7 @@ POS_EMBED_SIMILARITY_EX = Exercise(
 
     T = 1 + gh*gw (the class token's row first, dropped) or T = gh*gw (no class token); any other T raises a
     ValueError. ``sim[i, j, k, l]`` is the cosine similarity between position (i, j) and (k, l), patches row
-    by row, as ``vit_edu.analysis.pos_embed_similarity``.
+    by row, as ``vit_edu.explain.analysis.pos_embed_similarity``.
     """,
 )
 

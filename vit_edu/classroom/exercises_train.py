@@ -390,7 +390,7 @@ def _lr(step: int, total: int, warmup: int, base: float, *, from_zero: bool = Fa
 
 
 def _lr_reference(ctx: Ctx, step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    from ..train import warmup_cosine
+    from ..training import warmup_cosine
 
     return base_lr * warmup_cosine(step, warmup_steps, total_steps)
 
@@ -405,7 +405,7 @@ def _lr_mutants(ctx: Ctx, step: int, total: int, warmup: int, base: float) -> Li
         ("the result is the schedule's factor (between 0 and 1); multiply it by base_lr",
          lambda: _lr(step, total, warmup, 1.0)),
         ("total_steps and warmup_steps are swapped; the argument order is warmup_cosine_lr(step, total_steps, "
-         "warmup_steps, base_lr) (vit_edu.train.warmup_cosine takes them in the other order)",
+         "warmup_steps, base_lr) (vit_edu.training.warmup_cosine takes them in the other order)",
          lambda: _lr_swapped(step, total, warmup, base)),
         ("the cosine runs over all total_steps steps; it starts after the warm-up: "
          "t = (step - warmup_steps) / (total_steps - warmup_steps)", m(span="all")),
@@ -480,7 +480,7 @@ LR_SCHEDULE_EX = Exercise(
 
     base_lr * (step + 1) / warmup_steps while step < warmup_steps, then
     base_lr * (1 + cos(pi * t)) / 2 with t = min(1, (step - warmup_steps) / (total_steps - warmup_steps)):
-    0 at and after total_steps. Compared with ``vit_edu.train.warmup_cosine`` (times base_lr) on three
+    0 at and after total_steps. Compared with ``vit_edu.training.warmup_cosine`` (times base_lr) on three
     schedules, one without warm-up, including steps past the end.
     """,
 )

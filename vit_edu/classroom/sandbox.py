@@ -1,6 +1,6 @@
 """Run a student's answer cells in a locked-down process; only plain data comes back.
 
-The grader (:mod:`vit_edu.grading`) decides pass/fail in its own process, from observations: the student's
+The grader (:mod:`vit_edu.classroom.grading`) decides pass/fail in its own process, from observations: the student's
 code runs here, in a child process that records what the student's functions and classes do
 (:func:`vit_edu.checks.probe`) and writes it to a file. The grader reads that file with
 ``torch.load(weights_only=True)`` (data only, never code) and calls :func:`vit_edu.checks.judge`.
@@ -848,7 +848,8 @@ class _CappedText(io.TextIOBase):
         pass
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def one_line(text: Any, limit: int = 300) -> str:
+    """``text`` on one line (its lines joined with " | "), cut to ``limit`` characters."""
     text = " | ".join(l.strip() for l in str(text).splitlines() if l.strip())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -858,7 +859,7 @@ def _error_text(e: BaseException) -> str:
         message = str(e)
     except Exception:  # noqa: BLE001 - a broken __str__
         message = ""
-    return _one_line(f"{type(e).__name__}: {message}" if message else type(e).__name__)
+    return one_line(f"{type(e).__name__}: {message}" if message else type(e).__name__)
 
 
 def _without_magics(source: str) -> str:

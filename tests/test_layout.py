@@ -1,0 +1,144 @@
+"""The package's layout as the README's Architecture section draws it: the model at the top of vit_edu/, the
+tooling in rooms (training/, explain/, classroom/, convert.py, the command line), imports pointing one way.
+
+The imports are read from the source (every ``import``/``from`` statement, also those inside functions), so a
+lazy import that points the wrong way is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import vit_edu
+
+PACKAGE = Path(vit_edu.__file__).parent
+MODEL = {"config", "patch_embed", "pos_embed", "attention", "block", "vit", "hybrid", "models"}
+ROOMS = {"training", "explain", "classroom"}
+SHIMS = {  # old path -> new module (kept for one release)
+    "train": "vit_edu.training", "data": "vit_edu.training.data",
+    "analysis": "vit_edu.explain.analysis", "viz": "vit_edu.explain.viz",
+    "grading": "vit_edu.classroom.grading", "assignments": "vit_edu.classroom.assignments",
+}
+OLD_PATHS = {f"vit_edu.{old}" for old in SHIMS}
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set:
+    """Every vit_edu module this file imports, as dotted names (``from . import x`` -> the submodule x)."""
+    tree = ast.parse(path.read_text())
+    here = _name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "vit_edu"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.split(".")[0] == "vit_edu":
+                target = node.module
+            else:
+                continue
+            for alias in node.names:  # `from pkg import submodule` imports the submodule
+                candidate = f"{target}.{alias.name}"
+                sub = PACKAGE.parent / Path(*candidate.split("."))
+                out.add(candidate if sub.with_suffix(".py").exists() or (sub / "__init__.py").exists() else target)
+    return out
+
+
+def _room(module: str) -> str:
+    """The box of the README's diagram a module belongs to."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "vit_edu (package facade)"
+    if parts[1] in ROOMS:
+        return parts[1]
+    if parts[1] == "checks":
+        return "classroom"  # the classroom's front door, at the top so students type vit_edu.checks
+    return parts[1] if parts[1] not in MODEL else f"model:{parts[1]}"
+
+
+def _graph() -> dict:
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = _name(path)
+        if module in OLD_PATHS or module == "vit_edu._moved":
+            continue
+        graph[module] = _imports(path) - OLD_PATHS
+    return graph
+
+
+def test_the_model_imports_only_the_model():
+    graph = _graph()
+    for module in sorted(MODEL):
+        wrong = sorted(m for m in graph[f"vit_edu.{module}"] if m.split(".")[1] not in MODEL)
+        assert not wrong, f"vit_edu/{module}.py is part of the model but imports the tooling: {wrong}"
+
+
+def test_nothing_imports_a_deprecated_path():
+    for path in PACKAGE.rglob("*.py"):
+        module = _name(path)
+        if module in OLD_PATHS:
+            continue
+        old = sorted(_imports(path) & OLD_PATHS)
+        assert not old, f"{path.relative_to(PACKAGE.parent)} imports the old path(s) {old}"
+
+
+def _find_cycle(edges: dict):
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_rooms_import_one_way():
+    """Room-level graph (model modules one by one, each tooling room as one box) has no cycle."""
+    rooms: dict = {}
+    for module, targets in _graph().items():
+        room = _room(module)
+        if room.startswith("vit_edu ("):
+            continue  # the package's __init__ re-exports names; it is not a room
+        rooms.setdefault(room, set()).update(_room(t) for t in targets if _room(t) != room
+                                             and not _room(t).startswith("vit_edu ("))
+    assert _find_cycle(rooms) is None, f"import cycle between rooms: {' -> '.join(_find_cycle(rooms))}"
+    assert "model:vit" in rooms and "training" in rooms["__main__"]
+
+
+@pytest.mark.parametrize("old, new", sorted(SHIMS.items()))
+def test_old_paths_still_import_with_a_warning(old, new):
+    sys.modules.pop(f"vit_edu.{old}", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(f"vit_edu.{old}")
+    assert module is importlib.import_module(new)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert any(new in m for m in messages), messages

@@ -1,0 +1,679 @@
+"""Student copies of the course notebooks, their nbgrader metadata, and the student handout.
+
+The teacher notebooks (notebooks/) mark the code a student writes with whole-line markers (nbgrader's
+convention)::
+
+    def patchify(images, patch_size):
+        ### BEGIN SOLUTION
+        return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
+        ### END SOLUTION
+
+becomes, in the student copy::
+
+    def patchify(images, patch_size):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+An exercise is three cells: a markdown statement ``**Exercise N (P points): title**``, the answer cell (with
+the markers), then a check cell calling ``check_<name>(...)``. From these the nbgrader cell metadata is
+derived (answer cell: "Autograded answer"; check cell: "Autograder tests" worth P points, locked), so
+``nbgrader generate_assignment`` / ``nbgrader autograde`` and ``python -m vit_edu grade`` read the same
+exercise list. The metadata is written into the teacher notebooks and kept in the student copies; outputs
+and execution counts are cleared in the student copies. Every notebook is copied (with or without exercises)
+so the numbering of the course stays the same.
+
+    python -m vit_edu assignments [--src notebooks] [--out assignments/student] [--check]
+    python -m vit_edu assignments --nbgrader-course COURSE_DIR [--notebooks 01_patch_embedding ...]
+    python -m vit_edu handout OUT_DIR [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import nbformat
+
+from ..fileio import atomic_write
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")  # nbgrader's default code stub
+TEXT_STUB = ("YOUR ANSWER HERE",)  # nbgrader's default for markdown cells
+DEFAULT_SRC = "notebooks"
+DEFAULT_OUT = "assignments/student"
+SCHEMA_VERSION = 3  # nbgrader's cell metadata schema (nbgrader 0.6 to 0.9)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # vit_edu/ (this file is vit_edu/classroom/assignments.py)
+HANDOUT_MARKER = ".vit_edu_handout"  # marks a folder made by `handout`, the only kind --force replaces
+
+# "**Exercise 2.1 (1 point): `add_cls_and_pos`**", also as a heading ("## 5. Exercise 7 (3 points): ...").
+STATEMENT_RE = re.compile(r"^[#>*\s\d.]*Exercise\s+(\d+(?:\.\d+)*)(?![\d.]*\w)(.*)$", re.M)
+POINTS_RE = re.compile(r"^\s*\((\d+(?:\.\d+)?)\s+points?\)\s*:?\s*(.*)$")
+CHECK_CALL_RE = re.compile(r"^\s*check_([A-Za-z0-9_]+)\s*\(", re.M)
+
+
+# ================================================================================================ markers
+def _strip_solution(source: str, where: str, stub: Sequence[str] = STUB) -> Tuple[str, List[str]]:
+    """Replace each BEGIN/END region of one cell by the stub; return (new source, the removed lines)."""
+    out: List[str] = []
+    removed: List[str] = []
+    inside = False
+    begin_line = 0
+    lines = source.split("\n")
+    for i, line in enumerate(lines, start=1):
+        marker = line.strip()
+        if marker == BEGIN:
+            if inside:
+                raise ValueError(f"{where}: nested '{BEGIN}' at line {i} (the region opened at line {begin_line} "
+                                 f"has no '{END}' yet)")
+            inside, begin_line = True, i
+            indent = line[: len(line) - len(line.lstrip())]
+            out.extend(indent + s for s in stub)
+        elif marker == END:
+            if not inside:
+                raise ValueError(f"{where}: '{END}' at line {i} without a matching '{BEGIN}'")
+            inside = False
+        elif inside:
+            removed.append(line)
+        else:
+            out.append(line)
+    if inside:
+        raise ValueError(f"{where}: '{BEGIN}' at line {begin_line} has no matching '{END}'")
+    return "\n".join(out), removed
+
+
+def _has_region(source: str) -> bool:
+    return any(line.strip() == BEGIN for line in source.split("\n"))
+
+
+def solution_lines(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[str]:
+    """Every line inside a solution region of ``nb`` (what must not reach a student)."""
+    lines: List[str] = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type in ("code", "markdown"):
+            lines += _strip_solution(cell.source, f"{name}, cell {index}")[1]
+    return lines
+
+
+def leaked_lines(source_nb: nbformat.NotebookNode, student_nb: nbformat.NotebookNode,
+                 name: str = "<notebook>") -> List[str]:
+    """Solution lines of ``source_nb`` found in ``student_nb`` (a line the source also has outside any
+    region, such as ``return x``, is not a leak)."""
+    solution = {l.strip() for l in solution_lines(source_nb, name) if l.strip()}
+    outside = {l.strip() for c in source_nb.cells for l in _strip_solution(c.source, name)[0].split("\n")}
+    secret = solution - outside
+    return [l for c in student_nb.cells for l in c.source.split("\n") if l.strip() in secret]
+
+
+def has_exercises(nb: nbformat.NotebookNode) -> bool:
+    return any(cell.cell_type == "code" and _has_region(cell.source) for cell in nb.cells)
+
+
+# ================================================================================================ exercises
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise of a notebook as found from its cells (indices into ``nb.cells``)."""
+
+    key: str                  # grade_id stem: the check name without "check_" (+ "_2", ... if reused)
+    check: str                # the check's name without "check_", a key of vit_edu.checks.CHECKS
+    number: str               # N of "Exercise N" ("3", "2.1")
+    title: str                # what follows "(P points):" in the statement
+    points: float             # P
+    statement: int            # the markdown cell stating it
+    answers: Tuple[int, ...]  # the answer cells (### BEGIN SOLUTION), usually one
+    check_cell: int           # the cell calling check_<check>(...)
+
+    def grade_ids(self) -> Dict[int, str]:
+        """{cell index: nbgrader grade_id} of the exercise's answer and check cells."""
+        ids = {a: f"{self.key}_answer" + (f"_{k + 1}" if k else "") for k, a in enumerate(self.answers)}
+        ids[self.check_cell] = f"{self.key}_check"
+        return ids
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def _statement(nb: nbformat.NotebookNode, name: str, first_answer: int, after: int) -> Tuple[int, str, float, str]:
+    """(cell, N, P, title) of the nearest exercise statement between cell ``after`` and ``first_answer``."""
+    for j in range(first_answer - 1, after, -1):
+        cell = nb.cells[j]
+        if cell.cell_type != "markdown":
+            continue
+        found = STATEMENT_RE.findall(cell.source)
+        if not found:
+            continue
+        numbers = sorted({n for n, _ in found})
+        if len(numbers) > 1:
+            listed = ", ".join(f"Exercise {n}" for n in numbers)
+            raise ValueError(f"{name}, cell {j}: states several exercises ({listed}); write one statement cell "
+                             f"'**Exercise N (P points): title**' per exercise")
+        stated = [(m.group(1), m.group(2)) for _, rest in found if (m := POINTS_RE.match(rest))]
+        n = numbers[0]
+        if not stated:
+            raise ValueError(f"{name}, cell {j}: 'Exercise {n}' states no points; expected "
+                             f"'**Exercise {n} (P points): title**' (e.g. '**Exercise {n} (2 points): ...**')")
+        values = sorted({_number(p) for p, _ in stated})
+        if len(values) > 1:
+            raise ValueError(f"{name}, cell {j}: 'Exercise {n}' states different points "
+                             f"({' and '.join(map(str, values))}); state them once")
+        if values[0] <= 0:
+            raise ValueError(f"{name}, cell {j}: 'Exercise {n}' is worth {values[0]} points; expected more than 0")
+        title = stated[0][1].strip().rstrip("*").strip()
+        return j, n, values[0], title
+    between = f"cells {after + 1}-{first_answer - 1}" if first_answer - 1 > after + 1 else "the cells before it"
+    raise ValueError(f"{name}, cell {first_answer}: answer cell without an exercise statement above it; expected a "
+                     f"markdown cell '**Exercise N (P points): title**' in {between}")
+
+
+def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[Exercise]:
+    """The exercises of ``nb`` in order; ValueError naming the notebook and cell when the layout is broken
+    (an answer without a check cell, a check without an answer, a statement without points, ...)."""
+    exercises: List[Exercise] = []
+    pending: List[int] = []  # answer cells since the last check cell
+    last_check = -1
+    uses: Dict[str, int] = {}
+    for i, cell in enumerate(nb.cells):
+        where = f"{name}, cell {i}"
+        if cell.cell_type == "markdown" and _has_region(cell.source):
+            raise ValueError(f"{where}: a solution region in a markdown cell (a written answer) cannot be autograded; "
+                             f"ask for code followed by a check cell")
+        if cell.cell_type != "code":
+            continue
+        _strip_solution(cell.source, where)  # unpaired markers: a clear error here already
+        calls = CHECK_CALL_RE.findall(cell.source)
+        if _has_region(cell.source):
+            if calls:
+                raise ValueError(f"{where}: a solution region and a call of check_{calls[0]}(...) in one cell; "
+                                 f"the check goes in its own cell after the answer cell")
+            pending.append(i)
+            continue
+        if not calls:
+            continue
+        if len(calls) > 1:
+            raise ValueError(f"{where}: {len(calls)} check calls ({', '.join('check_' + c for c in calls)}); "
+                             f"one check per cell")
+        check = calls[0]
+        if not pending:
+            since = f"since the check cell {last_check}" if last_check >= 0 else "above it"
+            raise ValueError(f"{where}: check_{check}(...) has no answer cell (a code cell with '{BEGIN}') {since}")
+        statement, number, points, title = _statement(nb, name, pending[0], last_check)
+        uses[check] = uses.get(check, 0) + 1
+        key = check if uses[check] == 1 else f"{check}_{uses[check]}"
+        exercises.append(Exercise(key, check, number, title, points, statement, tuple(pending), i))
+        pending, last_check = [], i
+    if pending:
+        raise ValueError(f"{name}, cell {pending[0]}: answer cell without a check cell after it "
+                         f"(expected a cell 'check_<name>(...)')")
+    seen: Dict[str, int] = {}
+    for ex in exercises:
+        if ex.number in seen:
+            raise ValueError(f"{name}, cell {ex.statement}: 'Exercise {ex.number}' is stated twice "
+                             f"(also cell {seen[ex.number]})")
+        seen[ex.number] = ex.statement
+    ids = [g for ex in exercises for g in ex.grade_ids().values()]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{name}: duplicate grade ids {sorted({g for g in ids if ids.count(g) > 1})}")
+    return exercises
+
+
+# ================================================================================================ nbgrader
+def expected_metadata(nb: nbformat.NotebookNode, name: str = "<notebook>") -> Dict[int, dict]:
+    """{cell index: nbgrader metadata} for the exercise cells of ``nb``; every other cell has none."""
+    meta: Dict[int, dict] = {}
+    for ex in find_exercises(nb, name):
+        for index, grade_id in ex.grade_ids().items():
+            if index == ex.check_cell:
+                meta[index] = {"grade": True, "grade_id": grade_id, "locked": True, "points": ex.points,
+                               "schema_version": SCHEMA_VERSION, "solution": False}
+            else:
+                meta[index] = {"grade": False, "grade_id": grade_id, "locked": False,
+                               "schema_version": SCHEMA_VERSION, "solution": True}
+    return meta
+
+
+def add_nbgrader_metadata(nb: nbformat.NotebookNode, name: str = "<notebook>") -> nbformat.NotebookNode:
+    """A copy of ``nb`` whose exercise cells carry their nbgrader metadata and no other cell carries any."""
+    expected = expected_metadata(nb, name)
+    out = copy.deepcopy(nb)
+    for index, cell in enumerate(out.cells):
+        if index in expected:
+            cell.metadata["nbgrader"] = copy.deepcopy(expected[index])
+        else:
+            cell.metadata.pop("nbgrader", None)
+    return out
+
+
+def metadata_problems(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[str]:
+    """Cells whose nbgrader metadata differs from what the markers and statements give (empty: current)."""
+    expected = expected_metadata(nb, name)
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        have, want = cell.metadata.get("nbgrader"), expected.get(index)
+        if have != want:
+            what = "missing" if have is None else ("not an exercise cell" if want is None else "out of date")
+            problems.append(f"{name}, cell {index}: nbgrader metadata {what} "
+                            f"(expected {want}, got {have})")
+    return problems
+
+
+def _text(nb: nbformat.NotebookNode) -> str:
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def write_metadata(src_dir: "str | Path" = DEFAULT_SRC) -> List[Path]:
+    """Write the nbgrader metadata into every notebook of ``src_dir`` whose metadata is not current (only
+    the cells' ``nbgrader`` entries change); returns the rewritten paths. Idempotent."""
+    updates = []  # all notebooks first: a broken one stops the run before anything is written
+    for path in _sources(Path(src_dir)):
+        nb = nbformat.read(path, as_version=4)
+        if metadata_problems(nb, path.name):
+            updates.append((path, _text(add_nbgrader_metadata(nb, path.name))))
+    for path, text in updates:
+        _write_atomic(path, text)
+    return [path for path, _ in updates]
+
+
+# ================================================================================================ student copies
+def make_student_notebook(nb: nbformat.NotebookNode, name: str = "<notebook>") -> nbformat.NotebookNode:
+    """A copy of ``nb`` with every solution region replaced by the stub, outputs and counts cleared.
+
+    Cell metadata is kept (nbgrader's, the "setup" tags); as nbgrader's LockCells does, answer cells become
+    non-deletable and check cells non-deletable and read-only. ``name`` only labels error messages
+    (e.g. unpaired markers: ValueError naming the notebook and cell).
+    """
+    if not isinstance(nb, nbformat.NotebookNode):
+        raise TypeError(f"make_student_notebook expects an nbformat NotebookNode, got {type(nb).__name__}")
+    student = copy.deepcopy(nb)
+    for index, cell in enumerate(student.cells):
+        grader = cell.metadata.get("nbgrader", {})
+        if grader.get("solution"):
+            cell.metadata["deletable"] = False
+        elif grader.get("grade") or grader.get("locked"):
+            cell.metadata["deletable"] = False
+            cell.metadata["editable"] = False
+        if cell.cell_type == "markdown":  # a written answer, as nbgrader does
+            cell.source = _strip_solution(cell.source, f"{name}, cell {index}", TEXT_STUB)[0]
+        if cell.cell_type != "code":
+            continue
+        cell.source = _strip_solution(cell.source, f"{name}, cell {index}")[0]
+        cell.outputs = []
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)  # run timestamps from the teacher's machine
+    return student
+
+
+def _render(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return _text(make_student_notebook(add_nbgrader_metadata(nb, path.name), path.name))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), "w", encoding="utf-8")
+
+
+def _sources(src_dir: Path) -> List[Path]:
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"source folder not found: {src_dir}")
+    return sorted(p for p in src_dir.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def render_all(src_dir: "str | Path" = DEFAULT_SRC) -> Dict[str, str]:
+    """{file name: student notebook JSON} for every notebook in ``src_dir``, in memory."""
+    return {p.name: _render(p) for p in _sources(Path(src_dir))}
+
+
+def generate(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAULT_OUT) -> List[Path]:
+    """Write the student copy of every notebook in ``src_dir`` to ``out_dir``; returns the written paths.
+
+    Copies whose source notebook no longer exists are removed, so ``out_dir`` mirrors ``src_dir``.
+    """
+    out = Path(out_dir)
+    rendered = render_all(src_dir)
+    written = []
+    for name, text in rendered.items():
+        path = out / name
+        _write_atomic(path, text)
+        written.append(path)
+    if out.is_dir():
+        for stale_copy in out.glob("*.ipynb"):
+            if stale_copy.name not in rendered:
+                stale_copy.unlink()
+    return written
+
+
+def stale(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAULT_OUT) -> List[str]:
+    """What differs between the committed files and a fresh generation (empty list: up to date): the teacher
+    notebooks' nbgrader metadata and the student copies."""
+    out = Path(out_dir)
+    problems = []
+    for path in _sources(Path(src_dir)):
+        problems += metadata_problems(nbformat.read(path, as_version=4), path.name)
+    rendered = render_all(src_dir)
+    for name, text in rendered.items():
+        path = out / name
+        if not path.exists():
+            problems.append(f"missing: {path}")
+        elif path.read_text(encoding="utf-8") != text:
+            problems.append(f"out of date: {path}")
+    if out.is_dir():
+        problems += [f"no source notebook: {p}" for p in sorted(out.glob("*.ipynb")) if p.name not in rendered]
+    return problems
+
+
+def course_exercises(src_dir: "str | Path" = DEFAULT_SRC) -> List[Tuple[str, Exercise]]:
+    """(notebook file name, exercise) for every exercise of the course, in order."""
+    found = []
+    for path in _sources(Path(src_dir)):
+        found += [(path.name, ex) for ex in find_exercises(nbformat.read(path, as_version=4), path.name)]
+    return found
+
+
+# ================================================================================================ nbgrader course
+NBGRADER_CONFIG = '''\
+# nbgrader configuration of the vit_edu course (written by: python -m vit_edu assignments --nbgrader-course).
+# Run every nbgrader command from this folder, with nbgrader installed next to vit_edu (same environment).
+c = get_config()  # noqa: F821 (nbgrader defines get_config)
+
+c.CourseDirectory.course_id = "vit_edu"
+# One assignment per notebook: source/<notebook>/<notebook>.ipynb, e.g. source/01_patch_embedding/.
+
+# Notebook 06 trains a model in a cell (one to a few minutes on a busy CPU); nbgrader's default is 30 s a cell.
+# Execute is nbgrader's subclass of ExecutePreprocessor: c.ExecutePreprocessor.timeout works too, Execute wins.
+c.Execute.timeout = 900
+
+# The course's markers and stub, which are nbgrader's defaults, spelled out.
+c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
+c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}
+c.ClearSolutions.enforce_metadata = True  # the notebooks carry the metadata: answer cells and graded check cells
+
+# Figures: vit_edu.explain.viz.save_figure writes into figures/ next to the notebook being run
+# (autograded/<student>/<assignment>/figures/), never into the repository's figures/.
+# Set VIT_EDU_FIGURES in the environment of `nbgrader autograde` to put them elsewhere.
+'''
+
+
+def nbgrader_course(course_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC,
+                    notebooks: Optional[Sequence[str]] = None) -> List[Path]:
+    """Lay out an nbgrader course: ``nbgrader_config.py`` (kept if present) and one assignment per notebook,
+    ``source/<stem>/<stem>.ipynb`` (the teacher notebook with its nbgrader metadata, rewritten each time).
+    ``notebooks`` picks some by stem or file name. Returns the written paths."""
+    course = Path(course_dir)
+    paths = _sources(Path(src_dir))
+    if notebooks:
+        wanted = {Path(n).stem for n in notebooks}
+        unknown = wanted - {p.stem for p in paths}
+        if unknown:
+            raise FileNotFoundError(f"no notebook {', '.join(sorted(unknown))} in {src_dir} "
+                                    f"(have: {', '.join(p.stem for p in paths)})")
+        paths = [p for p in paths if p.stem in wanted]
+    course.mkdir(parents=True, exist_ok=True)
+    written = []
+    config = course / "nbgrader_config.py"
+    if not config.exists():
+        _write_atomic(config, NBGRADER_CONFIG)
+        written.append(config)
+    for path in paths:
+        nb = add_nbgrader_metadata(nbformat.read(path, as_version=4), path.name)
+        target = course / "source" / path.stem / path.name
+        _write_atomic(target, _text(nb))
+        written.append(target)
+    return written
+
+
+# ================================================================================================ handout
+STUDENT_README = """\
+# Vision Transformer course: your copy
+
+You build a Vision Transformer (Dosovitskiy et al., 2020) piece by piece in the notebooks of `notebooks/`,
+from `{first_stem}` to `{last}`. Everything runs offline on a laptop CPU once installed.
+
+## Install and open (two commands)
+
+```bash
+python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -e .
+.venv/bin/jupyter lab notebooks/{first}
+```
+
+or just `make lab`, which does both (it adds `--allow-root`, which Jupyter needs when you are root, as in
+most containers). Python 3.10 or newer. On Windows: `py -m venv .venv`, then
+`.venv\\Scripts\\pip install -r requirements.txt -e .` and `.venv\\Scripts\\jupyter lab notebooks`.
+
+## Where you write code
+
+Each exercise starts with a cell **Exercise N (P points): title** that gives the idea and the contract
+(the signature, the shapes, conventions such as the order of pixels, the errors to raise). The next cell
+holds the function or class to complete, with
+
+```python
+# YOUR CODE HERE
+raise NotImplementedError()
+```
+
+Replace these two lines with your code; keep the names and signatures the statement gives. Put all of your
+code in these answer cells: the grader runs the notebook's set-up cells (the imports at the top) and your
+answer cells, not cells you add. Use only what the set-up cells import and what you wrote in earlier
+exercises of the same notebook. Run the notebook from the top (Run > Run All Cells).
+
+## How the checks work
+
+The cell after yours is a check, e.g. `check_patchify(patchify)`; it is locked (read-only). It calls your
+code on several random inputs (other sizes, batch 1, ...) and compares the values, the gradients, the dtype
+and the device with the reference; it also checks that your code leaves its inputs unchanged and does what
+the statement asks (errors included). A correct answer prints one line:
+
+```
+✓ check_patchify passed (N cases)
+```
+
+A wrong one stops with a single `CheckError: ...` message that names the mistake and the inputs it used;
+`not implemented yet` means the stub is still there. Your teacher's grader runs your answer cells again on
+fresh random inputs, so code written to fit the check's inputs fails there.
+
+## The exercises
+
+| notebook | exercise | points |
+|---|---|---|
+{table}
+
+Total: {total} points.
+
+## What to hand in
+
+Your notebooks from `notebooks/`, under their names (e.g. `01_patch_embedding.ipynb`), where your teacher
+says. Figures the notebooks draw go to `figures/`; they are not graded.
+
+The package `vit_edu/` contains the reference implementation of every piece (the checks need it); your
+teacher says whether you may read it. Copying it into your answers passes the checks but teaches nothing.
+"""
+
+STUDENT_MAKEFILE = """\
+# make lab: creates .venv if missing, installs the course package, opens JupyterLab on the notebooks.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: lab install
+
+lab: install
+\t$(VENV)/bin/jupyter lab --allow-root notebooks/{first}  # --allow-root: containers often run as root
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+\ttest -x $(PY) || $(PYTHON) -m venv $(VENV)
+\t$(PY) -m pip install -r requirements.txt
+\t$(PY) -m pip install -e . --no-deps
+\ttouch $(STAMP)
+"""
+
+HANDOUT_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".*", "*.egg-info", "*~")
+
+
+def _points(value: float) -> str:
+    return f"{value:g}"
+
+
+def student_readme(exercises: Sequence[Tuple[str, Exercise]], notebooks: Sequence[str]) -> str:
+    """The handout's README.md: install, where to write, how checks work, the exercises with their points."""
+    table = "\n".join(f"| {nb} | {ex.number}: {ex.title} | {_points(ex.points)} |" for nb, ex in exercises)
+    return STUDENT_README.format(first=notebooks[0], first_stem=Path(notebooks[0]).stem,
+                                 last=Path(notebooks[-1]).stem, table=table,
+                                 total=_points(sum(ex.points for _, ex in exercises)))
+
+
+def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: bool = False) -> Path:
+    """Write the student handout to ``out_dir``: notebooks/ (student copies), vit_edu/, pyproject.toml,
+    requirements.txt, README.md, Makefile; nothing else from the repository (no teacher notebooks, no tests).
+
+    Refuses a non-empty ``out_dir`` unless ``force`` and it is a previous handout; the handout is built in a
+    temporary folder beside it and renamed into place, so a failure leaves no half-written handout.
+    """
+    out = Path(out_dir).absolute()
+    root = PACKAGE_DIR.parent
+    for name in ("pyproject.toml", "requirements.txt"):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name} not found: make the handout from the course repository "
+                                    f"(vit_edu installed with pip install -e .)")
+    if out.exists():
+        if not out.is_dir():
+            raise NotADirectoryError(f"{out} exists and is not a folder")
+        if any(out.iterdir()):
+            if not force:
+                raise FileExistsError(f"{out} is not empty; choose an empty or new folder, or --force to replace "
+                                      f"a previous handout")
+            if not (out / HANDOUT_MARKER).is_file():
+                raise FileExistsError(f"{out} is not empty and is not a handout made by this command (no "
+                                      f"{HANDOUT_MARKER}); refusing to replace it, even with --force")
+    src = Path(src_dir)
+    for inside in (PACKAGE_DIR, src.absolute()):
+        if out == inside or inside in out.parents:
+            raise ValueError(f"{out} is inside {inside}; choose a folder outside the package and the notebooks")
+    if out == root or out in root.parents:
+        raise ValueError(f"{out} holds the repository; choose another folder")
+    sources = _sources(src)
+    if not sources:
+        raise FileNotFoundError(f"no notebooks in {src}")
+    students = {}
+    for path in sources:
+        teacher = nbformat.read(path, as_version=4)
+        student = make_student_notebook(add_nbgrader_metadata(teacher, path.name), path.name)
+        text = _text(student)
+        leaks = leaked_lines(teacher, student, path.name)
+        if leaks or BEGIN in text or END in text:
+            raise AssertionError(f"{path.name}: the student copy still holds solution lines: {leaks[:3]}")
+        students[path.name] = text
+    exercises = course_exercises(src)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for name, text in students.items():
+            _write_atomic(tmp / "notebooks" / name, text)
+        shutil.copytree(PACKAGE_DIR, tmp / "vit_edu", ignore=shutil.ignore_patterns(*HANDOUT_IGNORE))
+        for name in ("pyproject.toml", "requirements.txt"):
+            shutil.copy2(root / name, tmp / name)
+        names = sorted(students)
+        (tmp / "README.md").write_text(student_readme(exercises, names), encoding="utf-8")
+        (tmp / "Makefile").write_text(STUDENT_MAKEFILE.format(first=names[0]), encoding="utf-8")
+        (tmp / HANDOUT_MARKER).write_text("made by: python -m vit_edu handout (safe to replace with --force)\n",
+                                          encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / "previous")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def handout_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m vit_edu handout OUT_DIR [--src notebooks] [--force]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vit_edu handout",
+        description="Write what students get: the student notebooks (no solutions), the vit_edu package, "
+                    "pyproject.toml, requirements.txt, a student README and Makefile; nothing else.")
+    parser.add_argument("out_dir", help="an empty or new folder")
+    parser.add_argument("--src", default=DEFAULT_SRC, help=f"teacher notebooks (default: {DEFAULT_SRC})")
+    parser.add_argument("--force", action="store_true", help="replace a previous handout in OUT_DIR")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        out = handout(args.out_dir, args.src, force=args.force)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, AssertionError) as e:
+        print(f"vit_edu handout: error: {e}", file=sys.stderr)
+        return 2
+    n = len(list((out / "notebooks").glob("*.ipynb")))
+    total = sum(ex.points for _, ex in course_exercises(args.src))
+    print(f"wrote the handout to {out}: {n} student notebooks ({_points(total)} points), vit_edu/, README.md, "
+          f"Makefile, pyproject.toml, requirements.txt")
+    return 0
+
+
+# ================================================================================================ command line
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m vit_edu assignments [--src notebooks] [--out assignments/student] [--check]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vit_edu assignments",
+        description="Write the nbgrader metadata of the teacher notebooks (from the solution markers, the check "
+                    "cells and the '**Exercise N (P points): ...**' statements) and make the student copies: "
+                    "solution regions become '# YOUR CODE HERE / raise NotImplementedError()', outputs cleared.")
+    parser.add_argument("--src", default=DEFAULT_SRC, help=f"teacher notebooks (default: {DEFAULT_SRC})")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"where the student copies go (default: {DEFAULT_OUT})")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the metadata in --src or the student copies in --out are "
+                             "out of date")
+    parser.add_argument("--nbgrader-course", metavar="COURSE_DIR", default=None,
+                        help="instead, lay out an nbgrader course there: nbgrader_config.py and "
+                             "source/<notebook>/<notebook>.ipynb")
+    parser.add_argument("--notebooks", nargs="+", default=None, metavar="NAME",
+                        help="with --nbgrader-course: only these notebooks (e.g. 01_patch_embedding)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        if args.nbgrader_course:
+            written = nbgrader_course(args.nbgrader_course, args.src, args.notebooks)
+            print(f"wrote {len(written)} file(s) under {args.nbgrader_course}; then, from that folder: "
+                  f"nbgrader generate_assignment <notebook>, nbgrader autograde <notebook>")
+            return 0
+        if args.check:
+            problems = stale(args.src, args.out)
+            if problems:
+                print(f"{args.src} metadata or student notebooks in {args.out} are stale ({len(problems)} problem(s)); "
+                      f"regenerate with: python -m vit_edu assignments --src {args.src} --out {args.out}")
+                for p in problems:
+                    print(f"  {p}")
+                return 1
+            print(f"nbgrader metadata in {args.src} and student notebooks in {args.out} are up to date")
+            return 0
+        changed = write_metadata(args.src)
+        paths = generate(args.src, args.out)
+        exercises = course_exercises(args.src)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_ex = sum(has_exercises(nbformat.read(Path(args.src) / p.name, as_version=4)) for p in paths)
+    print(f"nbgrader metadata: {len(exercises)} exercises, {_points(sum(ex.points for _, ex in exercises))} points; "
+          f"rewrote {len(changed)} teacher notebook(s)")
+    print(f"wrote {len(paths)} student notebooks ({n_ex} with exercises) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

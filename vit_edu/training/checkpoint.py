@@ -1,0 +1,275 @@
+"""Saved runs: checkpoints that resume exactly, safetensors exports, and loading either back as a model.
+
+* A checkpoint (``<out_dir>/last.pt``) holds only tensors and plain Python values, so it is read with
+  ``torch.load(..., weights_only=True)`` and never runs pickled code. It carries everything a resumed run
+  needs to take bitwise the steps an uninterrupted one takes: weights, optimizer, scheduler, epochs done,
+  RNG states, history, and both configs.
+* An export (``.safetensors``) holds the weights and, in its header, the model config and provenance.
+* Files are written through :func:`vit_edu.fileio.atomic_write` (a crash leaves the previous file whole)
+  and read through :mod:`vit_edu.convert`'s checked readers, the one place weight files are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ViTConfig
+from ..convert import load_checked, load_safetensors_checked, torch_load_checked
+from ..fileio import atomic_write
+from ..vit import VisionTransformer
+from .config import TrainConfig, model_field
+from .distributed import unwrap
+
+PathLike = Union[str, os.PathLike]
+
+CHECKPOINT_FORMAT = "vit_edu.checkpoint/1"
+COURSE_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "vit_course_shapes.safetensors"
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s", "elapsed_s")
+
+# Fields that --resume may change: they decide where and how fast the run goes, or how long its schedule is
+# (epochs: the cosine is recomputed for the new length, as the shipped checkpoint's recipe does), never what
+# a step computes. Any other field that differs from the checkpoint's is refused: the optimizer and scheduler
+# states would silently keep the old lr and weight decay, another batch size or data would break the exact resume.
+RESUME_MAY_CHANGE = frozenset({"epochs", "stop_after_epochs", "time_budget_s", "eval_every", "out_dir", "device",
+                               "num_workers", "progress", "data_root", "download", "save_checkpoints", "n_test",
+                               "threads"})
+
+
+def new_history() -> Dict[str, List[float]]:
+    """The per-epoch record a run keeps (and its checkpoint carries): one empty list per metric."""
+    return {k: [] for k in HISTORY_KEYS}
+
+
+# ------------------------------------------------------------------------------------------ RNG states
+def rng_state() -> dict:
+    """RNG states of torch, NumPy and Python (and CUDA) as tensors and lists, so weights_only loading accepts them."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Undo :func:`rng_state`: the same "random" numbers come again (dropout masks, augmentations)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Optional[Any] = None, epoch: int = 0, history: Optional[dict] = None,
+                    train_config: Optional[TrainConfig] = None, extra: Optional[dict] = None) -> Path:
+    """Everything needed to resume: weights, optimizer, scheduler, epochs done, RNG states, history, configs."""
+    vit = unwrap(model)
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "config": {"model": vit.config.to_dict(),
+                   "train": train_config.to_dict() if train_config is not None else None},
+        "model": {k: v.detach().cpu() for k, v in vit.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "rng": rng_state(),
+        "history": history if history is not None else new_history(),
+        "extra": extra or {},
+    }
+    return atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, without unpickling code.
+
+    Every bad file is one error that says what was expected and what came: FileNotFoundError (missing),
+    IsADirectoryError (a folder), ValueError (empty, truncated, text, a .safetensors export, pickled code,
+    another program's checkpoint, or a vit_edu checkpoint with parts missing).
+    """
+    path = Path(path)
+    expected = f"a vit_edu training checkpoint (the last.pt that training writes, format {CHECKPOINT_FORMAT!r})"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}; expected {expected}")
+    if path.suffix == ".safetensors":
+        raise ValueError(f"{path} is a .safetensors export (weights only); expected {expected}. An export can "
+                         f"be evaluated (load_model) but not resumed")
+    ckpt = torch_load_checked(path, expected, map_location=map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a vit_edu training checkpoint: expected format "
+                         f"{CHECKPOINT_FORMAT!r}, got {got!r}")
+    missing = [k for k in ("config", "model", "epoch") if k not in ckpt]
+    if not missing and (not isinstance(ckpt["config"], dict) or "model" not in ckpt["config"]):
+        missing = ["config.model"]
+    if missing:
+        raise ValueError(f"{path} is an incomplete vit_edu checkpoint: it lacks {', '.join(missing)}")
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------ resuming
+def check_resumable(ckpt: dict, path: PathLike) -> None:
+    """A checkpoint ``fit(resume=...)`` can continue: it holds the optimizer, scheduler, RNG and train config."""
+    missing = [k for k in ("optimizer", "scheduler", "rng", "history") if ckpt.get(k) is None]
+    if ckpt["config"].get("train") is None:
+        missing.append("the training config")
+    if missing:
+        raise ValueError(f"{path} cannot be resumed: it holds no {', '.join(missing)} (a checkpoint saved "
+                         f"without them, e.g. save_checkpoint(path, model)); expected the last.pt that fit writes")
+
+
+def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tuple[Any, Any]]]:
+    """(allowed, refused): {field: (checkpoint's value, config's value)} for the fields that differ."""
+    old = TrainConfig.from_dict(stored).to_dict()
+    new = config.to_dict()
+    allowed, refused = {}, {}
+    for name in new:
+        if name == "model_overrides":  # {} and {"dropout": 0.0} build the same model when the preset's is 0.0
+            keys = set(old[name]) | set(new[name])
+            same = all(model_field(old["model"], old[name], k) == model_field(new["model"], new[name], k)
+                       for k in keys)
+            if not same:
+                refused[name] = (old[name], new[name])
+        elif old.get(name) != new[name]:
+            (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (old.get(name), new[name])
+    return allowed, refused
+
+
+def checkpoint_to_resume(path: PathLike, config: TrainConfig,
+                         map_location: Union[str, torch.device] = "cpu") -> Tuple[dict, Dict[str, Tuple[Any, Any]]]:
+    """(checkpoint, allowed changes) for ``fit(config, resume=path)``; a ValueError before any work if the
+    checkpoint cannot be resumed, ``config`` would change what a step computes, or the run is finished."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    check_resumable(ckpt, path)
+    changed, refused = resume_changes(ckpt["config"]["train"], config)
+    if refused:
+        raise ValueError(f"resuming {path} would change " + ", ".join(
+            f"{k} from {old!r} to {new!r}" for k, (old, new) in refused.items())
+            + "; a resumed run keeps the checkpoint's settings (only "
+            f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change): start a new run to use other values")
+    if ckpt["epoch"] >= config.epochs:
+        raise ValueError(f"{path} is a finished run ({ckpt['epoch']} of {config.epochs} epochs done): "
+                         f"nothing to resume; to train longer, resume with more epochs (--epochs) than "
+                         f"{ckpt['epoch']}, or start a new run")
+    return ckpt, changed
+
+
+# ------------------------------------------------------------------------------------------ exports
+def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> Path:
+    """Weights only, as safetensors, with the model config (JSON) in the header metadata.
+
+    Metadata values must be strings in safetensors; anything else is stored as JSON.
+    """
+    from safetensors.torch import save
+
+    vit = unwrap(model)
+    meta = {"format": "vit_edu", "config": json.dumps(vit.config.to_dict())}
+    for k, v in (metadata or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
+    blob = save(tensors, metadata=meta)
+    return atomic_write(path, lambda f: f.write(blob))
+
+
+def read_safetensors_metadata(path: PathLike) -> Dict[str, str]:
+    """The header metadata of a .safetensors file (a damaged or foreign file: one ValueError)."""
+    return load_safetensors_checked(path, "a .safetensors file")[1]
+
+
+# ------------------------------------------------------------------------------------------ loading a model
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> VisionTransformer:
+    """A VisionTransformer in eval mode from a training checkpoint (.pt) or an exported .safetensors file.
+
+    A missing path, a folder, or a file that is not one of the two gives one clear error (see load_checkpoint).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}; expected a .pt training checkpoint or a "
+                                f".safetensors export")
+    if path.suffix == ".safetensors":
+        state, meta = load_safetensors_checked(path, "a .safetensors export written by vit_edu")
+        if "config" not in meta:
+            raise ValueError(f"{path} has no 'config' in its safetensors metadata; "
+                             f"expected a file written by vit_edu.training.export_safetensors")
+        try:
+            config = ViTConfig.from_dict(json.loads(meta["config"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: its 'config' metadata is not a valid ViTConfig ({err})") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    else:
+        ckpt = load_checkpoint(path)
+        config = ViTConfig.from_dict(ckpt["config"]["model"])
+        state = ckpt["model"]
+    model = VisionTransformer(config)
+    load_checked(model, state, source=str(path))
+    return model.to(device).eval()
+
+
+def pretrained_course_model(device: Union[str, torch.device] = "cpu") -> Tuple[VisionTransformer, dict]:
+    """The course ViT trained on the shapes data and shipped with the package: (model, info).
+
+    ``info`` holds the class names, the test accuracy measured at export, the command that produced it and its seed.
+    """
+    if not COURSE_CHECKPOINT.is_file():
+        raise FileNotFoundError(f"the shipped checkpoint is missing: {COURSE_CHECKPOINT}")
+    meta = read_safetensors_metadata(COURSE_CHECKPOINT)
+    info = {k: _maybe_json(v) for k, v in meta.items() if k != "config"}
+    return load_model(COURSE_CHECKPOINT, device=device), info
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# ------------------------------------------------------------------------------------------ its classes
+def stored_classes(path: PathLike) -> Optional[List[str]]:
+    """The class names a .pt checkpoint or .safetensors export was trained on, or None if it does not say."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        classes = _maybe_json(read_safetensors_metadata(path).get("classes", "null"))
+    else:
+        classes = (load_checkpoint(path).get("extra") or {}).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def check_classes_match(model: VisionTransformer, model_classes: Optional[List[str]], data_classes: List[str],
+                        source: str, data_name: str) -> None:
+    """Refuse to evaluate a model on data whose classes are not the ones it was trained on (in that order).
+
+    Otherwise label k of the data is scored against output k of the model, and a model that is right
+    about every image can report 0 %.
+    """
+    data_classes = list(data_classes)
+    if model_classes is not None and list(model_classes) != data_classes:
+        how = "in another order" if sorted(model_classes) == sorted(data_classes) else ""
+        raise ValueError(f"classes do not match: {source} was trained on {len(model_classes)} classes "
+                         f"{_short_list(model_classes)}, but {data_name} has {len(data_classes)} classes "
+                         f"{_short_list(data_classes)}{' ' + how if how else ''}")
+    if model.config.num_classes != len(data_classes):
+        raise ValueError(f"classes do not match: {source} has {model.config.num_classes} outputs, but {data_name} "
+                         f"has {len(data_classes)} classes {_short_list(data_classes)}")
+
+
+def _short_list(items: List[str], limit: int = 10) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"

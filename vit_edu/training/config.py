@@ -1,0 +1,203 @@
+"""TrainConfig: every setting of a training run, and the one place its defaults live.
+
+``fit(TrainConfig())`` and ``python -m vit_edu train`` run the same thing: the command line builds its
+``train`` flags from these fields (flag name, help text and default shown all come from here), so a default
+changed here changes both, and ``tests/test_defaults.py`` checks that the docs say the same.
+
+Each field's ``metadata`` holds its command-line form: ``flag`` (None: no flag), ``help``, ``choices``, and
+``none`` (what a default of None means, in words; ``{shapes_n_train}`` and the like are filled in from the
+dataset's own defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from ..config import ViTConfig
+from ..models import PRESETS
+
+OPTIMIZERS = ("adamw", "sgd")  # sgd: with momentum 0.9
+
+
+def _arg(default: Any, help: str, flag: Optional[str] = None, none: Optional[str] = None,
+         choices: Optional[tuple] = None) -> Any:
+    """A dataclass field that also describes its command-line flag (see the module docstring)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "none": none, "choices": choices})
+
+
+def _check_number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                  low_open: bool = False, high_open: bool = False, what: str = "") -> None:
+    """A finite real number inside [low, high] (open ends where asked); NaN, inf, bools and strings fail."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rule = " and ".join(r for r in (lo, hi) if r)
+        raise ValueError(f"TrainConfig.{name} must be {what}a finite number{' ' + rule if rule else ''}, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; stored in every checkpoint so a run can be repeated.
+
+    The defaults are the default run: the plain ViT on freshly drawn shapes, sized to finish inside its
+    time budget on one CPU thread (docs/training.md, "The default run", has its measured curve).
+    """
+
+    # --- what is trained, on what
+    dataset: str = _arg("shapes", "dataset name: shapes is generated in memory; e.g. cifar10 needs --download once",
+                        flag="dataset")  # positional on the command line
+    model: str = _arg("vit_course_patch8_32", "preset name, see vit_edu.list_models()", flag="--model")
+    image_size: Optional[int] = _arg(None, "resize images to this size", flag="--image-size",
+                                     none="the dataset's, 32 for shapes and imagefolder")
+    data_root: str = _arg("data", "where real datasets live", flag="--data-root")
+    download: bool = _arg(False, "download a real dataset if missing", flag="--download")
+    n_train: Optional[int] = _arg(None, "number of training images (per epoch with fresh data)", flag="--n-train",
+                                  none="the dataset's, {shapes_n_train} for shapes")
+    n_test: Optional[int] = _arg(None, "number of test images", flag="--n-test",
+                                 none="the dataset's, {shapes_n_test} for shapes")
+    data_seed: Optional[int] = _arg(None, "seed of the generated shapes data", flag="--data-seed",
+                                    none="the dataset's: {shapes_train_seed} for train, {shapes_test_seed} for test")
+    fresh_data: Optional[bool] = _arg(None, "draw new shapes images every epoch (shapes only)", flag="--fresh-data",
+                                      none="on for generated data (shapes), off otherwise")
+    classes: Optional[List[str]] = _arg(None, "comma-separated shapes to draw, e.g. circle,square,triangle "
+                                        "(shapes only)", flag="--classes", none="all of the dataset's")
+    augment: bool = _arg(False, "random flips/crops on the training set", flag="--augment")
+    model_overrides: Dict[str, Any] = field(  # ViTConfig fields, e.g. {"dropout": 0.1}; the CLI sets only dropout
+        default_factory=dict, metadata={"flag": "--dropout", "help": "dropout of the model", "none": None, "choices": None})
+
+    # --- the recipe (the paper's, Appendix B.1, scaled down)
+    epochs: int = _arg(12, "epochs", flag="--epochs")
+    batch_size: int = _arg(128, "global batch size", flag="--batch-size")  # split evenly over torchrun's processes
+    lr: float = _arg(2e-3, "peak learning rate", flag="--lr")  # reached at the end of the warm-up
+    weight_decay: float = _arg(0.05, "AdamW weight decay", flag="--weight-decay")
+    optimizer: str = _arg("adamw", "optimizer (sgd: with momentum 0.9)", flag="--optimizer", choices=OPTIMIZERS)
+    warmup_epochs: float = _arg(0.75, "linear warm-up in epochs", flag="--warmup-epochs")
+    warmup_steps: Optional[int] = _arg(None, "linear warm-up in optimizer steps (wins over warmup_epochs)")
+    min_lr_ratio: float = _arg(0.0, "the cosine decays to lr x this")
+    label_smoothing: float = _arg(0.0, "label smoothing", flag="--label-smoothing")  # the short runs under-fit
+    grad_clip: float = _arg(1.0, "clip the global gradient norm (paper: 1); 0 disables")
+    pos_embed_lr_scale: float = _arg(5.0, "learning rate of a learned position embedding = lr x this",
+                                     flag="--pos-lr-scale")  # the 2-D grid forms ~3x sooner (docs/training.md)
+    seed: int = _arg(0, "seed of initialisation and data order", flag="--seed")
+
+    # --- how the run goes: time, machine, output
+    time_budget_s: Optional[float] = _arg(300.0, "stop after this many seconds, then evaluate and save; 0 = no limit",
+                                          flag="--time-budget", none="no limit")
+    threads: Optional[int] = _arg(1, "CPU threads for PyTorch during the run (1 is faster than 2 on a busy "
+                                  "2-core machine)", flag="--threads", none="torch's choice")
+    stop_after_epochs: Optional[int] = _arg(None, "end this run after N epochs while the schedule still spans "
+                                            "--epochs (resume it later)", flag="--stop-after-epochs",
+                                            none="run to --epochs")
+    eval_every: int = _arg(1, "evaluate every N epochs", flag="--eval-every")  # and always after the last
+    device: str = _arg("auto", "cpu, cuda, cuda:1, mps or auto", flag="--device")  # auto: cuda if available
+    num_workers: int = _arg(0, "DataLoader worker processes", flag="--workers")
+    out_dir: Optional[str] = _arg(None, "where last.pt goes", flag="--out-dir", none="runs/<dataset>-<model>")
+    progress: Optional[bool] = _arg(None, "progress bars", flag="--progress", none="only on a terminal")
+    save_checkpoints: bool = _arg(True, "write <out_dir>/last.pt after every epoch")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        _check_number("lr", self.lr, low=0.0, low_open=True)  # NaN and inf are refused too
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("warmup_epochs", self.warmup_epochs, low=0.0)
+        _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _check_number("grad_clip", self.grad_clip, low=0.0)
+        _check_number("pos_embed_lr_scale", self.pos_embed_lr_scale, low=0.0, low_open=True)
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not isinstance(self.classes, (list, tuple)):
+                raise TypeError(f"TrainConfig.classes must be None or a list of shape names, got {self.classes!r}")
+            self.classes = list(self.classes)
+        if self.time_budget_s is not None:
+            _check_number("time_budget_s", self.time_budget_s, low=0.0, low_open=True, what="None (no limit) or ")
+        for name, minimum in (("warmup_steps", 0), ("n_train", 1), ("n_test", 1), ("stop_after_epochs", 1),
+                              ("data_seed", 0), ("threads", 1), ("seed", 0), ("num_workers", 0)):
+            value = getattr(self, name)
+            optional = name not in ("seed", "num_workers")
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
+                                 f"got {value!r}")
+        if self.model not in PRESETS:
+            raise ValueError(f"unknown model {self.model!r}; expected a preset name: {', '.join(sorted(PRESETS))}")
+        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise TypeError(f"TrainConfig.model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        unknown = sorted(set(self.model_overrides) - set(ViTConfig.__dataclass_fields__))
+        if unknown:  # a typo fails here, not after the data are built
+            raise ValueError(f"TrainConfig.model_overrides has unknown ViTConfig fields {unknown}; "
+                             f"expected some of {sorted(ViTConfig.__dataclass_fields__)}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if name in self.model_overrides:
+                _check_number(f"model_overrides[{name!r}]", self.model_overrides[name], low=0.0, high=1.0,
+                              high_open=True)
+        if self.out_dir is None:
+            self.out_dir = os.path.join("runs", f"{self.dataset}-{self.model}")
+
+    @property
+    def draws_fresh_data(self) -> bool:
+        """New training images every epoch: ``fresh_data``, or by default whenever the data are generated."""
+        return self.dataset == "shapes" if self.fresh_data is None else bool(self.fresh_data)
+
+    def to_dict(self) -> dict:
+        """Plain types only (a checkpoint must load with ``weights_only=True``)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; a field this version does not know is an error, a missing one its default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+def model_field(model: str, overrides: dict, name: str) -> Any:
+    """The value of ViTConfig field ``name`` that preset ``model`` with ``overrides`` gets (e.g. its dropout)."""
+    if name in overrides:
+        return overrides[name]
+    if name in PRESETS.get(model, {}):
+        return PRESETS[model][name]
+    f = ViTConfig.__dataclass_fields__.get(name)
+    return f.default if f is not None else None
+
+
+def default_value(name: str) -> Any:
+    """TrainConfig's default of field ``name`` (as the dataclass declares it, before ``__post_init__``)."""
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+
+
+def default_text(name: str) -> str:
+    """TrainConfig's default of field ``name`` in words, as ``--help`` shows it: ``12``, ``0.002``, ``on``,
+    ``no limit``; model_overrides: the preset's dropout."""
+    value = default_value(name)
+    if name == "model_overrides":
+        return f"the preset's, {model_field(default_value('model'), value, 'dropout'):g}"
+    if value is None:
+        from .data import SHAPES_DEFAULT_SEEDS, SHAPES_DEFAULT_SIZES
+
+        return TrainConfig.__dataclass_fields__[name].metadata["none"].format(
+            shapes_n_train=SHAPES_DEFAULT_SIZES["train"], shapes_n_test=SHAPES_DEFAULT_SIZES["test"],
+            shapes_train_seed=SHAPES_DEFAULT_SEEDS["train"], shapes_test_seed=SHAPES_DEFAULT_SEEDS["test"])
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -1,0 +1,608 @@
+"""Data for the course: an embedded shapes dataset that needs no download, the real-data paths, and the
+one way training turns a TrainConfig into datasets and DataLoaders.
+
+The default dataset is drawn on the fly: coloured shapes (circle, square, triangle, ...) at a random
+position, size, rotation and colour over a smooth textured background. Every image comes with its
+**object mask**, so the notebooks can ask "does the attention look at the object?" with a ground truth.
+Everything is drawn with *signed distance fields* (SDF) on a pixel grid: sdf < 0 inside the shape,
+sdf > 0 outside, |sdf| = distance to the edge in pixels. A whole batch is one tensor expression per
+class, no loop over pixels or images, so the 20,000 images of a training epoch take about a second
+(``python benchmarks/train_speed.py --data`` times it).
+
+Real data (CIFAR-10, MNIST, Fashion-MNIST, an ImageFolder tree) go through torchvision with the same
+normalization, so a model trained here sees inputs in the same range whatever the source.
+
+Loaders (:func:`build_train_loader`, :func:`build_eval_loader`): the training order depends only on
+(seed, epoch), so a resumed run sees the same batches; under torchrun every process gets its share.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+
+if TYPE_CHECKING:  # config.py reads this module's defaults for its help texts
+    from .config import TrainConfig
+
+SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "crescent", "star")
+MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+STD: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+DATASET_NAMES: Tuple[str, ...] = ("shapes", "cifar10", "mnist", "fashion_mnist", "imagefolder")
+SPLITS: Tuple[str, ...] = ("train", "test")
+SHAPES_DEFAULT_SIZES: Dict[str, int] = {"train": 20_000, "test": 2_000}
+SHAPES_DEFAULT_SEEDS: Dict[str, int] = {"train": 0, "test": 1}
+
+# Object size = its circumscribed diameter as a fraction of the image side (30-60 %): at 32x32 the
+# smallest object is ~10 pixels across, about 2-3 patches of 4x4, still clearly its shape.
+MIN_SIZE_FRAC, MAX_SIZE_FRAC = 0.30, 0.60
+# Placement: how far an object may reach past the border, as a fraction of its circumscribed diameter.
+# 0 keeps every object whole and away from the border, so "near the border" always means background and a
+# learned position embedding can spend itself on that shortcut (it then forms a ring, not a grid). With
+# 0.25 an object's centre can come within half a radius of the border: every patch of the image holds
+# object pixels in some images, a quarter of the circle may be cut off, and the shape stays recognizable.
+DEFAULT_OVERHANG = 0.25
+# Fresh images every epoch: epoch e of a dataset with seed s is drawn from seed s + EPOCH_SEED_STRIDE * e, far
+# from the small seeds the test sets use (1, 777, 2024, ...).
+EPOCH_SEED_STRIDE = 100_003
+# Rotation range in degrees per class: shapes that would start to look like another shape when turned
+# (a square on its corner looks like a diamond, a plus turned by 45 degrees is an "x") only wobble by
+# +-15 degrees; circle and ring look the same at any angle; triangle, crescent and star turn freely.
+MAX_ROTATION_DEG: Dict[str, float] = {
+    "circle": 0.0, "square": 15.0, "triangle": 180.0, "diamond": 15.0,
+    "cross": 15.0, "ring": 0.0, "crescent": 180.0, "star": 180.0,
+}
+_CHUNK_PIXELS = 512 * 32 * 32  # pixels rendered at once: intermediate [chunk, H, W] tensors stay in cache
+
+
+# ----------------------------------------------------------------------------------------------------
+# Signed distance fields. u, v: pixel-centre coordinates in the shape's own (rotated) frame, in pixels,
+# [b, H, W]; r: circumradius in pixels [b, 1, 1] (every shape fits inside the circle of radius r, so a
+# shape whose centre is at least r from the border is fully inside the image).
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sdf_box(u: Tensor, v: Tensor, half_u: Tensor, half_v: Tensor) -> Tensor:
+    """Exact SDF of an axis-aligned box with half-sizes (half_u, half_v)."""
+    qu, qv = u.abs() - half_u, v.abs() - half_v
+    qu_out, qv_out = qu.clamp(min=0), qv.clamp(min=0)
+    outside = torch.sqrt(qu_out * qu_out + qv_out * qv_out)
+    inside = torch.maximum(qu, qv).clamp(max=0)
+    return outside + inside
+
+
+def _sdf_circle(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    return torch.sqrt(u * u + v * v) - r
+
+
+def _sdf_square(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    half = r / math.sqrt(2.0)  # corners on the circle of radius r
+    return _sdf_box(u, v, half, half)
+
+
+def _sdf_triangle(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Equilateral triangle, vertices on the circle of radius r, so its edges are r/2 from the centre."""
+    # Outward edge normals at -90 (up: y points down in images), 30 and 150 degrees -> one vertex on top.
+    d = None
+    for angle in (-90.0, 30.0, 150.0):
+        a = math.radians(angle)
+        e = u * math.cos(a) + v * math.sin(a) - r / 2
+        d = e if d is None else torch.maximum(d, e)
+    return d
+
+
+def _sdf_diamond(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Playing-card diamond (rhombus): half-width 0.6 r, half-height r; no rotation of a square gives it."""
+    a, b = 0.6 * r, r
+    # |u|/a + |v|/b = 1 is the edge; scaling by ab/sqrt(a^2+b^2) turns it into the distance to that line.
+    return (u.abs() / a + v.abs() / b - 1.0) * (a * b / torch.sqrt(a * a + b * b))
+
+
+def _sdf_cross(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Plus sign: union (min) of a horizontal and a vertical bar; the arm ends' corners touch radius r."""
+    long, wide = 0.93 * r, 0.33 * r
+    return torch.minimum(_sdf_box(u, v, long, wide), _sdf_box(u, v, wide, long))
+
+
+def _sdf_ring(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Annulus between radii 0.5 r and r: distance to the mid circle minus half the thickness."""
+    return (torch.sqrt(u * u + v * v) - 0.75 * r).abs() - 0.25 * r
+
+
+def _sdf_crescent(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Disc of radius r minus (max with the negated SDF of) a disc of radius 0.8 r shifted by 0.5 r."""
+    u_bite = u - 0.5 * r
+    bite = 0.8 * r - torch.sqrt(u_bite * u_bite + v * v)
+    return torch.maximum(_sdf_circle(u, v, r), bite)
+
+
+def _sdf_star(u: Tensor, v: Tensor, r: Tensor) -> Tensor:
+    """Five-pointed star in polar form: the edge radius goes from r (tips) to 0.45 r (notches) linearly in angle.
+
+    Not an exact distance (the edges are slightly curved), but its zero set is the star and near the
+    edge it changes about one unit per pixel, which is all the anti-aliasing below needs.
+    """
+    rho = torch.sqrt(u * u + v * v)
+    sector = 2 * math.pi / 5
+    phi = torch.remainder(torch.atan2(v, u) + math.pi / 2, sector)  # a tip points up
+    t = (phi - sector / 2).abs() / (sector / 2)  # 1 at a tip, 0 at a notch
+    edge = 0.45 * r + 0.55 * r * t
+    return rho - edge
+
+
+_SDF: Dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "circle": _sdf_circle, "square": _sdf_square, "triangle": _sdf_triangle, "diamond": _sdf_diamond,
+    "cross": _sdf_cross, "ring": _sdf_ring, "crescent": _sdf_crescent, "star": _sdf_star,
+}
+assert tuple(_SDF) == SHAPE_CLASSES
+
+
+# ----------------------------------------------------------------------------------------------------
+# The generator
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_classes(classes: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """None -> all of SHAPE_CLASSES; otherwise at least two distinct known names, in the order given."""
+    if classes is None:
+        return SHAPE_CLASSES
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise TypeError(f"classes must be a sequence of shape names, got {classes!r}")
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in SHAPE_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown shape class(es) {unknown}; known: {', '.join(SHAPE_CLASSES)}")
+    if len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ValueError(f"classes must name at least two distinct shapes, got {list(classes)}")
+    return classes
+
+
+def _check_overhang(overhang: object) -> float:
+    if isinstance(overhang, bool) or not isinstance(overhang, (int, float)) or not 0.0 <= overhang <= 0.5:
+        raise ValueError(f"overhang must be a number in [0, 0.5] (fraction of the object's diameter allowed "
+                         f"outside the image), got {overhang!r}")
+    return float(overhang)
+
+
+def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float = DEFAULT_OVERHANG,
+                  classes: Tuple[str, ...] = SHAPE_CLASSES) -> Dict[str, Tensor]:
+    """Draw label, circumradius, centre, rotation and colours of n images (all in pixels / [0, 1])."""
+    k = len(classes)
+    labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]  # exactly balanced, shuffled
+    size = MIN_SIZE_FRAC + (MAX_SIZE_FRAC - MIN_SIZE_FRAC) * torch.rand(n, generator=g)
+    radius = size * image_size / 2  # [n]
+    # Centre uniform over the positions where at most `overhang` of the circumscribed diameter (2r) lies
+    # outside the image: [r - 2 r overhang, S - r + 2 r overhang] on each axis.
+    low = radius * (1 - 2 * overhang)
+    cx = low + (image_size - 2 * low) * torch.rand(n, generator=g)
+    cy = low + (image_size - 2 * low) * torch.rand(n, generator=g)
+    shape_ids = torch.tensor([SHAPE_CLASSES.index(c) for c in classes])[labels]  # [n] index into SHAPE_CLASSES
+    max_rot = torch.tensor([MAX_ROTATION_DEG[c] for c in SHAPE_CLASSES])[shape_ids]
+    angle = torch.deg2rad((2 * torch.rand(n, generator=g) - 1) * max_rot)
+    # A light object on a darker background, both of random colour: every channel of the object lies in
+    # [0.6, 1], every channel of the background in [0.05, 0.4], so the object is brighter by at least 0.2
+    # in each channel. Why always brighter: with a random sign of the contrast (a dark shape on a light
+    # ground as often as the reverse) the small plain ViT first has to learn figure/ground from the
+    # colours alone, and learned 4x to 10x slower (docs/training.md); the shape itself is the lesson here.
+    bg = 0.05 + 0.35 * torch.rand(n, 3, generator=g)
+    fg = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
+    return {"labels": labels, "shapes": shape_ids, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "bg": bg,
+            "fg": fg}
+
+
+def _linear_upsample_matrix(n_in: int, n_out: int) -> Tensor:
+    """[n_out, n_in] weights of 1-D linear interpolation: bilinear upsampling is separable, so an image
+    X [n_in, n_in] upsamples to M @ X @ M.T. Built by interpolating the identity with F.interpolate."""
+    eye = torch.eye(n_in)[None]  # [1, n_in, n_in]: each row is one input sample's one-hot signal
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+
+
+def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator) -> Tuple[Tensor, Tensor]:
+    """Draw the images of one chunk of parameters: float [b, 3, H, W] in [0, 1] and masks bool [b, H, W]."""
+    b, s = p["labels"].shape[0], image_size
+    coords = torch.arange(s, dtype=torch.float32) + 0.5  # pixel centres
+    ys, xs = coords[None, :, None], coords[None, None, :]  # [1, H, 1], [1, 1, W]
+
+    # 1. The object: rotate the grid into each shape's frame and evaluate that class's SDF.
+    dx, dy = xs - p["cx"][:, None, None], ys - p["cy"][:, None, None]  # [b, H, W]
+    cos, sin = p["angle"].cos()[:, None, None], p["angle"].sin()[:, None, None]
+    u, v = cos * dx + sin * dy, -sin * dx + cos * dy
+    sdf = torch.empty(b, s, s)
+    for shape_id, name in enumerate(SHAPE_CLASSES):
+        idx = (p["shapes"] == shape_id).nonzero().flatten()
+        if len(idx):
+            sdf[idx] = _SDF[name](u[idx], v[idx], p["radius"][idx, None, None])
+    mask = sdf < 0  # [b, H, W]: pixel centre inside the shape
+    alpha = (0.5 - sdf).clamp(0, 1)[:, None]  # [b, 1, H, W] coverage: soft one-pixel edge (anti-aliasing)
+
+    # 2. The background: base colour + smooth low-frequency noise + faint stripes, all low contrast.
+    coarse = torch.rand(b, 3, 4, 4, generator=g) - 0.5  # a 4x4 grid of random values per channel
+    up = _linear_upsample_matrix(4, s)  # [H, 4]
+    noise = up @ coarse @ up.T  # [b, 3, H, W]: bilinear upsampling, done as two matrix products
+    theta = math.pi * torch.rand(b, 1, 1, generator=g)
+    freq = 1.5 + 3.5 * torch.rand(b, 1, 1, generator=g)  # cycles per image side
+    phase = 2 * math.pi * torch.rand(b, 1, 1, generator=g)
+    amp = 0.08 * torch.rand(b, 1, 1, generator=g)
+    stripes = amp * torch.sin(2 * math.pi * freq * (xs * theta.cos() + ys * theta.sin()) / s + phase)  # [b, H, W]
+    background = p["bg"][:, :, None, None] + 0.2 * noise + stripes[:, None]
+
+    # 3. Composite (alpha blend), add a little grey pixel noise to everything, clip to [0, 1].
+    image = background + alpha * (p["fg"][:, :, None, None] - background)  # [b, 3, H, W]
+    image = image + 0.06 * (torch.rand(b, 1, s, s, generator=g) - 0.5)
+    return image.clamp(0, 1), mask
+
+
+def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: float = DEFAULT_OVERHANG,
+              classes: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
+    """Render n images chunk by chunk; returns images, labels, masks and the drawn parameters."""
+    _check_int("n", n, 1)
+    _check_int("image_size", image_size, 8)
+    _check_int("seed", seed, 0)
+    overhang, classes = _check_overhang(overhang), _check_classes(classes)
+    g = torch.Generator().manual_seed(seed)
+    params = _shape_params(n, image_size, g, overhang, classes)
+    images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8 if as_uint8 else torch.float32)
+    masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
+    step = max(1, _CHUNK_PIXELS // (image_size * image_size))
+    for start in range(0, n, step):
+        chunk = {key: value[start : start + step] for key, value in params.items()}
+        image, mask = _render_chunk(chunk, image_size, g)
+        if as_uint8:
+            image = (image * 255).round().to(torch.uint8)
+        images[start : start + step] = image
+        masks[start : start + step] = mask
+    return images, params["labels"].clone(), masks, params
+
+
+def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = DEFAULT_OVERHANG,
+                classes: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Generate n shape images, deterministic from ``seed``.
+
+    Returns images float32 [n, 3, H, W] in [0, 1], labels int64 [n] (index into ``classes``, by default
+    SHAPE_CLASSES) and masks bool [n, H, W] (True on the object's *visible* pixels: a part cut off by the
+    border is not in the mask). Classes are exactly balanced (n % len(classes) aside). ``overhang``: the
+    fraction of an object's diameter that may lie outside the image (0 = always whole).
+    """
+    images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes)
+    return images, labels, masks
+
+
+def _normalize(x: Tensor) -> Tensor:
+    mean = torch.tensor(MEAN, dtype=x.dtype).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(x: Tensor) -> Tensor:
+    """Undo Normalize(MEAN, STD): back to [0, 1] for display. Works on [3, H, W] and [B, 3, H, W]."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"denormalize expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"denormalize expects [3, H, W] or [B, 3, H, W], got {tuple(x.shape)}")
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+class ShapesDataset(Dataset):
+    """The shapes images as a Dataset: (image normalized with MEAN/STD, label) or (image, label, mask).
+
+    Images are stored as uint8 [n, 3, H, W] (a quarter of the float memory), so an item equals
+    ``make_shapes(...)`` to within 1/255 before normalization. ``transform`` is applied to the normalized
+    image tensor; the mask is NOT transformed, so with ``return_mask=True`` use only transforms that do
+    not move pixels (translation invariance comes from the generator itself: see ``overhang``).
+
+    ``fresh_each_epoch=True``: ``set_epoch(e)`` redraws all n images from the seed ``seed + EPOCH_SEED_STRIDE * e``
+    (epoch 0 is the dataset as built). Drawing is cheap (about 1 s for 20,000 images), and a model that never
+    sees an image twice cannot memorize: the data is as large as the training run, like the paper's JFT.
+    The images of epoch e depend only on (seed, e), so a resumed run sees the same ones.
+    """
+
+    def __init__(
+        self,
+        n: int = 10000,
+        image_size: int = 32,
+        seed: int = 0,
+        transform: Optional[Callable[[Tensor], Tensor]] = None,
+        return_mask: bool = False,
+        overhang: float = DEFAULT_OVERHANG,
+        classes: Optional[Sequence[str]] = None,
+        fresh_each_epoch: bool = False,
+    ) -> None:
+        self.n, self.image_size, self.seed = n, image_size, seed
+        self.overhang, self.classes = overhang, list(_check_classes(classes))
+        self.transform = transform
+        self.return_mask = return_mask
+        self.fresh_each_epoch = bool(fresh_each_epoch)
+        self.epoch = 0
+        self._draw(seed)
+
+    def _draw(self, seed: int) -> None:
+        images, labels, masks, _ = _generate(self.n, self.image_size, seed, as_uint8=True, overhang=self.overhang,
+                                             classes=self.classes)
+        self.images = images  # uint8 [n, 3, H, W]
+        self.labels = labels  # int64 [n]
+        self.masks = masks  # bool [n, H, W]
+
+    def set_epoch(self, epoch: int) -> None:
+        """With ``fresh_each_epoch``: redraw the images for this epoch (a no-op otherwise)."""
+        _check_int("epoch", epoch, 0)
+        if self.fresh_each_epoch and epoch != self.epoch:
+            self._draw(self.seed + EPOCH_SEED_STRIDE * epoch)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int):
+        image = _normalize(self.images[index].float() / 255)  # [3, H, W]
+        if self.transform is not None:
+            image = self.transform(image)
+        label = int(self.labels[index])
+        if self.return_mask:
+            return image, label, self.masks[index]
+        return image, label
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real data through torchvision
+# ----------------------------------------------------------------------------------------------------
+
+_TORCHVISION = {"cifar10": "CIFAR10", "mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+_MANUAL = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it so that "
+    "{root}/cifar-10-batches-py/data_batch_1 exists",
+    "mnist": "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) and gunzip them "
+    "into {root}/MNIST/raw/",
+    "fashion_mnist": "the four *-ubyte.gz files from "
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ and gunzip them into {root}/FashionMNIST/raw/",
+}
+_FOLDER = {"cifar10": "cifar-10-batches-py", "mnist": os.path.join("MNIST", "raw"),
+           "fashion_mnist": os.path.join("FashionMNIST", "raw")}
+
+
+def _tv_transform(name: str, split: str, image_size: Optional[int], augment: bool):
+    """Resize (optional) -> augmentation (train only) -> grey to RGB -> ToTensor -> Normalize(MEAN, STD)."""
+    from torchvision import transforms as T
+
+    steps: list = []
+    if image_size is not None:
+        steps.append(T.Resize((image_size, image_size)))
+    if augment and split == "train":
+        if name == "mnist" or name == "fashion_mnist":
+            steps.append(T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
+        else:  # cifar10, imagefolder
+            size = image_size or 32
+            steps += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
+    if name in ("mnist", "fashion_mnist"):
+        steps.append(T.Grayscale(num_output_channels=3))  # keep in_channels=3 for every dataset
+    steps += [T.ToTensor(), T.Normalize(MEAN, STD)]
+    return T.Compose(steps)
+
+
+def _torchvision_dataset(name: str, split: str, root: Path, image_size: Optional[int], augment: bool,
+                         download: bool) -> Dataset:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _TORCHVISION[name])
+    transform = _tv_transform(name, split, image_size, augment)
+    where = root / _FOLDER[name]
+    manual = _MANUAL[name].format(root=root)
+    try:
+        return cls(str(root), train=(split == "train"), transform=transform, download=download)
+    except (URLError, OSError, RuntimeError) as err:
+        if not download:
+            raise FileNotFoundError(
+                f"{name} not found: looked in {where}. Pass download=True (or --download on the command line) "
+                f"to fetch it, or download {manual}. (torchvision said: {err})"
+            ) from err
+        raise RuntimeError(
+            f"Downloading {name} to {root} failed: {type(err).__name__}: {err}. If this machine is offline, "
+            f"download {manual}, then call again with download=False."
+        ) from err
+
+
+def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augment: bool) -> Dataset:
+    """torchvision's ImageFolder over root/split, checked up front: at least two class folders, and every
+    image decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
+    from torchvision.datasets import ImageFolder
+
+    folder = root / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"imagefolder: {folder} does not exist; expected the layout {root}/{split}/<class name>/*.jpg|png"
+        )
+    if not any(p.is_dir() for p in folder.iterdir()):
+        raise FileNotFoundError(f"imagefolder: {folder} has no class folders; expected {folder}/<class name>/*.jpg|png")
+    size = image_size or 32
+    transform = _tv_transform("imagefolder", split, size, augment)
+    try:
+        ds = ImageFolder(str(folder), transform=transform, loader=load_image_checked)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"imagefolder: no images found under {folder}/<class name>/ ({err})"
+        ) from err
+    if len(ds.classes) < 2:  # one class: every prediction is right and training reports "100 %"
+        raise ValueError(f"imagefolder: {folder} has {len(ds.classes)} class folder {ds.classes}; expected at "
+                         f"least two classes, {folder}/<class name>/*.jpg|png")
+    for path, _ in ds.samples:  # decode every image now: a corrupt file fails here, named, not mid-epoch
+        load_image_checked(path)
+    return ds
+
+
+def load_image_checked(path: str):
+    """ImageFolder's loader (PIL, converted to RGB) whose failure is one ValueError naming the file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert() decodes all the pixel data
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        lines = str(err).splitlines()
+        got = ("a file in no image format PIL knows" if isinstance(err, Image.UnidentifiedImageError)
+               else f"{type(err).__name__}: {lines[0] if lines else ''}")
+        raise ValueError(f"imagefolder: cannot decode image {path}: expected an image file PIL can read, "
+                         f"got {got}") from None
+
+
+def get_dataset(
+    name: str = "shapes",
+    split: str = "train",
+    root: Union[str, Path] = "data",
+    image_size: Optional[int] = None,
+    augment: bool = False,
+    download: bool = False,
+    n: Optional[int] = None,
+    seed: Optional[int] = None,
+    fresh_each_epoch: bool = False,
+    classes: Optional[Sequence[str]] = None,
+) -> Dataset:
+    """One split of a dataset, normalized with MEAN/STD, 3 channels; ``.classes`` lists the class names.
+
+    shapes: n defaults to 20,000 (train) / 2,000 (test); seed to 0 (train) / 1 (test), a given seed is
+    used as is. image_size defaults to 32 (shapes, imagefolder), native size otherwise (32 CIFAR, 28 MNIST).
+    For real datasets n keeps the first n examples (a Subset that still has ``.classes``) and seed is
+    unused; they are looked up under ``root`` and never downloaded unless download=True.
+    ``fresh_each_epoch`` (shapes only): new images every epoch, see ``ShapesDataset``.
+    ``classes`` (shapes only): a subset of SHAPE_CLASSES to draw, e.g. a smaller task for a quick run.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if image_size is not None:
+        _check_int("image_size", image_size, 8)
+    root = Path(root)
+    if name == "shapes":
+        transform = None
+        size = image_size or 32
+        if augment and split == "train":
+            from torchvision import transforms as T
+
+            # A shape stays its class when flipped or shifted; the padding is grey (0 after normalization).
+            transform = T.Compose([T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()])
+        return ShapesDataset(
+            n=SHAPES_DEFAULT_SIZES[split] if n is None else n,
+            image_size=size,
+            seed=SHAPES_DEFAULT_SEEDS[split] if seed is None else seed,
+            transform=transform,
+            fresh_each_epoch=fresh_each_epoch,
+            classes=classes,
+        )
+    if fresh_each_epoch:
+        raise ValueError(f"fresh_each_epoch needs generated data (shapes); {name} is a fixed dataset")
+    if classes is not None:
+        raise ValueError(f"classes= picks shapes to draw (shapes only); {name} has its own classes")
+    if name == "imagefolder":
+        ds = _imagefolder_dataset(split, root, image_size, augment)
+    else:
+        ds = _torchvision_dataset(name, split, root, image_size, augment, download)
+    if n is None:
+        return ds
+    # Real data: n keeps the first n examples (quick runs); the subset keeps the class names.
+    _check_int("n", n, 1)
+    if n > len(ds):
+        raise ValueError(f"n={n} but {name} {split} has only {len(ds)} examples")
+    subset = Subset(ds, range(n))
+    subset.classes = list(ds.classes)
+    return subset
+
+
+def dataset_info(ds: Dataset) -> dict:
+    """{"classes", "image_size": (H, W), "in_channels", "num_examples"}: what a model config needs."""
+    base = ds
+    while not hasattr(base, "classes") and hasattr(base, "dataset"):  # e.g. torch.utils.data.Subset
+        base = base.dataset
+    if not hasattr(base, "classes"):
+        raise TypeError(f"dataset_info needs a dataset with a .classes attribute, got {type(ds).__name__}")
+    image = ds[0][0]
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        raise TypeError(f"dataset_info expects items whose first element is a [C, H, W] tensor, got {type(image)}")
+    return {
+        "classes": list(base.classes),
+        "image_size": (int(image.shape[1]), int(image.shape[2])),
+        "in_channels": int(image.shape[0]),
+        "num_examples": len(ds),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# From a TrainConfig to datasets and DataLoaders: the one way training (and the tests) build them
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
+    """(train set, test set, dataset_info of the train set) for ``config``; refuses data a run cannot learn from."""
+    common = dict(root=config.data_root, image_size=config.image_size, download=config.download)
+    # generated data: the test split must never share the training seed (same seed = same images)
+    train_seed = config.data_seed
+    test_seed = None if config.data_seed is None else config.data_seed + 1
+    if config.classes is not None:
+        common["classes"] = config.classes
+    train_ds = get_dataset(config.dataset, split="train", augment=config.augment, n=config.n_train,
+                           seed=train_seed, fresh_each_epoch=config.draws_fresh_data, **common)
+    test_ds = get_dataset(config.dataset, split="test", augment=False, n=config.n_test, seed=test_seed, **common)
+    info = dataset_info(train_ds)
+    if len(info["classes"]) < 2:  # one class: every prediction is right, "100 %" means nothing
+        raise ValueError(f"{config.dataset} train has {len(info['classes'])} class {info['classes']}; "
+                         f"expected at least two classes to learn to tell apart")
+    test_classes = dataset_info(test_ds)["classes"]
+    if list(test_classes) != list(info["classes"]):  # label k must mean the same class in both splits
+        raise ValueError(f"{config.dataset}: the test split's classes {test_classes} differ from the train "
+                         f"split's {info['classes']}; expected the same class folders in both")
+    return train_ds, test_ds, info
+
+
+def build_train_loader(dataset: Dataset, config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Shuffled batches whose order depends only on (seed, epoch): call :func:`set_loader_epoch` each epoch.
+
+    That is what makes a resumed run see the same batches as an uninterrupted one. Under torchrun each of
+    the ``world_size`` processes gets ``batch_size / world_size`` images of every batch (DistributedSampler).
+    """
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world_size}")
+    if world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator())
+    return DataLoader(dataset, batch_size=config.batch_size // world_size, sampler=sampler, drop_last=True,
+                      num_workers=config.num_workers, persistent_workers=False)
+
+
+def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Re-seed the shuffling for this epoch (DistributedSampler.set_epoch or the RandomSampler's generator),
+    and let a generated dataset draw this epoch's images (``ShapesDataset.set_epoch``)."""
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
+        sampler.generator.manual_seed(seed + epoch)
+
+
+def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                      num_workers: int = 0) -> DataLoader:
+    """In order; under torchrun every process evaluates every world_size-th example, so together they see
+    each example exactly once (no padding that would count some twice)."""
+    if world_size > 1:
+        dataset = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

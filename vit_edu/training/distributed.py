@@ -1,0 +1,99 @@
+"""One process or several: the device, the process group under torchrun, and sums over the processes.
+
+``torchrun --nproc_per_node=2 -m vit_edu train`` starts two processes; each calls :func:`setup_distributed`
+and joins the group. Every function here also works in a single plain process, where it does nothing
+special, so the training loop has no "if distributed" branches of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or "mps" as a torch.device; a one-line
+    ValueError for a name torch does not know or a device this machine does not have."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported here; expected auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def setup_distributed(device: str = "auto") -> Tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world <= 1:
+        return 0, 1, dev
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def is_distributed() -> bool:
+    """True inside a torchrun process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that prints and saves."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def all_reduce_sum(values: List[float], device: torch.device) -> List[float]:
+    """Sum a few numbers over all processes (a no-op in a single process)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True if ``flag`` is true on any process: all of them must stop at the same step, or DDP hangs."""
+    return all_reduce_sum([float(flag)], device)[0] > 0
+
+
+def wrap(model: nn.Module, world_size: int, device: torch.device) -> nn.Module:
+    """The model in DistributedDataParallel under torchrun (it averages the gradients), else the model itself."""
+    if world_size <= 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The VisionTransformer inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def barrier(world_size: int) -> None:
+    """Wait for every process (under torchrun), e.g. until rank 0 has written the export."""
+    if world_size > 1:
+        dist.barrier()
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (at the end of ``python -m vit_edu train``)."""
+    if is_distributed():
+        dist.destroy_process_group()

@@ -1,0 +1,333 @@
+"""The training loop: optimizer, learning-rate schedule, loss, one epoch, evaluation, and ``fit``.
+
+The recipe is the paper's (Dosovitskiy et al. 2020, Sec. 4.1 and Appendix B.1) scaled down to a laptop:
+AdamW with weight decay on the weight matrices only, a linear learning-rate warm-up followed by a cosine
+decay (updated every step), optional label smoothing and gradient clipping at global norm 1.
+
+    model, history = fit(TrainConfig())     # the default run, the same as `python -m vit_edu train`
+
+The same code runs on several processes with ``torchrun --nproc_per_node=2 -m vit_edu train``:
+every process sees its own share of each batch (``DistributedSampler``), ``DistributedDataParallel``
+averages the gradients, so all processes take the same step as one process on the whole batch would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm  # the terminal bar; tqdm.auto wants ipywidgets inside notebooks
+
+from ..convert import load_checked
+from ..fileio import check_writable_dir, check_writable_file, remove_stale_temp_files
+from ..models import create_model
+from ..vit import VisionTransformer
+from .checkpoint import checkpoint_to_resume, export_safetensors, new_history, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .data import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
+from .distributed import (all_reduce_sum, any_process, barrier, is_main_process, setup_distributed, unwrap,
+                          wrap)
+
+PathLike = Union[str, os.PathLike]
+History = Dict[str, List[float]]
+
+
+# ============================================================================================ the pieces
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so that a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig, num_classes: int, image_size: int, in_channels: int) -> VisionTransformer:
+    """The preset, sized for the dataset; seeded so that every process starts from the same weights."""
+    torch.manual_seed(config.seed)
+    overrides = {"num_classes": num_classes, "image_size": image_size, "in_channels": in_channels,
+                 **config.model_overrides}
+    return create_model(config.model, **overrides)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str = "adamw",
+                    pos_embed_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW (or SGD with momentum); no weight decay on biases, LayerNorms, the class token and the position embedding.
+
+    ``pos_embed_lr_scale`` != 1 puts the learned position embedding in a third group with ``lr * scale``:
+    its gradient is an average over every image of where things tend to be, small and slow to add up, so
+    with the same step size as the weights the 2-D grid of the paper's Fig. 7 forms several times later
+    (docs/training.md measures it).
+    """
+    vit = unwrap(model)
+    skip = vit.no_weight_decay()
+    own_pos = pos_embed_lr_scale != 1.0 and isinstance(getattr(vit, "pos_embed", None), nn.Parameter)
+    named = [(n, p) for n, p in vit.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if n not in skip]
+    no_decay = [p for n, p in named if n in skip and not (own_pos and n == "pos_embed")]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if own_pos:
+        groups.append({"params": [vit.pos_embed], "weight_decay": 0.0, "lr": lr * pos_embed_lr_scale})
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name != "adamw":
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based): linear warm-up, then half a cosine.
+
+        warm-up:  (step + 1) / warmup_steps                                   for step < warmup_steps
+        decay:    min_ratio + (1 - min_ratio) * (1 + cos(pi * t)) / 2,   t = (step - warmup) / (total - warmup)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
+
+
+def build_criterion(config: TrainConfig) -> nn.CrossEntropyLoss:
+    """Cross-entropy against smoothed targets: (1 - eps) one-hot + eps / K (Szegedy et al. 2016)."""
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def _bar_disabled(progress: Optional[bool]) -> bool:
+    """tqdm bars only on a terminal: carriage returns would litter logs and notebook outputs."""
+    if progress is None:
+        return not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return not progress
+
+
+# ============================================================================================ one epoch
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    criterion: nn.Module, device: torch.device, grad_clip: float = 1.0,
+                    deadline: Optional[float] = None, progress: Optional[bool] = None,
+                    desc: str = "train") -> Dict[str, Any]:
+    """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``."""
+    model.train()
+    loss_sum, correct, count, stopped = 0.0, 0.0, 0.0, False
+    bar = tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress) or not is_main_process())
+    for batch in bar:
+        images, labels = batch[0].to(device), batch[1].to(device)
+        logits = model(images)  # [B, num_classes]
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP the gradients are averaged over the processes here
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * labels.numel()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        count += labels.numel()
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if deadline is not None and any_process(time.monotonic() > deadline, device):
+            stopped = True
+            break
+    bar.close()
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped}
+
+
+@torch.no_grad()  # no autograd graph: evaluation needs no gradients, and recording them costs time and memory
+def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
+             progress: Optional[bool] = False) -> Dict[str, float]:
+    """Mean cross-entropy and accuracy over ``loader`` (summed over processes under torchrun)."""
+    model = unwrap(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    for batch in tqdm(loader, desc="eval", leave=False, disable=_bar_disabled(progress)):
+        images, labels = batch[0].to(device), batch[1].to(device)
+        logits = model(images)  # [B, num_classes]
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        count += labels.numel()
+    model.train(was_training)
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    if count == 0:
+        raise ValueError("evaluate() got an empty loader")
+    return {"loss": loss_sum / count, "acc": correct / count}
+
+
+# ============================================================================================ fit, step by step
+@dataclass
+class Run:
+    """Everything ``fit`` builds before the first step; the epochs read it and add to ``history``."""
+
+    config: TrainConfig
+    device: torch.device
+    model: nn.Module  # in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    criterion: nn.Module
+    train_loader: DataLoader
+    test_loader: DataLoader
+    classes: List[str]
+    steps_per_epoch: int
+    history: History
+    start_epoch: int = 0
+
+
+@contextmanager
+def _torch_threads(threads: Optional[int]) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the run, the previous count restored after it (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_outputs(config: TrainConfig, export: Optional[PathLike], main: bool) -> None:
+    """Somewhere to write, checked before any work (on every process, so that all of them stop together)."""
+    if config.save_checkpoints:
+        check_writable_dir(config.out_dir, "output folder (--out-dir)")
+        if main:
+            remove_stale_temp_files(Path(config.out_dir) / "last.pt")  # left by a write that was killed
+    if export is not None:
+        check_writable_file(export, "export file (--export)")
+
+
+def _schedule_lengths(config: TrainConfig, steps_per_epoch: int, train_size: int) -> Tuple[int, int]:
+    """(warm-up steps, total steps) of the learning-rate schedule."""
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set ({train_size} examples) is smaller than one batch "
+                         f"({config.batch_size}); lower --batch-size or raise --n-train")
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
+    return min(warmup, total), total
+
+
+def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
+               resumed: Optional[Tuple[dict, PathLike]]) -> Tuple[Run, str]:
+    """Data, model, loaders, optimizer and schedule, in the order that fixes every random draw; returns the
+    run and a line that describes it."""
+    seed_everything(config.seed)
+    train_ds, test_ds, info = build_datasets(config)
+    classes = [str(c) for c in info["classes"]]
+    if resumed is not None:
+        trained_on = (resumed[0].get("extra") or {}).get("classes")
+        if trained_on is not None and list(trained_on) != classes:
+            raise ValueError(f"{resumed[1]} was trained on classes {list(trained_on)}, but {config.dataset} now has "
+                             f"classes {classes}; expected the same data to resume on")
+    model = build_model(config, len(classes), info["image_size"], info["in_channels"]).to(device)
+    train_loader = build_train_loader(train_ds, config, rank, world)
+    test_loader = build_eval_loader(test_ds, max(256, config.batch_size), rank, world, config.num_workers)
+    warmup, total = _schedule_lengths(config, len(train_loader), len(train_ds))
+    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.optimizer, config.pos_embed_lr_scale)
+    run = Run(config, device, model, optimizer, build_scheduler(optimizer, warmup, total, config.min_lr_ratio),
+              build_criterion(config), train_loader, test_loader, classes, len(train_loader), new_history())
+    about = (f"{config.model} ({model.num_parameters() / 1e6:.2f}M parameters) on {config.dataset}: "
+             f"{len(train_ds)} train / {len(test_ds)} test images, {world} process(es) on {device}, "
+             f"{config.epochs} epochs x {run.steps_per_epoch} steps of batch {config.batch_size}")
+    return run, about
+
+
+def _restore(run: Run, ckpt: dict, source: PathLike) -> None:
+    """Continue where the checkpoint stopped: weights, optimizer, scheduler, history, RNG states."""
+    load_checked(run.model, ckpt["model"], source=str(source))
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.history, run.start_epoch = ckpt["history"], ckpt["epoch"]
+    set_rng_state(ckpt["rng"])
+
+
+def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool) -> None:
+    """The epochs of this run, each: train (until the deadline), evaluate when due, log, save last.pt."""
+    config = run.config
+    deadline = start + config.time_budget_s if config.time_budget_s else None
+    elapsed_before = run.history["elapsed_s"][-1] if run.history["elapsed_s"] else 0.0
+    end_epoch = config.epochs if config.stop_after_epochs is None else min(
+        config.epochs, run.start_epoch + config.stop_after_epochs)
+    last_eval_s = 0.0
+    for epoch in range(run.start_epoch, end_epoch):
+        set_loader_epoch(run.train_loader, config.seed, epoch)
+        t0 = time.monotonic()
+        stop_at = deadline - last_eval_s if deadline is not None else None  # leave time for the last evaluation
+        tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.criterion, run.device,
+                             config.grad_clip, stop_at, config.progress, desc=f"epoch {epoch + 1}/{config.epochs}")
+        train_s = time.monotonic() - t0
+        stopped = tr["stopped"]
+        if stopped or epoch + 1 == end_epoch or (epoch + 1) % config.eval_every == 0:
+            t1 = time.monotonic()
+            te = evaluate(run.model, run.test_loader, run.device, progress=False)
+            last_eval_s = time.monotonic() - t1
+        else:
+            te = {"loss": float("nan"), "acc": float("nan")}
+        done = epoch + (1 if not stopped else tr["images"] / (run.steps_per_epoch * config.batch_size))
+        row = {"epoch": done, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
+               "test_acc": te["acc"], "lr": run.scheduler.get_last_lr()[0], "images_per_s": tr["images"] / train_s,
+               "elapsed_s": elapsed_before + time.monotonic() - start}
+        for k, v in row.items():
+            run.history[k].append(float(v))
+        say(f"epoch {done:5.2f}/{config.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+            f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f} s")
+        if main and config.save_checkpoints:
+            save_checkpoint(Path(config.out_dir) / "last.pt", run.model, run.optimizer, run.scheduler, epoch + 1,
+                            run.history, config, extra={"stopped_early": stopped, "classes": run.classes})
+        if stopped:
+            say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs")
+            break
+
+
+def _export(run: Run, path: PathLike, metadata: Optional[dict]) -> None:
+    """The final weights as .safetensors, with the run's provenance in the header."""
+    history, config = run.history, run.config
+    meta = {"test_acc": history["test_acc"][-1] if history["test_acc"] else None,
+            "classes": list(run.classes), "seed": config.seed, "train_config": config.to_dict(),
+            "epochs_done": history["epoch"][-1] if history["epoch"] else 0, **(metadata or {})}
+    export_safetensors(run.model, path, meta)
+
+
+def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
+        export: Optional[PathLike] = None, export_metadata: Optional[dict] = None,
+        log: Callable[[str], None] = print) -> Tuple[VisionTransformer, History]:
+    """Train ``config.model`` on ``config.dataset``; returns (model in eval mode, history of lists).
+
+    Saves ``<out_dir>/last.pt`` after every epoch (rank 0 only). ``resume`` continues a run from its
+    checkpoint exactly where it stopped. ``export`` also writes the final weights as .safetensors.
+    """
+    config = config or TrainConfig()
+    rank, world, device = setup_distributed(config.device)
+    main = rank == 0
+    say = log if main else (lambda msg: None)
+    start = time.monotonic()
+    with _torch_threads(config.threads):
+        _check_outputs(config, export, main)
+        ckpt, changed = checkpoint_to_resume(resume, config, device) if resume is not None else (None, {})
+        run, about = _build_run(config, rank, world, device, None if ckpt is None else (ckpt, resume))
+        if ckpt is not None:
+            _restore(run, ckpt, resume)
+            note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
+                             if k not in ("progress", "out_dir", "stop_after_epochs"))
+            say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else ""))
+        run.model = wrap(run.model, world, device)
+        say(about)
+        _train_epochs(run, start, say, main)
+        if main and export is not None:
+            _export(run, export, export_metadata)
+            say(f"exported weights to {export}")
+        barrier(world)
+    return unwrap(run.model).eval(), run.history
