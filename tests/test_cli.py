@@ -200,3 +200,24 @@ def test_the_command_line_defaults_are_what_the_help_says() -> None:
             continue
         assert getattr(cfg, f.name) == f.default, f.name
     assert cfg == TrainConfig()
+
+
+def test_evaluate_tests_a_model_on_the_shapes_it_was_trained_on(tmp_path, capsys) -> None:
+    """A checkpoint trained with --classes is evaluated on those classes without being told (and --classes
+    can pick them explicitly); a set the model does not know is refused before any work."""
+    out_dir = tmp_path / "run"
+    code = main(["train", "--model", "vit_nano_patch4_32", "--classes", "circle,square", "--epochs", "1",
+                 "--n-train", "128", "--n-test", "64", "--batch-size", "64", "--out-dir", str(out_dir),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    ckpt = str(out_dir / "last.pt")
+    assert main(["evaluate", "--checkpoint", ckpt, "--n", "40", "--seed", "3"]) == 0
+    implicit = capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", ckpt, "--n", "40", "--seed", "3", "--classes", "circle,square"]) == 0
+    assert capsys.readouterr().out.split("[")[0] == implicit.split("[")[0]  # same images, same numbers
+    assert "(40 images, seed 3)" in implicit
+    assert main(["evaluate", "--checkpoint", ckpt, "--n", "40", "--classes", "circle,star"]) == 2
+    assert "star" in capsys.readouterr().err
+    assert main(["evaluate", "cifar10", "--checkpoint", ckpt, "--classes", "circle"]) == 2
+    assert "--classes" in capsys.readouterr().err

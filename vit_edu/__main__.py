@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a .pt checkpoint or .safetensors export on a dataset split.")
     for name in DATA_FIELDS:
         _add_field(e, name)
+    e.add_argument("--classes", type=_comma_list, default=None,
+                   help="shapes only: draw only these shapes, e.g. circle,square (default: the classes the "
+                        "checkpoint was trained on, all eight for the shipped model)")
     e.add_argument("--checkpoint", default=None, help="a .pt or .safetensors file (default: the shipped course model)")
     e.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
     e.add_argument("--n", type=int, default=None, help="number of images (shapes; default: the dataset's)")
@@ -256,6 +259,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               image_size=args.image_size or size[0], n=args.n)
     if args.seed is not None:
         kw["seed"] = args.seed
+    if name == "shapes":  # a model trained on some of the shapes is tested on those (as it was trained)
+        kw["classes"] = args.classes or classes
+    elif args.classes is not None:
+        raise ValueError(f"--classes picks shapes of the generated data; {name!r} has its own classes")
     ds = data.get_dataset(name, **kw)
     check_classes_match(model, classes, data.dataset_info(ds)["classes"], source, f"{name} {args.split}")
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers or 0)

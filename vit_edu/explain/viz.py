@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -154,17 +154,22 @@ def show_images(images, labels=None, class_names: Union[Sequence[str], None] = N
     return fig
 
 
-def patch_canvas(image: ImageLike, patch_size, gap: int = 1) -> np.ndarray:
-    """The image's patches pulled apart on a white canvas, ``gap`` pixels between them: [H', W'(, 3)].
-
-    The picture of "an image is worth 16x16 words": the same pixels, cut into the N tokens the model reads.
-    """
+def _patch_grid(image: ImageLike, patch_size) -> Tuple[np.ndarray, Tuple[int, int], Tuple[int, int]]:
+    """(image [H, W(, 3)], (ph, pw), (gh, gw)), or a ValueError if the patches do not tile the image."""
     im = to_numpy_image(image)
     H, W = im.shape[:2]
     ph, pw = to_2tuple(patch_size, "patch_size")
     if H % ph or W % pw:
         raise ValueError(f"image size {(H, W)} is not divisible by the patch size {(ph, pw)}")
-    gh, gw = H // ph, W // pw
+    return im, (ph, pw), (H // ph, W // pw)
+
+
+def patch_canvas(image: ImageLike, patch_size, gap: int = 1) -> np.ndarray:
+    """The image's patches pulled apart on a white canvas, ``gap`` pixels between them: [H', W'(, 3)].
+
+    The picture of "an image is worth 16x16 words": the same pixels, cut into the N tokens the model reads.
+    """
+    im, (ph, pw), (gh, gw) = _patch_grid(image, patch_size)
     # [H, W(, 3)] -> [gh, gw, ph, pw(, 3)]: tile (r, c) is patch number r * gw + c
     tiles = im.reshape(gh, ph, gw, pw, *im.shape[2:]).swapaxes(1, 2)
     return mosaic(tiles, gap, fill=1.0)
@@ -172,12 +177,8 @@ def patch_canvas(image: ImageLike, patch_size, gap: int = 1) -> np.ndarray:
 
 def show_patch_grid(image: ImageLike, patch_size: int, gap: int = 1) -> plt.Figure:
     """Left: the image with the patch grid drawn on. Right: the patches pulled apart ("16x16 words")."""
-    im = to_numpy_image(image)
+    im, (ph, pw), (gh, gw) = _patch_grid(image, patch_size)
     H, W = im.shape[:2]
-    ph, pw = to_2tuple(patch_size, "patch_size")
-    if H % ph or W % pw:
-        raise ValueError(f"image size {(H, W)} is not divisible by the patch size {(ph, pw)}")
-    gh, gw = H // ph, W // pw
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8, 4.3))
     _imshow(ax0, im)
     for r in range(1, gh):
