@@ -264,3 +264,20 @@ def test_load_model_errors(tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, str(tmp_path / "bare.safetensors"))
     with pytest.raises(ValueError, match="no 'config'"):
         load_model(tmp_path / "bare.safetensors")
+
+
+def test_safetensors_metadata_reads_the_header_only(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from vit_edu.convert import load_safetensors_checked
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.arange(6.0)}, str(path), metadata={"classes": '["a", "b"]'})
+    tensors, meta = load_safetensors_checked(path)
+    assert torch.equal(tensors["w"], torch.arange(6.0)) and meta == {"classes": '["a", "b"]'}
+    assert load_safetensors_checked(path, with_tensors=False) == ({}, meta)
+    assert T.read_safetensors_metadata(path) == meta
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="cannot read .*expected a .safetensors file"):
+        T.read_safetensors_metadata(damaged)

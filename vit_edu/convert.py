@@ -253,8 +253,12 @@ def torch_load_checked(path: str | os.PathLike, expected: str, map_location="cpu
         raise ValueError(f"cannot read {path!r}: expected {expected}, got {got}{why}") from None
 
 
-def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safetensors file") -> Tuple[StateDict, Dict[str, str]]:
-    """(tensors, metadata) of a .safetensors file, or one ValueError naming what the file is instead."""
+def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safetensors file",
+                             with_tensors: bool = True) -> Tuple[StateDict, Dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file, or one ValueError naming what the file is instead.
+
+    ``with_tensors=False`` reads the header only (the metadata, tensors ``{}``): no weights are loaded.
+    """
     path = check_readable_file(path, expected)
     from safetensors import safe_open
 
@@ -262,7 +266,8 @@ def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safete
 
     try:
         with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+            return tensors, dict(f.metadata() or {})
     except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: a damaged or foreign file
         raise ValueError(f"cannot read {path!r}: expected {expected}, got {describe_file(path)} "
                          f"({type(err).__name__}: {_first_line(err)})") from None

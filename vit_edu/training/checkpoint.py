@@ -189,8 +189,8 @@ def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict
 
 
 def read_safetensors_metadata(path: PathLike) -> Dict[str, str]:
-    """The header metadata of a .safetensors file (a damaged or foreign file: one ValueError)."""
-    return load_safetensors_checked(path, "a .safetensors file")[1]
+    """The header metadata of a .safetensors file, without loading its tensors (damaged or foreign: one ValueError)."""
+    return load_safetensors_checked(path, "a .safetensors file", with_tensors=False)[1]
 
 
 # ------------------------------------------------------------------------------------------ loading a model
