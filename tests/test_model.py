@@ -524,3 +524,32 @@ def test_parameter_breakdown_follows_the_switches(overrides):
 def test_parameter_breakdown_refuses_a_hybrid():
     with pytest.raises(ValueError, match="hybrid"):
         vit_edu.models.parameter_breakdown(vit_edu.get_config("vit_hybrid_s4_32"))
+
+
+def test_jax_init_matches_timm_weight_init_jax() -> None:
+    """weight_init="jax" is timm's weight_init="jax" (the paper's Flax init): Xavier-uniform Linears, attention
+    biases 0, MLP biases ~N(0, 1e-6^2), a zero head; compared layer by layer with timm's model."""
+    kw = dict(image_size=32, patch_size=4, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128)
+    torch.manual_seed(0)
+    ours = VisionTransformer(ViTConfig(**kw, weight_init="jax"))
+    torch.manual_seed(1)
+    tm = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=64,
+                                                          depth=2, num_heads=4, mlp_ratio=2.0, weight_init="jax")
+    theirs = dict(tm.named_parameters())
+    for name, p in ours.named_parameters():
+        q = theirs[name]
+        assert p.shape == q.shape, name
+        if name.startswith("head"):
+            assert torch.count_nonzero(p) == 0 and torch.count_nonzero(q) == 0, name
+        elif name.endswith("weight") and p.ndim == 2:  # Xavier-uniform: |w| <= sqrt(6 / (fan_in + fan_out))
+            bound = math.sqrt(6.0 / sum(p.shape))
+            assert p.abs().max() <= bound and q.abs().max() <= bound, name
+            assert stats.ks_2samp(p.detach().flatten().numpy(), q.detach().flatten().numpy()).pvalue > 1e-3, name
+        elif ".mlp." in name and name.endswith("bias"):
+            assert 0 < p.abs().max() < 1e-4 and 0 < q.abs().max() < 1e-4, name
+        elif ".attn." in name and name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0 and torch.count_nonzero(q) == 0, name
+    timm_default = VisionTransformer(ViTConfig(**kw))
+    assert ours.blocks[0].attn.qkv.weight.std() > 4 * timm_default.blocks[0].attn.qkv.weight.std()  # ~0.125 vs 0.02
+    with pytest.raises(ValueError, match="weight_init"):
+        ViTConfig(**kw, weight_init="xavier")

@@ -281,3 +281,12 @@ def test_safetensors_metadata_reads_the_header_only(tmp_path) -> None:
     damaged.write_bytes(path.read_bytes()[:20])
     with pytest.raises(ValueError, match="cannot read .*expected a .safetensors file"):
         T.read_safetensors_metadata(damaged)
+
+
+def test_weight_init_flag_reaches_the_model() -> None:
+    jax = loop.build_model(TrainConfig(model="vit_nano_patch4_32", weight_init="jax"), 4, 32, 3)
+    timm_ = loop.build_model(TrainConfig(model="vit_nano_patch4_32"), 4, 32, 3)
+    assert jax.config.weight_init == "jax" and timm_.config.weight_init == "timm"
+    assert torch.count_nonzero(jax.head.weight) == 0 and torch.count_nonzero(timm_.head.weight) > 0
+    with pytest.raises(ValueError, match="weight_init"):
+        TrainConfig(weight_init="xavier")

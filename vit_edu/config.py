@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple, Union
 POOLS = ("cls", "mean")
 POS_EMBEDDINGS = ("learned", "sincos2d", "none")
 PATCH_EMBEDS = ("conv", "linear")
+WEIGHT_INITS = ("timm", "jax")
 
 
 def to_2tuple(x: Union[int, Tuple[int, int], list], name: str = "value") -> Tuple[int, int]:
@@ -67,6 +68,9 @@ class ViTConfig:
     dynamic_img_size: bool = False  # accept other image sizes by resizing the position embedding on the fly
     hybrid_layers: Optional[Tuple[int, ...]] = None  # ResNet stages for the hybrid (paper: (3, 4, 9)); None: pure ViT
     head_zero_init: bool = False  # zero the classifier, as the paper does when fine-tuning
+    # "timm": every Linear ~ N(0, 0.02^2) (timm's default); "jax": Xavier-uniform Linears, tiny MLP biases and a
+    # zero head, as the paper's JAX code (timm's weight_init="jax"). At width 64 Xavier is ~5x larger than 0.02.
+    weight_init: str = "timm"
     extra: dict = field(default_factory=dict)  # free-form notes (preset name, source); not used by the model
 
     def __post_init__(self) -> None:
@@ -92,6 +96,8 @@ class ViTConfig:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.pos_embedding not in POS_EMBEDDINGS:
             raise ValueError(f"pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.patch_embed not in PATCH_EMBEDS:
             raise ValueError(f"patch_embed must be one of {PATCH_EMBEDS}, got {self.patch_embed!r}")
         if self.pool == "cls" and not self.class_token:

@@ -73,9 +73,18 @@ class VisionTransformer(nn.Module):
     # ------------------------------------------------------------------------------------------------ init
     @torch.no_grad()
     def init_weights(self) -> None:
-        """timm's ViT init: truncated normal (std 0.02) for Linear layers and the learned position embedding."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
+        """timm's ViT init: truncated normal (std 0.02) for Linear layers and the learned position embedding;
+        with ``weight_init="jax"`` the paper's: Xavier-uniform Linears (MLP biases ~ N(0, 1e-6^2)), a zero head."""
+        jax = self.config.weight_init == "jax"
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear) and jax and name.startswith("head"):
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear) and jax:
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.normal_(m.bias, std=1e-6) if ".mlp." in name else nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

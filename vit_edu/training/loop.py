@@ -56,6 +56,8 @@ def build_model(config: TrainConfig, num_classes: int, image_size: int, in_chann
     torch.manual_seed(config.seed)
     overrides = {"num_classes": num_classes, "image_size": image_size, "in_channels": in_channels,
                  **config.model_overrides}
+    if config.weight_init is not None:
+        overrides["weight_init"] = config.weight_init
     return create_model(config.model, **overrides)
 
 
