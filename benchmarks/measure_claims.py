@@ -59,7 +59,7 @@ def shipped_accuracy(n: int, seed: int) -> dict:
 
 def what_it_learned(n: int, seed: int) -> dict:
     """The paper's Fig. 7 measurements on the shipped checkpoint and on the same model at random init."""
-    from vit_edu import create_model
+    from vit_edu import VisionTransformer
     from vit_edu.explain import analysis
     from vit_edu.training import data, pretrained_course_model
 
@@ -69,7 +69,7 @@ def what_it_learned(n: int, seed: int) -> dict:
     masks = torch.stack([ds[i][2] for i in range(n)])
     trained = analysis.what_the_model_learned(model, images, masks)
     torch.manual_seed(0)
-    fresh = create_model(model.config.extra.get("preset", "vit_course_patch4_32"), num_classes=model.config.num_classes)
+    fresh = VisionTransformer(model.config)  # same architecture and init scheme, before training
     random_init = analysis.what_the_model_learned(fresh, images, masks)
     return {"trained": trained, "random": random_init}
 

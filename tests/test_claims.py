@@ -1,11 +1,14 @@
 """The course's claims about the shipped checkpoint, measured on images it never saw (seed 777: neither the
-training data nor the default test set). Bounds are a little looser than the goals that
-benchmarks/measure_claims.py checks on more images, so that a different CPU's last bits cannot flip them;
-a retrained checkpoint that loses one of the paper's Fig. 7 findings fails here."""
+training data nor the default test set). The bounds are the course's goals where the measured value clears
+them by a margin that another CPU's last bits cannot erase (benchmarks/measure_claims.py measures on more
+images); a retrained checkpoint that loses one of the paper's Fig. 7 findings fails here."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +34,7 @@ def learned(shipped):
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     masks = torch.stack([ds[i][2] for i in range(len(ds))])
     torch.manual_seed(0)
-    fresh = vit_edu.create_model("vit_course_patch4_32", num_classes=model.config.num_classes)
+    fresh = vit_edu.VisionTransformer(model.config)  # same architecture and init scheme, before training
     return analysis.what_the_model_learned(model, images, masks), analysis.what_the_model_learned(fresh, images, masks)
 
 
@@ -51,22 +54,44 @@ def test_shipped_checkpoint_is_a_plain_vit_small_documented_and_loads(shipped) -
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def _recipe(command: str) -> dict[str, str]:
+    """The training flags of a `vit_edu train` command line, without where the run and the export were written."""
+    words = shlex.split(command.replace("\\\n", " "))
+    words = words[words.index("train") + 1:]
+    flags, i = {}, 0
+    while i < len(words):
+        takes_value = i + 1 < len(words) and not words[i + 1].startswith("--")
+        flags[words[i]] = words[i + 1] if takes_value else ""
+        i += 2 if takes_value else 1
+    return {k: v for k, v in flags.items() if k not in ("--out-dir", "--export")}
+
+
+def test_shipped_checkpoint_was_made_by_the_documented_command(shipped) -> None:
+    """docs/training.md's command is the one recorded in the file: the checkpoint is reproducible from the docs."""
+    _, info = shipped
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = doc.split("## The shipped checkpoint", 1)[1]
+    documented = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert _recipe(documented) == _recipe(info["command"])
+    assert info["train_config"]["weight_init"] == "jax" == shipped[0].config.weight_init
+
+
 def test_shipped_checkpoint_accuracy_on_fresh_images(shipped) -> None:
     model, _ = shipped
     ds = data.get_dataset("shapes", split="test", n=1000, seed=FRESH_SEED)
-    assert evaluate(model, DataLoader(ds, batch_size=500))["acc"] >= 0.97
+    assert evaluate(model, DataLoader(ds, batch_size=500))["acc"] >= 0.98  # measured 99.96 % on 10,000
 
 
 def test_rollout_sits_on_the_object(learned) -> None:
     trained, random_init = learned
-    assert trained["localization"] >= 2.0  # measured 2.20 on these images; the course's goal of 2.5 is not met
-    assert abs(random_init["localization"] - 1.0) < 0.1
+    assert trained["localization"] >= 2.5  # the course's goal; measured 3.6 (benchmarks/measure_claims.py)
+    assert abs(random_init["localization"] - 1.0) < 0.15
 
 
 def test_learned_position_embeddings_encode_the_grid(learned) -> None:
     """Fig. 7 centre: closer patches have more similar position embeddings."""
     trained, random_init = learned
-    assert trained["spearman"] <= -0.55
+    assert trained["spearman"] <= -0.6  # the course's goal; measured -0.640
     assert abs(random_init["spearman"]) < 0.2
 
 
