@@ -148,6 +148,39 @@ def test_class_subset_and_fresh_epochs():
         get_dataset("mnist", fresh_each_epoch=True)
 
 
+def test_clutter_adds_object_coloured_strokes_and_keeps_labels_masks_and_the_object():
+    """Distractors: short strokes of the object's own colour in the background. The object is drawn over
+    them, so labels and masks are those of the clean images and the object's inside is still its colour."""
+    clean = data._generate(64, 32, seed=5, as_uint8=False)
+    busy = data._generate(64, 32, seed=5, as_uint8=False, clutter=6)
+    assert torch.equal(clean[1], busy[1]) and torch.equal(clean[2], busy[2])  # labels, masks
+    assert torch.equal(make_shapes(8, seed=5, clutter=0)[0], make_shapes(8, seed=5)[0])  # off by default
+    fg = busy[3]["fg"][:, :, None, None]  # [64, 3, 1, 1] the object's colour
+    masks = clean[2]
+    # object pixels fully covered in the clean images (the object's colour up to pixel noise, +-0.03) are
+    # fully covered in the busy ones too: a stroke never shows through the object
+    # (inside the mask shrunk by one pixel, away from the anti-aliased edge, where the background shows a little)
+    covered = (clean[0] - fg).abs().amax(1) <= 0.031
+    shrunk = torch.nn.functional.max_pool2d(-masks[:, None].float(), 3, stride=1, padding=1)[:, 0] < -0.5
+    inner = shrunk & covered
+    assert inner.sum() > 0.4 * masks.sum()
+    assert ((busy[0] - fg).abs().amax(1)[inner] <= 0.031).all()
+    # background pixels of the object's colour: none without clutter, a few percent with six strokes
+    like_object = (busy[0] - fg).abs().amax(1) <= 0.031  # [64, 32, 32]
+    assert ((clean[0] - fg).abs().amax(1) <= 0.031)[~masks].float().mean() < 0.001
+    share = like_object[~masks].float().mean()
+    assert 0.003 < share < 0.1  # measured 0.7 % (thin anti-aliased lines: only their cores match so closely)
+    for bad in (-1, data.MAX_CLUTTER + 1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match=r"clutter must be an int in \[0, 32\] \(strokes per image\), got"):
+            make_shapes(4, clutter=bad)
+    with pytest.raises(ValueError, match="clutter= draws distractors into generated images"):
+        get_dataset("mnist", clutter=2)
+    with pytest.raises(ValueError, match="TrainConfig.clutter must be an int >= 0, got -1"):
+        TrainConfig(clutter=-1)
+    train, test, _ = build_datasets(TrainConfig(clutter=3, n_train=16, n_test=8))
+    assert train.clutter == test.clutter == 3  # the test images are drawn the same way as the training images
+
+
 def test_determinism_from_seed():
     a = make_shapes(24, 32, seed=3)
     b = make_shapes(24, 32, seed=3)

@@ -71,6 +71,8 @@ class TrainConfig:
     classes: Optional[List[str]] = _arg(None, "comma-separated shapes to draw, e.g. circle,square,triangle "
                                         "(shapes only)", flag="--classes", none="all of the dataset's")
     augment: bool = _arg(False, "random flips/crops on the training set", flag="--augment")
+    clutter: int = _arg(0, "short strokes of the object's colour drawn into the background of every shapes image, "
+                        "train and test (distractors; shapes only)", flag="--clutter")
     weight_init: Optional[str] = _arg(None, "initialisation of the Linear layers: timm (N(0, 0.02^2)) or jax (the "
                                       "paper's Xavier-uniform, larger at small widths)", flag="--weight-init",
                                       none="the preset's, timm", choices=("timm", "jax"))
@@ -125,9 +127,9 @@ class TrainConfig:
         if self.time_budget_s is not None:
             _check_number("time_budget_s", self.time_budget_s, low=0.0, low_open=True, what="None (no limit) or ")
         for name, minimum in (("warmup_steps", 0), ("n_train", 1), ("n_test", 1), ("stop_after_epochs", 1),
-                              ("data_seed", 0), ("threads", 1), ("seed", 0), ("num_workers", 0)):
+                              ("data_seed", 0), ("threads", 1), ("seed", 0), ("num_workers", 0), ("clutter", 0)):
             value = getattr(self, name)
-            optional = name not in ("seed", "num_workers")
+            optional = name not in ("seed", "num_workers", "clutter")
             if value is None and optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -180,6 +180,15 @@ def _check_overhang(overhang: object) -> float:
     return float(overhang)
 
 
+MAX_CLUTTER = 32
+
+
+def _check_clutter(clutter: object) -> int:
+    if isinstance(clutter, bool) or not isinstance(clutter, int) or not 0 <= clutter <= MAX_CLUTTER:
+        raise ValueError(f"clutter must be an int in [0, {MAX_CLUTTER}] (strokes per image), got {clutter!r}")
+    return clutter
+
+
 def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float = DEFAULT_OVERHANG,
                   classes: Tuple[str, ...] = SHAPE_CLASSES) -> Dict[str, Tensor]:
     """Draw label, circumradius, centre, rotation and colours of n images (all in pixels / [0, 1])."""
@@ -213,7 +222,8 @@ def _linear_upsample_matrix(n_in: int, n_out: int) -> Tensor:
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
 
 
-def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator) -> Tuple[Tensor, Tensor]:
+def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator,
+                  clutter: int = 0) -> Tuple[Tensor, Tensor]:
     """Draw the images of one chunk of parameters: float [b, 3, H, W] in [0, 1] and masks bool [b, H, W]."""
     b, s = p["labels"].shape[0], image_size
     coords = torch.arange(s, dtype=torch.float32) + 0.5  # pixel centres
@@ -241,6 +251,8 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator) -> 
     amp = 0.08 * torch.rand(b, 1, 1, generator=g)
     stripes = amp * torch.sin(2 * math.pi * freq * (xs * theta.cos() + ys * theta.sin()) / s + phase)  # [b, H, W]
     background = p["bg"][:, :, None, None] + 0.2 * noise + stripes[:, None]
+    if clutter:  # drawn only when asked, so the default images (and every seed's pixels) stay as they were
+        background = _draw_clutter(background, p["fg"], clutter, g)
 
     # 3. Composite (alpha blend), add a little grey pixel noise to everything, clip to [0, 1].
     image = background + alpha * (p["fg"][:, :, None, None] - background)  # [b, 3, H, W]
@@ -248,13 +260,36 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator) -> 
     return image.clamp(0, 1), mask
 
 
+def _draw_clutter(background: Tensor, fg: Tensor, strokes: int, g: torch.Generator) -> Tensor:
+    """Paint ``strokes`` short thin lines of the object's own colour onto each background [b, 3, H, W].
+
+    Distractors that one 4x4 patch cannot tell from a piece of the object's outline: only the patches
+    around it can (is the bright part a line ending in the background, or part of a larger shape?). The object
+    is composited on top afterwards, so a stroke never covers it and the mask stays exact."""
+    b, s = background.shape[0], background.shape[-1]
+    coords = torch.arange(s, dtype=torch.float32) + 0.5
+    ys, xs = coords[None, :, None], coords[None, None, :]  # [1, H, 1], [1, 1, W]
+    for _ in range(strokes):
+        half = s * (0.0375 + 0.0375 * torch.rand(b, 1, 1, generator=g))  # half-length: 1.2-2.4 px at 32 px
+        theta = math.pi * torch.rand(b, 1, 1, generator=g)
+        cx, cy = s * torch.rand(b, 1, 1, generator=g), s * torch.rand(b, 1, 1, generator=g)
+        ux, uy = theta.cos(), theta.sin()
+        px, py = xs - cx, ys - cy  # [b, H, W]
+        t = (px * ux + py * uy).clamp(min=-half, max=half)  # nearest point on the segment
+        sdf = torch.sqrt((px - t * ux) ** 2 + (py - t * uy) ** 2) - 0.6  # a line about 1.2 px wide
+        alpha = (0.5 - sdf).clamp(0, 1)[:, None]  # [b, 1, H, W]
+        background = background + alpha * (fg[:, :, None, None] - background)
+    return background
+
+
 def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: float = DEFAULT_OVERHANG,
-              classes: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
+              classes: Optional[Sequence[str]] = None,
+              clutter: int = 0) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
     """Render n images chunk by chunk; returns images, labels, masks and the drawn parameters."""
     _check_int("n", n, 1)
     _check_int("image_size", image_size, 8)
     _check_int("seed", seed, 0)
-    overhang, classes = _check_overhang(overhang), _check_classes(classes)
+    overhang, classes, clutter = _check_overhang(overhang), _check_classes(classes), _check_clutter(clutter)
     g = torch.Generator().manual_seed(seed)
     params = _shape_params(n, image_size, g, overhang, classes)
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8 if as_uint8 else torch.float32)
@@ -262,7 +297,7 @@ def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: floa
     step = max(1, _CHUNK_PIXELS // (image_size * image_size))
     for start in range(0, n, step):
         chunk = {key: value[start : start + step] for key, value in params.items()}
-        image, mask = _render_chunk(chunk, image_size, g)
+        image, mask = _render_chunk(chunk, image_size, g, clutter)
         if as_uint8:
             image = (image * 255).round().to(torch.uint8)
         images[start : start + step] = image
@@ -271,15 +306,18 @@ def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: floa
 
 
 def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = DEFAULT_OVERHANG,
-                classes: Optional[Sequence[str]] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                classes: Optional[Sequence[str]] = None, clutter: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
     """Generate n shape images, deterministic from ``seed``.
 
     Returns images float32 [n, 3, H, W] in [0, 1], labels int64 [n] (index into ``classes``, by default
     SHAPE_CLASSES) and masks bool [n, H, W] (True on the object's *visible* pixels: a part cut off by the
     border is not in the mask). Classes are exactly balanced (n % len(classes) aside). ``overhang``: the
-    fraction of an object's diameter that may lie outside the image (0 = always whole).
+    fraction of an object's diameter that may lie outside the image (0 = always whole). ``clutter``: short
+    strokes of the object's colour in the background of every image (distractors; 0 = none, the default).
+    Labels and masks do not depend on ``clutter``: the object is drawn over the strokes.
     """
-    images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes)
+    images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes,
+                                         clutter=clutter)
     return images, labels, masks
 
 
@@ -324,9 +362,11 @@ class ShapesDataset(Dataset):
         overhang: float = DEFAULT_OVERHANG,
         classes: Optional[Sequence[str]] = None,
         fresh_each_epoch: bool = False,
+        clutter: int = 0,
     ) -> None:
         self.n, self.image_size, self.seed = n, image_size, seed
         self.overhang, self.classes = overhang, list(_check_classes(classes))
+        self.clutter = _check_clutter(clutter)
         self.transform = transform
         self.return_mask = return_mask
         self.fresh_each_epoch = bool(fresh_each_epoch)
@@ -335,7 +375,7 @@ class ShapesDataset(Dataset):
 
     def _draw(self, seed: int) -> None:
         images, labels, masks, _ = _generate(self.n, self.image_size, seed, as_uint8=True, overhang=self.overhang,
-                                             classes=self.classes)
+                                             classes=self.classes, clutter=self.clutter)
         self.images = images  # uint8 [n, 3, H, W]
         self.labels = labels  # int64 [n]
         self.masks = masks  # bool [n, H, W]
@@ -473,6 +513,7 @@ def get_dataset(
     seed: Optional[int] = None,
     fresh_each_epoch: bool = False,
     classes: Optional[Sequence[str]] = None,
+    clutter: int = 0,
 ) -> Dataset:
     """One split of a dataset, normalized with MEAN/STD, 3 channels; ``.classes`` lists the class names.
 
@@ -482,6 +523,7 @@ def get_dataset(
     unused; they are looked up under ``root`` and never downloaded unless download=True.
     ``fresh_each_epoch`` (shapes only): new images every epoch, see ``ShapesDataset``.
     ``classes`` (shapes only): a subset of SHAPE_CLASSES to draw, e.g. a smaller task for a quick run.
+    ``clutter`` (shapes only): distractor strokes per image, see ``make_shapes``.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
@@ -505,11 +547,14 @@ def get_dataset(
             transform=transform,
             fresh_each_epoch=fresh_each_epoch,
             classes=classes,
+            clutter=clutter,
         )
     if fresh_each_epoch:
         raise ValueError(f"fresh_each_epoch needs generated data (shapes); {name} is a fixed dataset")
     if classes is not None:
         raise ValueError(f"classes= picks shapes to draw (shapes only); {name} has its own classes")
+    if clutter:
+        raise ValueError(f"clutter= draws distractors into generated images (shapes only); {name} is a fixed dataset")
     if name == "imagefolder":
         ds = _imagefolder_dataset(split, root, image_size, augment)
     else:
@@ -556,6 +601,8 @@ def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
     test_seed = None if config.data_seed is None else config.data_seed + 1
     if config.classes is not None:
         common["classes"] = config.classes
+    if config.clutter:
+        common["clutter"] = config.clutter
     train_ds = get_dataset(config.dataset, split="train", augment=config.augment, n=config.n_train,
                            seed=train_seed, fresh_each_epoch=config.draws_fresh_data, **common)
     test_ds = get_dataset(config.dataset, split="test", augment=False, n=config.n_test, seed=test_seed, **common)
