@@ -168,7 +168,8 @@ def test_train_help_states_the_train_config_defaults(capsys) -> None:
     assert set(by_flag) == {  # the command line's flags, unchanged by building them from TrainConfig's fields
         "-h", "--help", "dataset", "--data-root", "--download", "--image-size", "--device", "--workers", "--model",
         "--epochs", "--batch-size", "--lr", "--weight-decay", "--optimizer", "--warmup-epochs", "--label-smoothing",
-        "--seed", "--data-seed", "--n-train", "--n-test", "--augment", "--clutter", "--fresh-data", "--no-fresh-data", "--classes", "--weight-init",
+        "--seed", "--data-seed", "--n-train", "--n-test", "--augment", "--clutter", "--fresh-data", "--no-fresh-data",
+        "--classes", "--weight-init",
         "--pos-lr-scale", "--dropout", "--out-dir", "--time-budget", "--eval-every", "--resume", "--stop-after-epochs",
         "--export", "--threads", "--progress", "--no-progress"}
     for field in train_fields():

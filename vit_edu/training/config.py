@@ -17,7 +17,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-from ..config import ViTConfig
+from ..config import WEIGHT_INITS, ViTConfig
 from ..models import PRESETS
 
 OPTIMIZERS = ("adamw", "sgd")  # sgd: with momentum 0.9
@@ -75,7 +75,7 @@ class TrainConfig:
                         "train and test (distractors; shapes only)", flag="--clutter")
     weight_init: Optional[str] = _arg(None, "initialisation of the Linear layers: timm (N(0, 0.02^2)) or jax (the "
                                       "paper's Xavier-uniform, larger at small widths)", flag="--weight-init",
-                                      none="the preset's, timm", choices=("timm", "jax"))
+                                      none="the preset's, timm", choices=WEIGHT_INITS)
     model_overrides: Dict[str, Any] = field(  # ViTConfig fields, e.g. {"dropout": 0.1}; the CLI sets only dropout
         default_factory=dict, metadata={"flag": "--dropout", "help": "dropout of the model", "none": None, "choices": None})
 
@@ -139,8 +139,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; expected a preset name: {', '.join(sorted(PRESETS))}")
         if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_init is not None and self.weight_init not in ("timm", "jax"):
-            raise ValueError(f"TrainConfig.weight_init must be None, 'timm' or 'jax', got {self.weight_init!r}")
+        if self.weight_init is not None and self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"TrainConfig.weight_init must be None or one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.model_overrides, dict):

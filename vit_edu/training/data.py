@@ -252,7 +252,7 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator,
     stripes = amp * torch.sin(2 * math.pi * freq * (xs * theta.cos() + ys * theta.sin()) / s + phase)  # [b, H, W]
     background = p["bg"][:, :, None, None] + 0.2 * noise + stripes[:, None]
     if clutter:  # drawn only when asked, so the default images (and every seed's pixels) stay as they were
-        background = _draw_clutter(background, p["fg"], clutter, g)
+        background = _draw_clutter(background, p["fg"], clutter, xs, ys, g)
 
     # 3. Composite (alpha blend), add a little grey pixel noise to everything, clip to [0, 1].
     image = background + alpha * (p["fg"][:, :, None, None] - background)  # [b, 3, H, W]
@@ -260,15 +260,14 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator,
     return image.clamp(0, 1), mask
 
 
-def _draw_clutter(background: Tensor, fg: Tensor, strokes: int, g: torch.Generator) -> Tensor:
+def _draw_clutter(background: Tensor, fg: Tensor, strokes: int, xs: Tensor, ys: Tensor,
+                  g: torch.Generator) -> Tensor:
     """Paint ``strokes`` short thin lines of the object's own colour onto each background [b, 3, H, W].
 
     Distractors that one 4x4 patch cannot tell from a piece of the object's outline: only the patches
     around it can (is the bright part a line ending in the background, or part of a larger shape?). The object
     is composited on top afterwards, so a stroke never covers it and the mask stays exact."""
-    b, s = background.shape[0], background.shape[-1]
-    coords = torch.arange(s, dtype=torch.float32) + 0.5
-    ys, xs = coords[None, :, None], coords[None, None, :]  # [1, H, 1], [1, 1, W]
+    b, s = background.shape[0], background.shape[-1]  # xs [1, 1, W], ys [1, H, 1]: the pixel centres
     for _ in range(strokes):
         half = s * (0.0375 + 0.0375 * torch.rand(b, 1, 1, generator=g))  # half-length: 1.2-2.4 px at 32 px
         theta = math.pi * torch.rand(b, 1, 1, generator=g)
