@@ -209,6 +209,37 @@ def test_mean_attention_distance_hand_case():
     torch.testing.assert_close(d, torch.tensor([[((1 + 2) / 2 + (4 + 0) / 2) / 2]]))
 
 
+
+def test_mean_attention_distance_query_mask_averages_over_the_chosen_queries():
+    # the hand case above: image a has per-query distances (1, 2), image b (4, 0)
+    a = torch.tensor([[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.0, 0.5, 0.5]]])[None]
+    b = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])[None]
+    att = [torch.cat([a, b])]
+    first = torch.tensor([[True, False], [True, False]])  # patch 0 of both images: (1 + 4) / 2
+    torch.testing.assert_close(analysis.mean_attention_distance(att, (1, 2), 4, query_mask=first), torch.tensor([[2.5]]))
+    mixed = torch.tensor([[False, True], [True, True]])  # (2 + 4 + 0) / 3, a [B, gh, gw] mask works too
+    torch.testing.assert_close(analysis.mean_attention_distance(att, (1, 2), 4, query_mask=mixed.view(2, 1, 2)),
+                               torch.tensor([[2.0]]))
+    everyone = analysis.mean_attention_distance(att, (1, 2), 4, query_mask=torch.ones(2, 2))
+    torch.testing.assert_close(everyone, analysis.mean_attention_distance(att, (1, 2), 4))
+    with pytest.raises(ValueError, match=r"query_mask must have shape \[2, 2\]"):
+        analysis.mean_attention_distance(att, (1, 2), 4, query_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="at least one query"):
+        analysis.mean_attention_distance(att, (1, 2), 4, query_mask=torch.zeros(2, 2, dtype=torch.bool))
+
+
+def test_object_patches_half_covered_rule_and_fallback():
+    masks = torch.zeros(2, 4, 4)  # patch 2 -> grid 2x2
+    masks[0, 0:2, 0:1] = 1  # half of patch (0, 0)
+    masks[0, 2:4, 2:3] = 1  # half of patch (1, 1)
+    masks[1, 3, 0] = 1  # a quarter of patch (1, 0) only: no patch qualifies, any overlap counts
+    out = analysis.object_patches(masks, 2)
+    assert out.dtype == torch.bool
+    assert out.tolist() == [[[True, False], [False, True]], [[False, False], [True, False]]]
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        analysis.object_patches(torch.zeros(1, 5, 4), 2)
+
+
 # ------------------------------------------------------------------------------------- position embedding
 def test_pos_embed_similarity_matches_pairwise_cosine():
     gh, gw = 2, 3

@@ -32,7 +32,7 @@ __all__ = [
     "attention_rollout", "cls_attention_maps", "rollout_cls_map", "upsample_map", "mean_attention_distance",
     "patch_centers", "pos_embed_similarity", "grid_distances", "similarity_distance_correlation",
     "rankdata", "patch_embedding_components", "attention_localization", "filter_smoothness",
-    "attention_distance_summary", "uniform_attention_distance", "what_the_model_learned",
+    "attention_distance_summary", "uniform_attention_distance", "what_the_model_learned", "object_patches",
 ]
 
 
@@ -203,6 +203,7 @@ def mean_attention_distance(
     grid_size: Size2,
     patch_size: Size2,
     num_prefix_tokens: int = 1,
+    query_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean attention distance in pixels per layer and head: [L, H] (paper Fig. 7 right, Fig. 11).
 
@@ -211,6 +212,10 @@ def mean_attention_distance(
     small = local (like a convolution), large = global. Prefix tokens are dropped from queries and keys
     and each query's weights over the patches are renormalised to sum to 1 (a query that attends only to
     prefix tokens, with weight sum below 1e-12, contributes 0).
+
+    ``query_mask`` [B, gh, gw] or [B, N] (bool or non-negative weights) averages over the chosen query
+    patches only, e.g. those on the object (``object_patches``) or those on the background: who asks
+    matters, since the paper's average over all queries is dominated by whatever covers most of the image.
     """
     stacked = _stack_attentions(attentions).to(torch.float64)  # [L, B, H, T, T]
     _check_tokens(stacked.shape[-1], grid_size, num_prefix_tokens)
@@ -219,7 +224,17 @@ def mean_attention_distance(
     a = stacked[..., num_prefix_tokens:, num_prefix_tokens:]  # [L, B, H, N, N] patch -> patch
     a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     per_query = (a * dist).sum(dim=-1)  # [L, B, H, N]
-    return per_query.mean(dim=(1, 3)).to(attentions[0].dtype)  # [L, H]
+    if query_mask is None:
+        return per_query.mean(dim=(1, 3)).to(attentions[0].dtype)  # [L, H]
+    B, N = per_query.shape[1], per_query.shape[-1]
+    if not isinstance(query_mask, torch.Tensor) or query_mask.numel() != B * N or query_mask.shape[0] != B:
+        shape = tuple(query_mask.shape) if isinstance(query_mask, torch.Tensor) else type(query_mask).__name__
+        raise ValueError(f"query_mask must have shape [{B}, {N}] or [{B}, gh, gw] (one weight per query patch), got {shape}")
+    w = query_mask.detach().reshape(B, N).to(torch.float64)
+    if (w < 0).any() or not w.sum() > 0:
+        raise ValueError("query_mask must be non-negative and select at least one query patch")
+    w = rearrange(w, "b n -> 1 b 1 n")
+    return ((per_query * w).sum(dim=(1, 3)) / w.sum(dim=(1, 3))).to(attentions[0].dtype)  # [L, H]
 
 
 # ------------------------------------------------------------------------------------- position embedding
@@ -428,6 +443,23 @@ def what_the_model_learned(model: nn.Module, images: torch.Tensor, masks: torch.
 
 
 # ------------------------------------------------------------------------------------------- localisation
+def object_patches(masks: torch.Tensor, patch_size: Size2) -> torch.Tensor:
+    """Which patches show the object: bool [B, gh, gw] from pixel masks [B, H, W] (H = gh * P).
+
+    A patch counts if at least 50 % of its pixels are inside the mask (mask > 0.5); if no patch of an
+    image qualifies (a tiny object), every patch that overlaps the mask at all counts.
+    """
+    ph, pw = to_2tuple(patch_size, "patch_size")
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or masks.shape[1] % ph or masks.shape[2] % pw:
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must have shape [B, H, W] with H, W multiples of the patch size {(ph, pw)}, got {shape}")
+    inside = (masks.detach().to(torch.float64) > 0.5).to(torch.float64)  # [B, H, W]
+    coverage = F.avg_pool2d(inside[:, None], kernel_size=(ph, pw))[:, 0]  # [B, gh, gw] pixel share per patch
+    obj = coverage >= 0.5
+    none_qualify = ~obj.flatten(1).any(dim=1)  # [B]
+    return torch.where(none_qualify[:, None, None], coverage > 0, obj)
+
+
 def attention_localization(attention_map: torch.Tensor, masks: torch.Tensor, patch_size: Size2) -> Dict[str, object]:
     """How much more of a map's mass sits on the object than a uniform map would put there.
 
@@ -455,12 +487,7 @@ def attention_localization(attention_map: torch.Tensor, masks: torch.Tensor, pat
     m = attention_map.detach().to(torch.float64)
     if (m < 0).any():
         raise ValueError("attention_map must be non-negative")
-    inside = (masks.detach().to(torch.float64) > 0.5).to(torch.float64)  # [B, H, W]
-    coverage = F.avg_pool2d(inside[:, None], kernel_size=(ph, pw))[:, 0]  # [B, gh, gw] pixel share per patch
-    obj = coverage >= 0.5
-    none_qualify = ~obj.flatten(1).any(dim=1)  # [B]
-    obj = torch.where(none_qualify[:, None, None], coverage > 0, obj)
-    obj = obj.to(torch.float64)
+    obj = object_patches(masks, (ph, pw)).to(torch.float64)  # [B, gh, gw]
     object_share = obj.flatten(1).mean(dim=1)  # [B]
     mass_on_object = (m * obj).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp_min(1e-300)  # [B]
     ratio = torch.where(object_share > 0, mass_on_object / object_share.clamp_min(1e-300), torch.full_like(object_share, float("nan")))
