@@ -177,6 +177,8 @@ def test_clutter_adds_object_coloured_strokes_and_keeps_labels_masks_and_the_obj
         get_dataset("mnist", clutter=2)
     with pytest.raises(ValueError, match="TrainConfig.clutter must be an int >= 0, got -1"):
         TrainConfig(clutter=-1)
+    with pytest.raises(ValueError, match=r"TrainConfig.clutter must be an int in \[0, 32\] \(strokes per image\), got 33"):
+        TrainConfig(clutter=33)
     train, test, _ = build_datasets(TrainConfig(clutter=3, n_train=16, n_test=8))
     assert train.clutter == test.clutter == 3  # the test images are drawn the same way as the training images
 

@@ -135,6 +135,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
                                  f"got {value!r}")
+        from .data import MAX_CLUTTER  # the renderer owns the bound; checked here so a bad value fails before any work
+        if self.clutter > MAX_CLUTTER:
+            raise ValueError(f"TrainConfig.clutter must be an int in [0, {MAX_CLUTTER}] (strokes per image), got {self.clutter!r}")
         if self.model not in PRESETS:
             raise ValueError(f"unknown model {self.model!r}; expected a preset name: {', '.join(sorted(PRESETS))}")
         if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
