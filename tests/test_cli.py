@@ -168,7 +168,8 @@ def test_train_help_states_the_train_config_defaults(capsys) -> None:
     assert set(by_flag) == {  # the command line's flags, unchanged by building them from TrainConfig's fields
         "-h", "--help", "dataset", "--data-root", "--download", "--image-size", "--device", "--workers", "--model",
         "--epochs", "--batch-size", "--lr", "--weight-decay", "--optimizer", "--warmup-epochs", "--label-smoothing",
-        "--seed", "--data-seed", "--n-train", "--n-test", "--augment", "--clutter", "--fresh-data", "--no-fresh-data",
+        "--seed", "--data-seed", "--n-train", "--n-test", "--augment", "--clutter", "--palette", "--fresh-data",
+        "--no-fresh-data",
         "--classes", "--weight-init",
         "--pos-lr-scale", "--dropout", "--out-dir", "--time-budget", "--eval-every", "--resume", "--stop-after-epochs",
         "--export", "--threads", "--progress", "--no-progress"}
@@ -222,3 +223,32 @@ def test_evaluate_tests_a_model_on_the_shapes_it_was_trained_on(tmp_path, capsys
     assert "star" in capsys.readouterr().err
     assert main(["evaluate", "cifar10", "--checkpoint", ckpt, "--classes", "circle"]) == 2
     assert "--classes" in capsys.readouterr().err
+
+
+def test_evaluate_draws_the_palette_a_model_was_trained_on(tmp_path, capsys, monkeypatch) -> None:
+    """A run trained with --palette grey records it (checkpoint and export); evaluate draws its test images
+    in grey without being told, and the shipped checkpoint says which palette it was trained on."""
+    from vit_edu.training import data as data_module
+    from vit_edu.training import stored_palette
+
+    out_dir = tmp_path / "run"
+    export = tmp_path / "grey.safetensors"
+    code = main(["train", "--model", "vit_nano_patch4_32", "--palette", "grey", "--epochs", "1", "--n-train", "64",
+                 "--n-test", "32", "--batch-size", "32", "--out-dir", str(out_dir), "--export", str(export),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert stored_palette(out_dir / "last.pt") == "grey" and stored_palette(export) == "grey"
+    seen = []
+    real = data_module.ShapesDataset.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("palette", "colour"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(data_module.ShapesDataset, "__init__", spy)
+    assert main(["evaluate", "--checkpoint", str(export), "--n", "16"]) == 0
+    assert seen == ["grey"]
+    from vit_edu.training import COURSE_CHECKPOINT, pretrained_course_model
+
+    _, info = pretrained_course_model()
+    assert info["palette"] == stored_palette(COURSE_CHECKPOINT) in ("colour", "grey")

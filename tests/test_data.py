@@ -183,6 +183,35 @@ def test_clutter_adds_object_coloured_strokes_and_keeps_labels_masks_and_the_obj
     assert train.clutter == test.clutter == 3  # the test images are drawn the same way as the training images
 
 
+def test_grey_palette_changes_only_the_colours():
+    """palette="grey": a light grey object on a dark grey background, from the same random draws, so the
+    geometry (labels, masks, every shape's place) is that of the colour images; colour stays the default."""
+    colour = data._generate(64, 32, seed=7, as_uint8=False)
+    grey = data._generate(64, 32, seed=7, as_uint8=False, palette="grey")
+    assert torch.equal(colour[1], grey[1]) and torch.equal(colour[2], grey[2])  # labels, masks
+    for key in ("cx", "cy", "radius", "angle", "shapes"):
+        assert torch.equal(colour[3][key], grey[3][key]), key
+    assert torch.equal(make_shapes(8, seed=7, palette="colour")[0], make_shapes(8, seed=7)[0])  # the default
+    fg, bg = grey[3]["fg"], grey[3]["bg"]  # [64, 3]
+    assert fg.min() >= 0.8 and fg.max() <= 0.9 and bg.min() >= 0.2 and bg.max() <= 0.3
+    assert (fg.amax(1) - fg.amin(1)).max() <= 0.1  # barely tinted: channels within 0.1 of each other
+    # the pixels: on the object's inside about its colour, and the object lighter than the background's mean
+    masks = grey[2]
+    shrunk = torch.nn.functional.max_pool2d(-masks[:, None].float(), 3, stride=1, padding=1)[:, 0] < -0.5
+    inside = grey[0].permute(0, 2, 3, 1)[shrunk]  # [pixels, 3]
+    in_range = ((inside >= 0.8 - 0.031) & (inside <= 0.9 + 0.031)).all(dim=1)  # pixel noise +-0.03
+    assert in_range.float().mean() > 0.9  # the rest: thin parts, where the anti-aliased edge reaches in
+    assert grey[0].permute(0, 2, 3, 1)[~masks].mean() < 0.45
+    with pytest.raises(ValueError, match=r"palette must be one of \('colour', 'grey'\), got 'gray'"):
+        make_shapes(4, palette="gray")
+    with pytest.raises(ValueError, match="palette= colours generated images"):
+        get_dataset("mnist", palette="grey")
+    with pytest.raises(ValueError, match="TrainConfig.palette must be 'colour' or 'grey', got 'gray'"):
+        TrainConfig(palette="gray")
+    train, test, _ = build_datasets(TrainConfig(palette="grey", n_train=16, n_test=8))
+    assert train.palette == test.palette == "grey"
+
+
 def test_determinism_from_seed():
     a = make_shapes(24, 32, seed=3)
     b = make_shapes(24, 32, seed=3)

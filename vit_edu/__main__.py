@@ -227,15 +227,15 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
 
 # ============================================================================================= evaluate
 def _load_for_eval(checkpoint: Optional[str], device):
-    """(model, source, the class names it was trained on or None)."""
-    from .training import COURSE_CHECKPOINT, load_model, pretrained_course_model, stored_classes
+    """(model, source, the class names it was trained on or None, the shapes palette it was trained on)."""
+    from .training import COURSE_CHECKPOINT, load_model, pretrained_course_model, stored_classes, stored_palette
 
     if checkpoint is None:
         model, info = pretrained_course_model(device=device)
         classes = info.get("classes")
-        return model, str(COURSE_CHECKPOINT), list(classes) if isinstance(classes, list) else None
+        return model, str(COURSE_CHECKPOINT), list(classes) if isinstance(classes, list) else None, info["palette"]
     model = load_model(checkpoint, device=device)
-    return model, checkpoint, stored_classes(checkpoint)
+    return model, checkpoint, stored_classes(checkpoint), stored_palette(checkpoint)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -249,7 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.num_workers is not None and args.num_workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.num_workers}")
     device = resolve_device(args.device or default_value("device"))
-    model, source, classes = _load_for_eval(args.checkpoint, device)
+    model, source, classes, palette = _load_for_eval(args.checkpoint, device)
     size = tuple(model.config.image_size)
     if args.image_size is not None and not model.config.dynamic_img_size and (args.image_size,) * 2 != size:
         raise ValueError(f"--image-size {args.image_size}: {source} was built for {size[0]}x{size[1]} images "
@@ -261,6 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kw["seed"] = args.seed
     if name == "shapes":  # a model trained on some of the shapes is tested on those (as it was trained)
         kw["classes"] = args.classes or classes
+        kw["palette"] = palette  # and drawn in the colours it was trained on
     elif args.classes is not None:
         raise ValueError(f"--classes picks shapes of the generated data; {name!r} has its own classes")
     ds = data.get_dataset(name, **kw)
@@ -304,7 +305,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, info = pretrained_course_model()
     print(f"loaded {COURSE_CHECKPOINT.name}: {model.num_parameters() / 1e6:.2f}M parameters, classes "
           f"{', '.join(info['classes'])}; test accuracy at export {info.get('test_acc', float('nan')):.4f}")
-    ds = data.ShapesDataset(n=args.n, image_size=model.config.image_size[0], seed=args.seed, return_mask=True)
+    ds = data.ShapesDataset(n=args.n, image_size=model.config.image_size[0], seed=args.seed, return_mask=True,
+                            palette=info["palette"])
     m = evaluate(model, DataLoader(ds, batch_size=250))
     print(f"accuracy on {args.n} fresh shapes images (seed {args.seed}): {m['acc'] * 100:.2f} %  (loss {m['loss']:.4f})")
 

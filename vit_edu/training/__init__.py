@@ -31,6 +31,7 @@ from .checkpoint import (
     resume_changes,
     save_checkpoint,
     stored_classes,
+    stored_palette,
 )
 from .config import TrainConfig
 from .data import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
@@ -53,6 +54,6 @@ __all__ = [
     "check_classes_match", "check_resumable", "checkpoint", "cleanup_distributed", "config", "data", "distributed",
     "evaluate", "export_safetensors", "fit", "is_main_process", "load_checkpoint", "load_model", "loop", "new_history",
     "pretrained_course_model", "read_safetensors_metadata", "resolve_device", "resume_changes", "save_checkpoint",
-    "seed_everything", "set_loader_epoch", "setup_distributed", "stored_classes", "train_one_epoch", "unwrap",
+    "seed_everything", "set_loader_epoch", "setup_distributed", "stored_classes", "stored_palette", "train_one_epoch", "unwrap",
     "warmup_cosine",
 ]

@@ -225,12 +225,14 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Visi
 def pretrained_course_model(device: Union[str, torch.device] = "cpu") -> Tuple[VisionTransformer, dict]:
     """The course ViT trained on the shapes data and shipped with the package: (model, info).
 
-    ``info`` holds the class names, the test accuracy measured at export, the command that produced it and its seed.
+    ``info`` holds the class names, the test accuracy measured at export, the command that produced it, its seed
+    and the ``palette`` of the shapes images it was trained on (draw test images with the same one).
     """
     if not COURSE_CHECKPOINT.is_file():
         raise FileNotFoundError(f"the shipped checkpoint is missing: {COURSE_CHECKPOINT}")
     meta = read_safetensors_metadata(COURSE_CHECKPOINT)
     info = {k: _maybe_json(v) for k, v in meta.items() if k != "config"}
+    info["palette"] = stored_palette(COURSE_CHECKPOINT)  # draw its test images as it was trained
     return load_model(COURSE_CHECKPOINT, device=device), info
 
 
@@ -250,6 +252,18 @@ def stored_classes(path: PathLike) -> Optional[List[str]]:
     else:
         classes = (load_checkpoint(path).get("extra") or {}).get("classes")
     return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def stored_palette(path: PathLike) -> str:
+    """The shapes palette ("colour" or "grey") a .pt checkpoint or .safetensors export was trained on
+    ("colour", the default, when it does not say): its test images must be drawn the same way."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        train = _maybe_json(read_safetensors_metadata(path).get("train_config", "null"))
+    else:
+        train = (load_checkpoint(path).get("config") or {}).get("train")
+    palette = train.get("palette", "colour") if isinstance(train, dict) else "colour"
+    return palette if isinstance(palette, str) else "colour"
 
 
 def check_classes_match(model: VisionTransformer, model_classes: Optional[List[str]], data_classes: List[str],

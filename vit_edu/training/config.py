@@ -73,6 +73,9 @@ class TrainConfig:
     augment: bool = _arg(False, "random flips/crops on the training set", flag="--augment")
     clutter: int = _arg(0, "short strokes of the object's colour drawn into the background of every shapes image, "
                         "train and test (distractors; shapes only)", flag="--clutter")
+    palette: str = _arg("colour", "colours of the shapes images, train and test: colour (random colours, object "
+                        "lighter) or grey (light grey object on dark grey; shapes only)", flag="--palette",
+                        choices=("colour", "grey"))
     weight_init: Optional[str] = _arg(None, "initialisation of the Linear layers: timm (N(0, 0.02^2)) or jax (the "
                                       "paper's Xavier-uniform, larger at small widths)", flag="--weight-init",
                                       none="the preset's, timm", choices=WEIGHT_INITS)
@@ -144,6 +147,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_init is not None and self.weight_init not in WEIGHT_INITS:
             raise ValueError(f"TrainConfig.weight_init must be None or one of {WEIGHT_INITS}, got {self.weight_init!r}")
+        if self.palette not in ("colour", "grey"):
+            raise ValueError(f"TrainConfig.palette must be 'colour' or 'grey', got {self.palette!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.model_overrides, dict):

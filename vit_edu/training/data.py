@@ -181,6 +181,13 @@ def _check_overhang(overhang: object) -> float:
 
 
 MAX_CLUTTER = 32
+PALETTES = ("colour", "grey")  # colour: random colours, object lighter; grey: light grey object on dark grey
+
+
+def _check_palette(palette: object) -> str:
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
+    return palette
 
 
 def _check_clutter(clutter: object) -> int:
@@ -190,7 +197,7 @@ def _check_clutter(clutter: object) -> int:
 
 
 def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float = DEFAULT_OVERHANG,
-                  classes: Tuple[str, ...] = SHAPE_CLASSES) -> Dict[str, Tensor]:
+                  classes: Tuple[str, ...] = SHAPE_CLASSES, palette: str = "colour") -> Dict[str, Tensor]:
     """Draw label, circumradius, centre, rotation and colours of n images (all in pixels / [0, 1])."""
     k = len(classes)
     labels = (torch.arange(n) % k)[torch.randperm(n, generator=g)]  # exactly balanced, shuffled
@@ -209,8 +216,14 @@ def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float =
     # in each channel. Why always brighter: with a random sign of the contrast (a dark shape on a light
     # ground as often as the reverse) the small plain ViT first has to learn figure/ground from the
     # colours alone, and learned 4x to 10x slower (docs/training.md); the shape itself is the lesson here.
+    # palette "grey": every channel of the object in [0.8, 0.9], of the background in [0.2, 0.3] (barely tinted):
+    # one contrast everywhere, so a patch can tell figure from ground without image-wide colour statistics
+    # (docs/training.md: the attention distance then rises with depth). Same random draws, same stream.
     bg = 0.05 + 0.35 * torch.rand(n, 3, generator=g)
     fg = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
+    if palette == "grey":
+        bg = 0.2 + (bg - 0.05) * (0.1 / 0.35)
+        fg = 0.8 + (fg - 0.6) * (0.1 / 0.4)
     return {"labels": labels, "shapes": shape_ids, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "bg": bg,
             "fg": fg}
 
@@ -283,14 +296,15 @@ def _draw_clutter(background: Tensor, fg: Tensor, strokes: int, xs: Tensor, ys: 
 
 def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: float = DEFAULT_OVERHANG,
               classes: Optional[Sequence[str]] = None,
-              clutter: int = 0) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
+              clutter: int = 0, palette: str = "colour") -> Tuple[Tensor, Tensor, Tensor, Dict[str, Tensor]]:
     """Render n images chunk by chunk; returns images, labels, masks and the drawn parameters."""
     _check_int("n", n, 1)
     _check_int("image_size", image_size, 8)
     _check_int("seed", seed, 0)
     overhang, classes, clutter = _check_overhang(overhang), _check_classes(classes), _check_clutter(clutter)
+    palette = _check_palette(palette)
     g = torch.Generator().manual_seed(seed)
-    params = _shape_params(n, image_size, g, overhang, classes)
+    params = _shape_params(n, image_size, g, overhang, classes, palette)
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8 if as_uint8 else torch.float32)
     masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
     step = max(1, _CHUNK_PIXELS // (image_size * image_size))
@@ -305,7 +319,8 @@ def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: floa
 
 
 def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = DEFAULT_OVERHANG,
-                classes: Optional[Sequence[str]] = None, clutter: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+                classes: Optional[Sequence[str]] = None, clutter: int = 0,
+                palette: str = "colour") -> Tuple[Tensor, Tensor, Tensor]:
     """Generate n shape images, deterministic from ``seed``.
 
     Returns images float32 [n, 3, H, W] in [0, 1], labels int64 [n] (index into ``classes``, by default
@@ -313,10 +328,12 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = D
     border is not in the mask). Classes are exactly balanced (n % len(classes) aside). ``overhang``: the
     fraction of an object's diameter that may lie outside the image (0 = always whole). ``clutter``: short
     strokes of the object's colour in the background of every image (distractors; 0 = none, the default).
-    Labels and masks do not depend on ``clutter``: the object is drawn over the strokes.
+    Labels and masks do not depend on ``clutter``: the object is drawn over the strokes. ``palette``:
+    "colour" (random colours, the object lighter in every channel) or "grey" (a light grey object on a dark
+    grey background); labels, masks and geometry are the same for both.
     """
     images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes,
-                                         clutter=clutter)
+                                         clutter=clutter, palette=palette)
     return images, labels, masks
 
 
@@ -362,10 +379,11 @@ class ShapesDataset(Dataset):
         classes: Optional[Sequence[str]] = None,
         fresh_each_epoch: bool = False,
         clutter: int = 0,
+        palette: str = "colour",
     ) -> None:
         self.n, self.image_size, self.seed = n, image_size, seed
         self.overhang, self.classes = overhang, list(_check_classes(classes))
-        self.clutter = _check_clutter(clutter)
+        self.clutter, self.palette = _check_clutter(clutter), _check_palette(palette)
         self.transform = transform
         self.return_mask = return_mask
         self.fresh_each_epoch = bool(fresh_each_epoch)
@@ -374,7 +392,7 @@ class ShapesDataset(Dataset):
 
     def _draw(self, seed: int) -> None:
         images, labels, masks, _ = _generate(self.n, self.image_size, seed, as_uint8=True, overhang=self.overhang,
-                                             classes=self.classes, clutter=self.clutter)
+                                             classes=self.classes, clutter=self.clutter, palette=self.palette)
         self.images = images  # uint8 [n, 3, H, W]
         self.labels = labels  # int64 [n]
         self.masks = masks  # bool [n, H, W]
@@ -513,6 +531,7 @@ def get_dataset(
     fresh_each_epoch: bool = False,
     classes: Optional[Sequence[str]] = None,
     clutter: int = 0,
+    palette: str = "colour",
 ) -> Dataset:
     """One split of a dataset, normalized with MEAN/STD, 3 channels; ``.classes`` lists the class names.
 
@@ -523,6 +542,7 @@ def get_dataset(
     ``fresh_each_epoch`` (shapes only): new images every epoch, see ``ShapesDataset``.
     ``classes`` (shapes only): a subset of SHAPE_CLASSES to draw, e.g. a smaller task for a quick run.
     ``clutter`` (shapes only): distractor strokes per image, see ``make_shapes``.
+    ``palette`` (shapes only): "colour" or "grey", see ``make_shapes``.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
@@ -547,6 +567,7 @@ def get_dataset(
             fresh_each_epoch=fresh_each_epoch,
             classes=classes,
             clutter=clutter,
+            palette=palette,
         )
     if fresh_each_epoch:
         raise ValueError(f"fresh_each_epoch needs generated data (shapes); {name} is a fixed dataset")
@@ -554,6 +575,8 @@ def get_dataset(
         raise ValueError(f"classes= picks shapes to draw (shapes only); {name} has its own classes")
     if clutter:
         raise ValueError(f"clutter= draws distractors into generated images (shapes only); {name} is a fixed dataset")
+    if palette != "colour":
+        raise ValueError(f"palette= colours generated images (shapes only); {name} is a fixed dataset")
     if name == "imagefolder":
         ds = _imagefolder_dataset(split, root, image_size, augment)
     else:
@@ -602,6 +625,8 @@ def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
         common["classes"] = config.classes
     if config.clutter:
         common["clutter"] = config.clutter
+    if config.palette != "colour":
+        common["palette"] = config.palette
     train_ds = get_dataset(config.dataset, split="train", augment=config.augment, n=config.n_train,
                            seed=train_seed, fresh_each_epoch=config.draws_fresh_data, **common)
     test_ds = get_dataset(config.dataset, split="test", augment=False, n=config.n_test, seed=test_seed, **common)
