@@ -49,7 +49,7 @@ def shipped_accuracy(n: int, seed: int) -> dict:
     from vit_edu.training import data, evaluate, pretrained_course_model
 
     model, info = pretrained_course_model()
-    ds = data.get_dataset("shapes", split="test", n=n, seed=seed)
+    ds = data.get_dataset("shapes", split="test", n=n, seed=seed, palette=info["palette"])
     t0 = time.monotonic()
     m = evaluate(model, DataLoader(ds, batch_size=500))
     m["images_per_s"] = n / (time.monotonic() - t0)
@@ -63,8 +63,9 @@ def what_it_learned(n: int, seed: int) -> dict:
     from vit_edu.explain import analysis
     from vit_edu.training import data, pretrained_course_model
 
-    model, _ = pretrained_course_model()
-    ds = data.ShapesDataset(n=n, image_size=model.config.image_size[0], seed=seed, return_mask=True)
+    model, info = pretrained_course_model()
+    ds = data.ShapesDataset(n=n, image_size=model.config.image_size[0], seed=seed, return_mask=True,
+                            palette=info["palette"])  # drawn as its training images were
     images = torch.stack([ds[i][0] for i in range(n)])
     masks = torch.stack([ds[i][2] for i in range(n)])
     trained = analysis.what_the_model_learned(model, images, masks)
