@@ -206,7 +206,7 @@ def test_grey_palette_changes_only_the_colours():
         make_shapes(4, palette="gray")
     with pytest.raises(ValueError, match="palette= colours generated images"):
         get_dataset("mnist", palette="grey")
-    with pytest.raises(ValueError, match="TrainConfig.palette must be 'colour' or 'grey', got 'gray'"):
+    with pytest.raises(ValueError, match=r"TrainConfig.palette must be one of \('colour', 'grey'\), got 'gray'"):
         TrainConfig(palette="gray")
     train, test, _ = build_datasets(TrainConfig(palette="grey", n_train=16, n_test=8))
     assert train.palette == test.palette == "grey"

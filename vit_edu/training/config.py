@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from ..config import WEIGHT_INITS, ViTConfig
 from ..models import PRESETS
+from .data import MAX_CLUTTER, PALETTES  # the renderer owns these bounds (data.py imports nothing from here)
 
 OPTIMIZERS = ("adamw", "sgd")  # sgd: with momentum 0.9
 
@@ -75,7 +76,7 @@ class TrainConfig:
                         "train and test (distractors; shapes only)", flag="--clutter")
     palette: str = _arg("colour", "colours of the shapes images, train and test: colour (random colours, object "
                         "lighter) or grey (light grey object on dark grey; shapes only)", flag="--palette",
-                        choices=("colour", "grey"))
+                        choices=PALETTES)
     weight_init: Optional[str] = _arg(None, "initialisation of the Linear layers: timm (N(0, 0.02^2)) or jax (the "
                                       "paper's Xavier-uniform, larger at small widths)", flag="--weight-init",
                                       none="the preset's, timm", choices=WEIGHT_INITS)
@@ -138,8 +139,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
                                  f"got {value!r}")
-        from .data import MAX_CLUTTER  # the renderer owns the bound; checked here so a bad value fails before any work
-        if self.clutter > MAX_CLUTTER:
+        if self.clutter > MAX_CLUTTER:  # checked here too, so a bad value fails before any work
             raise ValueError(f"TrainConfig.clutter must be an int in [0, {MAX_CLUTTER}] (strokes per image), got {self.clutter!r}")
         if self.model not in PRESETS:
             raise ValueError(f"unknown model {self.model!r}; expected a preset name: {', '.join(sorted(PRESETS))}")
@@ -147,8 +147,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_init is not None and self.weight_init not in WEIGHT_INITS:
             raise ValueError(f"TrainConfig.weight_init must be None or one of {WEIGHT_INITS}, got {self.weight_init!r}")
-        if self.palette not in ("colour", "grey"):
-            raise ValueError(f"TrainConfig.palette must be 'colour' or 'grey', got {self.palette!r}")
+        if self.palette not in PALETTES:
+            raise ValueError(f"TrainConfig.palette must be one of {PALETTES}, got {self.palette!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.model_overrides, dict):
