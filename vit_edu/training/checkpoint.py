@@ -232,7 +232,7 @@ def pretrained_course_model(device: Union[str, torch.device] = "cpu") -> Tuple[V
         raise FileNotFoundError(f"the shipped checkpoint is missing: {COURSE_CHECKPOINT}")
     meta = read_safetensors_metadata(COURSE_CHECKPOINT)
     info = {k: _maybe_json(v) for k, v in meta.items() if k != "config"}
-    info["palette"] = stored_palette(COURSE_CHECKPOINT)  # draw its test images as it was trained
+    info["palette"] = _palette_of(info.get("train_config"))  # draw its test images as it was trained
     return load_model(COURSE_CHECKPOINT, device=device), info
 
 
@@ -262,7 +262,12 @@ def stored_palette(path: PathLike) -> str:
         train = _maybe_json(read_safetensors_metadata(path).get("train_config", "null"))
     else:
         train = (load_checkpoint(path).get("config") or {}).get("train")
-    palette = train.get("palette", "colour") if isinstance(train, dict) else "colour"
+    return _palette_of(train)
+
+
+def _palette_of(train_config: Any) -> str:
+    """The palette recorded in a run's TrainConfig dict; "colour" when there is none (runs from before the option)."""
+    palette = train_config.get("palette", "colour") if isinstance(train_config, dict) else "colour"
     return palette if isinstance(palette, str) else "colour"
 
 

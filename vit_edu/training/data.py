@@ -218,7 +218,8 @@ def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float =
     # colours alone, and learned 4x to 10x slower (docs/training.md); the shape itself is the lesson here.
     # palette "grey": every channel of the object in [0.8, 0.9], of the background in [0.2, 0.3] (barely tinted):
     # one contrast everywhere, so a patch can tell figure from ground without image-wide colour statistics
-    # (docs/training.md: the attention distance then rises with depth). Same random draws, same stream.
+    # (docs/training.md: a probe for attention that rises with depth; the full run stayed flat). Same random
+    # draws, same stream, so the geometry is that of the colour images.
     bg = 0.05 + 0.35 * torch.rand(n, 3, generator=g)
     fg = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
     if palette == "grey":
