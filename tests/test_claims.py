@@ -78,38 +78,32 @@ def test_shipped_checkpoint_was_made_by_the_documented_command(shipped) -> None:
 
 def test_shipped_checkpoint_accuracy_on_fresh_images(shipped) -> None:
     model, info = shipped
-    ds = data.get_dataset("shapes", split="test", n=1000, seed=FRESH_SEED, palette=info["palette"])
-    assert evaluate(model, DataLoader(ds, batch_size=500))["acc"] >= 0.98  # measured 99.96 % on 10,000
+    assert info["palette"] == "mottled"  # its images: a faint object under patch-sized blotches (docs/training.md)
+    ds = data.get_dataset("shapes", split="test", n=3000, seed=FRESH_SEED, palette=info["palette"])
+    assert evaluate(model, DataLoader(ds, batch_size=500))["acc"] >= 0.98  # 98.77 % here; 98.53 % on 10,000
 
 
 def test_rollout_sits_on_the_object(learned) -> None:
     trained, random_init = learned
-    assert trained["localization"] >= 2.5  # the course's goal; measured 3.6 (benchmarks/measure_claims.py)
+    assert trained["localization"] >= 2.5  # the course's goal; measured 3.72 (benchmarks/measure_claims.py)
     assert abs(random_init["localization"] - 1.0) < 0.15
 
 
 def test_learned_position_embeddings_encode_the_grid(learned) -> None:
     """Fig. 7 centre: closer patches have more similar position embeddings."""
     trained, random_init = learned
-    assert trained["spearman"] <= -0.6  # the course's goal; measured -0.640
+    assert trained["spearman"] <= -0.6  # the course's goal; measured -0.887
     assert abs(random_init["spearman"]) < 0.2
 
 
-def test_attention_is_global_in_every_layer_unlike_the_papers_lower_layers(learned) -> None:
-    """Fig. 7 right, as measured: no head attends locally (every head within 10 % of uniform attention's mean
-    distance) and the mean does not rise with depth. The paper's local lower-layer heads come with far more
-    data (its JFT-300M; Raghu et al. 2021 see fewer local heads with less data). If a retrained checkpoint grows
-    a local head, this test fails: then update the notebooks' text and turn the xfail below into a pass."""
-    trained, random_init = learned
-    assert trained["distance"]["first_layer_min"] > 0.9
-    assert random_init["distance"]["first_layer_min"] > 0.97
-
-
-@pytest.mark.xfail(strict=True, reason="known gap: no local first-layer head (most local: 0.95 x uniform attention's "
-                   "mean distance, goal <= 0.6) and no rise with depth; see docs/training.md")
 def test_a_local_first_layer_head_and_distance_rising_with_depth(learned) -> None:
-    trained, _ = learned
+    """Fig. 7 right: a first-layer head attends locally (mean attention distance at most 0.6x that of uniform
+    attention; measured 0.37) and the mean over the heads grows from the first layer to the last (0.76 -> 0.97),
+    where at random initialization every head attends about uniformly."""
+    trained, random_init = learned
     assert trained["distance"]["first_layer_min"] <= 0.6 and trained["distance"]["rising"]
+    assert trained["distance"]["layer_mean"][-1] > trained["distance"]["layer_mean"][0] + 0.1
+    assert random_init["distance"]["first_layer_min"] > 0.97
 
 
 def test_patch_filters_are_smooth_unlike_random_init(learned) -> None:

@@ -202,14 +202,47 @@ def test_grey_palette_changes_only_the_colours():
     in_range = ((inside >= 0.8 - 0.031) & (inside <= 0.9 + 0.031)).all(dim=1)  # pixel noise +-0.03
     assert in_range.float().mean() > 0.9  # the rest: thin parts, where the anti-aliased edge reaches in
     assert grey[0].permute(0, 2, 3, 1)[~masks].mean() < 0.45
-    with pytest.raises(ValueError, match=r"palette must be one of \('colour', 'grey'\), got 'gray'"):
+    with pytest.raises(ValueError, match=r"palette must be one of \('colour', 'grey', 'mottled'\), got 'gray'"):
         make_shapes(4, palette="gray")
     with pytest.raises(ValueError, match="palette= colours generated images"):
         get_dataset("mnist", palette="grey")
-    with pytest.raises(ValueError, match=r"TrainConfig.palette must be one of \('colour', 'grey'\), got 'gray'"):
+    with pytest.raises(ValueError, match=r"TrainConfig.palette must be one of \('colour', 'grey', 'mottled'\), got 'gray'"):
         TrainConfig(palette="gray")
     train, test, _ = build_datasets(TrainConfig(palette="grey", n_train=16, n_test=8))
     assert train.palette == test.palette == "grey"
+
+
+def test_mottled_palette_blotches_are_patch_sized_and_as_strong_as_the_contrast():
+    """palette="mottled": same geometry as the colour images; a faint grey object (0.575-0.625) on grey
+    (0.375-0.425), plus blotches of random colour on a 4-pixel lattice (bilinear between the blotch centres)
+    that reach +-0.2 per channel, as far as the object's lead over the background: a single 4x4 patch's colour
+    says less about figure or ground than its neighbourhood's."""
+    colour = data._generate(64, 32, seed=7, as_uint8=False)
+    mottled = data._generate(64, 32, seed=7, as_uint8=False, palette="mottled")
+    assert torch.equal(colour[1], mottled[1]) and torch.equal(colour[2], mottled[2])  # labels, masks
+    for key in ("cx", "cy", "radius", "angle", "shapes"):
+        assert torch.equal(colour[3][key], mottled[3][key]), key
+    fg, bg = mottled[3]["fg"], mottled[3]["bg"]  # [64, 3]
+    assert fg.min() >= 0.575 and fg.max() <= 0.625 and bg.min() >= 0.375 and bg.max() <= 0.425
+    # Remove what the colour render draws (same draws, same stream up to the blotches): what is left is the
+    # blotch field, independent of the object. Rebuild the scene without blotches from the same parameters.
+    g = torch.Generator().manual_seed(7)
+    params = data._shape_params(64, 32, g, data.DEFAULT_OVERHANG, data.SHAPE_CLASSES, "mottled")
+    plain, _ = data._render_chunk(params, 32, g, 0, "grey")  # the renderer without blotches, same stream
+    field = mottled[0] - plain  # [64, 3, 32, 32]: the blotches (where nothing clipped)
+    assert 0.06 < field.std() < 0.14  # uniform(+-0.2) at the centres, smoothed between them
+    assert field.abs().max() <= data.MOTTLE_AMPLITUDE / 2 + 1e-5
+    # patch-sized: neighbouring pixels inside a 4-pixel cell agree, pixels 8 apart are nearly independent
+    near = torch.corrcoef(torch.stack([field[..., :-1].flatten(), field[..., 1:].flatten()]))[0, 1]
+    far = torch.corrcoef(torch.stack([field[..., :-8].flatten(), field[..., 8:].flatten()]))[0, 1]
+    assert near > 0.9 and abs(far) < 0.05
+    # strong at the scale of a patch: averaged over a 4x4 patch, a channel's blotch value still varies by more
+    # than a quarter of the object's lead over the background (measured: 0.074 vs a lead of 0.2)
+    patch_noise = torch.nn.functional.avg_pool2d(field, 4).std()
+    gap = (fg - bg).mean()
+    assert 0.15 < gap < 0.25 and patch_noise > gap / 4
+    train, test, _ = build_datasets(TrainConfig(palette="mottled", n_train=16, n_test=8))
+    assert train.palette == test.palette == "mottled"
 
 
 def test_determinism_from_seed():

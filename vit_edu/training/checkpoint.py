@@ -255,7 +255,7 @@ def stored_classes(path: PathLike) -> Optional[List[str]]:
 
 
 def stored_palette(path: PathLike) -> str:
-    """The shapes palette ("colour" or "grey") a .pt checkpoint or .safetensors export was trained on
+    """The shapes palette ("colour", "grey" or "mottled") a .pt checkpoint or .safetensors export was trained on
     ("colour", the default, when it does not say): its test images must be drawn the same way."""
     path = Path(path)
     if path.suffix == ".safetensors":

@@ -75,7 +75,8 @@ class TrainConfig:
     clutter: int = _arg(0, "short strokes of the object's colour drawn into the background of every shapes image, "
                         "train and test (distractors; shapes only)", flag="--clutter")
     palette: str = _arg("colour", "colours of the shapes images, train and test: colour (random colours, object "
-                        "lighter) or grey (light grey object on dark grey; shapes only)", flag="--palette",
+                        "lighter), grey (light grey object on dark grey) or mottled (faint grey object under patch-sized "
+                        "colour blotches; shapes only)", flag="--palette",
                         choices=PALETTES)
     weight_init: Optional[str] = _arg(None, "initialisation of the Linear layers: timm (N(0, 0.02^2)) or jax (the "
                                       "paper's Xavier-uniform, larger at small widths)", flag="--weight-init",

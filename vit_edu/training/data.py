@@ -181,7 +181,10 @@ def _check_overhang(overhang: object) -> float:
 
 
 MAX_CLUTTER = 32
-PALETTES = ("colour", "grey")  # colour: random colours, object lighter; grey: light grey object on dark grey
+PALETTES = ("colour", "grey", "mottled")  # colour: random colours, object lighter; grey: light grey object on
+# dark grey; mottled: a low-contrast grey object on a grey background, both under patch-sized colour blotches
+MOTTLE_AMPLITUDE = 0.4  # "mottled": each channel's blotch value is uniform in +-0.2 at the blotch centres
+MOTTLE_PIXELS = 4  # "mottled": one blotch per 4x4 pixels, the size of the course model's patches
 
 
 def _check_palette(palette: object) -> str:
@@ -222,9 +225,16 @@ def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float =
     # draws, same stream, so the geometry is that of the colour images.
     bg = 0.05 + 0.35 * torch.rand(n, 3, generator=g)
     fg = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
+    # palette "mottled": object channels in [0.575, 0.625], background in [0.375, 0.425] (a gap of 0.15-0.25),
+    # and _render_chunk adds blotches of random colour, one per 4x4 pixels, reaching +-0.2 per channel, as far
+    # as that gap: one patch's colour says little about figure or ground, its neighbourhood's says more
+    # (docs/training.md: the one change of the data that grew a local first-layer head).
     if palette == "grey":
         bg = 0.2 + (bg - 0.05) * (0.1 / 0.35)
         fg = 0.8 + (fg - 0.6) * (0.1 / 0.4)
+    elif palette == "mottled":
+        bg = 0.375 + (bg - 0.05) * (0.05 / 0.35)
+        fg = 0.575 + (fg - 0.6) * (0.05 / 0.4)
     return {"labels": labels, "shapes": shape_ids, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "bg": bg,
             "fg": fg}
 
@@ -237,7 +247,7 @@ def _linear_upsample_matrix(n_in: int, n_out: int) -> Tensor:
 
 
 def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator,
-                  clutter: int = 0) -> Tuple[Tensor, Tensor]:
+                  clutter: int = 0, palette: str = "colour") -> Tuple[Tensor, Tensor]:
     """Draw the images of one chunk of parameters: float [b, 3, H, W] in [0, 1] and masks bool [b, H, W]."""
     b, s = p["labels"].shape[0], image_size
     coords = torch.arange(s, dtype=torch.float32) + 0.5  # pixel centres
@@ -271,6 +281,11 @@ def _render_chunk(p: Dict[str, Tensor], image_size: int, g: torch.Generator,
     # 3. Composite (alpha blend), add a little grey pixel noise to everything, clip to [0, 1].
     image = background + alpha * (p["fg"][:, :, None, None] - background)  # [b, 3, H, W]
     image = image + 0.06 * (torch.rand(b, 1, s, s, generator=g) - 0.5)
+    if palette == "mottled":  # drawn only for this palette, so the other palettes' pixels stay as they were
+        cells = max(2, round(s / MOTTLE_PIXELS))
+        up = _linear_upsample_matrix(cells, s)  # [H, cells]
+        blotches = torch.rand(b, 3, cells, cells, generator=g) - 0.5  # [b, 3, cells, cells]
+        image = image + MOTTLE_AMPLITUDE * (up @ blotches @ up.T)  # [b, 3, H, W]
     return image.clamp(0, 1), mask
 
 
@@ -311,7 +326,7 @@ def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: floa
     step = max(1, _CHUNK_PIXELS // (image_size * image_size))
     for start in range(0, n, step):
         chunk = {key: value[start : start + step] for key, value in params.items()}
-        image, mask = _render_chunk(chunk, image_size, g, clutter)
+        image, mask = _render_chunk(chunk, image_size, g, clutter, palette)
         if as_uint8:
             image = (image * 255).round().to(torch.uint8)
         images[start : start + step] = image
@@ -330,8 +345,9 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = D
     fraction of an object's diameter that may lie outside the image (0 = always whole). ``clutter``: short
     strokes of the object's colour in the background of every image (distractors; 0 = none, the default).
     Labels and masks do not depend on ``clutter``: the object is drawn over the strokes. ``palette``:
-    "colour" (random colours, the object lighter in every channel) or "grey" (a light grey object on a dark
-    grey background); labels, masks and geometry are the same for both.
+    "colour" (random colours, the object lighter in every channel), "grey" (a light grey object on a dark
+    grey background) or "mottled" (a faint grey object on grey under random blotches of colour, one per 4x4
+    pixels, as strong as the object's contrast); labels, masks and geometry are the same for all three.
     """
     images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes,
                                          clutter=clutter, palette=palette)
@@ -543,7 +559,7 @@ def get_dataset(
     ``fresh_each_epoch`` (shapes only): new images every epoch, see ``ShapesDataset``.
     ``classes`` (shapes only): a subset of SHAPE_CLASSES to draw, e.g. a smaller task for a quick run.
     ``clutter`` (shapes only): distractor strokes per image, see ``make_shapes``.
-    ``palette`` (shapes only): "colour" or "grey", see ``make_shapes``.
+    ``palette`` (shapes only): "colour", "grey" or "mottled", see ``make_shapes``.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
