@@ -183,6 +183,16 @@ def _check_overhang(overhang: object) -> float:
 MAX_CLUTTER = 32
 PALETTES = ("colour", "grey", "mottled")  # colour: random colours, object lighter; grey: light grey object on
 # dark grey; mottled: a low-contrast grey object on a grey background, both under patch-sized colour blotches
+
+# Per palette other than "colour": the (low, width) of every background channel and of every object channel.
+# grey: object in [0.8, 0.9], background in [0.2, 0.3] (barely tinted): one contrast everywhere, so a patch can
+# tell figure from ground without image-wide colour statistics (docs/training.md: a probe for attention that
+# rises with depth; the full run stayed flat).
+# mottled: object in [0.575, 0.625], background in [0.375, 0.425] (a gap of 0.15-0.25), and _render_chunk adds
+# blotches of random colour, one per 4x4 pixels, reaching +-0.2 per channel, as far as that gap: one patch's
+# colour says little about figure or ground, its neighbourhood's says more (docs/training.md: the one change of
+# the data that grew a local first-layer head).
+_PALETTE_RANGES = {"grey": ((0.2, 0.1), (0.8, 0.1)), "mottled": ((0.375, 0.05), (0.575, 0.05))}
 MOTTLE_AMPLITUDE = 0.4  # "mottled": each channel's blotch value is uniform in +-0.2 at the blotch centres
 MOTTLE_PIXELS = 4  # "mottled": one blotch per 4x4 pixels, the size of the course model's patches
 
@@ -219,22 +229,14 @@ def _shape_params(n: int, image_size: int, g: torch.Generator, overhang: float =
     # in each channel. Why always brighter: with a random sign of the contrast (a dark shape on a light
     # ground as often as the reverse) the small plain ViT first has to learn figure/ground from the
     # colours alone, and learned 4x to 10x slower (docs/training.md); the shape itself is the lesson here.
-    # palette "grey": every channel of the object in [0.8, 0.9], of the background in [0.2, 0.3] (barely tinted):
-    # one contrast everywhere, so a patch can tell figure from ground without image-wide colour statistics
-    # (docs/training.md: a probe for attention that rises with depth; the full run stayed flat). Same random
-    # draws, same stream, so the geometry is that of the colour images.
+    # The other palettes map these same draws onto their own ranges (_PALETTE_RANGES), so the random stream and
+    # the geometry are those of the colour images.
     bg = 0.05 + 0.35 * torch.rand(n, 3, generator=g)
     fg = 0.6 + 0.4 * torch.rand(n, 3, generator=g)
-    # palette "mottled": object channels in [0.575, 0.625], background in [0.375, 0.425] (a gap of 0.15-0.25),
-    # and _render_chunk adds blotches of random colour, one per 4x4 pixels, reaching +-0.2 per channel, as far
-    # as that gap: one patch's colour says little about figure or ground, its neighbourhood's says more
-    # (docs/training.md: the one change of the data that grew a local first-layer head).
-    if palette == "grey":
-        bg = 0.2 + (bg - 0.05) * (0.1 / 0.35)
-        fg = 0.8 + (fg - 0.6) * (0.1 / 0.4)
-    elif palette == "mottled":
-        bg = 0.375 + (bg - 0.05) * (0.05 / 0.35)
-        fg = 0.575 + (fg - 0.6) * (0.05 / 0.4)
+    if palette in _PALETTE_RANGES:
+        (bg_low, bg_width), (fg_low, fg_width) = _PALETTE_RANGES[palette]
+        bg = bg_low + (bg - 0.05) * (bg_width / 0.35)
+        fg = fg_low + (fg - 0.6) * (fg_width / 0.4)
     return {"labels": labels, "shapes": shape_ids, "radius": radius, "cx": cx, "cy": cy, "angle": angle, "bg": bg,
             "fg": fg}
 
@@ -347,7 +349,7 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, overhang: float = D
     Labels and masks do not depend on ``clutter``: the object is drawn over the strokes. ``palette``:
     "colour" (random colours, the object lighter in every channel), "grey" (a light grey object on a dark
     grey background) or "mottled" (a faint grey object on grey under random blotches of colour, one per 4x4
-    pixels, as strong as the object's contrast); labels, masks and geometry are the same for all three.
+    pixels, reaching as far as the object's contrast); labels, masks and geometry are the same for all three.
     """
     images, labels, masks, _ = _generate(n, image_size, seed, as_uint8=False, overhang=overhang, classes=classes,
                                          clutter=clutter, palette=palette)
