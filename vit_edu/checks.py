@@ -23,8 +23,10 @@ the engine, the exercise tables, the grader, its sandbox and the nbgrader/handou
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import math
+from typing import Any, Callable, Dict, Optional, Sequence
 
+from .classroom.engine import PASSED as _PASSED
 from .classroom.engine import CheckError, Exercise, Verdict
 from .classroom.engine import judge as _judge
 from .classroom.engine import probe as _probe
@@ -83,5 +85,73 @@ check_pos_embed_similarity = _make("pos_embed_similarity")  # 08
 check_resize_pos_embed = _make("resize_pos_embed")  # 08
 check_bottleneck = _make("bottleneck")  # 09
 
-__all__ = ["CheckError", "Verdict", "CHECKS", "probe", "judge"] + [f"check_{name}" for name in CHECKS]
+
+def passed_or(yours: Any, reference: Any, name: Optional[str] = None) -> Any:
+    """``yours`` if it passed its check in this session, else ``reference`` (saying so in one line).
+
+    Why: a demonstration after an exercise should use the student's own code, but a student who is stuck
+    must not lose the rest of the notebook. ``name`` labels the message (default: ``yours.__name__``).
+    """
+    if any(obj is yours for obj in _PASSED.values()):
+        return yours
+    label = name or getattr(yours, "__name__", type(yours).__name__)
+    ref = getattr(reference, "__qualname__", None) or getattr(reference, "__name__", None) or type(reference).__name__
+    module = getattr(reference, "__module__", "") or ""
+    ref = f"vit_edu's {ref}" if module.startswith("vit_edu") else ref
+    print(f"\u21aa `{label}` has not passed its check yet, so this cell uses {ref} instead "
+          f"(run the check cell again once yours works).")
+    return reference
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (tuple, list)) or hasattr(value, "shape") and not hasattr(value, "item"):
+        return str(tuple(value)) if not isinstance(value, str) else value
+    return str(value)
+
+
+def reveal(prediction: Any, measured: Any, *, what: str, rel_tol: Optional[float] = None,
+           choices: Optional[Sequence[str]] = None) -> None:
+    """Compare the learner's written prediction with the measurement, in one line; never raises.
+
+    Why: predicting before looking is what turns a demonstration into a lesson. A number is right within
+    ``rel_tol`` (exact when None); a word must be one of ``choices`` (case and spaces ignored); a shape or
+    any other value must be equal.
+    """
+    if prediction is None or prediction is Ellipsis:
+        print(f"(no prediction written) {what}: {_show(measured)}")
+        return
+    if choices is not None:
+        norm = lambda v: " ".join(str(v).lower().split())  # noqa: E731
+        allowed = [norm(c) for c in choices]
+        if norm(prediction) not in allowed:
+            print(f"? your prediction {prediction!r} is not one of {list(choices)}; {what}: {_show(measured)}")
+            return
+        right = norm(prediction) == norm(measured)
+    elif isinstance(measured, (int, float)) and not isinstance(measured, bool):
+        try:
+            p = float(prediction)
+        except (TypeError, ValueError):
+            print(f"? your prediction {prediction!r} is not a number; {what}: {_show(measured)}")
+            return
+        tol = rel_tol if rel_tol is not None else 0.0
+        right = math.isclose(p, float(measured), rel_tol=tol, abs_tol=0.0 if tol else 1e-12)
+    else:
+        try:
+            right = tuple(prediction) == tuple(measured) if hasattr(measured, "__len__") and not isinstance(
+                measured, str) else prediction == measured
+        except TypeError:
+            right = False
+    within = f" (within {rel_tol:.0%})" if rel_tol and right and choices is None else ""
+    mark = "\u2713 right" if right else "\u2717 not quite"
+    print(f"{mark}{within}: you predicted {_show(prediction)}; {what}: {_show(measured)}")
+
+
+__all__ = ["CheckError", "Verdict", "CHECKS", "probe", "judge", "passed_or", "reveal"] + [
+    f"check_{name}" for name in CHECKS]
 assert all(name in globals() for name in __all__), "every exercise in CHECKS needs its check_<name> above"

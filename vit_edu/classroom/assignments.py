@@ -58,6 +58,12 @@ HANDOUT_MARKER = ".vit_edu_handout"  # marks a folder made by `handout`, the onl
 STATEMENT_RE = re.compile(r"^[#>*\s\d.]*Exercise\s+(\d+(?:\.\d+)*)(?![\d.]*\w)(.*)$", re.M)
 POINTS_RE = re.compile(r"^\s*\((\d+(?:\.\d+)?)\s+points?\)\s*:?\s*(.*)$")
 CHECK_CALL_RE = re.compile(r"^\s*check_([A-Za-z0-9_]+)\s*\(", re.M)
+# "**Experiment 6.A (3 points, graded by hand): cls token vs mean pooling**": an open experiment, graded by hand.
+EXPERIMENT_RE = re.compile(r"^[#>*\s\d.]*Experiment\s+(\d+(?:\.\w+)*)\s*\((\d+(?:\.\d+)?)\s+points?,\s*graded by "
+                           r"hand\)\s*:?\s*(.*)$", re.M)
+RUBRIC_RE = re.compile(r"^\s*[-*]\s*\((\d+(?:\.\d+)?)\s+points?\)\s*(.+)$", re.M)  # "- (1 point) criterion"
+EXPERIMENT_STUB = ("# YOUR CODE HERE (your experiment; graded by hand with the written answer below)",)
+EXPERIMENT_PREFIX = "experiment_"  # grade_ids of experiment cells; `grade` never runs them
 
 
 # ================================================================================================ markers
@@ -175,6 +181,77 @@ def _statement(nb: nbformat.NotebookNode, name: str, first_answer: int, after: i
                      f"markdown cell '**Exercise N (P points): title**' in {between}")
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """An open experiment: a statement with a rubric, the teacher's code and the teacher's written answer
+    (both inside solution regions), graded by hand (nbgrader: "Manually graded answer")."""
+
+    key: str                   # grade_id stem, "experiment_6_a"
+    number: str                # "6.A"
+    title: str
+    points: float
+    statement: int             # the markdown cell stating it
+    code: Tuple[int, ...]      # code cells with a solution region (the learner's experiment)
+    answer: int                # the markdown cell with a solution region (the written answer)
+    rubric: Tuple[Tuple[float, str], ...]  # (points, criterion), summing to ``points``
+
+    def grade_ids(self) -> Dict[int, str]:
+        ids = {c: f"{self.key}_code" + (f"_{k + 1}" if k else "") for k, c in enumerate(self.code)}
+        ids[self.answer] = f"{self.key}_answer"
+        return ids
+
+
+def _experiment_spans(nb: nbformat.NotebookNode) -> List[Tuple[int, int, "re.Match[str]"]]:
+    """(statement cell, end cell exclusive, match): an experiment runs to the next heading or statement."""
+    starts = [(i, m) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+              and (m := EXPERIMENT_RE.search(c.source))]
+    spans = []
+    for i, m in starts:
+        end = len(nb.cells)
+        for j in range(i + 1, len(nb.cells)):
+            c = nb.cells[j]
+            if c.cell_type == "markdown" and (re.search(r"^#{1,3}\s(?!(BEGIN|END) SOLUTION)", c.source, re.M) or STATEMENT_RE.search(c.source)
+                                              or EXPERIMENT_RE.search(c.source)):
+                end = j
+                break
+        spans.append((i, end, m))
+    return spans
+
+
+def find_experiments(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[Experiment]:
+    """The open experiments of ``nb``; ValueError naming the cell when one is incomplete (no written answer,
+    a rubric that does not add up to the points, a check call inside it)."""
+    found = []
+    for start, end, m in _experiment_spans(nb):
+        number, points, title = m.group(1), _number(m.group(2)), m.group(3).strip().rstrip("*").strip()
+        where = f"{name}, cell {start}"
+        rubric = tuple((_number(p), c.strip()) for p, c in RUBRIC_RE.findall(nb.cells[start].source))
+        if not rubric:
+            raise ValueError(f"{where}: 'Experiment {number}' has no rubric; expected lines '- (P points) criterion' "
+                             f"in its statement")
+        if abs(sum(p for p, _ in rubric) - points) > 1e-9:
+            raise ValueError(f"{where}: the rubric of 'Experiment {number}' adds up to {sum(p for p, _ in rubric):g} "
+                             f"points, the statement says {points:g}")
+        code = tuple(j for j in range(start + 1, end) if nb.cells[j].cell_type == "code"
+                     and _has_region(nb.cells[j].source))
+        answers = [j for j in range(start + 1, end) if nb.cells[j].cell_type == "markdown"
+                   and _has_region(nb.cells[j].source)]
+        if len(answers) != 1:
+            raise ValueError(f"{where}: 'Experiment {number}' needs exactly one markdown cell with a solution region "
+                             f"(the written answer) before the next heading, found {len(answers)}")
+        for j in range(start + 1, end):
+            if nb.cells[j].cell_type == "code" and CHECK_CALL_RE.search(nb.cells[j].source):
+                raise ValueError(f"{name}, cell {j}: a check call inside 'Experiment {number}' (experiments are "
+                                 f"graded by hand; put exercises under their own heading)")
+        key = EXPERIMENT_PREFIX + re.sub(r"\W+", "_", number).strip("_").lower()
+        found.append(Experiment(key, number, title, points, start, code, answers[0], rubric))
+    return found
+
+
+def _experiment_cells(nb: nbformat.NotebookNode) -> set:
+    return {j for start, end, _ in _experiment_spans(nb) for j in range(start + 1, end)}
+
+
 def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[Exercise]:
     """The exercises of ``nb`` in order; ValueError naming the notebook and cell when the layout is broken
     (an answer without a check cell, a check without an answer, a statement without points, ...)."""
@@ -182,8 +259,11 @@ def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[
     pending: List[int] = []  # answer cells since the last check cell
     last_check = -1
     uses: Dict[str, int] = {}
+    in_experiment = _experiment_cells(nb)
     for i, cell in enumerate(nb.cells):
         where = f"{name}, cell {i}"
+        if i in in_experiment:
+            continue  # find_experiments reads these
         if cell.cell_type == "markdown" and _has_region(cell.source):
             raise ValueError(f"{where}: a solution region in a markdown cell (a written answer) cannot be autograded; "
                              f"ask for code followed by a check cell")
@@ -238,24 +318,43 @@ def expected_metadata(nb: nbformat.NotebookNode, name: str = "<notebook>") -> Di
             else:
                 meta[index] = {"grade": False, "grade_id": grade_id, "locked": False,
                                "schema_version": SCHEMA_VERSION, "solution": True}
+    for exp in find_experiments(nb, name):
+        for index, grade_id in exp.grade_ids().items():
+            if index == exp.answer:  # nbgrader's "Manually graded answer"
+                meta[index] = {"grade": True, "grade_id": grade_id, "locked": False, "points": exp.points,
+                               "schema_version": SCHEMA_VERSION, "solution": True}
+            else:
+                meta[index] = {"grade": False, "grade_id": grade_id, "locked": False,
+                               "schema_version": SCHEMA_VERSION, "solution": True}
     return meta
+
+
+def expected_rubrics(nb: nbformat.NotebookNode, name: str = "<notebook>") -> Dict[int, list]:
+    """{answer cell: rubric} of the open experiments, stored as ``metadata.vit_edu.rubric`` for the grader."""
+    return {exp.answer: [{"points": p, "criterion": c} for p, c in exp.rubric] for exp in find_experiments(nb, name)}
 
 
 def add_nbgrader_metadata(nb: nbformat.NotebookNode, name: str = "<notebook>") -> nbformat.NotebookNode:
     """A copy of ``nb`` whose exercise cells carry their nbgrader metadata and no other cell carries any."""
     expected = expected_metadata(nb, name)
+    rubrics = expected_rubrics(nb, name)
     out = copy.deepcopy(nb)
     for index, cell in enumerate(out.cells):
         if index in expected:
             cell.metadata["nbgrader"] = copy.deepcopy(expected[index])
         else:
             cell.metadata.pop("nbgrader", None)
+        if index in rubrics:
+            cell.metadata["vit_edu"] = {"rubric": copy.deepcopy(rubrics[index])}
+        else:
+            cell.metadata.pop("vit_edu", None)
     return out
 
 
 def metadata_problems(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[str]:
     """Cells whose nbgrader metadata differs from what the markers and statements give (empty: current)."""
     expected = expected_metadata(nb, name)
+    rubrics = expected_rubrics(nb, name)
     problems = []
     for index, cell in enumerate(nb.cells):
         have, want = cell.metadata.get("nbgrader"), expected.get(index)
@@ -263,6 +362,10 @@ def metadata_problems(nb: nbformat.NotebookNode, name: str = "<notebook>") -> Li
             what = "missing" if have is None else ("not an exercise cell" if want is None else "out of date")
             problems.append(f"{name}, cell {index}: nbgrader metadata {what} "
                             f"(expected {want}, got {have})")
+        have_rubric = (cell.metadata.get("vit_edu") or {}).get("rubric")
+        if have_rubric != rubrics.get(index):
+            problems.append(f"{name}, cell {index}: rubric metadata out of date "
+                            f"(expected {rubrics.get(index)}, got {have_rubric})")
     return problems
 
 
@@ -306,7 +409,9 @@ def make_student_notebook(nb: nbformat.NotebookNode, name: str = "<notebook>") -
             cell.source = _strip_solution(cell.source, f"{name}, cell {index}", TEXT_STUB)[0]
         if cell.cell_type != "code":
             continue
-        cell.source = _strip_solution(cell.source, f"{name}, cell {index}")[0]
+        experiment = str(grader.get("grade_id", "")).startswith(EXPERIMENT_PREFIX)
+        cell.source = _strip_solution(cell.source, f"{name}, cell {index}",
+                                      EXPERIMENT_STUB if experiment else STUB)[0]
         cell.outputs = []
         cell.execution_count = None
         cell.metadata.pop("execution", None)  # run timestamps from the teacher's machine

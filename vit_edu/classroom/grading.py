@@ -141,6 +141,8 @@ def load_reference_notebook(path: Path) -> RefNotebook:
             steps.append({"kind": "setup", "source": cell.source, "label": f"setup cell {index}"})
             imports += _imports(cell.source)
             continue
+        if str(grader.get("grade_id", "")).startswith("experiment_"):
+            continue  # an open experiment's code: graded by hand, never run here
         if grader.get("solution"):
             grade_id = grader.get("grade_id")
             if not isinstance(grade_id, str) or not grade_id:
