@@ -690,3 +690,21 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch) -> None:
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert math.isfinite(load_checkpoint(last)["history"]["test_acc"][-1])
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    (dict(qkv_bias="False"), TypeError, "qkv_bias must be True or False, got str 'False'"),
+    (dict(class_token="no"), TypeError, "class_token must be True or False"),
+    (dict(fc_norm=1), TypeError, "fc_norm must be True or False"),
+    (dict(dropout="0.1"), TypeError, "dropout must be a number in [0, 1), got str"),
+    (dict(representation_size=2.5), TypeError, "representation_size must be None or a positive int, got float"),
+    (dict(hybrid_layers=(0,)), ValueError, "hybrid_layers must be None or a non-empty sequence of positive ints"),
+    (dict(hybrid_layers=()), ValueError, "hybrid_layers must be None or a non-empty sequence"),
+    (dict(pool=["cls"]), TypeError, "pool must be one of"),
+    (dict(dim=2**20, heads=16), ValueError, "parameters"),
+])
+def test_vit_config_names_the_field_of_a_wrong_type(kwargs, error, words):
+    import re as _re
+    from vit_edu import ViTConfig
+    with pytest.raises(error, match=_re.escape(words)):
+        ViTConfig(**kwargs)

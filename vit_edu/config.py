@@ -38,6 +38,34 @@ def resnet_stride(layers: Sequence[int]) -> int:
     return 4 * 2 ** (len(layers) - 1)
 
 
+MAX_PARAMETERS = 10**10  # 40 GB of fp32 weights: 16x ViT-H/14; anything larger is a typo here
+
+_BOOLS = ("class_token", "qkv_bias", "fused_attn", "dynamic_img_size", "head_zero_init")
+_RATES = ("dropout", "attn_dropout", "drop_path")
+_CHOICES = {"pool": POOLS, "pos_embedding": POS_EMBEDDINGS, "patch_embed": PATCH_EMBEDS, "weight_init": WEIGHT_INITS}
+
+
+def _check_field_types(config: "ViTConfig") -> None:
+    """Each field has the type it promises, checked by name: 'False' (a string) is not False."""
+    for name in _BOOLS + (("fc_norm",) if config.fc_norm is not None else ()):
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    for name in _RATES:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} {value!r}")
+    for name, choices in _CHOICES.items():
+        value = getattr(config, name)
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be one of {choices}, got {type(value).__name__} {value!r}")
+    rep = config.representation_size
+    if rep is not None and (isinstance(rep, bool) or not isinstance(rep, int)):
+        raise TypeError(f"representation_size must be None or a positive int, got {type(rep).__name__} {rep!r}")
+    if not isinstance(config.extra, dict):
+        raise TypeError(f"extra must be a dict, got {type(config.extra).__name__} {config.extra!r}")
+
+
 @dataclass
 class ViTConfig:
     """Hyper-parameters of :class:`vit_edu.VisionTransformer`.
@@ -74,13 +102,19 @@ class ViTConfig:
     extra: dict = field(default_factory=dict)  # free-form notes (preset name, source); not used by the model
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         self.image_size = to_2tuple(self.image_size, "image_size")
         self.patch_size = to_2tuple(self.patch_size, "patch_size")
         for name in ("image_size", "patch_size"):
             if min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {tuple(getattr(self, name))}")
         if self.hybrid_layers is not None:
-            self.hybrid_layers = tuple(int(v) for v in self.hybrid_layers)
+            layers = self.hybrid_layers
+            if (not isinstance(layers, (tuple, list)) or not layers
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers)):
+                raise ValueError(f"hybrid_layers must be None or a non-empty sequence of positive ints (blocks per "
+                                 f"ResNet stage, the paper's R50: (3, 4, 9)), got {layers!r}")
+            self.hybrid_layers = tuple(int(v) for v in layers)
         for name in ("in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -120,6 +154,16 @@ class ViTConfig:
             )
         if self.pos_embedding == "sincos2d" and self.dim % 4 != 0:
             raise ValueError(f"pos_embedding='sincos2d' needs dim divisible by 4, got dim={self.dim}")
+        # before anything is allocated: a typo such as dim=2**20 would otherwise ask for terabytes
+        tokens = self.grid_size[0] * self.grid_size[1] + 1
+        estimate = (self.depth * (4 * self.dim * self.dim + 2 * self.dim * self.mlp_dim)
+                    + self.dim * (self.input_patch_size[0] * self.input_patch_size[1] * self.in_channels + tokens)
+                    + self.dim * max(self.num_classes, self.representation_size or 0))
+        if estimate > MAX_PARAMETERS:
+            raise ValueError(f"this configuration has about {estimate:.2e} parameters ({4 * estimate / 2**30:,.0f} GiB "
+                             f"in fp32), more than vit_edu builds ({MAX_PARAMETERS:.0e}; ViT-H/14 has 6.3e+08): "
+                             f"check dim={self.dim}, depth={self.depth}, mlp_dim={self.mlp_dim}, "
+                             f"image_size={tuple(self.image_size)}")
 
     @property
     def backbone_stride(self) -> int:

@@ -558,7 +558,9 @@ most containers). Python 3.10 or newer. On Windows: `py -m venv .venv`, then
 ## Where you write code
 
 Each exercise starts with a cell **Exercise N (P points): title** that gives the idea and the contract
-(the signature, the shapes, conventions such as the order of pixels, the errors to raise). The next cell
+(the signature, the shapes, conventions such as the order of pixels, the errors to raise) and the paper's
+equation. Stuck? Open the hints under it (click "Hint 1", "Hint 2", ...): they go from a nudge to nearly the
+answer, so open one at a time. The next cell
 holds the function or class to complete, with
 
 ```python
@@ -585,6 +587,19 @@ the statement asks (errors included). A correct answer prints one line:
 A wrong one stops with a single `CheckError: ...` message that names the mistake and the inputs it used;
 `not implemented yet` means the stub is still there. Your teacher's grader runs your answer cells again on
 fresh random inputs, so code written to fit the check's inputs fails there.
+
+If you cannot solve an exercise yet, go on: the cells after it use the course's reference instead of your
+code until its check passes (they say so in one line), so the rest of the notebook still runs.
+
+## Predictions and experiments
+
+A cell **Predict, then run.** asks what a measurement will show before you see it: write your guess in
+`my_prediction = ...` and run on; a later cell prints your prediction next to the measured value. These are
+not graded; guessing first is how the measurement teaches something.
+
+A cell **Experiment N (P points, graded by hand): title** asks a question without one right answer: design a
+small experiment in the code cell under it (`# YOUR CODE HERE`), run it, and write what you found and why in
+the answer cell (`YOUR ANSWER HERE`). The statement says how it is graded; your teacher grades it by reading.
 
 ## The exercises
 
