@@ -708,3 +708,38 @@ def test_vit_config_names_the_field_of_a_wrong_type(kwargs, error, words):
     from vit_edu import ViTConfig
     with pytest.raises(error, match=_re.escape(words)):
         ViTConfig(**kwargs)
+
+
+def test_weights_of_the_wrong_kind_are_refused(tmp_path):
+    from safetensors.torch import save_file
+    from vit_edu.convert import load_checked
+    model = create_model("vit_nano_patch4_32")
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    as_int = dict(sd, **{"head.weight": sd["head.weight"].round().to(torch.int32)})
+    with pytest.raises(ValueError, match=r"non-float tensors .* head\.weight \(int32\)"):
+        load_checked(create_model("vit_nano_patch4_32"), as_int, "ints.safetensors")
+    as_bool = dict(sd, **{"pos_embed": sd["pos_embed"] > 0})
+    with pytest.raises(ValueError, match=r"pos_embed \(bool\)"):
+        load_checked(create_model("vit_nano_patch4_32"), as_bool)
+    nan = dict(sd, **{"blocks.0.attn.qkv.weight": sd["blocks.0.attn.qkv.weight"] * float("nan")})
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 tensors: blocks\.0\.attn\.qkv\.weight"):
+        load_checked(create_model("vit_nano_patch4_32"), nan)
+    path = tmp_path / "nan.safetensors"
+    save_file({k: v.contiguous() for k, v in nan.items()}, str(path))
+    with pytest.raises(ValueError, match="diverged"):
+        load_state_dict_file(path, "vit_nano_patch4_32")
+
+
+def test_from_timm_refuses_a_vit_edu_model_by_name():
+    with pytest.raises(TypeError, match="got vit_edu's own VisionTransformer"):
+        vit_edu.from_timm(create_model("vit_nano_patch4_32"))
+
+
+def test_load_model_names_a_missing_gpu(tmp_path):
+    from vit_edu.training import load_model
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        load_model(tmp_path / "any.safetensors", device="cuda")
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        load_model(tmp_path / "any.safetensors", device="gpu0")

@@ -41,7 +41,8 @@ def _fmt(keys: list, limit: int = 8) -> str:
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
     """``model.load_state_dict`` with one clear ValueError that lists every difference."""
-    missing, unexpected, shapes = diff_state_dict(model.state_dict(), state_dict)
+    expected = model.state_dict()
+    missing, unexpected, shapes = diff_state_dict(expected, state_dict)
     if missing or unexpected or shapes:
         lines = [f"{source} does not fit this {type(model).__name__} (a different architecture?):"]
         if missing:
@@ -51,6 +52,17 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): " + _fmt([f"{k}: expected {e}, got {g}" for k, e, g in shapes]))
         raise ValueError("\n".join(lines))
+    # load_state_dict would silently cast integer or bool tensors into float weights, and load NaN as readily
+    # as numbers: a file of the right shapes can still be the wrong thing
+    kinds = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state_dict.items()
+             if expected[k].is_floating_point() and not (v.is_floating_point() or v.is_complex())]
+    if kinds:
+        raise ValueError(f"{source} holds non-float tensors where this {type(model).__name__} has float weights "
+                         f"({len(kinds)}): {_fmt(kinds)}; expected float16/bfloat16/float32/float64 weights")
+    broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ValueError(f"{source} holds NaN or infinite values in {len(broken)} tensors: {_fmt(broken)} "
+                         f"(the training run that wrote them diverged; use an earlier checkpoint or a lower --lr)")
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -64,8 +76,12 @@ def _is_identity(m) -> bool:
 def config_from_timm(tm: nn.Module) -> ViTConfig:
     """Read a timm VisionTransformer's hyper-parameters; refuse features vit_edu does not have."""
     name = type(tm).__name__
-    if name != "VisionTransformer" or not hasattr(tm, "blocks"):
-        raise TypeError(f"from_timm expects a timm.models.vision_transformer.VisionTransformer, got {name}")
+    module = type(tm).__module__ or ""
+    if module.startswith("vit_edu"):
+        raise TypeError(f"from_timm expects a timm.models.vision_transformer.VisionTransformer, got vit_edu's own "
+                        f"{name} (it needs no conversion; copy.deepcopy(model) copies it)")
+    if name != "VisionTransformer" or not module.startswith("timm") or not hasattr(tm, "blocks"):
+        raise TypeError(f"from_timm expects a timm.models.vision_transformer.VisionTransformer, got {module}.{name}")
     blk = tm.blocks[0]
     unsupported = {
         "register tokens": getattr(tm, "num_reg_tokens", 0) > 0,

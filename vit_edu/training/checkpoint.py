@@ -199,6 +199,14 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Visi
 
     A missing path, a folder, or a file that is not one of the two gives one clear error (see load_checkpoint).
     """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but this PyTorch sees no CUDA GPU; use device='cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device 'mps' asked for, but this PyTorch has no Apple GPU (MPS); use device='cpu'")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}; expected a .pt training checkpoint or a "
