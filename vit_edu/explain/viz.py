@@ -93,8 +93,8 @@ def to_numpy_images(images: Union[ImageLike, Sequence[ImageLike]]) -> List[np.nd
     raise TypeError(f"images must be a tensor, numpy array or list, got {type(images).__name__}")
 
 
-def _imshow(ax: plt.Axes, image: np.ndarray) -> None:
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+def _imshow(ax: plt.Axes, image: np.ndarray, interpolation: Optional[str] = None) -> None:
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation=interpolation)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -270,7 +270,7 @@ def plot_rollout(images, rollout_maps: torch.Tensor, masks=None, alpha: float = 
             axes[1, i].set_xlabel(f"ratio {float(ratios[i]):.2f}", fontsize=9)
     axes[0, 0].set_ylabel("image")
     axes[1, 0].set_ylabel("rollout")
-    fig.colorbar(mappable, ax=axes[1].tolist(), fraction=0.03, pad=0.02, label="rollout (scaled)")
+    fig.colorbar(mappable, ax=axes[1].tolist(), fraction=0.03, pad=0.02, label="rollout (scaled per image)")
     fig.suptitle("Attention rollout of the class token" + (" (ratio: mass on object / uniform)" if ratios is not None else ""))
     return fig
 
@@ -326,7 +326,8 @@ def plot_pos_embed_similarity(sim: torch.Tensor, title: str = "Position embeddin
     """Paper Fig. 7 centre: one tile per input patch (row, col); the tile is its cosine similarity with all positions.
 
     Drawn as one mosaic with thin gaps (fast even for 14x14 tiles), one shared colour scale: the data's
-    min..max by default, or pass ``vmin=-1, vmax=1`` for the full cosine range.
+    min..max by default (the colour bar says so), or pass ``vmin=-1, vmax=1`` for the full cosine range, or
+    the same ``vmin``/``vmax`` to every map that is to be compared with another.
     """
     if not isinstance(sim, torch.Tensor) or sim.ndim != 4 or sim.shape[:2] != sim.shape[2:]:
         shape = tuple(sim.shape) if isinstance(sim, torch.Tensor) else type(sim).__name__
@@ -336,7 +337,8 @@ def plot_pos_embed_similarity(sim: torch.Tensor, title: str = "Position embeddin
     fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
     img = draw_pos_embed_similarity(ax, sim, vmin, vmax)
     ax.set_title(title)
-    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.03, label="Cosine similarity")
+    own = " (this map's own min..max)" if vmin is None and vmax is None else ""
+    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.03, label="Cosine similarity" + own)
     return fig
 
 
@@ -379,26 +381,39 @@ def draw_pos_embed_similarity(ax: plt.Axes, sim: torch.Tensor, vmin: Optional[fl
 
 def plot_patch_components(components: torch.Tensor, ncols: int = 7,
                           variance_ratio: Union[torch.Tensor, None] = None,
-                          title: str = "Principal components of the patch-embedding filters") -> plt.Figure:
-    """Paper Fig. 7 left: each component [C, P, P] min-max scaled to [0, 1] and shown as an RGB tile."""
+                          title: str = "Principal components of the patch-embedding filters",
+                          tile: float = 1.5) -> plt.Figure:
+    """Paper Fig. 7 left: one RGB tile per component [C, P, P], pixels drawn as blocks (no smoothing).
+
+    Each tile shows its component with zero as mid-grey: ``0.5 + 0.5 * c / max|c|`` over all its channels, so
+    a channel's sign and the balance between R, G and B are kept (a grey tile weighs the three channels
+    alike). The sign of a principal component is arbitrary: a tile and its negative are the same component.
+    Each tile is labelled ``PC k`` and, with ``variance_ratio``, the share of the variance it explains.
+    ``tile``: inches per tile.
+    """
     if not isinstance(components, torch.Tensor) or components.ndim != 4:
         shape = tuple(components.shape) if isinstance(components, torch.Tensor) else type(components).__name__
         raise ValueError(f"components must have shape [k, C, P, P] (from patch_embedding_components), got {shape}")
     k = components.shape[0]
-    fig, axes = _grid(k, ncols, tile=1.2, extra_h=0.5)
+    fig, axes = _grid(k, ncols, tile=tile, extra_h=0.6)
     for i in range(k):
-        _imshow(axes.flat[i], _component_tile(components[i]))
-        if variance_ratio is not None:
-            axes.flat[i].set_title(f"{100 * float(variance_ratio[i]):.1f}%", fontsize=7)
-    fig.suptitle(title, fontsize=10)
+        _imshow(axes.flat[i], _component_tile(components[i]), interpolation="nearest")
+        share = f": {100 * float(variance_ratio[i]):.1f}%" if variance_ratio is not None else ""
+        axes.flat[i].set_title(f"PC {i + 1}{share}", fontsize=8)
+    fig.suptitle(f"{title}\n(mid-grey = 0; the sign of a component is arbitrary)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def _component_tile(component: torch.Tensor) -> np.ndarray:
-    """One principal component [C, P, P] min-max scaled to [0, 1], as an image [P, P, 3] (or [P, P] for C = 1)."""
+    """One principal component [C, P, P] as an image [P, P, 3] (or [P, P] for C = 1) in [0, 1], zero at mid-grey.
+
+    Scaled by its largest absolute value over all channels (``0.5 + 0.5 * c / max|c|``), so the relative
+    weights of the channels, and their signs, survive: a min-max scaling would move zero to a different grey
+    in every tile.
+    """
     c = component.detach().cpu().double()
-    c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
+    c = 0.5 + 0.5 * c / c.abs().max().clamp_min(1e-12)
     return to_numpy_image(c)
 
 
@@ -409,9 +424,11 @@ def plot_figure7(components: torch.Tensor, sim: torch.Tensor, distances: torch.T
     """The three panels of the paper's Fig. 7 for one model, side by side, as the paper shows them.
 
     Left: the first ``num_components`` principal components of the patch-embedding filters (``components``
-    [k, C, P, P] from ``analysis.patch_embedding_components``), each min-max scaled, ``ncols`` per row; with
-    ``variance_ratio`` the title gives the share of the variance they explain. Centre: the position-embedding
-    similarity mosaic (``sim`` [gh, gw, gh, gw] from ``analysis.pos_embed_similarity``). Right: mean attention
+    [k, C, P, P] from ``analysis.patch_embedding_components``), zero at mid-grey as in
+    ``plot_patch_components``, pixels drawn as blocks, ``ncols`` per row, each labelled ``PC k``; with
+    ``variance_ratio`` each label and the title give the share of the variance explained. Centre: the position-embedding
+    similarity mosaic (``sim`` [gh, gw, gh, gw] from ``analysis.pos_embed_similarity``; pass the same
+    ``vmin``/``vmax`` when two figures are to be compared). Right: mean attention
     distance (pixels) of every head against depth (``distances`` [L, H] from
     ``analysis.mean_attention_distance``), with uniform attention's distance (``uniform_distance``, from
     ``analysis.uniform_attention_distance``) dashed and, if given, ``one_patch`` dotted.
@@ -441,14 +458,22 @@ def plot_figure7(components: torch.Tensor, sim: torch.Tensor, distances: torch.T
     blank = np.ones_like(tiles[0])  # white where the last row is not full
     tiles = np.stack(tiles + [blank] * (nrows * ncols - k)).reshape(nrows, ncols, *tiles[0].shape)
 
-    fig, (ax_f, ax_s, ax_d) = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained",
-                                           gridspec_kw={"width_ratios": [1.0, 1.1, 1.2]})
-    _imshow(ax_f, mosaic(tiles, gap=1, fill=1.0))
+    fig, (ax_f, ax_s, ax_d) = plt.subplots(1, 3, figsize=(16.0, 4.8), layout="constrained",
+                                           gridspec_kw={"width_ratios": [1.6, 1.1, 1.2]})
+    _imshow(ax_f, mosaic(tiles, gap=1, fill=1.0), interpolation="nearest")
+    h, w = tiles.shape[2:4]
+    for i in range(k):  # label each tile in the white gap below it (the last row: just under the panel)
+        r, c = divmod(i, ncols)
+        share = f" {100 * float(variance_ratio[i]):.0f}%" if variance_ratio is not None else ""
+        ax_f.text(c * (w + 1) + (w - 1) / 2, r * (h + 1) + h - 0.45, f"PC {i + 1}{share}", ha="center", va="top",
+                  fontsize=8, clip_on=False)
     explained = f", {100 * float(variance_ratio[:k].sum()):.0f} % of the variance" if variance_ratio is not None else ""
-    ax_f.set_title(f"Embedding filters: first {k} principal components{explained}", fontsize=9)
+    ax_f.set_title(f"Embedding filters: first {k} principal components{explained}\n"
+                   "(mid-grey = 0; the sign of a component is arbitrary)", fontsize=9)
     img = draw_pos_embed_similarity(ax_s, sim, vmin, vmax)
     ax_s.set_title("Position embedding similarity", fontsize=9)
-    fig.colorbar(img, ax=ax_s, fraction=0.046, pad=0.03, label="Cosine similarity")
+    own = " (this map's own min..max)" if vmin is None and vmax is None else ""
+    fig.colorbar(img, ax=ax_s, fraction=0.046, pad=0.03, label="Cosine similarity" + own)
     _draw_attention_distance(ax_d, distances, uniform_distance, one_patch)
     ax_d.set_title("Mean attention distance per head", fontsize=9)
     if title:
