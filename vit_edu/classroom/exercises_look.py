@@ -333,8 +333,9 @@ def _rpe_mutants(ctx: Ctx, pos_embed: torch.Tensor, new_grid: Tuple[int, int], o
         ("align_corners=True was used; the contract (timm, vit_edu) is align_corners=False", m(align_corners=True)),
         ("align_corners=True and no antialias; the contract is align_corners=False, antialias=True",
          m(align_corners=True, antialias=False)),
-        ("antialias is off: when the grid shrinks, antialias=True low-pass filters first (timm and vit_edu do); "
-         "F.interpolate(..., mode='bicubic', align_corners=False, antialias=True)", m(antialias=False)),
+        ("antialias is off; the contract (timm, vit_edu) is antialias=True, which changes the result whether the grid "
+         "grows or shrinks (PyTorch's antialiased bicubic uses its own cubic kernel, and low-pass filters when "
+         "shrinking): F.interpolate(..., mode='bicubic', align_corners=False, antialias=True)", m(antialias=False)),
         (f"the new grid is transposed: resize to new_grid = (H, W), H rows of W patches (size=(H, W))",
          m(size=(W, H))),
         (f"the old grid is transposed: the h*w rows are old_grid = (h, w), h rows of w patches",

@@ -12,7 +12,7 @@ each made of BasicBlocks (two 3x3 convs with a residual connection; the first bl
 resolution with stride 2 and a 1x1 projection shortcut), BatchNorm after every conv, global average
 pooling and a Linear head.
 
-    model = ResNet(ResNetConfig(num_classes=8))          # 76,776 parameters, about 6.2M multiply-adds
+    model = ResNet(ResNetConfig(num_classes=8))          # 71,632 parameters, 16.2 MFLOPs per image
     logits = model(torch.randn(2, 3, 32, 32))            # [2, 8]
 """
 
@@ -31,9 +31,12 @@ class ResNetConfig:
 
     num_classes: int = 10
     in_channels: int = 3
-    widths: Tuple[int, ...] = (16, 32, 64)  # channels of each stage; the stem outputs widths[0]
-    blocks: Tuple[int, ...] = (2, 1, 1)  # BasicBlocks per stage; every stage after the first starts with stride 2
-    stem_stride: int = 2  # 2: the stages run at 16x16, 8x8, 4x4 (as cheap as the ViT's 8x8 tokens); 1: CIFAR's 32, 16, 8
+    widths: Tuple[int, ...] = (8, 32, 64)  # channels of each stage; the stem outputs widths[0]
+    blocks: Tuple[int, ...] = (1, 1, 1)  # BasicBlocks per stage; every stage after the first starts with stride 2
+    # 1: the stages run at 32x32, 16x16, 8x8 (CIFAR's ResNet). A stride-2 stem is cheaper, but in a probe on the
+    # mottled shapes (2,000 images, 1,000 steps) a (16, 32, 64) ResNet with it reached 46 % where this one reached
+    # 88 %: a faint object under blotches is found by filters at full resolution.
+    stem_stride: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
