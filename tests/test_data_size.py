@@ -1,0 +1,119 @@
+"""Notebook 10's measurement: the small ResNet, the stored data-size sweep, and the sweep's resume logic.
+
+The stored result (vit_edu/assets/data_size_sweep.json) must be the design the docs promise (>= 5 sizes over
+>= 100x, every stated seed for every model at every size, one budget rule for all); the verdict the notebook
+prints must be the one computed from it; and a tiny sweep into a temp folder must skip finished runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vit_edu.training.cnn import ResNet, ResNetConfig, count_flops, resnet_param_count
+
+ROOT = Path(__file__).resolve().parents[1]
+STORED = ROOT / "vit_edu" / "assets" / "data_size_sweep.json"
+NOTEBOOK = ROOT / "notebooks" / "10_data_vs_inductive_bias.ipynb"
+
+
+def load_sweep_module():
+    spec = importlib.util.spec_from_file_location("data_size_sweep", ROOT / "benchmarks" / "data_size_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("data_size_sweep", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep_mod = load_sweep_module()
+
+
+# --------------------------------------------------------------------------------------------- the ResNet
+@pytest.mark.parametrize("config", [ResNetConfig(num_classes=8),
+                                    ResNetConfig(num_classes=3, widths=(8, 12), blocks=(1, 2), stem_stride=1)])
+def test_resnet_shape_and_parameter_count(config: ResNetConfig) -> None:
+    torch.manual_seed(0)
+    model = ResNet(config)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, config.num_classes)
+    assert model.num_parameters() == resnet_param_count(config)
+    # no weight decay on biases and BatchNorm: every 1-D parameter, nothing else
+    assert model.no_weight_decay() == {n for n, p in model.named_parameters() if p.ndim == 1}
+
+
+def test_default_resnet_is_comparable_to_the_vit() -> None:
+    """The default ResNet and vit_nano_patch4_32: parameters and FLOPs within a factor 1.5 of each other."""
+    cnn = ResNet(ResNetConfig(num_classes=8))
+    vit = sweep_mod.build("vit", 8, 0)
+    p_cnn, p_vit = cnn.num_parameters(), sum(p.numel() for p in vit.parameters())
+    f_cnn, f_vit = count_flops(cnn), count_flops(vit)
+    assert p_cnn == 71_632 and 1 / 1.5 < p_cnn / p_vit < 1.5
+    assert 1 / 1.5 < f_cnn / f_vit < 1.5
+
+
+# --------------------------------------------------------------------------------------------- the stored sweep
+@pytest.fixture(scope="module")
+def stored() -> dict:
+    return json.loads(STORED.read_text(encoding="utf-8"))
+
+
+def test_stored_sweep_design(stored: dict) -> None:
+    design = stored["design"]
+    sizes, seeds = design["sizes"], design["seeds"]
+    assert len(sizes) >= 5 and max(sizes) / min(sizes) >= 100
+    assert len(seeds) >= 3
+    assert {"vit", "cnn"} <= set(design["models"])
+    assert stored["task"]["n_test"] >= 2000
+    assert "re-registered claim" in stored["claim"]
+    s = stored["settings"]
+    got = {(r["model"], r["n_train"], r["seed"]) for r in stored["runs"]}
+    for model in design["models"]:
+        for n in sizes:
+            for seed in seeds:
+                assert (model, n, seed) in got, f"missing run {model} n={n} seed={seed}"
+    for r in stored["runs"]:  # one budget rule for every model: steps depend on n only
+        assert r["steps"] == sweep_mod.steps_for(r["n_train"], s["batch_size"], s["epochs"], s["min_steps"],
+                                                 s["max_steps"])
+        assert 0.0 <= r["test_acc"] <= 1.0
+    for key in design["models"]:
+        assert stored["models"][key]["parameters"] > 0 and stored["models"][key]["flops_per_image"] > 0
+
+
+def test_notebook_prints_the_verdict_computed_from_the_json(stored: dict) -> None:
+    v = sweep_mod.verdict(stored)
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []))
+    m = re.search(r"pre-registered claim holds: (True|False)", text)
+    assert m, "the notebook's outputs must print 'pre-registered claim holds: True|False'"
+    assert m.group(1) == str(v["holds"])
+    for n, ratio in zip(v["sizes"], v["error_ratio"]):
+        assert f"{n:>6d} images: error ratio {ratio:.2f}" in text
+
+
+# --------------------------------------------------------------------------------------------- resume
+def test_tiny_sweep_resumes_and_skips_finished_runs(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    tiny = dict(n_test=64, min_steps=2, max_steps=2, epochs=1)
+    lines: list = []
+    first = sweep_mod.sweep(out, [64, 128], [0], ["cnn", "vit"], overrides=tiny, log=lines.append)
+    assert len(first["runs"]) == 4 and all(r["steps"] == 2 for r in first["runs"])
+    stored_before = json.loads(out.read_text())
+    lines.clear()
+    again = sweep_mod.sweep(out, [64, 128], [0, 1], ["cnn"], overrides=tiny, log=lines.append)
+    assert "4 runs stored" in lines[0] and "2 to do" in lines[0]  # only seed 1 of the cnn was trained
+    assert len(again["runs"]) == 6
+    old = {sweep_mod.run_key(r): r for r in stored_before["runs"]}
+    for r in again["runs"]:  # the finished runs are kept as they were
+        if sweep_mod.run_key(r) in old:
+            assert r == old[sweep_mod.run_key(r)]
+    with pytest.raises(ValueError, match="other settings"):
+        sweep_mod.sweep(out, [64], [0], ["cnn"], overrides={**tiny, "max_steps": 3}, log=lines.append)
+    fresh = sweep_mod.sweep(out, [64], [0], ["cnn"], fresh=True, overrides=tiny, log=lines.append)
+    assert len(fresh["runs"]) == 1
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
