@@ -743,3 +743,34 @@ def test_load_model_names_a_missing_gpu(tmp_path):
         load_model(tmp_path / "any.safetensors", device="cuda")
     with pytest.raises(ValueError, match="device must be a torch device"):
         load_model(tmp_path / "any.safetensors", device="gpu0")
+
+
+def test_diverging_training_stops_with_the_step_and_the_cause(tmp_path, capsys) -> None:
+    """--lr 1e6: the loss turns NaN within the first epoch; the run stops there with one line naming the epoch,
+    the step and the learning rate, exit 2, and no checkpoint of NaN weights is written."""
+    from vit_edu.__main__ import main
+    from vit_edu.training import TrainConfig, TrainingDiverged, fit
+
+    config = TrainConfig(model="vit_nano_patch4_32", epochs=2, batch_size=32, lr=1e6, n_train=256, n_test=64,
+                         grad_clip=0.0, warmup_steps=0, out_dir=str(tmp_path / "run"), progress=False, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1/2, step \d+: the training loss is (nan|inf) .*learning rate"):
+        fit(config, log=lambda message: None)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    code = main(["train", "--lr", "1e6", "--n-train", "256", "--n-test", "64", "--epochs", "2",
+                 "--batch-size", "32", "--warmup-epochs", "0", "--out-dir", str(tmp_path / "cli"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "diverged" in err[0] and "lower --lr" in err[0]
+
+
+def test_infinite_weights_after_an_epoch_are_refused(tmp_path) -> None:
+    """A finite loss can leave an infinite weight (here planted by a hook on the optimizer): refused before saving."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from vit_edu.training import TrainingDiverged, build_scheduler, train_one_epoch
+
+    model = create_model("vit_nano_patch4_32", num_classes=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: model.head.bias.data.fill_(float("inf")))
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 2, (8,))), batch_size=8)
+    with pytest.raises(TrainingDiverged, match=r"1 weight tensors hold NaN or infinite values .*first: head\.bias"):
+        train_one_epoch(model, data, optimizer, build_scheduler(optimizer, 0, 1), torch.nn.CrossEntropyLoss(),
+                        torch.device("cpu"), progress=False)

@@ -44,6 +44,7 @@ from .loop import (
     evaluate,
     fit,
     seed_everything,
+    TrainingDiverged,
     train_one_epoch,
     warmup_cosine,
 )
@@ -54,6 +55,6 @@ __all__ = [
     "check_classes_match", "check_resumable", "checkpoint", "cleanup_distributed", "config", "data", "distributed",
     "evaluate", "export_safetensors", "fit", "is_main_process", "load_checkpoint", "load_model", "loop", "new_history",
     "pretrained_course_model", "read_safetensors_metadata", "resolve_device", "resume_changes", "save_checkpoint",
-    "seed_everything", "set_loader_epoch", "setup_distributed", "stored_classes", "stored_palette", "train_one_epoch", "unwrap",
+    "seed_everything", "set_loader_epoch", "setup_distributed", "stored_classes", "stored_palette", "train_one_epoch", "TrainingDiverged", "unwrap",
     "warmup_cosine",
 ]

@@ -118,6 +118,12 @@ def _bar_disabled(progress: Optional[bool]) -> bool:
 
 
 # ============================================================================================ one epoch
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite: stop, name the step and the likely cause (the learning rate).
+
+    A ValueError because it is the user's setting that caused it: the command line prints it as one line."""
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
                     criterion: nn.Module, device: torch.device, grad_clip: float = 1.0,
                     deadline: Optional[float] = None, progress: Optional[bool] = None,
@@ -126,10 +132,17 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     model.train()
     loss_sum, correct, count, stopped = 0.0, 0.0, 0.0, False
     bar = tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress) or not is_main_process())
-    for batch in bar:
+    for step, batch in enumerate(bar, 1):
         images, labels = batch[0].to(device), batch[1].to(device)
         logits = model(images)  # [B, num_classes]
         loss = criterion(logits, labels)
+        if any_process(not bool(torch.isfinite(loss)), device):  # every process stops at the same step
+            bar.close()
+            raise TrainingDiverged(
+                f"{desc}, step {step}: the training loss is {loss.item()} at learning rate "
+                f"{scheduler.get_last_lr()[0]:.2e}; the run diverged, most likely because the learning rate is too "
+                f"high (lower --lr). Nothing of this epoch was saved: the last checkpoint, "
+                f"if any, is from before it")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over the processes here
         if grad_clip > 0:
@@ -144,6 +157,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             stopped = True
             break
     bar.close()
+    broken = [name for name, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken:  # a finite loss can still leave an infinite weight behind; never save or evaluate it
+        raise TrainingDiverged(f"{desc}: {len(broken)} weight tensors hold NaN or infinite values after the epoch "
+                               f"(first: {broken[0]}); the run diverged, most likely because the learning rate is "
+                               f"too high (lower --lr). Nothing of this epoch was saved")
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
     return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped}
 
