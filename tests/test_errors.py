@@ -774,3 +774,12 @@ def test_infinite_weights_after_an_epoch_are_refused(tmp_path) -> None:
     with pytest.raises(TrainingDiverged, match=r"1 weight tensors hold NaN or infinite values .*first: head\.bias"):
         train_one_epoch(model, data, optimizer, build_scheduler(optimizer, 0, 1), torch.nn.CrossEntropyLoss(),
                         torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("patch", [0, -4, (4, 0)])
+def test_analysis_helpers_refuse_a_patch_size_below_one(patch) -> None:
+    from vit_edu.explain.analysis import object_patches, patch_centers, uniform_attention_distance
+    for call in (lambda: uniform_attention_distance(8, patch), lambda: patch_centers(8, patch),
+                 lambda: object_patches(torch.zeros(1, 32, 32), patch)):
+        with pytest.raises(ValueError, match=r"patch_size must be positive, got \("):
+            call()

@@ -18,14 +18,18 @@ WEIGHT_INITS = ("timm", "jax")
 
 
 def to_2tuple(x: Union[int, Tuple[int, int], list], name: str = "value") -> Tuple[int, int]:
-    """Turn ``224`` or ``(224, 224)`` into ``(224, 224)`` and reject anything else."""
+    """Turn ``224`` or ``(224, 224)`` into ``(224, 224)`` and reject anything else, sizes below 1 included."""
     if isinstance(x, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got bool {x!r}")
     if isinstance(x, int):
-        return (x, x)
-    if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
-        return (int(x[0]), int(x[1]))
-    raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {x!r}")
+        pair = (x, x)
+    elif isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
+        pair = (int(x[0]), int(x[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints (height, width), got {x!r}")
+    if min(pair) < 1:  # a size: a patch, image or grid of 0 or fewer pixels has no meaning
+        raise ValueError(f"{name} must be positive, got {tuple(pair)}")
+    return pair
 
 
 def patch_grid(image_size: Tuple[int, int], patch_size: Tuple[int, int]) -> Tuple[int, int]:
