@@ -172,7 +172,7 @@ def test_train_help_states_the_train_config_defaults(capsys) -> None:
         "--no-fresh-data",
         "--classes", "--weight-init",
         "--pos-lr-scale", "--dropout", "--out-dir", "--time-budget", "--eval-every", "--resume", "--stop-after-epochs",
-        "--export", "--threads", "--progress", "--no-progress"}
+        "--export", "--force", "--threads", "--progress", "--no-progress"}
     for field in train_fields():
         text = by_flag[flag_of(field)].help
         if field == "model_overrides":

@@ -783,3 +783,32 @@ def test_analysis_helpers_refuse_a_patch_size_below_one(patch) -> None:
                  lambda: object_patches(torch.zeros(1, 32, 32), patch)):
         with pytest.raises(ValueError, match=r"patch_size must be positive, got \("):
             call()
+
+
+def test_one_run_per_output_folder(tmp_path, capsys) -> None:
+    """A second run into a folder another run holds is refused; a new run never replaces another run's last.pt
+    unless forced; the run that resumes from it may write it."""
+    from vit_edu.__main__ import main
+    from vit_edu.fileio import folder_lock
+    from vit_edu.training import TrainConfig, fit, load_checkpoint
+
+    out = tmp_path / "run"
+    config = TrainConfig(model="vit_nano_patch4_32", epochs=2, batch_size=64, n_train=128, n_test=64,
+                         out_dir=str(out), progress=False, seed=0, stop_after_epochs=1)
+    with folder_lock(out):  # another run holds the folder
+        with pytest.raises(ValueError, match="another run is writing to output folder"):
+            fit(config, log=lambda m: None)
+    assert not (out / "last.pt").exists()
+    fit(config, log=lambda m: None)
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"holds the checkpoint of another run; continue it with --resume .*--force"):
+        fit(config, log=lambda m: None)
+    assert (out / "last.pt").read_bytes() == before  # untouched
+    assert main(["train", "--n-train", "128", "--n-test", "64", "--epochs", "1", "--batch-size", "64",
+                 "--out-dir", str(out), "--no-progress"]) == 2
+    assert "holds the checkpoint of another run" in capsys.readouterr().err
+    fit(config, resume=out / "last.pt", log=lambda m: None)  # its own run continues
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    fit(config, log=lambda m: None, force=True)  # replaced on request
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]  # the lock leaves no file behind

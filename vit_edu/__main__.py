@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_field(t, name)
     t.add_argument("--resume", default=None, help="continue from this checkpoint (e.g. runs/.../last.pt)")
     t.add_argument("--export", default=None, help="also write the final weights to this .safetensors file")
+    t.add_argument("--force", action="store_true",
+                   help="replace the checkpoint of another run in --out-dir (refused without it)")
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint (default: the shipped one)",
                        description="Evaluate a .pt checkpoint or .safetensors export on a dataset split.")
@@ -206,7 +208,7 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
     last = os.path.join(config.out_dir, "last.pt")
     try:
         model, history = fit(config, resume=args.resume, export=args.export,
-                             export_metadata={"command": command})
+                             export_metadata={"command": command}, force=args.force)
         if is_main_process():
             acc = history["test_acc"][-1] if history["test_acc"] else float("nan")
             print(f"final test accuracy {acc:.4f} ({acc * 100:.2f} %) after {history['epoch'][-1]:.2f} epochs, "

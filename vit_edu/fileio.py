@@ -17,8 +17,9 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, List, Tuple, Union
+from typing import IO, Any, Callable, Iterator, List, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -182,3 +183,28 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = "
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def folder_lock(folder: PathLike, what: str = "output folder (--out-dir)") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself for the block: one run per folder, no lock file left behind.
+
+    The operating system drops the lock when the process ends, however it ends, so a killed run never leaves
+    the folder locked. Where ``fcntl`` is missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another run is writing to {what} {folder} right now; wait for it to finish, or give "
+                             f"another folder") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm  # the terminal bar; tqdm.auto wants ipywidgets inside notebooks
 
 from ..convert import load_checked
-from ..fileio import check_writable_dir, check_writable_file, remove_stale_temp_files
+from ..fileio import check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
 from ..models import create_model
 from ..vit import VisionTransformer
 from .checkpoint import checkpoint_to_resume, export_safetensors, new_history, save_checkpoint, set_rng_state
@@ -321,13 +321,49 @@ def _export(run: Run, path: PathLike, metadata: Optional[dict]) -> None:
     export_safetensors(run.model, path, meta)
 
 
+def _check_not_another_run(config: TrainConfig, resume: Optional[PathLike], force: bool) -> None:
+    """A new run never replaces another run's checkpoint unless asked to (``force``, the CLI's --force)."""
+    last = Path(config.out_dir) / "last.pt"
+    if force or not config.save_checkpoints or not last.is_file():
+        return
+    if resume is not None and Path(resume).resolve() == last.resolve():
+        return  # continuing the run that wrote it
+    what = "continue it with --resume " + str(last) + ", " if resume is None else ""
+    raise ValueError(f"{last} holds the checkpoint of another run; {what}replace it with --force "
+                     f"(fit(..., force=True)), or give another --out-dir")
+
+
+@contextmanager
+def _one_run_per_folder(config: TrainConfig, main: bool, device: torch.device) -> Iterator[None]:
+    """The output folder locked for the whole run (rank 0 holds the lock; every process stops if it is taken)."""
+    if not config.save_checkpoints:
+        yield
+        return
+    lock = folder_lock(config.out_dir) if main else None
+    error: Optional[ValueError] = None
+    try:
+        if lock is not None:
+            try:
+                lock.__enter__()
+            except ValueError as err:
+                lock, error = None, err
+        if any_process(error is not None, device):
+            raise error or ValueError(f"another run is writing to output folder (--out-dir) {config.out_dir}")
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
 def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
         export: Optional[PathLike] = None, export_metadata: Optional[dict] = None,
-        log: Callable[[str], None] = print) -> Tuple[VisionTransformer, History]:
+        log: Callable[[str], None] = print, force: bool = False) -> Tuple[VisionTransformer, History]:
     """Train ``config.model`` on ``config.dataset``; returns (model in eval mode, history of lists).
 
     Saves ``<out_dir>/last.pt`` after every epoch (rank 0 only). ``resume`` continues a run from its
     checkpoint exactly where it stopped. ``export`` also writes the final weights as .safetensors.
+    One run per ``out_dir`` at a time (a lock), and a checkpoint already there is replaced only by the run
+    that resumes from it, or with ``force=True``.
     """
     config = config or TrainConfig()
     rank, world, device = setup_distributed(config.device)
@@ -336,18 +372,20 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     start = time.monotonic()
     with _torch_threads(config.threads):
         _check_outputs(config, export, main)
-        ckpt, changed = checkpoint_to_resume(resume, config, device) if resume is not None else (None, {})
-        run, about = _build_run(config, rank, world, device, None if ckpt is None else (ckpt, resume))
-        if ckpt is not None:
-            _restore(run, ckpt, resume)
-            note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
-                             if k not in ("progress", "out_dir", "stop_after_epochs"))
-            say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else ""))
-        run.model = wrap(run.model, world, device)
-        say(about)
-        _train_epochs(run, start, say, main)
-        if main and export is not None:
-            _export(run, export, export_metadata)
-            say(f"exported weights to {export}")
-        barrier(world)
+        _check_not_another_run(config, resume, force)
+        with _one_run_per_folder(config, main, device):
+            ckpt, changed = checkpoint_to_resume(resume, config, device) if resume is not None else (None, {})
+            run, about = _build_run(config, rank, world, device, None if ckpt is None else (ckpt, resume))
+            if ckpt is not None:
+                _restore(run, ckpt, resume)
+                note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
+                                 if k not in ("progress", "out_dir", "stop_after_epochs"))
+                say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else ""))
+            run.model = wrap(run.model, world, device)
+            say(about)
+            _train_epochs(run, start, say, main)
+            if main and export is not None:
+                _export(run, export, export_metadata)
+                say(f"exported weights to {export}")
+            barrier(world)
     return unwrap(run.model).eval(), run.history
