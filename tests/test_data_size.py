@@ -117,3 +117,61 @@ def test_tiny_sweep_resumes_and_skips_finished_runs(tmp_path: Path) -> None:
     fresh = sweep_mod.sweep(out, [64], [0], ["cnn"], fresh=True, overrides=tiny, log=lines.append)
     assert len(fresh["runs"]) == 1
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------- shuffled patches
+SHUFFLED = ROOT / "vit_edu" / "assets" / "data_size_sweep_shuffled.json"
+
+
+def test_patch_shuffle_is_one_fixed_permutation_of_the_tiles() -> None:
+    """Against einops: cut into 4x4 tiles, reorder by perm, put back; every pixel kept, the same order for every image."""
+    from einops import rearrange
+
+    shuffle = sweep_mod.PatchShuffle(seed=1)
+    x = torch.randn(2, 3, 32, 32)
+    tiles = rearrange(x, "b c (h p) (w q) -> b (h w) c p q", p=4, q=4)[:, shuffle.perm]
+    expected = rearrange(tiles, "b (h w) c p q -> b c (h p) (w q)", h=8)
+    got = torch.stack([shuffle(im) for im in x])
+    assert torch.equal(got, expected)
+    assert sorted(shuffle.perm.tolist()) == list(range(64)) and shuffle.perm.tolist() != list(range(64))
+    assert torch.equal(sweep_mod.PatchShuffle(seed=1).perm, shuffle.perm)  # one permutation per seed
+    with pytest.raises(ValueError, match="must divide"):
+        sweep_mod.PatchShuffle(seed=1, image_size=30)
+
+
+def test_vit_with_permuted_position_embedding_is_the_same_function_on_shuffled_images() -> None:
+    """Why the ViT loses nothing on shuffled patches: permute E_pos like the tiles and the logits are unchanged;
+    the CNN's are not."""
+    import copy
+
+    shuffle = sweep_mod.PatchShuffle(seed=1)
+    vit, cnn = sweep_mod.build("vit", 8, 0).eval(), sweep_mod.build("cnn", 8, 0).eval()
+    twin = copy.deepcopy(vit)
+    with torch.no_grad():
+        twin.pos_embed[:, 1:] = vit.pos_embed[:, 1 + shuffle.perm]
+        x = torch.randn(3, 3, 32, 32)
+        xs = torch.stack([shuffle(im) for im in x])
+        torch.testing.assert_close(twin(xs), vit(x), atol=1e-5, rtol=0)
+        assert (cnn(xs) - cnn(x)).abs().max() > 1e-3
+
+
+def test_stored_shuffled_sweep_matches_the_original_design(stored: dict) -> None:
+    shuffled = json.loads(SHUFFLED.read_text(encoding="utf-8"))
+    assert shuffled["settings"]["patch_shuffle_seed"] is not None
+    assert "patch-shuffled task" in shuffled["claim"]
+    got = {(r["model"], r["n_train"], r["seed"]) for r in shuffled["runs"]}
+    for n in stored["design"]["sizes"]:
+        for seed in stored["design"]["seeds"]:
+            assert ("cnn", n, seed) in got, f"missing shuffled cnn n={n} seed={seed}"
+        assert any(m == "vit" and size == n for m, size, _ in got), f"no shuffled vit run at n={n}"
+    v = sweep_mod.verdict_shuffled(stored, shuffled)  # refuses sweeps that differ in more than the shuffle
+    assert v["judged_sizes"]
+    with pytest.raises(ValueError, match="patch-shuffle-seed"):
+        sweep_mod.verdict_shuffled(stored, stored)
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []))
+    m = re.search(r"pre-registered claim \(shuffled patches\) holds: (True|False)", text)
+    assert m and m.group(1) == str(v["holds"])
+    for n in stored["design"]["sizes"]:
+        assert f"{v['ratio_original'][n]:14.2f} {v['ratio_shuffled'][n]:9.2f}" in text

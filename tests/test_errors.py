@@ -812,3 +812,27 @@ def test_one_run_per_output_folder(tmp_path, capsys) -> None:
     fit(config, log=lambda m: None, force=True)  # replaced on request
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["last.pt"]  # the lock leaves no file behind
+
+
+def test_an_export_that_failed_is_redone_from_the_finished_checkpoint(tmp_path, monkeypatch, capsys) -> None:
+    """The export fails after training (a full disk here): the finished checkpoint is kept, and resuming it with
+    --export writes the weights without training again."""
+    from vit_edu.__main__ import main
+    from vit_edu.training import load_checkpoint, load_model, loop
+
+    out, export = tmp_path / "run", tmp_path / "w.safetensors"
+    flags = ["train", *NANO_FLAGS, *SHAPES_FLAGS, "--out-dir", str(out), "--export", str(export)]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "export_safetensors", full_disk)
+    assert main(flags) != 0
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert not export.exists() and load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert main(["train", "--resume", str(out / "last.pt"), "--export", str(export), "--no-progress"]) == 0
+    assert "nothing left to train, exporting" in capsys.readouterr().out
+    trained = load_checkpoint(out / "last.pt")["model"]
+    for k, v in load_model(export).state_dict().items():
+        assert torch.equal(v, trained[k]), k

@@ -290,3 +290,30 @@ def test_weight_init_flag_reaches_the_model() -> None:
     assert torch.count_nonzero(jax.head.weight) == 0 and torch.count_nonzero(timm_.head.weight) > 0
     with pytest.raises(ValueError, match="weight_init"):
         TrainConfig(weight_init="xavier")
+
+
+@pytest.mark.parametrize("budgets", [(5.0,), (12.0,), (5.0, 9.0)], ids=["in-epoch-1", "in-epoch-2", "twice"])
+def test_a_time_budget_stop_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, budgets) -> None:
+    """A run stopped by --time-budget inside an epoch (dropout, drop-path and augmentation drawing from the RNG)
+    resumes to bitwise the weights of an uninterrupted run. The clock is a counter, so the stop is reproducible."""
+    import itertools
+    import types
+
+    kw = dict(model="vit_nano_patch4_32", epochs=2, batch_size=32, n_train=256, n_test=32, progress=False,
+              device="cpu", warmup_steps=1, model_overrides={"dropout": 0.1, "drop_path": 0.1}, augment=True, seed=1)
+    straight, _ = fit(TrainConfig(**kw, out_dir=str(tmp_path / "a")), log=quiet)
+    last = tmp_path / "b" / "last.pt"
+    for i, budget in enumerate(budgets):
+        clock = itertools.count()
+        monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
+        fit(TrainConfig(**kw, out_dir=str(tmp_path / "b"), time_budget_s=budget), resume=last if i else None,
+            log=quiet)
+        monkeypatch.undo()
+        ckpt = load_checkpoint(last)
+        position = ckpt["extra"]["stopped_at"]
+        assert ckpt["extra"]["stopped_early"] is True and position is not None
+        assert 0 < position["batches"] < 8 and ckpt["epoch"] in (0, 1)  # inside an epoch, which is not counted done
+    resumed, history = fit(TrainConfig(**kw, out_dir=str(tmp_path / "b")), resume=last, log=quiet)
+    assert history["epoch"][-1] == 2
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

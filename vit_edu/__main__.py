@@ -190,9 +190,10 @@ def train_config_from_args(args: argparse.Namespace):
         raise ValueError(f"--resume continues {args.resume} with its own settings, so these flags are refused: "
                          f"{', '.join(shown)}; leave them out, or start a new run without --resume "
                          f"(with --resume only {', '.join(_resume_flags())} may change)")
-    if ckpt["epoch"] >= config.epochs:
+    if ckpt["epoch"] >= config.epochs and not args.export:  # with --export: write a finished run's weights again
         raise ValueError(f"{args.resume} has finished all {config.epochs} epochs, so there is nothing to resume; "
-                         f"pass --epochs N with N > {ckpt['epoch']} to lengthen its schedule and go on")
+                         f"pass --epochs N with N > {ckpt['epoch']} to lengthen its schedule and go on, or "
+                         f"--export FILE to write its weights again")
     return config
 
 
@@ -217,10 +218,11 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
                 print(f"checkpoint saved to {last}")
             if args.export:
                 print(f"weights exported to {args.export}")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, OSError) as err:
         if is_main_process() and config.save_checkpoints and os.path.isfile(last):
-            print(f"vit_edu train: the last finished epoch is saved in {last}; continue with: "
-                  f"python -m vit_edu train --resume {shlex.quote(last)}", file=sys.stderr)
+            again = "--resume " + shlex.quote(last) + (f" --export {shlex.quote(args.export)}" if args.export else "")
+            print(f"vit_edu train: the last saved state of the run is in {last}; continue with: "
+                  f"python -m vit_edu train {again}", file=sys.stderr)
         raise
     finally:
         cleanup_distributed()
@@ -390,6 +392,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"vit_edu {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine, not the user: a full disk, a file-size limit, a vanished folder
+        if os.environ.get("VIT_EDU_DEBUG"):
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"vit_edu {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     parser.error(f"unknown command {args.command!r}")
     return 2
 

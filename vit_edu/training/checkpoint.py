@@ -79,8 +79,10 @@ def set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scheduler: Optional[Any] = None, epoch: int = 0, history: Optional[dict] = None,
-                    train_config: Optional[TrainConfig] = None, extra: Optional[dict] = None) -> Path:
-    """Everything needed to resume: weights, optimizer, scheduler, epochs done, RNG states, history, configs."""
+                    train_config: Optional[TrainConfig] = None, extra: Optional[dict] = None,
+                    rng: Optional[dict] = None) -> Path:
+    """Everything needed to resume: weights, optimizer, scheduler, epochs done, RNG states (``rng``, else the
+    current ones), history, configs."""
     vit = unwrap(model)
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -90,7 +92,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
-        "rng": rng_state(),
+        "rng": rng if rng is not None else rng_state(),
         "history": history if history is not None else new_history(),
         "extra": extra or {},
     }
@@ -152,10 +154,11 @@ def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[A
     return allowed, refused
 
 
-def checkpoint_to_resume(path: PathLike, config: TrainConfig,
-                         map_location: Union[str, torch.device] = "cpu") -> Tuple[dict, Dict[str, Tuple[Any, Any]]]:
+def checkpoint_to_resume(path: PathLike, config: TrainConfig, map_location: Union[str, torch.device] = "cpu",
+                         allow_finished: bool = False) -> Tuple[dict, Dict[str, Tuple[Any, Any]]]:
     """(checkpoint, allowed changes) for ``fit(config, resume=path)``; a ValueError before any work if the
-    checkpoint cannot be resumed, ``config`` would change what a step computes, or the run is finished."""
+    checkpoint cannot be resumed, ``config`` would change what a step computes, or the run is finished (unless
+    ``allow_finished``: a finished run resumed only to export its weights again)."""
     ckpt = load_checkpoint(path, map_location=map_location)
     check_resumable(ckpt, path)
     changed, refused = resume_changes(ckpt["config"]["train"], config)
@@ -164,10 +167,10 @@ def checkpoint_to_resume(path: PathLike, config: TrainConfig,
             f"{k} from {old!r} to {new!r}" for k, (old, new) in refused.items())
             + "; a resumed run keeps the checkpoint's settings (only "
             f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change): start a new run to use other values")
-    if ckpt["epoch"] >= config.epochs:
+    if ckpt["epoch"] >= config.epochs and not allow_finished:
         raise ValueError(f"{path} is a finished run ({ckpt['epoch']} of {config.epochs} epochs done): "
                          f"nothing to resume; to train longer, resume with more epochs (--epochs) than "
-                         f"{ckpt['epoch']}, or start a new run")
+                         f"{ckpt['epoch']}; to write its weights again, resume it with --export; or start a new run")
     return ckpt, changed
 
 

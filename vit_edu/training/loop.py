@@ -33,7 +33,8 @@ from ..convert import load_checked
 from ..fileio import check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
 from ..models import create_model
 from ..vit import VisionTransformer
-from .checkpoint import checkpoint_to_resume, export_safetensors, new_history, save_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_to_resume, export_safetensors, new_history, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import TrainConfig
 from .data import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
 from .distributed import (all_reduce_sum, any_process, barrier, is_main_process, setup_distributed, unwrap,
@@ -127,12 +128,26 @@ class TrainingDiverged(ValueError):
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
                     criterion: nn.Module, device: torch.device, grad_clip: float = 1.0,
                     deadline: Optional[float] = None, progress: Optional[bool] = None,
-                    desc: str = "train") -> Dict[str, Any]:
-    """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``."""
+                    desc: str = "train", skip_batches: int = 0, rng_after_skip: Optional[dict] = None
+                    ) -> Dict[str, Any]:
+    """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``.
+
+    Returns the mean loss and accuracy, the ``batches`` trained and, when stopped, ``rng`` (the RNG states at
+    that step, before anything else draws from them). ``skip_batches`` continues a stopped epoch: the loader's
+    first batches are drawn (so the loader's own random draws repeat) but not trained on, then the RNG states
+    become ``rng_after_skip``, the ones recorded where the epoch stopped.
+    """
     model.train()
-    loss_sum, correct, count, stopped = 0.0, 0.0, 0.0, False
-    bar = tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(progress) or not is_main_process())
-    for step, batch in enumerate(bar, 1):
+    loss_sum, correct, count, stopped, trained, rng = 0.0, 0.0, 0.0, False, 0, None
+    batches = iter(loader)
+    for _ in range(skip_batches):
+        next(batches)
+    if rng_after_skip is not None:
+        set_rng_state(rng_after_skip)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    bar = tqdm(batches, desc=desc, leave=False, initial=skip_batches, total=total,
+               disable=_bar_disabled(progress) or not is_main_process())
+    for step, batch in enumerate(bar, skip_batches + 1):
         images, labels = batch[0].to(device), batch[1].to(device)
         logits = model(images)  # [B, num_classes]
         loss = criterion(logits, labels)
@@ -152,9 +167,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         loss_sum += loss.item() * labels.numel()
         correct += (logits.argmax(dim=-1) == labels).sum().item()
         count += labels.numel()
+        trained += 1
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if deadline is not None and any_process(time.monotonic() > deadline, device):
-            stopped = True
+            stopped, rng = True, rng_state()
             break
     bar.close()
     broken = [name for name, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
@@ -163,7 +179,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                                f"(first: {broken[0]}); the run diverged, most likely because the learning rate is "
                                f"too high (lower --lr). Nothing of this epoch was saved")
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
-    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped}
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped,
+            "batches": trained, "rng": rng}
 
 
 @torch.no_grad()  # no autograd graph: evaluation needs no gradients, and recording them costs time and memory
@@ -205,6 +222,9 @@ class Run:
     steps_per_epoch: int
     history: History
     start_epoch: int = 0
+    start_batch: int = 0  # > 0: the run stopped inside start_epoch after this many batches (a time budget)
+    epoch_rng: Optional[dict] = None  # the RNG states at the start of that epoch
+    stop_rng: Optional[dict] = None  # ... and where it stopped
 
 
 @contextmanager
@@ -270,6 +290,9 @@ def _restore(run: Run, ckpt: dict, source: PathLike) -> None:
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.history, run.start_epoch = ckpt["history"], ckpt["epoch"]
+    position = (ckpt.get("extra") or {}).get("stopped_at")
+    if position:  # stopped inside an epoch: replay its start, skip the batches done, continue from the stop
+        run.start_batch, run.epoch_rng, run.stop_rng = int(position["batches"]), position["epoch_rng"], ckpt["rng"]
     set_rng_state(ckpt["rng"])
 
 
@@ -283,19 +306,30 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
     last_eval_s = 0.0
     for epoch in range(run.start_epoch, end_epoch):
         set_loader_epoch(run.train_loader, config.seed, epoch)
+        skip, after_skip = 0, None
+        if epoch == run.start_epoch and run.start_batch:  # the rest of an epoch a time budget stopped
+            set_rng_state(run.epoch_rng)
+            skip, after_skip = run.start_batch, run.stop_rng
+        epoch_rng = rng_state()  # what the epoch starts from: its loader draws from it
         t0 = time.monotonic()
         stop_at = deadline - last_eval_s if deadline is not None else None  # leave time for the last evaluation
         tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.criterion, run.device,
-                             config.grad_clip, stop_at, config.progress, desc=f"epoch {epoch + 1}/{config.epochs}")
+                             config.grad_clip, stop_at, config.progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                             skip_batches=skip, rng_after_skip=after_skip)
         train_s = time.monotonic() - t0
-        stopped = tr["stopped"]
-        if stopped or epoch + 1 == end_epoch or (epoch + 1) % config.eval_every == 0:
+        budget_hit = tr["stopped"]
+        stopped = budget_hit and skip + tr["batches"] < run.steps_per_epoch  # inside the epoch, not at its end
+        # An uninterrupted run evaluates when due; an evaluation only this run makes (at a stop) must not move
+        # the RNG states the checkpoint records (creating a DataLoader iterator draws from them).
+        due = epoch + 1 == config.epochs or (epoch + 1) % config.eval_every == 0
+        rng_before_eval = tr["rng"] if stopped else rng_state()
+        if budget_hit or due or epoch + 1 == end_epoch:
             t1 = time.monotonic()
             te = evaluate(run.model, run.test_loader, run.device, progress=False)
             last_eval_s = time.monotonic() - t1
         else:
             te = {"loss": float("nan"), "acc": float("nan")}
-        done = epoch + (1 if not stopped else tr["images"] / (run.steps_per_epoch * config.batch_size))
+        done = epoch + (1 if not stopped else (skip + tr["batches"]) / run.steps_per_epoch)
         row = {"epoch": done, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"],
                "test_acc": te["acc"], "lr": run.scheduler.get_last_lr()[0], "images_per_s": tr["images"] / train_s,
                "elapsed_s": elapsed_before + time.monotonic() - start}
@@ -305,10 +339,15 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
             f"test loss {te['loss']:.4f} acc {te['acc']:.4f}  lr {row['lr']:.2e}  "
             f"{row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f} s")
         if main and config.save_checkpoints:
-            save_checkpoint(Path(config.out_dir) / "last.pt", run.model, run.optimizer, run.scheduler, epoch + 1,
-                            run.history, config, extra={"stopped_early": stopped, "classes": run.classes})
-        if stopped:
-            say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs")
+            # a stopped epoch is recorded as not done, with where it stopped: --resume finishes it exactly
+            position = {"batches": skip + tr["batches"], "epoch_rng": epoch_rng} if stopped else None
+            save_checkpoint(Path(config.out_dir) / "last.pt", run.model, run.optimizer, run.scheduler,
+                            epoch if stopped else epoch + 1, run.history, config,
+                            extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes},
+                            rng=rng_before_eval if stopped or not due else None)
+        if budget_hit:
+            say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs "
+                f"(--resume continues from there)")
             break
 
 
@@ -374,7 +413,8 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
         _check_outputs(config, export, main)
         _check_not_another_run(config, resume, force)
         with _one_run_per_folder(config, main, device):
-            ckpt, changed = checkpoint_to_resume(resume, config, device) if resume is not None else (None, {})
+            ckpt, changed = (checkpoint_to_resume(resume, config, device, allow_finished=export is not None)
+                             if resume is not None else (None, {}))
             run, about = _build_run(config, rank, world, device, None if ckpt is None else (ckpt, resume))
             if ckpt is not None:
                 _restore(run, ckpt, resume)
@@ -383,6 +423,8 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
                 say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else ""))
             run.model = wrap(run.model, world, device)
             say(about)
+            if ckpt is not None and run.start_epoch >= config.epochs:
+                say(f"{resume} is a finished run: nothing left to train, exporting its weights")
             _train_epochs(run, start, say, main)
             if main and export is not None:
                 _export(run, export, export_metadata)
