@@ -429,12 +429,13 @@ def test_handout_of_the_course_imports_on_its_own(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ figures folder
-def test_figures_go_next_to_the_notebook_unless_in_the_repository(tmp_path, monkeypatch):
+def test_figures_go_next_to_the_notebook_or_to_build_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.delenv("VIT_EDU_FIGURES", raising=False)
     monkeypatch.chdir(tmp_path)  # a student's copy or nbgrader's autograded/<student>/<assignment>/
     assert viz.figures_dir() == tmp_path.resolve() / "figures" and (tmp_path / "figures").is_dir()
-    for where in (ROOT, NOTEBOOKS):  # make notebooks, make demo: the committed figures/
+    for where in (ROOT, NOTEBOOKS):  # JupyterLab on the course, make demo: untracked, the checkout stays clean
         monkeypatch.chdir(where)
-        assert viz.figures_dir() == ROOT / "figures"
+        assert viz.figures_dir(create=False) == ROOT / "build" / "figures"
+        assert (ROOT / "build") .name in (ROOT / ".gitignore").read_text().split("/\n")
     monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path / "env"))
     assert viz.figures_dir() == tmp_path / "env"

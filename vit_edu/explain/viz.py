@@ -16,17 +16,17 @@ from ..config import to_2tuple
 
 
 def figures_dir(create: bool = True) -> Path:
-    """Where save_figure writes, created on demand: $VIT_EDU_FIGURES if set; the repository's figures/ when
-    running in the repository root or its notebooks/ folder (make notebooks, make demo); otherwise figures/
-    in the working directory, so a student's copy or an nbgrader autograde never draws over the committed
-    figures."""
+    """Where save_figure writes, created on demand: $VIT_EDU_FIGURES if set (``make notebooks`` points it at the
+    committed figures/); build/figures/ (untracked) when running in the repository root or its notebooks/
+    folder, so Run All in JupyterLab or ``make demo`` leaves a learner's checkout clean; otherwise figures/ in
+    the working directory, so a student's copy or an nbgrader autograde keeps its pictures beside it."""
     env = os.environ.get("VIT_EDU_FIGURES")
     if env:
         d = Path(env)
     else:
         root = Path(__file__).resolve().parents[2]  # vit_edu/explain/viz.py -> the repository
         cwd = Path.cwd().resolve()
-        d = root / "figures" if cwd in (root, root / "notebooks") else cwd / "figures"
+        d = root / "build" / "figures" if cwd in (root, root / "notebooks") else cwd / "figures"
     if create:
         d.mkdir(parents=True, exist_ok=True)
     return d
