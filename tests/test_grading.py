@@ -676,3 +676,28 @@ def test_course_student_copies_are_a_valid_reference(tmp_path):
     exercises = [e for nb in notebooks for e in nb.exercises]
     assert len(exercises) >= 16 and all(e.points > 0 and e.answers for e in exercises), exercises
     assert all(any(step["kind"] == "setup" for step in nb.steps) for nb in notebooks if nb.exercises)
+
+
+def test_the_printed_table_fits_a_terminal_and_shows_no_escape_codes() -> None:
+    """25 students x 10 notebooks x 2 exercises: under 100 columns; names with escape codes are shown defused;
+    the per-notebook points add up to the total; --detail keeps one ✓/✗ column per exercise."""
+    from vit_edu.classroom.grading import RefExercise, RefNotebook, format_table
+
+    reference = [RefNotebook(f"{i:02d}_notebook", [], [RefExercise(f"{i:02d}_notebook", f"ex{i}_{j}", "patchify",
+                                                                    float(j + 1), "x", ()) for j in range(2)], [], [])
+                 for i in range(10)]
+    students = [f"student_{k:02d}" for k in range(24)] + ["\x1b]0;pwned\x07\x1b[32mfake 43/43 a very long name"]
+    rows = [{"student": s, "notebook": nb.name, "exercise": ex.name, "passed": k % 2 == 0 or ex.points == 1,
+             "points": ex.points if (k % 2 == 0 or ex.points == 1) else 0.0, "max_points": ex.points, "message": ""}
+            for k, s in enumerate(students) for nb in reference for ex in nb.exercises if not (k == 3 and nb.name == "05_notebook")]
+    text = format_table(rows, students, reference)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) < 100
+    assert "\x1b" not in text and "\x07" not in text
+    assert lines[0].split()[1:] == [f"{i:02d}" for i in range(10)] + ["total"]
+    odd = next(line for line in lines if line.startswith("student_01"))
+    assert odd.split()[1:] == ["1/3"] * 10 + ["10/30"]
+    skipped = next(line for line in lines if line.startswith("student_03"))
+    assert skipped.split()[6] == "·" and skipped.split()[-1] == "9/30"
+    detail = format_table(rows, students, reference, detail=True)
+    assert "ex9_1" in detail.splitlines()[0] and "✗" in detail and "\x1b" not in detail

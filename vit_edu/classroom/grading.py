@@ -1,7 +1,7 @@
 """Grade filled-in student notebooks; the verdict is made where no student code runs.
 
     python -m vit_edu grade SUBMISSIONS_DIR [--out grades.csv] [--reference assignments/student] [--jobs N]
-        [--timeout 60] [--cell-timeout S] [--memory-mb 2048] [--max-output-kb 256] [--seed N] [--force]
+        [--timeout 60] [--cell-timeout S] [--memory-mb 2048] [--max-output-kb 256] [--seed N] [--force] [--detail]
 
 Layout: one folder per student, holding that student's notebooks::
 
@@ -450,20 +450,50 @@ def _write_combined(out: Path, students: Sequence[str], reference: Sequence[RefN
     return rows
 
 
-def format_table(rows: Sequence[dict], students: Sequence[str], reference: Sequence[RefNotebook]) -> str:
-    """Students x exercises with ✓ / ✗ (· where nothing was graded) and total/max."""
-    names = [ex.name for nb in reference for ex in nb.exercises]
+def _printable(text: str, limit: int = 24) -> str:
+    """A folder name as the terminal may show it: control and escape characters as '?', at most ``limit`` wide."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[:limit - 1] + "…"
+
+
+def format_table(rows: Sequence[dict], students: Sequence[str], reference: Sequence[RefNotebook],
+                 detail: bool = False) -> str:
+    """Points per notebook and total/max for each student (fits a terminal: 10 notebooks in under 100 columns);
+    ``detail``: one ✓ / ✗ column per exercise instead (· where nothing was graded). The CSVs hold both."""
     table = summarize(rows, students, reference)
-    width = max([len("student")] + [len(s) for s in students])
-    passed = {(r["student"], r["notebook"], r["exercise"]): r["passed"] for r in rows}
-    keys = [(nb.name, ex.name) for nb in reference for ex in nb.exercises]
-    head = "student".ljust(width) + "  " + "  ".join(names) + "  total"
+    shown = {s: _printable(s) for s in students}
+    width = max([len("student")] + [len(v) for v in shown.values()])
+    if detail:
+        names = [ex.name for nb in reference for ex in nb.exercises]
+        passed = {(r["student"], r["notebook"], r["exercise"]): r["passed"] for r in rows}
+        keys = [(nb.name, ex.name) for nb in reference for ex in nb.exercises]
+        head = "student".ljust(width) + "  " + "  ".join(names) + "  total"
+        lines = [head, "-" * len(head)]
+        for s in students:
+            _, total, full, _ = table[s]
+            marks = ["·" if (s, *k) not in passed else ("✓" if passed[(s, *k)] else "✗") for k in keys]
+            cells = "  ".join(m.center(len(n)) for m, n in zip(marks, names))
+            lines.append(f"{shown[s].ljust(width)}  {cells}  {total:g}/{full:g}")
+        return "\n".join(lines)
+    books = [nb for nb in reference if nb.exercises]
+    labels = [nb.name.split("_", 1)[0][:5] for nb in books]  # "01_patch_embedding" -> "01"
+    offset = {nb.name: sum(len(b.exercises) for b in reference[:i]) for i, nb in enumerate(reference)}
+    cells_of = {}
+    for s in students:
+        vals, total, full, _ = table[s]
+        cells = []
+        for nb in books:
+            mine = vals[offset[nb.name]:offset[nb.name] + len(nb.exercises)]
+            got, most = sum(v for v in mine if v), sum(ex.points for ex in nb.exercises)
+            cells.append("·" if all(v is None for v in mine) else f"{got:g}/{most:g}")
+        cells_of[s] = (cells, f"{total:g}/{full:g}")
+    col = [max([len(label)] + [len(cells_of[s][0][i]) for s in students]) for i, label in enumerate(labels)]
+    head = "student".ljust(width) + "  " + " ".join(l.rjust(w) for l, w in zip(labels, col)) + "  total"
     lines = [head, "-" * len(head)]
     for s in students:
-        _, total, full, _ = table[s]
-        marks = ["·" if (s, *k) not in passed else ("✓" if passed[(s, *k)] else "✗") for k in keys]
-        cells = "  ".join(m.center(len(n)) for m, n in zip(marks, names))
-        lines.append(f"{s.ljust(width)}  {cells}  {total:g}/{full:g}")
+        cells, total = cells_of[s]
+        lines.append(f"{shown[s].ljust(width)}  " + " ".join(c.rjust(w) for c, w in zip(cells, col)) + f"  {total}")
+    lines.append("(points per notebook; --detail shows every exercise, the CSVs hold each one with its message)")
     return "\n".join(lines)
 
 
@@ -513,7 +543,7 @@ def _default_jobs() -> int:
 def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", timeout: float = 60,
           reference_dir: "str | Path | None" = None, cell_timeout: Optional[float] = None, verbose: bool = True,
           jobs: Optional[int] = None, memory_mb: int = 2048, max_output_kb: int = 256, seed: Optional[int] = None,
-          force: bool = False) -> List[dict]:
+          force: bool = False, detail: bool = False) -> List[dict]:
     """Grade every ``<student>/*.ipynb`` under ``submissions_dir`` against the reference; returns the rows of
     ``out_csv`` (student, notebook, exercise, passed, points, max_points, message).
 
@@ -543,7 +573,13 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         raise ValueError(f"max_output_kb must be an int >= 0, got {max_output_kb!r}")
     if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    reference = load_reference(_reference_path(reference_dir))
+    reference_folder = _reference_path(reference_dir)
+    reference = load_reference(reference_folder)
+    if verbose:
+        n_ex = sum(len(nb.exercises) for nb in reference)
+        points = sum(ex.points for nb in reference for ex in nb.exercises)
+        print(f"reference: {reference_folder.resolve()} ({len(reference)} notebooks, {n_ex} exercises, "
+              f"{points:g} points)", flush=True)
     out = Path(out_csv)
     check_writable_file(out, "grades file (--out)")  # now, not after grading everybody
     check_writable_file(summary_path(out), "summary file")
@@ -606,7 +642,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if not todo:
         rows = _write_combined(out, names, reference)
         if verbose:
-            print(format_table(rows, names, reference))
+            print(format_table(rows, names, reference, detail))
             print(f"nothing left to grade (--force regrades everybody); wrote {out} and {summary_path(out)}")
         return rows
     for warning in _environment_warnings(root):
@@ -630,7 +666,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         _write_json(state_path, state)
     rows = _write_combined(out, names, reference)
     if verbose:
-        print(format_table(rows, names, reference))
+        print(format_table(rows, names, reference, detail))
         print(f"wrote {out}, {summary_path(out)} and {folder}/<student>.csv")
     return rows
 
@@ -783,6 +819,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seed of the checks' random cases (default: a new one, printed)")
     parser.add_argument("--force", action="store_true",
                         help="regrade everybody (default: resume, skipping students already graded)")
+    parser.add_argument("--detail", action="store_true",
+                        help="print one column per exercise (default: points per notebook, under 100 columns)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     problems = []
     if not Path(args.submissions).is_dir():
@@ -803,7 +841,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         grade(args.submissions, args.out, args.timeout, args.reference, args.cell_timeout, jobs=args.jobs,
-              memory_mb=args.memory_mb, max_output_kb=args.max_output_kb, seed=args.seed, force=args.force)
+              memory_mb=args.memory_mb, max_output_kb=args.max_output_kb, seed=args.seed, force=args.force,
+              detail=args.detail)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
             sandbox.SandboxError) as err:
         if os.environ.get("VIT_EDU_DEBUG"):
