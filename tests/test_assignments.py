@@ -365,7 +365,8 @@ HANDOUT_TOP = {".vit_edu_handout", "Makefile", "README.md", "notebooks", "pyproj
 
 
 def _assert_handout(out: Path, src: Path) -> None:
-    assert {p.name for p in out.iterdir()} == HANDOUT_TOP
+    assert {p.name for p in out.iterdir()} - {"docs"} == HANDOUT_TOP
+    _assert_pointers_resolve(out)
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == sorted(p.name for p in src.glob("*.ipynb"))
     files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
     assert not [f for f in files if "exercise_solutions" in f or f.startswith("tests/") or "__pycache__" in f]
@@ -410,6 +411,35 @@ def test_handout_of_a_small_course(tmp_path, capsys):
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
     assert cli_main(["handout", str(ROOT / "vit_edu" / "h"), "--src", str(src)]) == 2
     assert not (ROOT / "vit_edu" / "h").exists()
+
+
+def _assert_pointers_resolve(out: Path) -> None:
+    """Every relative link and every docs/ or figures/ path a handout notebook names exists in the handout."""
+    import re as _re
+    for path in (out / "notebooks").glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "markdown":
+                continue
+            for target in _re.findall(r"\]\(([^)\s#]+)", cell.source):
+                if "://" in target or target.startswith("mailto:"):
+                    continue
+                assert (path.parent / target).exists(), f"{path.name}: link {target} leads nowhere in the handout"
+            for named in _re.findall(r"(?<![\w/.])((?:docs|figures|benchmarks|tools|tests)/[\w./-]+\.\w+)",
+                                     cell.source):
+                assert (out / named).exists(), f"{path.name}: names {named}, which the handout does not hold"
+
+
+def test_handout_carries_the_docs_its_notebooks_cite(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_nb("print(1)", markdown="How the recipe was found: docs/training.md."), src / "01_a.ipynb")
+    out = assignments.handout(tmp_path / "handout", src)
+    assert (out / "docs" / "training.md").read_bytes() == (ROOT / "docs" / "training.md").read_bytes()
+    _assert_pointers_resolve(out)
+    nbformat.write(_nb("print(1)", markdown="See docs/nowhere.md."), src / "01_a.ipynb")
+    with pytest.raises(FileNotFoundError, match="docs/nowhere.md"):
+        assignments.handout(tmp_path / "handout2", src)
 
 
 def test_handout_of_the_course_imports_on_its_own(tmp_path):

@@ -23,15 +23,7 @@ STORED = ROOT / "vit_edu" / "assets" / "data_size_sweep.json"
 NOTEBOOK = ROOT / "notebooks" / "10_data_vs_inductive_bias.ipynb"
 
 
-def load_sweep_module():
-    spec = importlib.util.spec_from_file_location("data_size_sweep", ROOT / "benchmarks" / "data_size_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("data_size_sweep", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep_mod = load_sweep_module()
+from vit_edu.training import data_size as sweep_mod  # the sweep's code: benchmarks/data_size_sweep.py runs it
 
 
 # --------------------------------------------------------------------------------------------- the ResNet

@@ -641,6 +641,14 @@ $(STAMP): requirements.txt pyproject.toml
 """
 
 HANDOUT_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".*", "*.egg-info", "*~")
+# a repository file a notebook's text points a learner to ("docs/training.md tells how ..."): copied into the
+# handout at the same place, so every such pointer resolves there too
+CITED_FILE = re.compile(r"(?<![\w/.])((?:docs|figures)/[\w.-]+\.(?:md|png))")
+
+
+def cited_files(texts: Sequence[str]) -> List[str]:
+    """The repository files (docs/*.md, figures/*.png) the notebooks' texts name, sorted."""
+    return sorted({m.group(1) for text in texts for m in CITED_FILE.finditer(text)})
 
 
 def _points(value: float) -> str:
@@ -657,7 +665,8 @@ def student_readme(exercises: Sequence[Tuple[str, Exercise]], notebooks: Sequenc
 
 def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: bool = False) -> Path:
     """Write the student handout to ``out_dir``: notebooks/ (student copies), vit_edu/, pyproject.toml,
-    requirements.txt, README.md, Makefile; nothing else from the repository (no teacher notebooks, no tests).
+    requirements.txt, README.md, Makefile and the docs the notebooks cite (docs/training.md); nothing else from
+    the repository (no teacher notebooks, no tests).
 
     Refuses a non-empty ``out_dir`` unless ``force`` and it is a previous handout; the handout is built in a
     temporary folder beside it and renamed into place, so a failure leaves no half-written handout.
@@ -697,6 +706,11 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
             raise AssertionError(f"{path.name}: the student copy still holds solution lines: {leaks[:3]}")
         students[path.name] = text
     exercises = course_exercises(src)
+    cited = cited_files(students.values())
+    missing = [name for name in cited if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the notebooks point to {', '.join(missing)}, which {root} does not have; "
+                                f"expected every cited file to exist so the handout can carry it")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -704,7 +718,8 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
         for name, text in students.items():
             _write_atomic(tmp / "notebooks" / name, text)
         shutil.copytree(PACKAGE_DIR, tmp / "vit_edu", ignore=shutil.ignore_patterns(*HANDOUT_IGNORE))
-        for name in ("pyproject.toml", "requirements.txt"):
+        for name in ("pyproject.toml", "requirements.txt", *cited):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, tmp / name)
         names = sorted(students)
         (tmp / "README.md").write_text(student_readme(exercises, names), encoding="utf-8")

@@ -5,7 +5,7 @@ ViT lacks two inductive biases a CNN has built in, **locality** (a 3x3 kernel se
 and **translation equivariance** (the same kernel slides over every position), so it needs more data to
 learn what a CNN gets for free. To measure that, the CNN must be a fair opponent: about as many
 parameters and as many FLOPs per image as the ViT, trained with the same loop and the same budget rule
-(``benchmarks/data_size_sweep.py``).
+(``vit_edu.training.data_size``, run by ``benchmarks/data_size_sweep.py``).
 
 The architecture is He et al. (2016)'s ResNet for CIFAR, only thinner: a 3x3 stem, one stage per width,
 each made of BasicBlocks (two 3x3 convs with a residual connection; the first block of a stage halves the
