@@ -45,7 +45,7 @@ PRESETS: Dict[str, dict] = {
     # the paper's hybrid idea (section 3.1) at toy scale (`--model vit_hybrid_s4_32`; the default run trains the
     # plain vit_course_patch8_32). A ResNet stem + one bottleneck stage (stride 4) gives an 8x8 feature map,
     # embedded by a 1x1 "patch"; the convolutions supply the locality a plain ViT must learn from data
-    # (notebooks 06 and 09 compare the two at equal compute)
+    # (notebook 06 compares the two at equal compute)
     "vit_hybrid_s4_32": dict(image_size=32, patch_size=1, hybrid_layers=(1,), num_classes=10, dim=64, depth=6, heads=4,
                              mlp_dim=128, class_token=False, pool="mean", pos_embedding="sincos2d"),
 }
