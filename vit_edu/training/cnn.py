@@ -3,8 +3,8 @@
 Why a CNN here: the paper's central lesson (Dosovitskiy et al. 2020, Sec. 4.2-4.3, Figs. 3-4) is that a
 ViT lacks two inductive biases a CNN has built in, **locality** (a 3x3 kernel sees only its neighbours)
 and **translation equivariance** (the same kernel slides over every position), so it needs more data to
-learn what a CNN gets for free. To measure that, the CNN must be a fair opponent: about as many
-parameters and as many FLOPs per image as the ViT, trained with the same loop and the same budget rule
+learn what a CNN gets for free. To measure that, the CNN must be a fair opponent: parameters and FLOPs per
+image within a factor 1.5 of the ViT's, trained with the same loop and the same budget rule
 (``vit_edu.training.data_size``, run by ``benchmarks/data_size_sweep.py``).
 
 The architecture is He et al. (2016)'s ResNet for CIFAR, only thinner: a 3x3 stem, one stage per width,

@@ -334,6 +334,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
