@@ -701,3 +701,64 @@ def test_the_printed_table_fits_a_terminal_and_shows_no_escape_codes() -> None:
     assert skipped.split()[6] == "·" and skipped.split()[-1] == "9/30"
     detail = format_table(rows, students, reference, detail=True)
     assert "ex9_1" in detail.splitlines()[0] and "✗" in detail and "\x1b" not in detail
+
+
+def test_no_submission_stops_the_class(tmp_path, monkeypatch, capsys):
+    """Names that are not UTF-8 or start with '-', the grader's own file names inside a submission, a lone
+    surrogate in an error message, a symlinked folder, and a grader failure on one notebook: each costs at most
+    that student's marks, with the reason in the CSV, and everybody else is graded."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+
+    def put(student, answers=None, name="a.ipynb", file_name=None):
+        folder = os.path.join(os.fsencode(subs), os.fsencode(student))
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, os.fsencode(file_name or name))
+        nbformat.write(submission(name, answers), os.fsdecode(target))
+        return Path(os.fsdecode(folder))
+
+    put("ann"), put("ann", name="b.ipynb")
+    put("-dash")
+    put(b"bad\xffname")
+    put("sur", {"patchify": "raise ValueError('bad \\ud800 value')"})
+    own = put("own")
+    (own / sandbox.JOB).mkdir()
+    (own / sandbox.OUTPUT).mkdir()
+    (own / sandbox.OBSERVATIONS).write_bytes(b"planted")
+    put("ann2", file_name=b"a\xfe.ipynb")
+    put("zed")
+    (subs / "link").symlink_to(subs / "ann")
+    real_judge = grading.judge_notebook
+
+    def judge(student, *args, **kwargs):
+        if student == "zed":
+            raise RuntimeError("a judge that fails on this record")
+        return real_judge(student, *args, **kwargs)
+
+    monkeypatch.setattr(grading, "judge_notebook", judge)
+    out = tmp_path / "grades.csv"
+    grading.grade(subs, out, reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB, jobs=2)
+    printed = capsys.readouterr()
+    assert "not following 1 symbolic link(s)" in printed.err
+    with open(grading.summary_path(out), newline="", encoding="utf-8") as f:
+        totals = {grading._cell_value(r["student"]): float(r["total"]) for r in csv.DictReader(f)}
+    assert totals == {"ann": 6, "-dash": 1, "bad\\xffname": 1, "sur": 0, "own": 1, "ann2": 1, "zed": 0}
+    rows = grading.read_student_csv(grading.students_dir(out) / "zed.csv")
+    assert "not graded: the grader could not judge this notebook (RuntimeError" in rows[0]["message"]
+    sur = grading.read_student_csv(grading.students_dir(out) / "sur.csv")
+    assert "ValueError: bad ? value" in sur[0]["message"]
+    notes = [r["notebook"] for r in grading.read_student_csv(grading.students_dir(out) / "ann2.csv")]
+    assert "a\\xfe.ipynb" in notes
+
+
+def test_the_grader_s_own_names_are_not_copied(tmp_path):
+    src = tmp_path / "student"
+    (src / sandbox.JOB).mkdir(parents=True)
+    (src / sandbox.OBSERVATIONS).write_bytes(b"planted")
+    (src / "keep.txt").write_text("mine")
+    (src / "sub").mkdir()
+    (src / "sub" / sandbox.OBSERVATIONS).write_text("inside a subfolder it is just a file")
+    notes = sandbox.copy_folder(src, tmp_path / "scratch")
+    got = sorted(p.relative_to(tmp_path / "scratch").as_posix() for p in (tmp_path / "scratch").rglob("*"))
+    assert got == ["keep.txt", "sub", f"sub/{sandbox.OBSERVATIONS}"]
+    assert sum("a name the grader keeps for itself" in n for n in notes) == 2

@@ -255,6 +255,7 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
     by_name = {nb.name: nb for nb in reference}
     files = sorted(p for p in student_dir.glob("*.ipynb"))
     read = {p.name: read_answers(p) for p in files}
+    label = {p.name: _label(p.name) for p in files}
     others = []
     for p in files:
         if p.name in by_name:
@@ -264,21 +265,21 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
     for p in others:
         answers, problem = read[p.name]
         if answers is None:
-            out.notes.append((p.name, f"not in the reference and unreadable ({problem}): not graded"))
+            out.notes.append((label[p.name], f"not in the reference and unreadable ({problem}): not graded"))
             continue
         overlap = sorted(((len(set(answers) & set(nb.answer_ids)), nb.name) for nb in reference), reverse=True)
         best, ref_name = overlap[0] if overlap else (0, "")
         if best == 0:
-            out.notes.append((p.name, "extra notebook: not in the reference, not graded"))
+            out.notes.append((label[p.name], "extra notebook: not in the reference, not graded"))
         elif ref_name in out.graded and out.graded[ref_name][1] is None:  # the file of that name is unreadable
-            broken = out.graded[ref_name][0].name
+            broken = _label(out.graded[ref_name][0].name)
             out.graded[ref_name] = (p, answers, problem)
-            out.notes.append((p.name, f"graded as {ref_name} (the file {broken} cannot be read)"))
+            out.notes.append((label[p.name], f"graded as {ref_name} (the file {broken} cannot be read)"))
         elif ref_name in out.graded:
-            out.notes.append((p.name, f"duplicate of {ref_name} (same answer cells): not graded"))
+            out.notes.append((label[p.name], f"duplicate of {ref_name} (same answer cells): not graded"))
         else:
             out.graded[ref_name] = (p, answers, problem)
-            out.notes.append((p.name, f"graded as {ref_name} (renamed)"))
+            out.notes.append((label[p.name], f"graded as {ref_name} (renamed)"))
     return out
 
 
@@ -286,17 +287,28 @@ def submission_hash(student_dir: Path) -> str:
     """Changes when any of the student's notebooks changes (resuming regrades that student)."""
     h = hashlib.sha256()
     for p in sorted(student_dir.glob("*.ipynb")):
-        h.update(p.name.encode() + b"\0")
+        h.update(os.fsencode(p.name) + b"\0")
         data, problem = sandbox.read_untrusted(p, MAX_NOTEBOOK_BYTES)
         h.update(hashlib.sha256(data if data is not None else problem.encode()).digest())
     return h.hexdigest()[:16]
 
 
 # ============================================================================================ judging
+def _label(name: str) -> str:
+    """A file or folder name as text every output can hold: bytes that are not UTF-8 as \\xNN (one name, one
+    label), so a student folder called b'bad\\xffname' is graded and reported as 'bad\\xffname'."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 file or terminal accepts) as '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _row(student: str, notebook: str, exercise: str, passed: bool, points: float, max_points: float,
          message: str) -> dict:
-    return dict(student=student, notebook=notebook, exercise=exercise, passed=bool(passed),
-                points=float(points), max_points=float(max_points), message=message)
+    return dict(student=_encodable(student), notebook=_encodable(notebook), exercise=_encodable(exercise),
+                passed=bool(passed), points=float(points), max_points=float(max_points), message=_encodable(message))
 
 
 def _text(x: Any, limit: int = 300) -> str:
@@ -389,8 +401,14 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _cell_text(text: str) -> str:
-    """A CSV field a spreadsheet will not read as a formula (a student names the files and writes the errors)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    """A CSV field a spreadsheet will not read as a formula (a student names the files and writes the errors):
+    a leading ' is added before = + - @ tab CR, and before ' itself, so :func:`_cell_value` can take it off."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r", "'") else text
+
+
+def _cell_value(text: str) -> str:
+    """Undo :func:`_cell_text`: the name or message as it was (a student '-ann' is '-ann' again, not 0 points)."""
+    return text[1:] if text[:1] == "'" else text
 
 
 def _csv_rows(rows: Sequence[dict]) -> List[List[object]]:
@@ -400,8 +418,9 @@ def _csv_rows(rows: Sequence[dict]) -> List[List[object]]:
 
 def read_student_csv(path: Path) -> List[dict]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [_row(r["student"], r["notebook"], r["exercise"], r["passed"] == "1", float(r["points"]),
-                     float(r["max_points"]), r["message"]) for r in csv.DictReader(f)]
+        return [_row(_cell_value(r["student"]), _cell_value(r["notebook"]), _cell_value(r["exercise"]),
+                     r["passed"] == "1", float(r["points"]), float(r["max_points"]), _cell_value(r["message"]))
+                for r in csv.DictReader(f)]
 
 
 def summary_path(out_csv: "str | Path") -> Path:
@@ -445,7 +464,8 @@ def _write_combined(out: Path, students: Sequence[str], reference: Sequence[RefN
     header = ["student"] + [f"{nb.name}:{ex.name}" for nb in reference for ex in nb.exercises] + ["total", "max", "notes"]
     table = summarize(rows, done, reference)
     _write_csv(summary_path(out), header,
-               [[s] + ["" if v is None else f"{v:g}" for v in vals] + [f"{tot:g}", f"{mx:g}", " | ".join(notes)]
+               [[_cell_text(s)] + ["" if v is None else f"{v:g}" for v in vals]
+                + [f"{tot:g}", f"{mx:g}", _cell_text(" | ".join(notes))]
                 for s, (vals, tot, mx, notes) in table.items()])
     return rows
 
@@ -587,7 +607,11 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"per-student grades folder {folder} is a file; expected a folder (it is named "
                                  f"after --out)")
-    students = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    links = sorted(_label(p.name) for p in root.iterdir() if p.is_symlink())
+    if links:  # a link to notebooks/ or to another student's folder is nobody's own work
+        print(f"warning: not following {len(links)} symbolic link(s) in {root}: {', '.join(links[:3])}"
+              f"{', ...' if len(links) > 3 else ''}; a student's folder must be a real folder", file=sys.stderr)
+    students = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     loose = sorted(p.name for p in root.glob("*.ipynb"))
     with_notebooks = [s for s in students if any(s.glob("*.ipynb"))]
     if loose and not with_notebooks:
@@ -618,26 +642,26 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         suspects[s] = suspects.get(s, 0) + (2 if len(crashed) == 1 else 1)
     state.update(reference=fp, running=[], grader_pid=os.getpid(), suspects=suspects)
     state.setdefault("students", {})
-    names = [s.name for s in students]
+    names = [_label(s.name) for s in students]
     seed = secrets.randbelow(2**31) if seed is None else seed
 
     todo: List[Path] = []
-    hashes = {s.name: submission_hash(s) for s in students}
+    hashes = {_label(s.name): submission_hash(s) for s in students}
     for s in students:
-        done = (folder / f"{s.name}.csv").exists() and state["students"].get(s.name, {}).get("files") == hashes[s.name]
+        done = (folder / f"{_label(s.name)}.csv").exists() and state["students"].get(_label(s.name), {}).get("files") == hashes[_label(s.name)]
         if done and not force:
             continue
-        if suspects.get(s.name, 0) >= 2:
+        if suspects.get(_label(s.name), 0) >= 2:
             message = ("not graded: the grader itself was killed while this student's notebooks ran; delete "
-                       f"{folder / (s.name + '.csv')} to try again")
-            rows = [r for nb in reference for r in _failed_rows(s.name, nb, message)]
-            _write_csv(folder / f"{s.name}.csv", COLUMNS, _csv_rows(rows))
-            state["students"][s.name] = {"seed": seed, "files": hashes[s.name], "marked": True}
-            suspects.pop(s.name)
-            print(f"warning: {s.name}: {message}", file=sys.stderr)
+                       f"{folder / (_label(s.name) + '.csv')} to try again")
+            rows = [r for nb in reference for r in _failed_rows(_label(s.name), nb, message)]
+            _write_csv(folder / f"{_label(s.name)}.csv", COLUMNS, _csv_rows(rows))
+            state["students"][_label(s.name)] = {"seed": seed, "files": hashes[_label(s.name)], "marked": True}
+            suspects.pop(_label(s.name))
+            print(f"warning: {_label(s.name)}: {message}", file=sys.stderr)
             continue
         todo.append(s)
-    todo.sort(key=lambda s: (suspects.get(s.name, 0) == 0, s.name))  # suspects first, each alone
+    todo.sort(key=lambda s: (suspects.get(_label(s.name), 0) == 0, _label(s.name)))  # suspects first, each alone
     _write_json(state_path, state)
     if not todo:
         rows = _write_combined(out, names, reference)
@@ -700,6 +724,36 @@ class _Task:
     alone: bool = False  # run with nothing else running (a suspect, or a retry after a server death)
 
 
+def _prepare(s: Path, student: str, reference: Sequence[RefNotebook], alone: bool) -> Tuple[List[dict], List["_Task"]]:
+    """(rows already decided, notebooks to run) for one student's folder."""
+    match = match_notebooks(s, reference)
+    rows: List[dict] = [_row(student, file, "(notebook)", False, 0.0, 0.0, note) for file, note in match.notes]
+    tasks: List[_Task] = []
+    for ref in reference:
+        if not ref.exercises:
+            continue
+        if ref.name not in match.graded:
+            rows += _failed_rows(student, ref, "notebook missing from the submission")
+            continue
+        path, answers, problem = match.graded[ref.name]
+        if answers is None:
+            rows += _failed_rows(student, ref, f"could not read {_label(path.name)}: {problem}")
+        elif not any(g in answers for g in ref.answer_ids):
+            rows += _failed_rows(student, ref, f"{_label(path.name)} holds none of the answer cells (grade_ids "
+                                               f"{', '.join(ref.answer_ids)})")
+        else:
+            tasks.append(_Task(student, s, ref, answers, alone=alone))
+    return rows, tasks
+
+
+def _grader_failed(student: str, reference: Sequence[RefNotebook], what: str, err: BaseException,
+                   only: Optional[RefNotebook] = None) -> List[dict]:
+    """Rows for a submission (or one notebook of it) the grader itself failed on: 0 points, the reason said,
+    so the teacher sees it and the rest of the class is graded."""
+    message = f"not graded: the grader {what} ({type(err).__name__}: {one_line(str(err), 200)}); please report it"
+    return [r for nb in ([only] if only is not None else reference) for r in _failed_rows(student, nb, message)]
+
+
 def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[RefNotebook], folder: Path,
                state: dict, state_path: Path, seed: int, limits: sandbox.Limits, suspects: Dict[str, int],
                out: Path, names: Sequence[str], verbose: bool) -> None:
@@ -708,24 +762,14 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
     left: Dict[str, int] = {}
     queue: List[_Task] = []
     for s in todo:
-        match = match_notebooks(s, reference)
-        rows: List[dict] = [_row(s.name, file, "(notebook)", False, 0.0, 0.0, note) for file, note in match.notes]
-        for ref in reference:
-            if not ref.exercises:
-                continue
-            if ref.name not in match.graded:
-                rows += _failed_rows(s.name, ref, "notebook missing from the submission")
-                continue
-            path, answers, problem = match.graded[ref.name]
-            if answers is None:
-                rows += _failed_rows(s.name, ref, f"could not read {path.name}: {problem}")
-            elif not any(g in answers for g in ref.answer_ids):
-                rows += _failed_rows(s.name, ref, f"{path.name} holds none of the answer cells (grade_ids "
-                                                  f"{', '.join(ref.answer_ids)})")
-            else:
-                queue.append(_Task(s.name, s, ref, answers, alone=suspects.get(s.name, 0) > 0))
-        rows_of[s.name] = rows
-        left[s.name] = sum(1 for t in queue if t.student == s.name)
+        student = _label(s.name)
+        try:
+            rows, tasks = _prepare(s, student, reference, suspects.get(student, 0) > 0)
+        except Exception as err:  # noqa: BLE001 - one submission the grader cannot read must not stop the class
+            rows, tasks = _grader_failed(student, reference, "could not read this submission", err), []
+        queue += tasks
+        rows_of[student] = rows
+        left[student] = len(tasks)
     running: Dict[str, _Task] = {}
     students_running: Dict[str, int] = {}
     counter = 0
@@ -741,7 +785,7 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
         rows = sorted(rows_of.pop(student), key=lambda r: order.get((r["notebook"], r["exercise"]), len(order)))
         _write_csv(folder / f"{student}.csv", COLUMNS, _csv_rows(rows))
         state["students"][student] = {"seed": seed, "files": submission_hash(Path(
-            next(s for s in todo if s.name == student)))}
+            next(s for s in todo if _label(s.name) == student)))}
         suspects.pop(student, None)
         save_state()
         _write_combined(out, names, reference)
@@ -751,8 +795,8 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
             print(f"{student}: {got:g}/{full:g} (wrote {folder / (student + '.csv')})", flush=True)
 
     for s in todo:  # students with nothing to run (no readable notebook) are done now
-        if left[s.name] == 0:
-            finish_student(s.name)
+        if left[_label(s.name)] == 0:
+            finish_student(_label(s.name))
     while queue or running:
         started = False
         while queue and box.free():
@@ -767,7 +811,20 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
                 students_running[task.student] = 0
                 save_state()
             students_running[task.student] += 1
-            box.start(key, task.student_dir, job_steps(task.ref, task.answers), seed)
+            try:
+                box.start(key, task.student_dir, job_steps(task.ref, task.answers), seed)
+            except sandbox.SandboxError:
+                raise  # the sandbox itself is broken: nobody can be graded
+            except Exception as err:  # noqa: BLE001 - e.g. a path too long for the scratch copy
+                running.pop(key)
+                students_running[task.student] -= 1
+                rows_of[task.student] += _grader_failed(task.student, reference, "could not start this notebook",
+                                                        err, task.ref)
+                left[task.student] -= 1
+                if left[task.student] == 0:
+                    del students_running[task.student]
+                    finish_student(task.student)
+                continue
             started = True
         for result in box.wait(0.0 if started else 0.05):
             task = running.pop(result.key)
@@ -779,7 +836,10 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
                     print(f"{task.student}/{task.ref.name}: the sandbox server died; running it again alone",
                           flush=True)
                 continue
-            rows = judge_notebook(task.student, task.ref, task.answers, result, seed, limits)
+            try:
+                rows = judge_notebook(task.student, task.ref, task.answers, result, seed, limits)
+            except Exception as err:  # noqa: BLE001 - a record the judge cannot handle costs that notebook only
+                rows = _grader_failed(task.student, reference, "could not judge this notebook", err, task.ref)
             rows_of[task.student] += rows
             if verbose:
                 got = sum(r["points"] for r in rows)

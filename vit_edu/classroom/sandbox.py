@@ -65,6 +65,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 JOB = ".vit_edu_job.json"  # the cells to run, written by the grader into the scratch copy, read by the child
 OBSERVATIONS = ".vit_edu_observations.pt"  # written by the child in its scratch folder, read by the grader
 OUTPUT = ".vit_edu_output.txt"  # the child's stdout + stderr
+RESERVED_PREFIX = ".vit_edu_"  # the scratch copy's names the grader uses; a submission's own are not copied
 SETUP_FAILED = 71  # the child's exit code when the sandbox itself could not be set up (no student code ran)
 RUN_FAILED = 72  # ... when recording failed after the student's code ran (e.g. it made its folder read-only)
 UID_BASE = 61000  # first uid tried for the sandboxes (uids without a passwd entry and without processes)
@@ -165,14 +166,24 @@ def copy_folder(src: Path, dst: Path, max_bytes: int = 200 * 1024 * 1024) -> Lis
         rel = Path(root).relative_to(src)
         for d in list(dirs):
             st = os.lstat(Path(root) / d)
-            if stat.S_ISDIR(st.st_mode) and not d.startswith(".ipynb_checkpoints"):
-                (dst / rel / d).mkdir(mode=0o700)
+            if rel == Path(".") and d.startswith(RESERVED_PREFIX):
+                dirs.remove(d)
+                notes.append(f"{d}: a name the grader keeps for itself, not copied")
+            elif stat.S_ISDIR(st.st_mode) and not d.startswith(".ipynb_checkpoints"):
+                try:
+                    (dst / rel / d).mkdir(mode=0o700)
+                except OSError as err:  # e.g. a path that fits the submission but not the longer scratch path
+                    dirs.remove(d)
+                    notes.append(f"{rel / d}: not copied ({err.strerror})")
             else:
                 dirs.remove(d)
                 if not stat.S_ISDIR(st.st_mode):
                     notes.append(f"{rel / d}: a link, not copied")
         for name in files:
             path = Path(root) / name
+            if rel == Path(".") and name.startswith(RESERVED_PREFIX):
+                notes.append(f"{name}: a name the grader keeps for itself, not copied")
+                continue
             st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
                 notes.append(f"{rel / name}: not a regular file, not copied")
