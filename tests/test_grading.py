@@ -762,3 +762,34 @@ def test_the_grader_s_own_names_are_not_copied(tmp_path):
     got = sorted(p.relative_to(tmp_path / "scratch").as_posix() for p in (tmp_path / "scratch").rglob("*"))
     assert got == ["keep.txt", "sub", f"sub/{sandbox.OBSERVATIONS}"]
     assert sum("a name the grader keeps for itself" in n for n in notes) == 2
+
+
+def test_a_stub_beside_the_renamed_answer_and_a_notebook_without_metadata_are_graded(tmp_path):
+    """Two honest students the matching used to fail: one saved the answers under another name next to the
+    untouched handed-out file; one edited in a tool that dropped the nbgrader metadata. Both get full marks."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    (subs / "una").mkdir(parents=True)
+    shutil_copy = __import__("shutil").copy
+    shutil_copy(ref / "a.ipynb", subs / "una" / "a.ipynb")  # the stub as handed out
+    nbformat.write(submission("a.ipynb"), subs / "una" / "a_final.ipynb")
+    nbformat.write(submission("b.ipynb"), subs / "una" / "b.ipynb")
+    (subs / "vic").mkdir()
+    for name in ("a.ipynb", "b.ipynb"):
+        nb = submission(name)
+        for cell in nb.cells:
+            cell.metadata.pop("nbgrader", None)
+            cell.metadata.pop("tags", None)
+        nbformat.write(nb, subs / "vic" / name)
+    stub_only = nbformat.read(ref / "b.ipynb", as_version=4)  # the stub without metadata: nothing to take
+    for cell in stub_only.cells:
+        cell.metadata.pop("nbgrader", None)
+    (subs / "wes").mkdir()
+    nbformat.write(stub_only, subs / "wes" / "b.ipynb")
+    rows = grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
+                         verbose=False)
+    total = {s: sum(r["points"] for r in rows if r["student"] == s) for s in ("una", "vic", "wes")}
+    assert total == {"una": MAX, "vic": MAX, "wes": 0}
+    notes = {r["notebook"]: r["message"] for r in rows if r["student"] == "una" and r["exercise"] == "(notebook)"}
+    assert notes == {"a_final.ipynb": "graded as a.ipynb (renamed; a.ipynb beside it has fewer answers worked on)",
+                     "a.ipynb": "duplicate of a.ipynb (fewer answers worked on than a_final.ipynb): not graded"}

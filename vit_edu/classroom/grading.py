@@ -83,6 +83,8 @@ class RefNotebook:
     exercises: List[RefExercise]
     answer_ids: List[str]
     imports: List[str]  # modules the setup cells import (preloaded in the sandbox server)
+    stubs: Dict[str, str] = field(default_factory=dict)  # answer grade_id -> the handed-out stub's source
+    code_cells: List[str] = field(default_factory=list)  # every code cell's source, in order
 
 
 def _check_call(source: str, where: str) -> Tuple[str, str]:
@@ -131,6 +133,8 @@ def load_reference_notebook(path: Path) -> RefNotebook:
     answer_ids: List[str] = []
     imports: List[str] = []
     pending: List[str] = []
+    stubs: Dict[str, str] = {}
+    code_cells: List[str] = [c.source for c in nb.cells if c.cell_type == "code"]
     for index, cell in enumerate(nb.cells):
         where = f"reference {name}, cell {index}"
         meta = cell.get("metadata", {})
@@ -153,6 +157,7 @@ def load_reference_notebook(path: Path) -> RefNotebook:
                 raise ValueError(f"{where}: a manually graded answer cell ({grade_id!r}); this grader only "
                                  f"grades check cells")
             answer_ids.append(grade_id)
+            stubs[grade_id] = cell.source
             pending.append(grade_id)
             steps.append({"kind": "answer", "grade_id": grade_id, "label": f"answer cell {grade_id}"})
             continue
@@ -179,7 +184,7 @@ def load_reference_notebook(path: Path) -> RefNotebook:
                 continue  # not a check call (e.g. a comment mentioning one)
             raise ValueError(f"{where}: a check cell without nbgrader metadata; regenerate the reference with "
                              f"`python -m vit_edu assignments` (it writes the metadata from the exercise statements)")
-    return RefNotebook(name, steps, exercises, answer_ids, list(dict.fromkeys(imports)))
+    return RefNotebook(name, steps, exercises, answer_ids, list(dict.fromkeys(imports)), stubs, code_cells)
 
 
 def load_reference(reference_dir: "str | Path") -> List[RefNotebook]:
@@ -208,9 +213,11 @@ def fingerprint(reference: Sequence[RefNotebook]) -> str:
 
 
 # ============================================================================================ submissions
-def read_answers(path: Path) -> Tuple[Optional[Dict[str, List[str]]], str]:
+def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Optional[Dict[str, List[str]]], str]:
     """({grade_id: [sources of the code cells marked nbgrader solution with that id]}, "") of a submitted
-    notebook, read as untrusted JSON; (None, why) when it cannot be read."""
+    notebook, read as untrusted JSON; (None, why) when it cannot be read. A notebook with no nbgrader metadata
+    left (an editor dropped it) whose code cells line up with one of ``reference`` (same number, every cell that
+    is not an answer unchanged) gets its answers by position."""
     if path.is_symlink():
         return None, "a link, not a notebook file"
     data, problem = sandbox.read_untrusted(path, MAX_NOTEBOOK_BYTES)
@@ -235,7 +242,29 @@ def read_answers(path: Path) -> Tuple[Optional[Dict[str, List[str]]], str]:
             source = "".join(source)
         if isinstance(grade_id, str) and isinstance(source, str):
             answers.setdefault(grade_id, []).append(source)
+    if not answers and reference:
+        return _answers_by_position(nb["cells"], reference), ""
     return answers, ""
+
+
+def _answers_by_position(cells: list, reference: Sequence[RefNotebook]) -> Dict[str, List[str]]:
+    """The answers of a notebook without nbgrader metadata, where its code cells line up with a reference
+    notebook's: the same count, and every cell that is not an answer the same source as handed out."""
+    code = []
+    for cell in cells:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) and all(isinstance(x, str) for x in source) else source
+            code.append(source if isinstance(source, str) else "")
+    for ref in reference:
+        if not ref.stubs or len(code) != len(ref.code_cells):
+            continue
+        positions = {i: gid for gid, stub in ref.stubs.items() for i, src in enumerate(ref.code_cells) if src == stub}
+        if len(positions) != len(ref.stubs):
+            continue  # two answers with the same stub: positions are ambiguous
+        if all(i in positions or code[i].strip() == ref.code_cells[i].strip() for i in range(len(code))):
+            return {gid: [code[i]] for i, gid in positions.items()}
+    return {}
 
 
 @dataclass
@@ -246,24 +275,31 @@ class Assignment:
     notes: List[Tuple[str, str]] = field(default_factory=list)  # (file name, what is wrong with it)
 
 
+def _worked_on(answers: Optional[Dict[str, List[str]]], ref: RefNotebook) -> int:
+    """How many of ``ref``'s answer cells differ from the handed-out stub (an untouched copy scores 0)."""
+    if not answers:
+        return -1
+    return sum(1 for gid in ref.answer_ids if gid in answers and answers[gid][0].strip() != ref.stubs.get(gid, "").strip())
+
+
 def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assignment:
     """Pair a student's notebooks with the reference: by file name, else (renamed) by answer grade_ids.
 
-    A reference notebook is graded at most once: a second file for it is a duplicate, a file matching none is
-    extra; both are reported and not graded."""
+    A reference notebook is graded at most once. When several files are its copies (the file of its name and a
+    renamed one), the one with the most answers worked on is graded (an untouched stub beside a renamed answer
+    loses), the file of the reference's name on a tie; the others are reported as duplicates, files matching no
+    reference notebook as extra; neither is graded."""
     out = Assignment()
     by_name = {nb.name: nb for nb in reference}
     files = sorted(p for p in student_dir.glob("*.ipynb"))
-    read = {p.name: read_answers(p) for p in files}
+    read = {p.name: read_answers(p, reference) for p in files}
     label = {p.name: _label(p.name) for p in files}
-    others = []
+    candidates: Dict[str, List[Path]] = {}
     for p in files:
-        if p.name in by_name:
-            out.graded[p.name] = (p, *read[p.name])
-        else:
-            others.append(p)
-    for p in others:
         answers, problem = read[p.name]
+        if p.name in by_name:
+            candidates.setdefault(p.name, []).append(p)
+            continue
         if answers is None:
             out.notes.append((label[p.name], f"not in the reference and unreadable ({problem}): not graded"))
             continue
@@ -271,15 +307,32 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
         best, ref_name = overlap[0] if overlap else (0, "")
         if best == 0:
             out.notes.append((label[p.name], "extra notebook: not in the reference, not graded"))
-        elif ref_name in out.graded and out.graded[ref_name][1] is None:  # the file of that name is unreadable
-            broken = _label(out.graded[ref_name][0].name)
-            out.graded[ref_name] = (p, answers, problem)
-            out.notes.append((label[p.name], f"graded as {ref_name} (the file {broken} cannot be read)"))
-        elif ref_name in out.graded:
-            out.notes.append((label[p.name], f"duplicate of {ref_name} (same answer cells): not graded"))
         else:
-            out.graded[ref_name] = (p, answers, problem)
-            out.notes.append((label[p.name], f"graded as {ref_name} (renamed)"))
+            candidates.setdefault(ref_name, []).append(p)
+    for ref_name, paths in candidates.items():
+        ref = by_name[ref_name]
+        chosen = max(paths, key=lambda q: (read[q.name][0] is not None, _worked_on(read[q.name][0], ref),
+                                           q.name == ref_name))
+        out.graded[ref_name] = (chosen, *read[chosen.name])
+        for q in paths:
+            if q is chosen:
+                if q.name != ref_name:
+                    why = ("renamed" if len(paths) == 1 else
+                           f"renamed; {_label(ref_name)} beside it " + ("cannot be read" if read[ref_name][0] is None
+                                                                       else "has fewer answers worked on")
+                           if ref_name in read else "renamed")
+                    out.notes.append((label[q.name], f"graded as {ref_name} ({why})"))
+            else:
+                mine, kept = read[q.name][0], read[chosen.name][0]
+                if mine is None:
+                    what = "cannot be read"
+                elif mine == kept:
+                    what = "same answer cells"
+                elif _worked_on(mine, ref) < _worked_on(kept, ref):
+                    what = f"fewer answers worked on than {label[chosen.name]}"
+                else:
+                    what = f"as many answers worked on; {label[chosen.name]} is graded"
+                out.notes.append((label[q.name], f"duplicate of {ref_name} ({what}): not graded"))
     return out
 
 
