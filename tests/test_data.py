@@ -629,3 +629,28 @@ def test_failed_download_explains(tmp_path, monkeypatch, name, cls):
     message = str(info.value)
     assert "failed" in message and "URLError" in message and "no route to host" in message
     assert "offline" in message and str(tmp_path) in message  # says how to get the files by hand
+
+
+def test_imagefolder_ignores_hidden_folders_and_reads_16_bit_grey(tmp_path, capsys):
+    """A Jupyter .ipynb_checkpoints folder is no class (said once on stderr); a 16-bit grey PNG keeps its contrast
+    (PIL's convert('RGB') alone clips it at 255: all white), scaled like torchvision's ToTensor would an 8-bit one."""
+    from PIL import Image
+
+    from vit_edu.training.data import load_image_checked
+
+    root = tmp_path / "dataset"
+    _write_imagefolder(root)
+    hidden = root / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(hidden / "0.png")
+    ds = get_dataset("imagefolder", "train", root=root)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    assert "ignoring hidden folder(s)" in capsys.readouterr().err and ".ipynb_checkpoints" not in ds.class_to_idx
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)  # 0 ... 64,512 of 65,535
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # really stored with 16 bits
+    rgb = np.asarray(load_image_checked(str(path)))
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.round(ramp / 65535 * 255).astype(np.uint8))
+    assert len(np.unique(rgb)) > 60  # the ramp survives; clipping would leave 2 values

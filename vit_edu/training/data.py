@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.error import URLError
 
 import torch
@@ -495,10 +496,22 @@ def _torchvision_dataset(name: str, split: str, root: Path, image_size: Optional
         ) from err
 
 
+def _visible_classes(directory: str) -> Tuple[List[str], Dict[str, int]]:
+    """ImageFolder's classes without hidden folders (a Jupyter .ipynb_checkpoints folder is not a class)."""
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
 def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augment: bool) -> Dataset:
     """torchvision's ImageFolder over root/split, checked up front: at least two class folders, and every
     image decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
     from torchvision.datasets import ImageFolder
+
+    class VisibleImageFolder(ImageFolder):
+        def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
+            return _visible_classes(directory)
 
     folder = root / split
     if not folder.is_dir():
@@ -509,8 +522,11 @@ def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augm
         raise FileNotFoundError(f"imagefolder: {folder} has no class folders; expected {folder}/<class name>/*.jpg|png")
     size = image_size or 32
     transform = _tv_transform("imagefolder", split, size, augment)
+    hidden = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("."))
+    if hidden:  # .ipynb_checkpoints, .DS_Store folders, .git: never a class
+        print(f"imagefolder: ignoring hidden folder(s) in {folder}: {', '.join(hidden)}", file=sys.stderr)
     try:
-        ds = ImageFolder(str(folder), transform=transform, loader=load_image_checked)
+        ds = VisibleImageFolder(str(folder), transform=transform, loader=load_image_checked)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"imagefolder: no images found under {folder}/<class name>/ ({err})"
@@ -523,13 +539,31 @@ def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augm
     return ds
 
 
+def _to_rgb8(image):
+    """8-bit RGB from any PIL mode. 16-bit and 32-bit grey ("I;16", "I", "F") are scaled from their bit depth to
+    0-255: PIL's own convert("RGB") clips them at 255, so a 16-bit photo would arrive all white."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255) else 255.0
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image_checked(path: str):
     """ImageFolder's loader (PIL, converted to RGB) whose failure is one ValueError naming the file."""
     from PIL import Image
 
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")  # convert() decodes all the pixel data
+            image = Image.open(f)
+            image.load()  # decodes all the pixel data
+            return _to_rgb8(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         lines = str(err).splitlines()
         got = ("a file in no image format PIL knows" if isinstance(err, Image.UnidentifiedImageError)
