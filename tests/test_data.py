@@ -624,7 +624,7 @@ def test_failed_download_explains(tmp_path, monkeypatch, name, cls):
         raise URLError("no route to host")
 
     monkeypatch.setattr(getattr(torchvision.datasets, cls), "download", offline)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ConnectionError) as info:
         get_dataset(name, "train", root=tmp_path, download=True)
     message = str(info.value)
     assert "failed" in message and "URLError" in message and "no route to host" in message

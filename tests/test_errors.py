@@ -452,6 +452,14 @@ CLI_CASES = [
     ("model-unknown", ["train", "--model", "vit_gigantic"], r"unknown model 'vit_gigantic'; expected a preset name"),
     ("dataset-unknown", ["train", "nope"], r"unknown dataset 'nope'; known: shapes"),
     ("threads-0", ["train", "--threads", "0"], r"--threads must be >= 1, got 0"),
+    # sizes this machine cannot hold, refused before anything is allocated
+    ("image-size-huge", ["train", "--image-size", "100000", "--n-train", "64"],
+     r"shapes images of 100000x100000 need [\d,.]+ GiB, more than this machine's"),
+    ("n-train-huge", ["train", "--n-train", str(10**12)], r"1,000,000,000,\d{3} shapes images of 32x32 need"),
+    ("attention-huge", ["train", "--image-size", "4096", "--n-train", "64", "--n-test", "64"],
+     r"make [\d,]+ tokens; a batch of \d+ needs about [\d,]+ GiB for its attention maps"),
+    ("seed-huge", ["train", "--seed", str(10**23)], r"--seed \(TrainConfig.seed\) must be an int in \[0, 2147483647\]"),
+    ("data-seed-huge", ["train", "--data-seed", str(2**40)], r"--data-seed .*must be an int in \[0, 2147483647\]"),
     ("train-smaller-than-a-batch", ["train", "--n-train", "8"], r"the training set \(8 examples\) is smaller than one batch"),
     ("evaluate-batch-0", ["evaluate", "--batch-size", "0"], r"--batch-size must be >= 1, got 0"),
     ("evaluate-image-size", ["evaluate", "--image-size", "64"], r"--image-size 64: .* was built for 32x32 images"),
@@ -836,3 +844,22 @@ def test_an_export_that_failed_is_redone_from_the_finished_checkpoint(tmp_path, 
     trained = load_checkpoint(out / "last.pt")["model"]
     for k, v in load_model(export).state_dict().items():
         assert torch.equal(v, trained[k]), k
+
+
+def test_an_offline_download_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """--download without a network: one line that says where to put the files by hand (the fetch is faked:
+    tests never download)."""
+    from urllib.error import URLError
+
+    import torchvision
+    from vit_edu.__main__ import main
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    code = main(["train", "cifar10", "--download", "--data-root", str(tmp_path / "data"), *NANO_FLAGS,
+                 "--out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "Traceback" not in err[0]
+    assert re.search(r"Downloading cifar10 to .*data failed: URLError: .*If this machine is offline, download https://", err[0])

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from ..config import WEIGHT_INITS, ViTConfig
 from ..models import PRESETS
-from .data import MAX_CLUTTER, PALETTES  # the renderer owns these bounds (data.py imports nothing from here)
+from .data import MAX_CLUTTER, PALETTES, SHAPES_DEFAULT_SIZES  # the renderer owns these bounds (data.py imports nothing from here)
 
 OPTIMIZERS = ("adamw", "sgd")  # sgd: with momentum 0.9
 
@@ -28,6 +28,17 @@ def _arg(default: Any, help: str, flag: Optional[str] = None, none: Optional[str
          choices: Optional[tuple] = None) -> Any:
     """A dataclass field that also describes its command-line flag (see the module docstring)."""
     return field(default=default, metadata={"flag": flag, "help": help, "none": none, "choices": choices})
+
+
+MAX_SEED = 2**31 - 1
+
+
+def _physical_memory() -> Optional[int]:
+    """Bytes of RAM, or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _check_number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
@@ -140,6 +151,13 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
                                  f"got {value!r}")
+        for name in ("seed", "data_seed"):  # NumPy, and the per-epoch seeds built on it, take 32 bits
+            value = getattr(self, name)
+            if value is not None and value > MAX_SEED:
+                raise ValueError(f"TrainConfig.{name} must be an int in [0, {MAX_SEED}], got {value!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            raise ValueError(f"TrainConfig.image_size must be None or an int >= 1, got {self.image_size!r}")
         if self.clutter > MAX_CLUTTER:  # checked here too, so a bad value fails before any work
             raise ValueError(f"TrainConfig.clutter must be an int in [0, {MAX_CLUTTER}] (strokes per image), got {self.clutter!r}")
         if self.model not in PRESETS:
@@ -162,8 +180,36 @@ class TrainConfig:
             if name in self.model_overrides:
                 _check_number(f"model_overrides[{name!r}]", self.model_overrides[name], low=0.0, high=1.0,
                               high_open=True)
+        self._check_memory()
         if self.out_dir is None:
             self.out_dir = os.path.join("runs", f"{self.dataset}-{self.model}")
+
+    def _check_memory(self) -> None:
+        """Refuse, before anything is allocated, sizes this machine cannot hold: the generated shapes images
+        (uint8, 3 x S x S each) and one batch's attention maps (batch x heads x N^2 float32 per layer, kept
+        for the backward pass). Estimates, so only what surely cannot fit is refused."""
+        ram = _physical_memory()
+        if ram is None:
+            return
+        size = self.image_size or 32
+        if self.dataset == "shapes":
+            n = (self.n_train or SHAPES_DEFAULT_SIZES["train"]) + (self.n_test or SHAPES_DEFAULT_SIZES["test"])
+            need = n * 3 * size * size
+            if need > ram:
+                raise ValueError(f"TrainConfig.n_train/n_test/image_size: {n:,} shapes images of {size}x{size} need "
+                                 f"{need / 2**30:,.1f} GiB, more than this machine's {ram / 2**30:,.1f} GiB of memory; "
+                                 f"lower --n-train, --n-test or --image-size")
+        preset = {**PRESETS[self.model], **{k: v for k, v in self.model_overrides.items() if k in ("patch_size",)}}
+        patch = preset.get("patch_size", 16)
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        if isinstance(patch, int) and patch >= 1 and self.model in PRESETS and not preset.get("hybrid_layers"):
+            tokens = (size // patch) ** 2 + 1
+            need = self.batch_size * preset.get("heads", 1) * tokens ** 2 * 4 * preset.get("depth", 1)
+            if need > ram:
+                raise ValueError(f"TrainConfig.image_size/batch_size: {size}x{size} images in patches of {patch} make "
+                                 f"{tokens:,} tokens; a batch of {self.batch_size} needs about {need / 2**30:,.0f} GiB "
+                                 f"for its attention maps, more than this machine's {ram / 2**30:,.1f} GiB; lower "
+                                 f"--image-size or --batch-size")
 
     @property
     def draws_fresh_data(self) -> bool:

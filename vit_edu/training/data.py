@@ -490,7 +490,7 @@ def _torchvision_dataset(name: str, split: str, root: Path, image_size: Optional
                 f"{name} not found: looked in {where}. Pass download=True (or --download on the command line) "
                 f"to fetch it, or download {manual}. (torchvision said: {err})"
             ) from err
-        raise RuntimeError(
+        raise ConnectionError(  # an OSError: the command line prints it as one line
             f"Downloading {name} to {root} failed: {type(err).__name__}: {err}. If this machine is offline, "
             f"download {manual}, then call again with download=False."
         ) from err
