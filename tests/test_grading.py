@@ -740,6 +740,7 @@ def test_no_submission_stops_the_class(tmp_path, monkeypatch, capsys):
     grading.grade(subs, out, reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB, jobs=2)
     printed = capsys.readouterr()
     assert "not following 1 symbolic link(s)" in printed.err
+    assert "sandbox: each notebook runs with" in printed.out  # which isolation ran, said
     with open(grading.summary_path(out), newline="", encoding="utf-8") as f:
         totals = {grading._cell_value(r["student"]): float(r["total"]) for r in csv.DictReader(f)}
     assert totals == {"ann": 6, "-dash": 1, "bad\\xffname": 1, "sur": 0, "own": 1, "ann2": 1, "zed": 0}
@@ -793,3 +794,45 @@ def test_a_stub_beside_the_renamed_answer_and_a_notebook_without_metadata_are_gr
     notes = {r["notebook"]: r["message"] for r in rows if r["student"] == "una" and r["exercise"] == "(notebook)"}
     assert notes == {"a_final.ipynb": "graded as a.ipynb (renamed; a.ipynb beside it has fewer answers worked on)",
                      "a.ipynb": "duplicate of a.ipynb (fewer answers worked on than a_final.ipynb): not graded"}
+
+
+@pytest.mark.skipif(not ROOTED, reason="the mount and IPC namespaces need root (run the grader as root in a container)")
+def test_a_notebook_sees_only_its_own_folder_and_leaves_nothing(tmp_path):
+    """With namespaces: answer cells cannot read the reference, other submissions, the grades, the teacher's
+    repository (solutions, tests) or another run's /tmp files; what they leave in /tmp, /dev/shm or SysV shared
+    memory is gone when the notebook ends. The answer is right only if it saw none of it."""
+    import ctypes
+
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    planted = Path(tempfile.mkdtemp(prefix="vit_edu_planted_")) / "answer.txt"  # another student's leftovers,
+    planted.write_text("def patchify(...)")  # readable by everybody
+    os.chmod(planted.parent, 0o755)
+    os.chmod(planted, 0o644)
+    spy = f'''import ctypes, os
+seen = [p for p in {[str(ref / "a.ipynb"), str(subs / "ann" / "a.ipynb"), str(tmp_path / "grades"),
+                     str(ROOT / "notebooks"), str(ROOT / "tests" / "exercise_solutions.py"), str(ROOT / ".git"),
+                     str(planted)]!r} if os.path.exists(p)]
+open("/tmp/left_in_tmp", "w").write("x")
+open("/dev/shm/left_in_shm", "w").write("x") if os.path.isdir("/dev/shm") else None
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmget(0x7e57ab1e, 4096, 0o1666)  # IPC_CREAT | 0o666
+{HONEST_A}
+if seen:
+    def patchify(images, patch_size):
+        raise RuntimeError("saw " + ", ".join(seen))
+'''
+    for student, answers in (("ann", None), ("spy", {"patchify": spy})):
+        (subs / student).mkdir(parents=True)
+        nbformat.write(submission("a.ipynb", answers), subs / student / "a.ipynb")
+    try:
+        rows = grading.grade(subs, tmp_path / "grades.csv", reference_dir=ref, timeout=TIMEOUT,
+                             memory_mb=MEMORY_MB, verbose=False)
+    finally:
+        planted.unlink()
+        planted.parent.rmdir()
+    spy_row = next(r for r in rows if r["student"] == "spy" and r["exercise"] == "patchify")
+    assert spy_row["passed"], spy_row["message"]
+    assert not Path("/tmp/left_in_tmp").exists() and not Path("/dev/shm/left_in_shm").exists()
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.shmget(0x7e57ab1e, 0, 0) == -1  # the segment died with the notebook's IPC namespace

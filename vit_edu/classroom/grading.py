@@ -733,7 +733,13 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the judge's tensors are small; the cores go to the children
-    box = sandbox.Sandbox(limits, slots=jobs, preload=preload)
+    package_parent = Path(__file__).resolve().parents[2]
+    hide = [root, reference_folder, out.resolve().parent, folder, Path.cwd()]
+    if (package_parent / "pyproject.toml").is_file():  # a source checkout: teacher notebooks, tests, .git
+        hide.append(package_parent)
+    box = sandbox.Sandbox(limits, slots=jobs, preload=preload, hide=hide)
+    if verbose:
+        print(f"sandbox: each notebook runs with a {box.isolation}", flush=True)
     try:
         _grade_all(box, todo, reference, folder, state, state_path, seed, limits, suspects, out, names, verbose)
     finally:

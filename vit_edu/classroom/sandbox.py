@@ -425,8 +425,11 @@ class Sandbox:
     notebooks that were running come back with ``server_died=True``.
     """
 
-    def __init__(self, limits: Limits, slots: int, preload: Sequence[str] = (), workdir: Optional[Path] = None):
+    def __init__(self, limits: Limits, slots: int, preload: Sequence[str] = (), workdir: Optional[Path] = None,
+                 hide: Sequence[Path] = ()):
         self.limits, self.slots = limits, slots
+        self.hide = sorted({os.path.realpath(h) for h in hide})
+        self.expose = needed_paths()
         self.preload = list(dict.fromkeys(list(COMMON_MODULES) + list(preload)))
         self.root = privileged()
         self.uids = UidPool(slots) if self.root else None
@@ -436,6 +439,12 @@ class Sandbox:
         self.log_path = self.workdir / "sandbox_server.log"
         self.test_uid = self.uids.free[0] if self.uids is not None else None
         self.server = Server(self.preload, limits, self.log_path, self.test_uid)
+        problem = self.server.info.get("isolation_problem", "")
+        self.isolate = self.root and not problem  # the children try the namespaces only where the test child could
+        self.isolation = ("uid of its own, its own mount and IPC namespaces (private /tmp, /dev/shm; the "
+                          "submissions, the reference and the grades out of its sight)" if self.root and not problem
+                          else "uid of its own only (namespaces refused: " + problem + ")" if self.root
+                          else "none: not root (student code runs with your rights)")
         self.restarts = 0
         self.running: Dict[str, _Running] = {}
         self._count = 0
@@ -458,7 +467,9 @@ class Sandbox:
         uid = self.uids.take() if self.uids is not None else None
         if uid is not None:
             chown_tree(scratch, uid, uid)
-        job = {"scratch": str(scratch), "uid": uid, "gid": uid, "memory_mb": lim.memory_mb,
+        job = {"isolate": self.isolate, "scratch": str(scratch), "uid": uid, "gid": uid, "hide": self.hide,
+               "expose": self.expose,
+               "tmp_bytes": lim.max_file_bytes, "memory_mb": lim.memory_mb,
                "max_file_bytes": lim.max_file_bytes, "max_output_bytes": lim.max_output_bytes,
                "open_files": lim.open_files, "processes": lim.processes, "cpu_seconds": lim.cpu_seconds()}
         now = time.monotonic()
@@ -634,9 +645,10 @@ def serve() -> None:
                         except Exception:  # noqa: BLE001 - a module that only imports in some contexts
                             pass
                     base_data_kb, base_vm_kb = _vm_kb()
-                    uid_problem = _try_uid(msg["test_uid"]) if msg.get("test_uid") is not None else ""
+                    uid_problem, isolation = (_try_uid(msg["test_uid"]) if msg.get("test_uid") is not None
+                                              else ("", "not root"))
                     reply({"event": "ready", "pid": os.getpid(), "data_kb": base_data_kb, "vm_kb": base_vm_kb,
-                           "uid_problem": uid_problem})
+                           "uid_problem": uid_problem, "isolation_problem": isolation})
                 elif msg["op"] == "run":
                     job = msg["job"]
                     job["base_data_kb"], job["base_vm_kb"] = base_data_kb, base_vm_kb
@@ -671,23 +683,46 @@ def serve() -> None:
                        "maxrss_kb": int(usage.ru_maxrss)})
 
 
-def _try_uid(uid: int) -> str:
-    """"" when a forked child can lock itself down as ``uid`` (see :func:`_drop_privileges`), else why not."""
+def _try_uid(uid: int) -> Tuple[str, str]:
+    """("" or why a forked child cannot lock itself down as ``uid``, "" or why it gets no namespaces of its own)
+    (see :func:`_drop_privileges`)."""
     r, w = os.pipe()
+    scratch = tempfile.mkdtemp(prefix="vit_edu_try_")
     pid = os.fork()
     if pid == 0:
+        report = {"problem": "", "isolation": ""}
         try:
             os.close(r)
-            _drop_privileges({"uid": uid, "gid": uid})
+            job = {"uid": uid, "gid": uid, "scratch": scratch, "expose": needed_paths()}
+            try:
+                _drop_privileges(job)
+                report["isolation"] = job.get("isolation", "")
+            except OSError as err:  # the namespaces half-worked: the notebooks run without them
+                report["isolation"] = _error_text(err)[:500]
+                pid2 = os.fork()  # and the uid alone is tried in a fresh child
+                if pid2 == 0:
+                    try:
+                        _drop_privileges({"uid": uid, "gid": uid, "isolate": False})
+                        os._exit(0)
+                    except BaseException:  # noqa: BLE001
+                        os._exit(1)
+                if os.waitpid(pid2, 0)[1] != 0:
+                    report["problem"] = "the uid change failed"
         except BaseException as err:  # noqa: BLE001 - reported to the grader
-            os.write(w, _error_text(err).encode()[:500])
+            report["problem"] = _error_text(err)[:500]
         finally:
+            os.write(w, json.dumps(report).encode())
             os._exit(0)
     os.close(w)
-    text = os.read(r, 1000).decode("utf-8", "replace")
+    text = os.read(r, 4000).decode("utf-8", "replace")
     os.close(r)
     os.waitpid(pid, 0)
-    return text
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return f"the test child said nothing readable: {text[:200]!r}", ""
+    return report.get("problem", ""), report.get("isolation", "")
 
 
 def _warm_up_modules() -> List[str]:
@@ -901,12 +936,89 @@ def _set_limits(job: dict) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
 
 
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 1 << 14, 1 << 18
+NEVER_HIDDEN = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
+                "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var", "/home", "/mnt", "/media", "/snap"}
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # a fresh, empty one per notebook
+WORK = "/tmp/vit_edu_work"  # where the scratch copy appears inside the notebook's own view of the files
+
+
+def needed_paths() -> List[str]:
+    """The folders a notebook's imports read: the Python installation (stdlib, site-packages) and vit_edu."""
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[1])}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            paths.add(sysconfig.get_paths()[key])
+        except KeyError:
+            pass
+    return sorted(os.path.realpath(p) for p in paths if p and os.path.isdir(p))
+
+
+def _mount(libc: Any, source: Optional[str], target: str, fstype: Optional[str], flags: int,
+           data: Optional[str]) -> None:
+    enc = lambda x: None if x is None else os.fsencode(x)  # noqa: E731
+    if libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or source} on {target}: {os.strerror(err)}")
+
+
+def _isolate(job: dict) -> str:
+    """As root, before dropping to the sandbox uid: a mount and IPC namespace of the notebook's own.
+
+    Inside it ``job["hide"]`` (the submissions, the reference, the grades, the teacher's folder, the package's
+    source checkout) are covered by empty read-only folders, /tmp, /var/tmp, /dev/shm and /run/lock are fresh
+    private tmpfs, and ``job["expose"]`` (the Python installation, the package) are bound back where a cover
+    hid them. The scratch copy is bound at WORK and ``job["scratch"]`` points there. The namespaces, their
+    tmpfs, SysV shared memory and message queues die with the notebook's last process. Returns "" or why the
+    kernel refused (then the uid alone isolates, as before)."""
+    libc = _libc()
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0:
+        return f"unshare: {os.strerror(ctypes.get_errno())}"
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE, None)
+    keep = {}  # expose path -> fd opened before anything is covered
+    for path in job.get("expose", []):
+        if os.path.isdir(path):
+            keep[os.path.realpath(path)] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    scratch_fd = os.open(job["scratch"], os.O_RDONLY | os.O_DIRECTORY)
+    covers = sorted({os.path.realpath(h) for h in job.get("hide", [])} | set(PRIVATE_TMP), key=len)
+    covered: List[str] = []
+    for target in covers:
+        if target in NEVER_HIDDEN or any(target == k or target.startswith(k + "/") for k in keep):
+            continue  # a system folder, or inside the Python installation or the package: needed by imports
+        if not os.path.isdir(target) or any(target.startswith(c + "/") for c in covered):
+            continue  # missing, or already under a cover
+        private = target in PRIVATE_TMP
+        _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={int(job.get('tmp_bytes', 64 << 20)) if private else 65536},"
+               f"mode={'1777' if private else '0755'}")
+        covered.append(target)
+        for path, fd in keep.items():  # what the cover hid but the notebook needs: bound back, read-only
+            if path.startswith(target + "/"):
+                os.makedirs(path, exist_ok=True)
+                _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+                _mount(libc, None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+    os.makedirs(WORK, exist_ok=True)
+    _mount(libc, f"/proc/self/fd/{scratch_fd}", WORK, None, MS_BIND, None)
+    for fd in [scratch_fd, *keep.values()]:
+        os.close(fd)
+    for target in covered:  # the covers themselves become read-only (the private tmp folders stay writable)
+        if target not in PRIVATE_TMP:
+            _mount(libc, None, target, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None)
+    job["scratch"] = WORK
+    os.chdir(WORK)
+    return ""
+
+
 def _drop_privileges(job: dict) -> None:
     libc = _libc()
     if job.get("uid") is None:
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
         return
-    libc.unshare(0x40000000)  # CLONE_NEWNET: no network (best effort; refused in some containers)
+    job["isolation"] = _isolate(job) if job.get("isolate", True) else "switched off"
+    libc.unshare(CLONE_NEWNET)  # no network (best effort; refused in some containers)
     if libc.prctl(38, 1, 0, 0, 0) != 0:
         raise OSError("prctl(PR_SET_NO_NEW_PRIVS) failed")
     uid, gid = int(job["uid"]), int(job["gid"])
@@ -939,6 +1051,7 @@ def _child(job: dict, close: Sequence[int]) -> None:
             job.update(json.load(f))
         os.unlink(JOB)
         _drop_privileges(job)
+        scratch = job["scratch"]  # WORK when the notebook has its own view of the files
         os.umask(0o077)
         import fcntl
 
