@@ -836,3 +836,21 @@ if seen:
     assert not Path("/tmp/left_in_tmp").exists() and not Path("/dev/shm/left_in_shm").exists()
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.shmget(0x7e57ab1e, 0, 0) == -1  # the segment died with the notebook's IPC namespace
+
+
+@pytest.mark.skipif(not ROOTED, reason="sandbox uids are used as root only")
+def test_two_graders_never_share_a_sandbox_uid():
+    """Each grader reserves its uids with lock files, so a second grader on the machine takes others (and
+    cannot kill the first one's children); closing a pool frees its uids."""
+    first = sandbox.UidPool(3)
+    second = sandbox.UidPool(3)
+    try:
+        assert not set(first.free) & set(second.free)
+    finally:
+        second.close()
+    third = sandbox.UidPool(3)
+    try:
+        assert third.free == second.free  # freed, so taken again
+    finally:
+        third.close()
+        first.close()

@@ -120,28 +120,59 @@ def privileged() -> bool:
 class UidPool:
     """Unused uids for the sandboxes: one per running notebook, handed back when its processes are gone.
 
-    A uid is usable when no passwd entry names it and no process runs with it (so ``kill(-1)`` as that uid
-    can only hit processes of the sandbox)."""
+    A uid is usable when no passwd entry names it, no process runs with it (so ``kill(-1)`` as that uid can
+    only hit processes of the sandbox), and no other grader on this machine holds it: each uid of the pool is
+    reserved with a lock file (``flock``, freed by the system however the grader ends), so two graders never
+    share a uid and never kill each other's children."""
 
     def __init__(self, size: int, base: int = UID_BASE):
         busy = _uids_in_use()
         self.free: List[int] = []
+        self._locks: Dict[int, int] = {}
+        folder = _lock_folder()
         uid = base
         while len(self.free) < size and uid < 65534:
             try:
                 pwd.getpwuid(uid)
             except KeyError:
-                if uid not in busy:
+                if uid not in busy and self._reserve(folder, uid):
                     self.free.append(uid)
             uid += 1
         if len(self.free) < size:
+            self.close()
             raise SandboxError(f"found only {len(self.free)} unused uids from {base} to 65533 for the sandboxes")
+
+    def _reserve(self, folder: str, uid: int) -> bool:
+        import fcntl
+
+        fd = os.open(os.path.join(folder, f"vit_edu_sandbox_uid_{uid}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another grader has it
+            os.close(fd)
+            return False
+        self._locks[uid] = fd
+        return True
 
     def take(self) -> int:
         return self.free.pop(0)
 
     def give(self, uid: int) -> None:
         self.free.append(uid)
+
+    def close(self) -> None:
+        """Free the uids for other graders."""
+        for fd in self._locks.values():
+            os.close(fd)
+        self._locks.clear()
+
+
+def _lock_folder() -> str:
+    """Where the uid reservations live: /run/lock where writable (the system's place for lock files), else /tmp."""
+    for folder in ("/run/lock", tempfile.gettempdir()):
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    raise SandboxError("no writable folder for the sandbox uid reservations (/run/lock or the temporary folder)")
 
 
 def _uids_in_use() -> set:
@@ -574,6 +605,8 @@ class Sandbox:
             self.running.clear()
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.uids is not None:
+                self.uids.close()  # after the server: its children were killed with it
 
 
 # =============================================================================================== server side
