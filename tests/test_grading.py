@@ -854,3 +854,42 @@ def test_two_graders_never_share_a_sandbox_uid():
     finally:
         third.close()
         first.close()
+
+
+@pytest.mark.skipif(not ROOTED or sandbox._memory_cgroup_root() is None,
+                    reason="per-notebook memory cgroups need root and a writable cgroup file system")
+def test_memory_is_capped_per_notebook_not_per_process(tmp_path):
+    """Every process of a notebook sits in one memory cgroup whose limit is the notebook's --memory-mb (plus
+    room for what a forked child copies): four processes of 1 GB cannot pass a 2 GB limit. The cgroup is gone
+    after the notebook. The answer is right only if it finds itself, and a forked child, inside that cgroup."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    probe = f'''import os
+def _memory_cgroup():
+    for line in open("/proc/self/cgroup"):
+        _, controllers, path = line.rstrip("\\n").split(":", 2)
+        if "memory" in controllers.split(",") or controllers == "":
+            return path
+mine = _memory_cgroup()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(w, (_memory_cgroup() or "").encode()); os._exit(0)
+os.waitpid(pid, 0)
+child = os.read(r, 4096).decode()
+base = "/sys/fs/cgroup/memory" if os.path.isdir("/sys/fs/cgroup/memory") else "/sys/fs/cgroup"
+limit_file = [f for f in ("memory.limit_in_bytes", "memory.max") if os.path.exists(base + mine + "/" + f)]
+limit = int(open(base + mine + "/" + limit_file[0]).read()) if limit_file else -1
+{HONEST_A}
+if "vit_edu_" not in mine or child != mine or limit != {MEMORY_MB} * 2**20 + 256 * 2**20:
+    def patchify(images, patch_size):
+        raise RuntimeError(f"cgroup {{mine!r}}, child {{child!r}}, limit {{limit}}")
+'''
+    (subs / "mem").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb", {"patchify": probe}), subs / "mem" / "a.ipynb")
+    rows = grading.grade(subs, tmp_path / "grades.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
+                         verbose=False)
+    row = next(r for r in rows if r["exercise"] == "patchify")
+    assert row["passed"], row["message"]
+    base = sandbox._memory_cgroup_root()
+    assert not [d for d in os.listdir(base) if d.startswith("vit_edu_")]  # removed with the notebook

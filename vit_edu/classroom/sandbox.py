@@ -472,8 +472,11 @@ class Sandbox:
         self.server = Server(self.preload, limits, self.log_path, self.test_uid)
         problem = self.server.info.get("isolation_problem", "")
         self.isolate = self.root and not problem  # the children try the namespaces only where the test child could
+        self.memory_cgroup = self.root and _memory_cgroup_root() is not None
         self.isolation = ("uid of its own, its own mount and IPC namespaces (private /tmp, /dev/shm; the "
-                          "submissions, the reference and the grades out of its sight)" if self.root and not problem
+                          "submissions, the reference and the grades out of its sight)"
+                          + (" and a memory cgroup for all its processes" if self.memory_cgroup else "")
+                          if self.root and not problem
                           else "uid of its own only (namespaces refused: " + problem + ")" if self.root
                           else "none: not root (student code runs with your rights)")
         self.restarts = 0
@@ -498,7 +501,7 @@ class Sandbox:
         uid = self.uids.take() if self.uids is not None else None
         if uid is not None:
             chown_tree(scratch, uid, uid)
-        job = {"isolate": self.isolate, "scratch": str(scratch), "uid": uid, "gid": uid, "hide": self.hide,
+        job = {"isolate": self.isolate, "memory_cgroup": self.memory_cgroup, "scratch": str(scratch), "uid": uid, "gid": uid, "hide": self.hide,
                "expose": self.expose,
                "tmp_bytes": lim.max_file_bytes, "memory_mb": lim.memory_mb,
                "max_file_bytes": lim.max_file_bytes, "max_output_bytes": lim.max_output_bytes,
@@ -711,6 +714,8 @@ def serve() -> None:
                 by_key.pop(ended[0], None)
                 _kill_job(pid, ended[1], ended[2])  # whatever the child left running, before its uid is reused
             _, status, usage = os.wait4(pid, 0)
+            if ended is not None:
+                remove_cgroup(cgroup_path(os.getpid(), pid))
             if ended is not None:
                 reply({"event": "exited", "key": ended[0], "code": os.waitstatus_to_exitcode(status),
                        "maxrss_kb": int(usage.ru_maxrss)})
@@ -1045,12 +1050,78 @@ def _isolate(job: dict) -> str:
     return ""
 
 
+def _memory_cgroup_root() -> Optional[str]:
+    """The folder under which a notebook's memory cgroup can be made (cgroup v2, else v1's memory controller),
+    or None where this process may not (not root, or read-only in this container)."""
+    for base, probe in (("/sys/fs/cgroup", "cgroup.controllers"), ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")):
+        if os.path.isfile(os.path.join(base, probe)) and os.access(base, os.W_OK):
+            if base == "/sys/fs/cgroup":
+                try:
+                    with open(os.path.join(base, probe)) as f:
+                        if "memory" not in f.read().split():
+                            continue
+                except OSError:
+                    continue
+            return base
+    return None
+
+
+def cgroup_path(server_pid: int, child_pid: int) -> Optional[str]:
+    base = _memory_cgroup_root()
+    return None if base is None else os.path.join(base, f"vit_edu_{server_pid}_{child_pid}")
+
+
+def _join_memory_cgroup(job: dict) -> str:
+    """Put this child (and all it will start) in a memory cgroup of its own: the notebook's processes, its
+    private /tmp and /dev/shm together get ``memory_mb`` above what the server already holds. "" or why not."""
+    path = cgroup_path(os.getppid(), os.getpid())
+    if path is None:
+        return "no writable memory cgroup"
+    limit = int(job["memory_mb"]) * 1024 * 1024 + (256 << 20)  # + room for what the child copies on write
+    try:
+        os.mkdir(path)
+        v2 = os.path.isfile(os.path.join(path, "memory.max"))
+        with open(os.path.join(path, "memory.max" if v2 else "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+        if not v2:  # swap counted too where the kernel accounts it
+            try:
+                with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
+                    f.write(str(limit))
+            except OSError:
+                pass
+        else:
+            try:
+                with open(os.path.join(path, "memory.swap.max"), "w") as f:
+                    f.write("0")
+            except OSError:
+                pass
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as err:
+        return f"memory cgroup: {err.strerror}"
+    return ""
+
+
+def remove_cgroup(path: Optional[str]) -> None:
+    """Remove a notebook's cgroup once its processes are gone (a few tries: the kernel empties it lazily)."""
+    if path is None or not os.path.isdir(path):
+        return
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
 def _drop_privileges(job: dict) -> None:
     libc = _libc()
     if job.get("uid") is None:
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
         return
     job["isolation"] = _isolate(job) if job.get("isolate", True) else "switched off"
+    if job.get("memory_cgroup"):
+        job["cgroup"] = _join_memory_cgroup(job)
     libc.unshare(CLONE_NEWNET)  # no network (best effort; refused in some containers)
     if libc.prctl(38, 1, 0, 0, 0) != 0:
         raise OSError("prctl(PR_SET_NO_NEW_PRIVS) failed")
