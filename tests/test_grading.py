@@ -721,6 +721,7 @@ def test_no_submission_stops_the_class(tmp_path, monkeypatch, capsys):
     put("-dash")
     put(b"bad\xffname")
     put("sur", {"patchify": "raise ValueError('bad \\ud800 value')"})
+    put("\x1b[32mesc", {"patchify": "print('\\x1b]0;pwned\\x07')\nraise ValueError('\\x1b[32m4/4 passed\\x1b[0m')"})
     own = put("own")
     (own / sandbox.JOB).mkdir()
     (own / sandbox.OUTPUT).mkdir()
@@ -743,7 +744,12 @@ def test_no_submission_stops_the_class(tmp_path, monkeypatch, capsys):
     assert "sandbox: each notebook runs with" in printed.out  # which isolation ran, said
     with open(grading.summary_path(out), newline="", encoding="utf-8") as f:
         totals = {grading._cell_value(r["student"]): float(r["total"]) for r in csv.DictReader(f)}
-    assert totals == {"ann": 6, "-dash": 1, "bad\\xffname": 1, "sur": 0, "own": 1, "ann2": 1, "zed": 0}
+    assert totals == {"ann": 6, "-dash": 1, "bad\\xffname": 1, "sur": 0, "own": 1, "ann2": 1, "zed": 0,
+                      "\\x1b[32mesc": 0}
+    assert "\x1b" not in printed.out and "\x1b" not in printed.err  # no escape code reaches the terminal
+    with open(out, newline="", encoding="utf-8") as f:
+        text = f.read()
+    assert "\x1b" not in text and "\x07" not in text and "?[32m4/4 passed?[0m" in text
     rows = grading.read_student_csv(grading.students_dir(out) / "zed.csv")
     assert "not graded: the grader could not judge this notebook (RuntimeError" in rows[0]["message"]
     sur = grading.read_student_csv(grading.students_dir(out) / "sur.csv")

@@ -348,14 +348,18 @@ def submission_hash(student_dir: Path) -> str:
 
 # ============================================================================================ judging
 def _label(name: str) -> str:
-    """A file or folder name as text every output can hold: bytes that are not UTF-8 as \\xNN (one name, one
-    label), so a student folder called b'bad\\xffname' is graded and reported as 'bad\\xffname'."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    """A file or folder name as text every output can hold: bytes that are not UTF-8 and control characters as
+    \\xNN (one name, one label), so a student folder called b'bad\\xffname' is graded and reported as
+    'bad\\xffname', and one whose name holds an escape code paints nothing on the teacher's terminal."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
 
 
 def _encodable(text: str) -> str:
-    """``text`` with lone surrogates (which no UTF-8 file or terminal accepts) as '?'."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """``text`` as a CSV field and a terminal may show it: lone surrogates (no UTF-8 file accepts them) and
+    control characters (ANSI/OSC escapes that would paint a fake green line or retitle the window) as '?'."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return "".join(c if c.isprintable() or c == " " else "?" for c in text)
 
 
 def _row(student: str, notebook: str, exercise: str, passed: bool, points: float, max_points: float,
@@ -711,7 +715,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
             _write_csv(folder / f"{_label(s.name)}.csv", COLUMNS, _csv_rows(rows))
             state["students"][_label(s.name)] = {"seed": seed, "files": hashes[_label(s.name)], "marked": True}
             suspects.pop(_label(s.name))
-            print(f"warning: {_label(s.name)}: {message}", file=sys.stderr)
+            print(f"warning: {_printable(_label(s.name), 80)}: {message}", file=sys.stderr)
             continue
         todo.append(s)
     todo.sort(key=lambda s: (suspects.get(_label(s.name), 0) == 0, _label(s.name)))  # suspects first, each alone
@@ -851,7 +855,8 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
         if verbose:
             got = sum(r["points"] for r in rows)
             full = sum(ex.points for nb in reference for ex in nb.exercises)
-            print(f"{student}: {got:g}/{full:g} (wrote {folder / (student + '.csv')})", flush=True)
+            print(f"{_printable(student, 80)}: {got:g}/{full:g} (wrote {_printable(str(folder / (student + '.csv')), 200)})",
+                  flush=True)
 
     for s in todo:  # students with nothing to run (no readable notebook) are done now
         if left[_label(s.name)] == 0:
@@ -892,7 +897,7 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
                 task.retried, task.alone = True, True  # alone: if it kills the server again, it is the one
                 queue.insert(0, task)
                 if verbose:
-                    print(f"{task.student}/{task.ref.name}: the sandbox server died; running it again alone",
+                    print(f"{_printable(task.student, 80)}/{task.ref.name}: the sandbox server died; running it again alone",
                           flush=True)
                 continue
             try:
@@ -903,8 +908,8 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
             if verbose:
                 got = sum(r["points"] for r in rows)
                 full = sum(r["max_points"] for r in rows)
-                print(f"graded {task.student}/{task.ref.name}: {got:g}/{full:g} in {result.outcome.wall_s:.1f} s"
-                      + (f" ({result.outcome.reason})" if result.outcome.reason else ""), flush=True)
+                print(f"graded {_printable(task.student, 80)}/{task.ref.name}: {got:g}/{full:g} in {result.outcome.wall_s:.1f} s"
+                      + (f" ({_encodable(result.outcome.reason)})" if result.outcome.reason else ""), flush=True)
             left[task.student] -= 1
             if left[task.student] == 0:
                 del students_running[task.student]
