@@ -815,3 +815,30 @@ class BlockSharedNorm(EncoderBlock):
 def test_each_check_covers_gradients_dtype_inputs_and_contract(check, impl, message):
     with pytest.raises(CheckError, match=message):
         check(impl)
+
+
+def test_a_library_call_the_statement_excludes_is_named():
+    """Exercise 4.1 asks for LayerNorm from elementary operations: F.layer_norm, torch.layer_norm or an
+    nn.LayerNorm inside fail with the call named, however the function was reached (an alias included)."""
+    import torch.nn.functional as F
+
+    from vit_edu.checks import CheckError, check_layer_norm
+
+    ln = F.layer_norm
+
+    def via_alias(x, weight, bias, eps):
+        return ln(x, x.shape[-1:], weight, bias, eps)
+
+    def via_torch(x, weight, bias, eps):
+        return torch.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+    def via_module(x, weight, bias, eps):
+        norm = torch.nn.LayerNorm(x.shape[-1], eps=eps, dtype=x.dtype)
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+            norm.bias.copy_(bias)
+        return norm(x)
+
+    for answer in (via_alias, via_torch, via_module):
+        with pytest.raises(CheckError, match=r"calls (F|torch)\.layer_norm, which this exercise asks you to build"):
+            check_layer_norm(answer)

@@ -95,6 +95,9 @@ class Exercise:
     diagnose: Optional[Callable[..., Optional[str]]] = None  # diagnose(ctx, got, *args): before the values
     probe_extra: Optional[Callable[..., Dict[str, Any]]] = None  # probe_extra(obj, case, *args) -> dict
     guard: Optional[Callable[..., ContextManager[Dict[str, Any]]]] = None  # around the student's call
+    # torch functions the statement asks the student not to use (by name, e.g. "layer_norm" for F.layer_norm,
+    # torch.layer_norm and nn.LayerNorm, which calls it): every torch call of the student's code is watched
+    forbidden: Tuple[str, ...] = ()
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)
     grad_view: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None  # what of a gradient is compared
@@ -313,6 +316,21 @@ def probe(ex: Exercise, obj: Any, seed: int = 0) -> Dict[str, Any]:
     return obs
 
 
+class _Watch(torch.overrides.TorchFunctionMode):
+    """Records which of ``names`` the code inside calls: every torch function call passes through the mode,
+    however the student reached the function (F.layer_norm, an alias, nn.LayerNorm's forward)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names, self.seen = set(names), set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        name = getattr(func, "__name__", "")
+        if name in self.names:
+            self.seen.add(f"{getattr(func, '__module__', None) or 'torch'}.{name}")
+        return func(*args, **(kwargs or {}))
+
+
 def _call(fn: Callable, args: Sequence[Any], rec: Dict[str, Any], key: str = "error") -> Any:
     try:
         return fn(*args)
@@ -362,7 +380,8 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
             requires_grad={n: bool(p.requires_grad) for n, p in module.named_parameters()},
             submodules={n: type(m).__name__ for n, m in module.named_modules() if n})
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
-    with guard as guarded:
+    watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
+    with guard as guarded, watch:
         if case.grad:
             for _, t in _grad_leaves(args, names):
                 if t.is_leaf:
@@ -380,6 +399,8 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
         if case.grad and rec["error"] is None:
             rec["grad"] = _backward(ex, target, args, names, out, seed, index)
     rec["guard"] = dict(guarded or {})
+    if ex.forbidden:
+        rec["forbidden_calls"] = sorted(watch.seen)
     rec["after"] = {n: t.detach().clone() for n, t in _leaves(args, names)}
     if ex.probe_extra is not None and rec["error"] is None:
         try:
@@ -660,6 +681,11 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
     elif case.raises is not None:
         return _expect_raise(ex, case, [rec["error"]] if isinstance(rec.get("error"), dict) else [], label)
 
+    used = rec.get("forbidden_calls")
+    if isinstance(used, list) and used and all(isinstance(u, str) for u in used):
+        raise _Fail(f"{call} calls {', '.join(u.replace('torch.nn.functional.', 'F.') for u in used[:3])}, which "
+                    f"this exercise asks you to build from elementary tensor operations (it is what the check "
+                    f"compares you with)\n  inputs: {label}")
     violation = ctx.extra["guard"].get("violation")
     if isinstance(violation, str):  # the student's code did what the exercise forbids (recorded by the guard)
         raise _Fail(f"{violation}\n  inputs: {label}")

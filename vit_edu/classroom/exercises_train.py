@@ -356,6 +356,7 @@ def _layer_norm_cases() -> List[Case]:
 
 LAYER_NORM_EX = Exercise(
     name="layer_norm", kind="function", call="layer_norm(x, weight, bias, eps)",
+    forbidden=("layer_norm", "native_layer_norm"),  # the statement: "from elementary tensor operations"
     cases=_layer_norm_cases, reference=_layer_norm_reference, mutants=_layer_norm_mutants,
     doc="""Check ``layer_norm(x [..., D], weight [D], bias [D], eps) -> [..., D]``.
 
