@@ -1,4 +1,4 @@
-"""Time `python -m vit_edu grade` on a class: 25 students x the 10 course notebooks (issue 9: <= 10 minutes
+"""Time `python -m vit_edu grade` on a class: 25 students x the course notebooks (issue 9: <= 10 minutes
 on the 2-core machine).
 
 The class is built in a temporary folder from the teacher notebooks (notebooks/): the reference is their

@@ -40,7 +40,7 @@ torch.save(model.state_dict(), f"{{sys.argv[1]}}/rank{{dist.get_rank()}}_of_{{di
 # a time budget that runs out: every rank must stop at the same step (else DDP hangs)
 _, budget_history = fit(TrainConfig(**{{**cfg.to_dict(), "epochs": 5, "time_budget_s": 1e-3}}))
 print(f"budget run stopped after {{budget_history['epoch'][-1]:.2f}} epochs on rank {{dist.get_rank()}}")
-cleanup_distributed()
+cleanup_distributed(wait=True)
 """
 
 

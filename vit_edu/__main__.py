@@ -218,6 +218,7 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
                 print(f"checkpoint saved to {last}")
             if args.export:
                 print(f"weights exported to {args.export}")
+        cleanup_distributed(wait=True)
     except (KeyboardInterrupt, OSError) as err:
         if is_main_process() and config.save_checkpoints and os.path.isfile(last):
             again = "--resume " + shlex.quote(last) + (f" --export {shlex.quote(args.export)}" if args.export else "")

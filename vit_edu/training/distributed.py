@@ -93,7 +93,13 @@ def barrier(world_size: int) -> None:
         dist.barrier()
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group (at the end of ``python -m vit_edu train``)."""
+def cleanup_distributed(wait: bool = False) -> None:
+    """Leave the process group (at the end of ``python -m vit_edu train``). ``wait``: after a run that ended
+    well on every process, meet at a barrier first, so that no process tears the group down while another
+    still talks to it (not after an error, where the others may never get there)."""
     if is_distributed():
-        dist.destroy_process_group()
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
