@@ -583,6 +583,7 @@ def _bottleneck_cases() -> List[Case]:
         Case((torch.randn(2, 128, 8, 6),), init=(128, 256, 2)),  # stride 2 on even sizes: 'SAME' pads bottom/right
         Case((torch.randn(1, 128, 7, 9),), init=(128, 256, 2)),  # stride 2 on odd sizes
         Case((torch.randn(2, 64, 6, 4),), init=(64, 128, 2), grad=True),
+        Case((torch.randn(1, 256, 6, 6),), init=(256, 256, 2)),  # stride 2, equal channels: still a projection
     ]
 
 
