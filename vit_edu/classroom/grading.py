@@ -529,7 +529,7 @@ def _write_combined(out: Path, students: Sequence[str], reference: Sequence[RefN
 
 def _printable(text: str, limit: int = 24) -> str:
     """A folder name as the terminal may show it: control and escape characters as '?', at most ``limit`` wide."""
-    clean = "".join(c if c.isprintable() else "?" for c in text)
+    clean = _encodable(text)
     return clean if len(clean) <= limit else clean[:limit - 1] + "…"
 
 

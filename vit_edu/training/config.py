@@ -202,7 +202,7 @@ class TrainConfig:
         preset = {**PRESETS[self.model], **{k: v for k, v in self.model_overrides.items() if k in ("patch_size",)}}
         patch = preset.get("patch_size", 16)
         patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-        if isinstance(patch, int) and patch >= 1 and self.model in PRESETS and not preset.get("hybrid_layers"):
+        if isinstance(patch, int) and patch >= 1 and not preset.get("hybrid_layers"):
             tokens = (size // patch) ** 2 + 1
             need = self.batch_size * preset.get("heads", 1) * tokens ** 2 * 4 * preset.get("depth", 1)
             if need > ram:

@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -375,23 +375,16 @@ def _check_not_another_run(config: TrainConfig, resume: Optional[PathLike], forc
 @contextmanager
 def _one_run_per_folder(config: TrainConfig, main: bool, device: torch.device) -> Iterator[None]:
     """The output folder locked for the whole run (rank 0 holds the lock; every process stops if it is taken)."""
-    if not config.save_checkpoints:
-        yield
-        return
-    lock = folder_lock(config.out_dir) if main else None
-    error: Optional[ValueError] = None
-    try:
-        if lock is not None:
+    with ExitStack() as held:
+        error: Optional[ValueError] = None
+        if config.save_checkpoints and main:
             try:
-                lock.__enter__()
+                held.enter_context(folder_lock(config.out_dir))
             except ValueError as err:
-                lock, error = None, err
-        if any_process(error is not None, device):
+                error = err
+        if config.save_checkpoints and any_process(error is not None, device):
             raise error or ValueError(f"another run is writing to output folder (--out-dir) {config.out_dir}")
         yield
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
 
 
 def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
