@@ -137,6 +137,32 @@ LOOP = '''while True:
         pass'''
 SLEEP = "import time\ntime.sleep(1000)"
 MEMORY = "big = torch.ones(2**30)  # 4 GB"
+PACKAGE_ANSWER = "import vit_edu.patch_embed\npatchify = vit_edu.patch_embed.patchify"
+SUBCLASS_ANSWER = "import vit_edu.block\nclass MLP(vit_edu.block.Mlp):\n    pass"
+FORGED_PROBE = '''import vit_edu.classroom.engine as e
+_real = e._probe_case
+def _forged(ex, obj, case, index, seed):
+    return _real(ex, lambda *a: ex.reference(None, *a), case, index, seed)
+e._probe_case = _forged'''
+WRAPPED = '''import vit_edu.patch_embed as pe
+_original = pe.patchify
+pe.patchify = lambda *a, **k: _original(*a, **k)'''
+
+
+def _peek(ref: Path) -> str:
+    """Read the reference and another student's folder (flagged whether or not the sandbox shows them)."""
+    return f'''import os
+for _p in [{str(ref / "a.ipynb")!r}, "/tmp/vit_edu_left_by_another.txt"]:
+    try:
+        open(_p).read()
+    except OSError:
+        pass
+try:
+    os.listdir(os.path.dirname(os.getcwd()))
+except OSError:
+    pass'''
+
+
 DELETE_SCRATCH = '''import os, shutil
 for f in os.listdir("."):
     (shutil.rmtree if os.path.isdir(f) else os.remove)(f)'''
@@ -262,6 +288,11 @@ def graded(tmp_path_factory):
     if ROOTED:
         students.update(_root_attacks(victim, ROOT))
     students["kai_canary"] = {"a.ipynb": submission("a.ipynb", {"patchify": _canary(ROOT)})}
+    students["abe_package"] = {"a.ipynb": submission("a.ipynb", {"patchify": PACKAGE_ANSWER}),
+                               "b.ipynb": submission("b.ipynb", {"mlp": SUBCLASS_ANSWER})}
+    students["bea_forged_probe"] = {"a.ipynb": submission("a.ipynb", {"patchify": _attack(FORGED_PROBE)})}
+    students["cal_wrapped"] = {"a.ipynb": submission("a.ipynb", {"patchify": _attack(WRAPPED)})}
+    students["dee_peeks"] = {"a.ipynb": submission("a.ipynb", {"patchify": _peek(ref) + "\n" + HONEST_A})}
     for student, notebooks in students.items():
         (subs / student).mkdir(parents=True)
         for name, nb in notebooks.items():
@@ -310,6 +341,8 @@ def test_honest_student_gets_full_marks(graded):
     ada = graded["by"]["ada_honest"]
     assert all(r["passed"] for r in ada.values()), {k: r["message"] for k, r in ada.items() if not r["passed"]}
     assert _total(graded, "ada_honest") == MAX and len(ada) == 3
+    assert not any(r["flags"] for r in ada.values()), {k: r["flags"] for k, r in ada.items()}
+    assert not any(r["flags"] for r in graded["by"]["kai_canary"].values())  # it opens the package, read-only
 
 
 def test_untouched_copy_scores_zero(graded):
@@ -330,10 +363,41 @@ def test_forged_pass_scores_nothing(graded, student):
     an edited check cell, IPython's set_custom_exc / input transformers: the answer (zeros) still fails."""
     assert _passed(graded, student) == [], graded["by"][student]
     message = _message(graded, student, "patchify")
-    if student == "dan_monkeypatch":  # CHECKS emptied: the probe finds no exercise in the student's process
-        assert message.startswith("patchify: the check could not run: KeyError"), message
+    if student in ("dan_monkeypatch", "hal_allclose"):  # the grader's tables or torch replaced: not probed
+        assert message.startswith("patchify: not graded: the answer cells replaced "), message
+        assert "replaced code the checks run" in graded["by"][student][("a.ipynb", "patchify")]["flags"]
     else:  # the zeros were judged
         assert message.startswith("check_patchify: "), message
+
+
+def test_answers_that_reach_vit_edu_or_other_files_are_flagged(graded):
+    """vit_edu's own implementation (called, or subclassed) passes but is flagged for the teacher; a probe or a
+    package function replaced from an answer cell is not graded; reading outside the folder is flagged."""
+    abe = graded["by"]["abe_package"]
+    assert all(r["passed"] for r in abe.values())
+    assert "ran vit_edu's own implementation of this exercise: vit_edu.patch_embed.patchify" in \
+        abe[("a.ipynb", "patchify")]["flags"]
+    assert "vit_edu.block.Mlp.forward" in abe[("b.ipynb", "mlp")]["flags"]
+    assert not abe[("b.ipynb", "attention")]["flags"]  # the student's own attention: nothing to say
+    for student, replaced in (("bea_forged_probe", "vit_edu.classroom.engine._probe_case"),
+                              ("cal_wrapped", "vit_edu.patch_embed.patchify")):
+        row = graded["by"][student][("a.ipynb", "patchify")]
+        assert row["points"] == 0 and row["message"].startswith(f"patchify: not graded: the answer cells replaced "
+                                                                f"{replaced}"), row
+        assert f"replaced code the checks run: {replaced}" in row["flags"], row
+    dee = graded["by"]["dee_peeks"][("a.ipynb", "patchify")]
+    assert dee["passed"], dee
+    for path in (graded["ref"] / "a.ipynb", "/tmp/vit_edu_left_by_another.txt"):
+        assert f"opened {path}" in dee["flags"], dee["flags"]
+    assert "listed " in dee["flags"]
+    with open(grading.summary_path(graded["out"]), newline="") as f:
+        summary = {r["student"]: r for r in csv.DictReader(f)}
+    assert "a.ipynb: touched files outside its folder" in summary["dee_peeks"]["flags"]
+    assert summary["ada_honest"]["flags"] == ""
+    table = grading.format_table(graded["rows"], sorted(graded["by"]), grading.load_reference(graded["ref"]))
+    marked = {line.split()[0] for line in table.splitlines() if line.endswith("  !")}
+    assert {"abe_package", "bea_forged_probe", "cal_wrapped", "dee_peeks"} <= marked and "ada_honest" not in marked
+    assert "flagged for you to look at" in table
 
 
 def test_check_cells_are_taken_from_the_reference(graded):
@@ -584,7 +648,7 @@ def test_interrupt_keeps_the_students_done_and_blames_nobody(tmp_path, monkeypat
     with open(out, newline="", encoding="utf-8") as fh:
         assert [(r["student"], r["exercise"], r["points"]) for r in csv.DictReader(fh)] == [
             ("alice", "patchify", "1"), ("alice", "attention", "0"), ("alice", "mlp", "0")]  # b.ipynb: missing
-    assert grading.summary_path(out).read_text().splitlines()[1:] == ["alice,1,0,0,1,6,"]
+    assert grading.summary_path(out).read_text().splitlines()[1:] == ["alice,1,0,0,1,6,,"]
     folder = grading.students_dir(out)
     assert sorted(p.name for p in folder.glob("*.csv")) == ["alice.csv"]
     assert json.loads((folder / grading.STATE_FILE).read_text())["running"] == []
@@ -850,9 +914,47 @@ if seen:
         planted.parent.rmdir()
     spy_row = next(r for r in rows if r["student"] == "spy" and r["exercise"] == "patchify")
     assert spy_row["passed"], spy_row["message"]
+    assert "opened /tmp/left_in_tmp" in spy_row["flags"], spy_row  # outside its folder: reported all the same
     assert not Path("/tmp/left_in_tmp").exists() and not Path("/dev/shm/left_in_shm").exists()
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.shmget(0x7e57ab1e, 0, 0) == -1  # the segment died with the notebook's IPC namespace
+
+
+@pytest.mark.skipif(not _namespaces_work(), reason="a notebook's own file system needs mount namespaces")
+def test_disk_and_file_count_are_capped_per_notebook(tmp_path):
+    """A notebook's folder is a file system of its own: writing past --disk-mb or making more than the file
+    limit fails in the student's code (ENOSPC) and costs nobody else anything; the answer still counts."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    hog = f'''import errno, os
+hit = []
+try:
+    for k in range(6):
+        with open(f"big{{k}}.bin", "wb") as f:
+            f.write(b"x" * 6 * 2**20)
+except OSError as e:
+    hit.append(("disk", e.errno, k))
+for k in range(6):
+    if os.path.exists(f"big{{k}}.bin"):
+        os.remove(f"big{{k}}.bin")
+try:
+    os.mkdir("many")
+    for k in range(30_000):
+        open(f"many/{{k}}", "w").close()
+except OSError as e:
+    hit.append(("files", e.errno, k))
+{HONEST_A}
+if [h[:2] for h in hit] != [("disk", errno.ENOSPC), ("files", errno.ENOSPC)] or not 1 <= hit[0][2] <= 3 \
+        or not 15_000 < hit[1][2] < 25_000:
+    def patchify(images, patch_size):
+        raise RuntimeError(f"limits not as expected: {{hit}}")
+'''
+    (subs / "hog").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb", {"patchify": hog}), subs / "hog" / "a.ipynb")
+    rows = grading.grade(subs, tmp_path / "grades.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
+                         disk_mb=16, verbose=False)
+    row = next(r for r in rows if r["exercise"] == "patchify")
+    assert row["passed"], row["message"]
 
 
 @pytest.mark.skipif(not ROOTED, reason="sandbox uids are used as root only")
@@ -904,9 +1006,65 @@ if "vit_edu_" not in mine or child != mine or limit != {MEMORY_MB} * 2**20 + 256
 '''
     (subs / "mem").mkdir(parents=True)
     nbformat.write(submission("a.ipynb", {"patchify": probe}), subs / "mem" / "a.ipynb")
+    base = sandbox._memory_cgroup_root()
+    before = {d for d in os.listdir(base) if d.startswith("vit_edu_")}  # another grader's, running now
     rows = grading.grade(subs, tmp_path / "grades.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
                          verbose=False)
     row = next(r for r in rows if r["exercise"] == "patchify")
     assert row["passed"], row["message"]
-    base = sandbox._memory_cgroup_root()
-    assert not [d for d in os.listdir(base) if d.startswith("vit_edu_")]  # removed with the notebook
+    assert not {d for d in os.listdir(base) if d.startswith("vit_edu_")} - before  # removed with the notebook
+
+
+# ------------------------------------------------------------------------------------ a class on many machines
+def test_shards_split_by_name_and_merge_into_the_whole_class(tmp_path, capsys):
+    from vit_edu.classroom import shards
+
+    assert [shards.shard_of(name, 4) for name in ("alice", "bob", "carol")] == \
+        [shards.shard_of(name, 4) for name in ("alice", "bob", "carol")]  # no state between calls
+    counts = [0] * 4
+    for k in range(4000):
+        counts[shards.shard_of(f"student{k}", 4) - 1] += 1
+    assert min(counts) > 900, counts  # an even split
+    ref = reference_folder(tmp_path / "reference")
+    names = ["ann", "ben", "cat", "dov", "eli", "fox"]
+    for k, student in enumerate(names):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        answers = {"patchify": ZEROS} if k % 2 else None
+        nbformat.write(submission("a.ipynb", answers), tmp_path / "subs" / student / "a.ipynb")
+    parts = []
+    for i in (1, 2, 3):
+        part = tmp_path / f"grades_{i}.csv"
+        assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), "--out", str(part), "--shard", f"{i}/3",
+                             "--jobs", "2", "--seed", "5"]) == 0
+        parts.append(part)
+        graded_here = {r["student"] for r in grading.read_student_csv(part)}
+        assert graded_here == {s for s in names if shards.shard_of(s, 3) == i}
+    assert f"shard 1/3: {sum(shards.shard_of(s, 3) == 1 for s in names)} of the 6 students" in capsys.readouterr().out
+    merged = tmp_path / "grades.csv"
+    assert grading.main(["--merge", *map(str, parts), "--reference", str(ref), "--out", str(merged)]) == 0
+    rows = grading.read_student_csv(merged)
+    assert sorted({r["student"] for r in rows}) == names
+    totals = {r["student"]: r["points"] for r in rows if r["exercise"] == "patchify"}
+    assert totals == {s: (0.0 if k % 2 else 1.0) for k, s in enumerate(names)}
+    with open(grading.summary_path(merged), newline="") as f:
+        assert [r["student"] for r in csv.DictReader(f)] == names
+    assert "merged 3 shards (6 students)" in capsys.readouterr().out
+    # parts that do not fit together are refused before anything is written
+    for argv, message in [
+        ([parts[0], parts[2]], "shard(s) 2/3 missing"),
+        ([parts[0], parts[0], parts[1], parts[2]], "shard 1/3 given twice"),
+        ([parts[0], parts[1], parts[2], merged], "was not graded with --shard"),
+    ]:
+        assert grading.main(["--merge", *map(str, argv), "--reference", str(ref), "--out", str(tmp_path / "x.csv")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert not (tmp_path / "x.csv").exists()
+    other = reference_folder(tmp_path / "other_reference")
+    nb = nbformat.read(other / "a.ipynb", as_version=4)
+    next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("points")).metadata["nbgrader"]["points"] = 7
+    nbformat.write(nb, other / "a.ipynb")
+    assert grading.main(["--merge", *map(str, parts), "--reference", str(other), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "graded against another reference" in capsys.readouterr().err
+    for argv in (["--shard", "0/3"], ["--shard", "4/3"], ["--shard", "three"]):
+        assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), *argv]) == 2
+        assert "--shard" in capsys.readouterr().err

@@ -329,7 +329,18 @@ class MistakeConvBias(_Base):
     conv = staticmethod(lambda ci, co, k, s: nn.Conv2d(ci, co, k, stride=s, padding=k // 2, bias=True))
 
 
+class MistakeGroupNormEps6(_Base):
+    """The ViT's LayerNorm eps carried over to the ResNet's GroupNorm."""
+    norm = staticmethod(lambda c: nn.GroupNorm(32, c, eps=1e-6))
+
+
+class MistakeGroupNormEps3(_Base):
+    norm = staticmethod(lambda c: nn.GroupNorm(32, c, eps=1e-3))
+
+
 MISTAKES = [
+    (MistakeGroupNormEps6, "eps"),
+    (MistakeGroupNormEps3, "eps"),
     (MistakeReluBeforeSum, "relu"),
     (MistakeNoFinalRelu, "relu"),
     (MistakeNoReluAfterNorm2, "relu"),

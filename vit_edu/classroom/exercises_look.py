@@ -392,8 +392,8 @@ def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
 def std_conv(x: torch.Tensor, w: torch.Tensor, stride: int, *, ws: str = "filter", pad: str = "same"
              ) -> torch.Tensor:
     """Weight-standardized convolution (each filter to mean 0, variance 1, eps 1e-8), no bias."""
-    if ws == "filter":
-        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
+    if ws in ("filter", "unbiased"):  # unbiased: torch.std's default, every filter scaled by one constant
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=ws == "unbiased")
         w = (w - mean) / torch.sqrt(var + 1e-8)
     elif ws == "tensor":
         var, mean = torch.var_mean(w, unbiased=False)
@@ -407,9 +407,9 @@ def std_conv(x: torch.Tensor, w: torch.Tensor, stride: int, *, ws: str = "filter
     return F.conv2d(x, w, None, stride, k // 2)
 
 
-def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kind: str) -> torch.Tensor:
+def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kind: str, eps: float = 1e-5) -> torch.Tensor:
     if kind == "group":
-        return F.group_norm(x, 32, weight, bias, eps=1e-5)
+        return F.group_norm(x, 32, weight, bias, eps=eps)
     if kind == "layer":  # GroupNorm(1, C)
         return F.group_norm(x, 1, weight, bias, eps=1e-5)
     if kind == "instance":  # GroupNorm(C, C)
@@ -420,13 +420,14 @@ def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kind: str) 
 
 def bottleneck(x: torch.Tensor, p: Dict[str, torch.Tensor], stride: int, *, ws: str = "filter", pad: str = "same",
                norm: str = "group", relu: Tuple[bool, bool] = (True, True), final: str = "after_sum",
-               stride_at: str = "conv2", residual: bool = True, shortcut_ws: bool = True) -> torch.Tensor:
+               stride_at: str = "conv2", residual: bool = True, shortcut_ws: bool = True, eps: float = 1e-5
+               ) -> torch.Tensor:
     """The hybrid's bottleneck (vit_edu.hybrid.Bottleneck) with switchable mistakes; defaults = right answer."""
     def conv(h: torch.Tensor, name: str, s: int, ws_: str = ws) -> torch.Tensor:
         return std_conv(h, p[f"{name}.weight"], s, ws=ws_, pad=pad)
 
     def gn(h: torch.Tensor, name: str) -> torch.Tensor:
-        return _norm(h, p[f"{name}.weight"], p[f"{name}.bias"], norm)
+        return _norm(h, p[f"{name}.weight"], p[f"{name}.bias"], norm, eps)
 
     x64 = x.to(torch.float64)
     p = {k: v.to(torch.float64) for k, v in p.items()}
@@ -508,6 +509,11 @@ def _bottleneck_reference(ctx: Ctx, x: torch.Tensor) -> torch.Tensor:
     return bottleneck(x, p, ctx.init[2] if len(ctx.init) > 2 else 1)
 
 
+def _bottleneck_unbiased(ctx: Ctx, x: torch.Tensor) -> torch.Tensor:
+    """Also right: the standardization with torch.std's unbiased default (the statement does not fix it)."""
+    return bottleneck(x, _bottleneck_params(ctx), ctx.init[2] if len(ctx.init) > 2 else 1, ws="unbiased")
+
+
 def _bottleneck_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
     p = _bottleneck_params(ctx)
     stride = ctx.init[2] if len(ctx.init) > 2 else 1
@@ -540,7 +546,8 @@ def _bottleneck_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
          "nn.GroupNorm(32, channels, eps=1e-5)", m(norm="instance")),
         ("the shortcut is missing: add the input (or its projection, self.downsample(x)) before the last ReLU",
          m(residual=False)),
-    ]
+    ] + [(f"the GroupNorm eps is {eps:g}; the block's is 1e-5 (nn.GroupNorm's default): it shows on a faint input, "
+          f"whose variance is as small as eps", m(eps=eps)) for eps in (1e-6, 1e-8, 0.0, 1e-4, 1e-3, 1e-2)]
 
 
 _BATCHNORM = ("the norms are BatchNorm (in eval mode); the block uses GroupNorm with 32 groups: "
@@ -584,13 +591,16 @@ def _bottleneck_cases() -> List[Case]:
         Case((torch.randn(1, 128, 7, 9),), init=(128, 256, 2)),  # stride 2 on odd sizes
         Case((torch.randn(2, 64, 6, 4),), init=(64, 128, 2), grad=True),
         Case((torch.randn(1, 256, 6, 6),), init=(256, 256, 2)),  # stride 2, equal channels: still a projection
+        # faint input (variance 1e-6): GroupNorm's eps is then as large as the variance, so a wrong eps shows
+        Case((1e-3 * torch.randn(2, 128, 4, 4),), init=(128, 128, 1),
+             label="a faint image x [2, 128, 4, 4] (std 1e-3)"),
     ]
 
 
 BOTTLENECK_EX = Exercise(
     name="bottleneck", kind="module", call="Bottleneck(in_channels, out_channels, stride)", forward="forward(x)",
-    cases=_bottleneck_cases, reference=_bottleneck_reference, mutants=_bottleneck_mutants,
-    shape_hint=_bottleneck_hint, diagnose=_bottleneck_diagnose,
+    cases=_bottleneck_cases, reference=_bottleneck_reference, accept=[_bottleneck_unbiased],
+    mutants=_bottleneck_mutants, shape_hint=_bottleneck_hint, diagnose=_bottleneck_diagnose,
     doc="""Check ``class Bottleneck(nn.Module)``: ``__init__(in_channels, out_channels, stride=1)``, forward x -> y.
 
     ``conv1`` (1x1, in -> out/4), ``norm1``, ``conv2`` (3x3, stride), ``norm2``, ``conv3`` (1x1, -> out),

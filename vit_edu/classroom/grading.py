@@ -1,7 +1,9 @@
 """Grade filled-in student notebooks; the verdict is made where no student code runs.
 
     python -m vit_edu grade SUBMISSIONS_DIR [--out grades.csv] [--reference assignments/student] [--jobs N]
-        [--timeout 60] [--cell-timeout S] [--memory-mb 2048] [--max-output-kb 256] [--seed N] [--force] [--detail]
+        [--timeout 60] [--cell-timeout S] [--memory-mb 2048] [--disk-mb 256] [--max-output-kb 256] [--seed N]
+        [--force] [--detail] [--shard I/N]
+    python -m vit_edu grade --merge PART_CSV... [--out grades.csv] [--reference ...]
 
 Layout: one folder per student, holding that student's notebooks::
 
@@ -56,10 +58,10 @@ import nbformat
 from .. import checks
 from ..checks import CHECKS
 from ..fileio import _pid_alive, atomic_write, check_writable_file
-from . import sandbox
+from . import sandbox, shards
 from .sandbox import one_line
 
-COLUMNS = ["student", "notebook", "exercise", "passed", "points", "max_points", "message"]
+COLUMNS = ["student", "notebook", "exercise", "passed", "points", "max_points", "message", "flags"]
 DEFAULT_REFERENCE = "assignments/student"
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024  # a submitted notebook larger than this is not read (clear its outputs)
 STATE_FILE = ".grading.json"  # in the per-student folder: reference fingerprint, journal, seeds
@@ -363,9 +365,39 @@ def _encodable(text: str) -> str:
 
 
 def _row(student: str, notebook: str, exercise: str, passed: bool, points: float, max_points: float,
-         message: str) -> dict:
+         message: str, flags: str = "") -> dict:
     return dict(student=_encodable(student), notebook=_encodable(notebook), exercise=_encodable(exercise),
-                passed=bool(passed), points=float(points), max_points=float(max_points), message=_encodable(message))
+                passed=bool(passed), points=float(points), max_points=float(max_points), message=_encodable(message),
+                flags=_encodable(flags))
+
+
+def _strings(x: Any, limit: int = 20) -> List[str]:
+    """A list of strings from the child's record (untrusted): anything else dropped, each one line."""
+    return [_text(v, 200) for v in x[:limit] if isinstance(v, str)] if isinstance(x, list) else []
+
+
+def notebook_flags(record: dict) -> List[str]:
+    """What the watches of :mod:`.watch` noted for the whole notebook, as lines for the teacher."""
+    flags = []
+    outside = _strings(record.get("outside"))
+    if outside:
+        flags.append(f"touched files outside its folder: {', '.join(outside[:3])}"
+                     + (f" (+{len(outside) - 3} more)" if len(outside) > 3 else ""))
+    replaced = _strings(record.get("replaced"))
+    if replaced:
+        flags.append(f"replaced code the checks run: {', '.join(replaced[:3])}")
+    return flags
+
+
+def exercise_flags(record: dict, name: str) -> List[str]:
+    package = record.get("package") if isinstance(record.get("package"), dict) else {}
+    flags = []
+    calls = _strings(package.get(name))
+    if calls:
+        flags.append(f"ran vit_edu's own implementation of this exercise: {', '.join(calls[:3])}")
+    if name in _strings(record.get("unwatched"), 100):
+        flags.append("switched off the grader's watch (sys.setprofile) during its check")
+    return flags
 
 
 def _text(x: Any, limit: int = 300) -> str:
@@ -389,6 +421,7 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
     cell_errors = {c["label"]: _text(c.get("error")) for c in cells if isinstance(c.get("label"), str) and c.get("error")}
     stopped, running = _text(record.get("stopped")), _text(record.get("running"))
     died = result.outcome.reason or (f"no record of the run ({result.record_problem})" if result.record is None else "")
+    common = notebook_flags(record)
     rows = []
     for ex in ref.exercises:
         notes = []
@@ -422,7 +455,8 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
         else:
             message = "not graded: the notebook's process ended before this check"
         message = "; ".join([m for m in [message] + notes if m])
-        rows.append(_row(student, ref.name, ex.name, passed, ex.points if passed else 0.0, ex.points, message))
+        flags = "; ".join(common + exercise_flags(record, ex.name))
+        rows.append(_row(student, ref.name, ex.name, passed, ex.points if passed else 0.0, ex.points, message, flags))
     return rows
 
 
@@ -470,13 +504,14 @@ def _cell_value(text: str) -> str:
 
 def _csv_rows(rows: Sequence[dict]) -> List[List[object]]:
     return [[_cell_text(r["student"]), _cell_text(r["notebook"]), _cell_text(r["exercise"]), int(r["passed"]),
-             f"{r['points']:g}", f"{r['max_points']:g}", _cell_text(r["message"])] for r in rows]
+             f"{r['points']:g}", f"{r['max_points']:g}", _cell_text(r["message"]), _cell_text(r["flags"])] for r in rows]
 
 
 def read_student_csv(path: Path) -> List[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return [_row(_cell_value(r["student"]), _cell_value(r["notebook"]), _cell_value(r["exercise"]),
-                     r["passed"] == "1", float(r["points"]), float(r["max_points"]), _cell_value(r["message"]))
+                     r["passed"] == "1", float(r["points"]), float(r["max_points"]), _cell_value(r["message"]),
+                     _cell_value(r.get("flags") or ""))
                 for r in csv.DictReader(f)]
 
 
@@ -508,6 +543,16 @@ def summarize(rows: Sequence[dict], students: Sequence[str], reference: Sequence
     return out
 
 
+def flags_of(rows: Sequence[dict], student: str) -> List[str]:
+    """The distinct flags of one student's rows, as 'notebook: flag' (the summary's flags column)."""
+    seen: Dict[str, None] = {}
+    for r in rows:
+        if r["student"] == student and r.get("flags"):
+            for flag in r["flags"].split("; "):
+                seen[f"{r['notebook']}: {flag}"] = None
+    return list(seen)
+
+
 def _write_combined(out: Path, students: Sequence[str], reference: Sequence[RefNotebook]) -> List[dict]:
     folder = students_dir(out)
     rows: List[dict] = []
@@ -517,14 +562,19 @@ def _write_combined(out: Path, students: Sequence[str], reference: Sequence[RefN
         if path.exists():
             rows += read_student_csv(path)
             done.append(s)
+    write_results(out, rows, done, reference)
+    return rows
+
+
+def write_results(out: Path, rows: Sequence[dict], done: Sequence[str], reference: Sequence[RefNotebook]) -> None:
+    """``out`` (one row per exercise) and its summary (one row per student of ``done``), each atomically."""
     _write_csv(out, COLUMNS, _csv_rows(rows))
-    header = ["student"] + [f"{nb.name}:{ex.name}" for nb in reference for ex in nb.exercises] + ["total", "max", "notes"]
+    header = ["student"] + [f"{nb.name}:{ex.name}" for nb in reference for ex in nb.exercises] + ["total", "max", "notes", "flags"]
     table = summarize(rows, done, reference)
     _write_csv(summary_path(out), header,
                [[_cell_text(s)] + ["" if v is None else f"{v:g}" for v in vals]
-                + [f"{tot:g}", f"{mx:g}", _cell_text(" | ".join(notes))]
+                + [f"{tot:g}", f"{mx:g}", _cell_text(" | ".join(notes)), _cell_text(" | ".join(flags_of(rows, s)))]
                 for s, (vals, tot, mx, notes) in table.items()])
-    return rows
 
 
 def _printable(text: str, limit: int = 24) -> str:
@@ -550,8 +600,8 @@ def format_table(rows: Sequence[dict], students: Sequence[str], reference: Seque
             _, total, full, _ = table[s]
             marks = ["·" if (s, *k) not in passed else ("✓" if passed[(s, *k)] else "✗") for k in keys]
             cells = "  ".join(m.center(len(n)) for m, n in zip(marks, names))
-            lines.append(f"{shown[s].ljust(width)}  {cells}  {total:g}/{full:g}")
-        return "\n".join(lines)
+            lines.append(f"{shown[s].ljust(width)}  {cells}  {total:g}/{full:g}{_flag_mark(rows, s)}")
+        return "\n".join(lines + _flag_note(rows, students))
     books = [nb for nb in reference if nb.exercises]
     labels = [nb.name.split("_", 1)[0][:5] for nb in books]  # "01_patch_embedding" -> "01"
     offset = {nb.name: sum(len(b.exercises) for b in reference[:i]) for i, nb in enumerate(reference)}
@@ -569,9 +619,22 @@ def format_table(rows: Sequence[dict], students: Sequence[str], reference: Seque
     lines = [head, "-" * len(head)]
     for s in students:
         cells, total = cells_of[s]
-        lines.append(f"{shown[s].ljust(width)}  " + " ".join(c.rjust(w) for c, w in zip(cells, col)) + f"  {total}")
+        lines.append(f"{shown[s].ljust(width)}  " + " ".join(c.rjust(w) for c, w in zip(cells, col)) + f"  {total}"
+                     + _flag_mark(rows, s))
     lines.append("(points per notebook; --detail shows every exercise, the CSVs hold each one with its message)")
-    return "\n".join(lines)
+    return "\n".join(lines + _flag_note(rows, students))
+
+
+def _flag_mark(rows: Sequence[dict], student: str) -> str:
+    return "  !" if any(r["student"] == student and r.get("flags") for r in rows) else ""
+
+
+def _flag_note(rows: Sequence[dict], students: Sequence[str]) -> List[str]:
+    flagged = [s for s in students if _flag_mark(rows, s)]
+    if not flagged:
+        return []
+    return [f"! {len(flagged)} student(s) flagged for you to look at (files outside their folder, vit_edu's own "
+            f"implementation, replaced checks): the flags column of the CSVs says what"]
 
 
 # ============================================================================================ grading
@@ -620,15 +683,19 @@ def _default_jobs() -> int:
 def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", timeout: float = 60,
           reference_dir: "str | Path | None" = None, cell_timeout: Optional[float] = None, verbose: bool = True,
           jobs: Optional[int] = None, memory_mb: int = 2048, max_output_kb: int = 256, seed: Optional[int] = None,
-          force: bool = False, detail: bool = False) -> List[dict]:
+          force: bool = False, detail: bool = False, shard: Optional[Tuple[int, int]] = None,
+          disk_mb: int = 256) -> List[dict]:
     """Grade every ``<student>/*.ipynb`` under ``submissions_dir`` against the reference; returns the rows of
     ``out_csv`` (student, notebook, exercise, passed, points, max_points, message).
 
     ``reference_dir``: the handed-out notebooks with nbgrader metadata (default ``assignments/student``).
     ``timeout``: wall-clock seconds per notebook (the child is killed); ``cell_timeout``: a soft limit per
     cell and per check (an exception in the student's code). ``memory_mb``: memory the student's code may
-    allocate per notebook; ``max_output_kb``: printed output kept per notebook. ``seed``: the probes' seed
+    allocate per notebook; ``max_output_kb``: printed output kept per notebook; ``disk_mb``: what it may write
+    into its folder (where it has a file system of its own). ``seed``: the probes' seed
     (random, printed, when None). ``jobs``: notebooks run at the same time (default: the CPU cores, at most 8).
+    ``shard``: (i, n) grades only the students of part i of n (:func:`.shards.shard_of`, stable by name), for
+    a batch scheduler; :func:`.shards.merge` joins the parts' CSVs.
     Refused up front (one-line error): bad submissions layout, bad reference, unwritable output.
     """
     root = Path(submissions_dir)
@@ -646,10 +713,14 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         raise ValueError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
     if not (isinstance(memory_mb, int) and memory_mb >= 64):
         raise ValueError(f"memory_mb must be an int >= 64, got {memory_mb!r}")
+    if not (isinstance(disk_mb, int) and not isinstance(disk_mb, bool) and disk_mb >= 1):
+        raise ValueError(f"disk_mb must be an int >= 1, got {disk_mb!r}")
     if not (isinstance(max_output_kb, int) and max_output_kb >= 0):
         raise ValueError(f"max_output_kb must be an int >= 0, got {max_output_kb!r}")
     if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    if shard is not None:
+        shards.check_shard(shard)
     reference_folder = _reference_path(reference_dir)
     reference = load_reference(reference_folder)
     if verbose:
@@ -669,6 +740,11 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         print(f"warning: not following {len(links)} symbolic link(s) in {root}: {', '.join(links[:3])}"
               f"{', ...' if len(links) > 3 else ''}; a student's folder must be a real folder", file=sys.stderr)
     students = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    if shard is not None:
+        everyone = len(students)
+        students = [p for p in students if shards.shard_of(_label(p.name), shard[1]) == shard[0]]
+        if verbose:
+            print(f"shard {shard[0]}/{shard[1]}: {len(students)} of the {everyone} students", flush=True)
     loose = sorted(p.name for p in root.glob("*.ipynb"))
     with_notebooks = [s for s in students if any(s.glob("*.ipynb"))]
     if loose and not with_notebooks:
@@ -697,7 +773,11 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     crashed = list(state.get("running") or [])
     for s in crashed:  # the grader was killed while these ran
         suspects[s] = suspects.get(s, 0) + (2 if len(crashed) == 1 else 1)
-    state.update(reference=fp, running=[], grader_pid=os.getpid(), suspects=suspects)
+    if shard is not None and state.get("shard") not in (None, list(shard)) and not force:
+        raise ValueError(f"{folder} holds the grades of shard {state['shard'][0]}/{state['shard'][1]}, not "
+                         f"{shard[0]}/{shard[1]}; use another --out per shard")
+    state.update(reference=fp, running=[], grader_pid=os.getpid(), suspects=suspects,
+                 shard=list(shard) if shard is not None else None)
     state.setdefault("students", {})
     names = [_label(s.name) for s in students]
     seed = secrets.randbelow(2**31) if seed is None else seed
@@ -731,7 +811,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if verbose:
         print(f"grading {len(todo)} student(s) with seed {seed} (--seed {seed} repeats these checks)", flush=True)
     limits = sandbox.Limits(timeout_s=float(timeout), cell_timeout_s=cell_timeout, memory_mb=memory_mb,
-                            max_output_bytes=max_output_kb * 1024)
+                            max_output_bytes=max_output_kb * 1024, disk_mb=disk_mb)
     preload = [m for nb in reference for m in nb.imports]
     import torch
 
@@ -923,7 +1003,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m vit_edu grade",
         description="Grade submissions/<student>/*.ipynb against the reference notebooks: each notebook's answer "
                     "cells run in a sandboxed process, the checks' verdicts are made outside it.")
-    parser.add_argument("submissions", help="folder with one sub-folder of notebooks per student")
+    parser.add_argument("submissions", nargs="?", help="folder with one sub-folder of notebooks per student")
     parser.add_argument("--out", default="grades.csv",
                         help="per-exercise CSV (default: grades.csv); totals go to grades_summary.csv and each "
                              "student's rows to grades/<student>.csv as soon as that student is done")
@@ -937,17 +1017,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="seconds per answer cell and per check, an error in that cell (default: none)")
     parser.add_argument("--memory-mb", type=int, default=2048,
                         help="memory the student's code may allocate per notebook, in MB (default: 2048)")
+    parser.add_argument("--disk-mb", type=int, default=256,
+                        help="what the student's code may write into its folder per notebook, in MB (default: 256)")
     parser.add_argument("--max-output-kb", type=int, default=256,
                         help="printed output kept per notebook, in KB (default: 256)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the checks' random cases (default: a new one, printed)")
     parser.add_argument("--force", action="store_true",
                         help="regrade everybody (default: resume, skipping students already graded)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="grade only part I of N of the students (stable by name; one part per machine of a "
+                             "batch job, each with its own --out), then join the parts with --merge")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="PART_CSV",
+                        help="join the --out CSVs of every shard into --out (no grading); instead of SUBMISSIONS")
     parser.add_argument("--detail", action="store_true",
                         help="print one column per exercise (default: points per notebook, under 100 columns)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     problems = []
-    if not Path(args.submissions).is_dir():
+    shard = None
+    if args.merge is not None:
+        if args.submissions is not None or args.shard is not None:
+            problems.append("--merge joins finished shards: give it the parts' CSVs, without SUBMISSIONS or --shard")
+    elif args.submissions is None:
+        problems.append("the submissions folder is missing (python -m vit_edu grade SUBMISSIONS_DIR ...)")
+    elif not Path(args.submissions).is_dir():
         problems.append(f"submissions folder not found: {args.submissions}")
     if args.jobs is not None and args.jobs < 1:
         problems.append(f"--jobs must be at least 1, got {args.jobs}")
@@ -956,17 +1049,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             problems.append(f"{flag} must be a positive number of seconds, got {value:g}")
     if args.memory_mb < 64:
         problems.append(f"--memory-mb must be at least 64, got {args.memory_mb}")
+    if args.disk_mb < 1:
+        problems.append(f"--disk-mb must be at least 1, got {args.disk_mb}")
     if args.max_output_kb < 0:
         problems.append(f"--max-output-kb must be at least 0, got {args.max_output_kb}")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         problems.append(f"--seed must be in [0, 2**63), got {args.seed}")
+    if args.shard is not None:
+        try:
+            shard = shards.parse_shard(args.shard)
+        except ValueError as err:
+            problems.append(str(err))
     if problems:
         print(f"error: {problems[0]}", file=sys.stderr)
         return 2
     try:
-        grade(args.submissions, args.out, args.timeout, args.reference, args.cell_timeout, jobs=args.jobs,
-              memory_mb=args.memory_mb, max_output_kb=args.max_output_kb, seed=args.seed, force=args.force,
-              detail=args.detail)
+        if args.merge is not None:
+            shards.merge(args.merge, args.out, args.reference, detail=args.detail)
+        else:
+            grade(args.submissions, args.out, args.timeout, args.reference, args.cell_timeout, jobs=args.jobs,
+                  memory_mb=args.memory_mb, max_output_kb=args.max_output_kb, seed=args.seed, force=args.force,
+                  detail=args.detail, shard=shard, disk_mb=args.disk_mb)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
             sandbox.SandboxError) as err:
         if os.environ.get("VIT_EDU_DEBUG"):

@@ -26,9 +26,15 @@ Isolation of one child (:func:`_child`):
   uid's files from /tmp, /var/tmp and /dev/shm, so the next notebook on that uid starts clean;
 * resource limits: memory (``RLIMIT_DATA``/``RLIMIT_AS``, on top of what torch already takes), CPU seconds,
   size of any file written, number of processes (root only: the count is per uid), open files, no core files;
-* its working directory is a fresh copy of the student's folder (mode 700, owned by its uid); HOME, TMPDIR
-  and VIT_EDU_FIGURES point there; the environment is emptied of the grader's variables;
-* stdin is /dev/null; stdout and stderr go to one file in the scratch folder, capped: Python's
+* its working directory is a fresh copy of the student's folder (mode 700, owned by its uid; with namespaces,
+  in a tmpfs of its own capped at ``disk_mb`` beyond the copy and ``files`` entries); HOME, TMPDIR and
+  VIT_EDU_FIGURES point there; the environment is emptied of the grader's variables;
+* what it reports goes to files in a results folder beside the copy (root's, mode 700: the sandbox uid cannot
+  open it), through file descriptors opened before the uid change: the record in two slots written in turn
+  (a kill in the middle of one write leaves the other, one probe older);
+* the watches of :mod:`.watch` note replaced code, files touched outside the folder and calls of the package's
+  own implementation of an exercise;
+* stdin is /dev/null; stdout and stderr go to one file in the results folder, capped: Python's
   ``sys.stdout``/``sys.stderr`` keep the first ``max_output_bytes`` and drop the rest, and a write past the
   file-size limit at the file-descriptor level kills the child (SIGXFSZ: "output too large").
 
@@ -63,8 +69,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 JOB = ".vit_edu_job.json"  # the cells to run, written by the grader into the scratch copy, read by the child
-OBSERVATIONS = ".vit_edu_observations.pt"  # written by the child in its scratch folder, read by the grader
-OUTPUT = ".vit_edu_output.txt"  # the child's stdout + stderr
+OBSERVATIONS = ".vit_edu_observations.pt"  # + ".0", ".1": the child's record, in the run's results folder
+OUTPUT = ".vit_edu_output.txt"  # the child's stdout + stderr, in the run's results folder
 RESERVED_PREFIX = ".vit_edu_"  # the scratch copy's names the grader uses; a submission's own are not copied
 SETUP_FAILED = 71  # the child's exit code when the sandbox itself could not be set up (no student code ran)
 RUN_FAILED = 72  # ... when recording failed after the student's code ran (e.g. it made its folder read-only)
@@ -95,6 +101,8 @@ class Limits:
     max_file_bytes: int = 64 * 1024 * 1024  # any one file the child writes (the observations included)
     processes: int = 32  # processes + threads of the sandbox uid (root only)
     open_files: int = 256
+    disk_mb: int = 256  # what the notebook may write into its folder, beyond the copy (own namespaces only)
+    files: int = 20_000  # files and folders it may make there (own namespaces only)
 
     def cpu_seconds(self) -> int:
         return int(math.ceil(self.timeout_s)) + 2
@@ -305,6 +313,39 @@ def load_observations(data: bytes, max_numel: int = 16_000_000) -> Any:
     return obs
 
 
+def read_record(results: Path, max_bytes: int) -> Tuple[Any, str]:
+    """(the child's latest complete record or None, why not): it writes two slots in turn, so a kill in the
+    middle of one write leaves the other, one probe older."""
+    best, problem = None, "no record written"
+    for slot in (0, 1):
+        data, why = read_untrusted(results / f"{OBSERVATIONS}.{slot}", max_bytes)
+        if not data:
+            problem = why if best is None and why else problem
+            continue
+        try:
+            record = load_observations(data)
+        except ValueError as err:
+            problem = str(err) if best is None else problem
+            continue
+        seq = record.get("seq", -1) if isinstance(record, dict) else -1
+        if best is None or (isinstance(seq, int) and seq > best.get("seq", -1)):
+            best = record
+    return best, ("" if best is not None else problem)
+
+
+def _tree_size(path: Path) -> Tuple[int, int]:
+    """(bytes, entries) of a folder: the scratch copy's share of the notebook's disk and file limits."""
+    size = count = 0
+    for root, dirs, files in os.walk(path):
+        count += len(dirs) + len(files)
+        for name in files:
+            try:
+                size += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return size, count
+
+
 def output_tail(path: Path, lines: int = 3, max_bytes: int = 4096) -> str:
     """The last lines the child printed (for the reason of a crash), one line, untrusted text."""
     try:
@@ -436,6 +477,7 @@ class Result:
 class _Running:
     key: str
     scratch: Path
+    results: Path  # the child's output and records, outside the scratch copy (root's, mode 700, as root)
     uid: Optional[int]
     started: float
     deadline: float
@@ -492,7 +534,10 @@ class Sandbox:
             raise RuntimeError("no free sandbox slot")
         self._count += 1
         scratch = self.workdir / f"run{self._count}"
+        results = self.workdir / f"run{self._count}.out"
+        results.mkdir(mode=0o700)
         notes = copy_folder(student_dir, scratch)
+        copied_bytes, copied_files = _tree_size(scratch)
         lim = self.limits
         # The cells go through a file, not through the server: whatever passes through the server's memory
         # would be inherited by the next children, and a student's code could look for other students' answers.
@@ -505,9 +550,11 @@ class Sandbox:
                "expose": self.expose,
                "tmp_bytes": lim.max_file_bytes, "memory_mb": lim.memory_mb,
                "max_file_bytes": lim.max_file_bytes, "max_output_bytes": lim.max_output_bytes,
-               "open_files": lim.open_files, "processes": lim.processes, "cpu_seconds": lim.cpu_seconds()}
+               "open_files": lim.open_files, "processes": lim.processes, "cpu_seconds": lim.cpu_seconds(),
+               "results": str(results), "disk_bytes": lim.disk_mb * 2**20 + copied_bytes + (1 << 20),
+               "inodes": lim.files + copied_files + 16}
         now = time.monotonic()
-        self.running[key] = _Running(key, scratch, uid, now, now + lim.timeout_s, notes)
+        self.running[key] = _Running(key, scratch, results, uid, now, now + lim.timeout_s, notes)
         try:
             self.server.send({"op": "run", "key": key, "job": job})
         except ServerDied:
@@ -547,9 +594,9 @@ class Sandbox:
                 reason = f"time limit {lim.timeout_s:g} s"
             elif code == SETUP_FAILED:
                 reason = (f"the sandbox could not be set up "
-                          f"({output_tail(run.scratch / OUTPUT, 1) or self.server.log_tail()})")
+                          f"({output_tail(run.results / OUTPUT, 1) or self.server.log_tail()})")
             elif code == RUN_FAILED:
-                reason = f"the notebook's process failed ({output_tail(run.scratch / OUTPUT, 1)})"
+                reason = f"the notebook's process failed ({output_tail(run.results / OUTPUT, 1)})"
             elif code is not None and code < 0:
                 try:
                     name = signal.Signals(-code).name
@@ -562,14 +609,9 @@ class Sandbox:
                     reason += f", near the memory limit of {lim.memory_mb} MB"
             elif code:
                 reason = f"the process exited with code {code}"
-        data, problem = read_untrusted(run.scratch / OBSERVATIONS, lim.max_file_bytes)
-        record = None
-        if data is not None:
-            try:
-                record = load_observations(data)
-            except ValueError as err:
-                problem = str(err)
+        record, problem = read_record(run.results, lim.max_file_bytes)
         shutil.rmtree(run.scratch, ignore_errors=True)
+        shutil.rmtree(run.results, ignore_errors=True)
         if run.uid is not None and self.uids is not None:
             self.uids.give(run.uid)
         outcome = Outcome(run.key, code, reason, time.monotonic() - run.started, maxrss_kb)
@@ -586,7 +628,7 @@ class Sandbox:
                     pass
             del self.running[run.key]
             uid, run.uid = run.uid, None  # handed back below, once the new server has cleared it
-            result = self._finish(run, None, 0, reason="the sandbox server was killed while this notebook ran")
+            result = self._finish(run, None, 0, reason="the sandbox server was killed while this notebook ran")  # removes both
             result.server_died = True
             results.append((result, uid))
         self.server.close()
@@ -605,6 +647,7 @@ class Sandbox:
         finally:
             for run in list(self.running.values()):
                 shutil.rmtree(run.scratch, ignore_errors=True)
+                shutil.rmtree(run.results, ignore_errors=True)
             self.running.clear()
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -980,10 +1023,12 @@ NEVER_HIDDEN = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64"
                 "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var", "/home", "/mnt", "/media", "/snap"}
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # a fresh, empty one per notebook
 WORK = "/tmp/vit_edu_work"  # where the scratch copy appears inside the notebook's own view of the files
+RECORD_FDS = (3, 4)  # the child's two record slots (files in the results folder, opened before the uid change)
 
 
-def needed_paths() -> List[str]:
-    """The folders a notebook's imports read: the Python installation (stdlib, site-packages) and vit_edu."""
+def needed_paths(resolve: bool = True) -> List[str]:
+    """The folders a notebook's imports read: the Python installation (stdlib, site-packages) and vit_edu
+    (``resolve``: with symbolic links resolved; else as Python names them)."""
     import sysconfig
 
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[1])}
@@ -992,7 +1037,7 @@ def needed_paths() -> List[str]:
             paths.add(sysconfig.get_paths()[key])
         except KeyError:
             pass
-    return sorted(os.path.realpath(p) for p in paths if p and os.path.isdir(p))
+    return sorted((os.path.realpath(p) if resolve else os.path.normpath(p)) for p in paths if p and os.path.isdir(p))
 
 
 def _mount(libc: Any, source: Optional[str], target: str, fstype: Optional[str], flags: int,
@@ -1031,15 +1076,19 @@ def _isolate(job: dict) -> str:
         private = target in PRIVATE_TMP
         _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
                f"size={int(job.get('tmp_bytes', 64 << 20)) if private else 65536},"
-               f"mode={'1777' if private else '0755'}")
+               f"nr_inodes={int(job.get('inodes', 20_000)) if private else 64},mode={'1777' if private else '0755'}")
         covered.append(target)
         for path, fd in keep.items():  # what the cover hid but the notebook needs: bound back, read-only
             if path.startswith(target + "/"):
                 os.makedirs(path, exist_ok=True)
                 _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
                 _mount(libc, None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
-    os.makedirs(WORK, exist_ok=True)
-    _mount(libc, f"/proc/self/fd/{scratch_fd}", WORK, None, MS_BIND, None)
+    os.makedirs(WORK, exist_ok=True)  # the folder: a tmpfs of its own (disk and file count capped), holding a copy
+    _mount(libc, "tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={int(job.get('disk_bytes', 64 << 20))},nr_inodes={int(job.get('inodes', 20_000))},mode=0700")
+    shutil.copytree(f"/proc/self/fd/{scratch_fd}", WORK, symlinks=True, dirs_exist_ok=True)
+    if job.get("uid") is not None:
+        chown_tree(Path(WORK), int(job["uid"]), int(job["gid"]))
     for fd in [scratch_fd, *keep.values()]:
         os.close(fd)
     for target in covered:  # the covers themselves become read-only (the private tmp folders stay writable)
@@ -1154,19 +1203,25 @@ def _child(job: dict, close: Sequence[int]) -> None:
         with os.fdopen(fd, encoding="utf-8") as f:
             job.update(json.load(f))
         os.unlink(JOB)
+        allowed = [os.path.realpath(job["scratch"]), *needed_paths(), *needed_paths(resolve=False)]
+        import fcntl
+
+        def opened(name: str) -> int:  # in the results folder, which the sandbox uid cannot open: kept as fds
+            fd = os.open(os.path.join(job["results"], name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
+            return fcntl.fcntl(fd, fcntl.F_DUPFD, 10)  # above fd 2 (fd 0 is free here: dup2-ing over it loses it)
+
+        out, slots = opened(OUTPUT), [opened(f"{OBSERVATIONS}.0"), opened(f"{OBSERVATIONS}.1")]
         _drop_privileges(job)
         scratch = job["scratch"]  # WORK when the notebook has its own view of the files
         os.umask(0o077)
-        import fcntl
-
-        # both opened above fd 2 first (fd 0 is free here: opening into it, then dup2-ing over it, loses it)
-        out = fcntl.fcntl(os.open(OUTPUT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
-                          fcntl.F_DUPFD, 10)
         null = fcntl.fcntl(os.open(os.devnull, os.O_RDONLY), fcntl.F_DUPFD, 10)
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.closerange(3, 1 << 16)
+        os.dup2(slots[0], RECORD_FDS[0])
+        os.dup2(slots[1], RECORD_FDS[1])
+        os.closerange(RECORD_FDS[1] + 1, 1 << 16)
         os.environ.clear()
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch,
                            "VIT_EDU_FIGURES": scratch, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
@@ -1183,13 +1238,19 @@ def _child(job: dict, close: Sequence[int]) -> None:
         from vit_edu import checks
 
         probe, save = checks.probe, torch.save  # taken before any student code can replace them
+        from . import watch
+
+        outside: List[str] = []
+        watches = {"integrity": watch.Integrity(), "outside": outside,
+                   "package": {n: watch.implementation_codes(watch.PACKAGE.get(n, ())) for n in checks.CHECKS}}
+        watch.watch_files([scratch, *allowed], outside)
     except BaseException as err:  # noqa: BLE001 - the sandbox could not be set up: say why, run nothing
         try:
             os.write(2, f"sandbox setup failed: {_error_text(err)}\n".encode())
         finally:
             os._exit(SETUP_FAILED)
     try:
-        code = _run(job, probe, save)
+        code = _run(job, probe, save, watches)
     except BaseException as err:  # noqa: BLE001 - e.g. the student's code made its folder unwritable
         code = RUN_FAILED
         try:
@@ -1200,11 +1261,15 @@ def _child(job: dict, close: Sequence[int]) -> None:
         os._exit(code)
 
 
-def _run(job: dict, probe: Any, save: Any) -> int:
+def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
     """Run the steps of the reference in order: setup cells (the reference's), answer cells (the student's),
     and at each check cell the probe of that exercise. The observations are saved after every probe, so a
-    notebook killed later keeps what was observed before."""
+    notebook killed later keeps what was observed before. ``watches`` (:mod:`.watch`): a probe that would
+    run code the answers replaced is not recorded; files outside the folder and calls of the package's own
+    implementation are noted for the teacher."""
     import builtins
+
+    from .watch import package_calls
 
     cell_timeout = job.get("cell_timeout_s")
 
@@ -1223,12 +1288,29 @@ def _run(job: dict, probe: Any, save: Any) -> int:
 
     namespace: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": print}
     record: Dict[str, Any] = {"format": 1, "cells": [], "exercises": {}, "missing": {}, "stopped": None,
-                              "running": None}
-    tmp = OBSERVATIONS + ".tmp"
+                              "running": None, "outside": watches["outside"], "package": {}, "replaced": [],
+                              "unwatched": []}
+    integrity = watches["integrity"]
 
-    def flush() -> None:
-        save(record, tmp)
-        os.replace(tmp, OBSERVATIONS)
+    def replaced(name: str) -> bool:
+        changed = integrity.changed()
+        if changed:
+            record["replaced"] = sorted(set(record["replaced"]) | set(changed))
+            record["missing"][name] = (f"not graded: the answer cells replaced {', '.join(changed)}, which the "
+                                       f"check itself runs")
+        return bool(changed)
+
+    record["seq"] = 0
+
+    def flush() -> None:  # two slots in turn: a kill during one write leaves the other complete
+        record["seq"] += 1
+        buffer = io.BytesIO()
+        save(record, buffer)
+        data, fd = buffer.getvalue(), RECORD_FDS[record["seq"] % 2]
+        os.ftruncate(fd, 0)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
 
     for step in job["steps"]:
         kind = step["kind"]
@@ -1255,11 +1337,21 @@ def _run(job: dict, probe: Any, save: Any) -> int:
             except BaseException as e:  # noqa: BLE001 - e.g. NameError: the answer never defined it
                 record["missing"][name] = _error_text(e)
                 continue
+            if replaced(name):
+                continue
+            calls: Dict[str, Any] = {"calls": [], "unwatched": False}
             try:
-                observations = timed(probe, step["check"], obj, int(job["seed"]))
+                with package_calls(watches["package"].get(step["check"], {})) as calls:
+                    observations = timed(probe, step["check"], obj, int(job["seed"]))
+                if replaced(name):
+                    continue
                 record["exercises"][name] = _plain(observations)
             except BaseException as e:  # noqa: BLE001 - the student's code broke the probe itself
                 record["missing"][name] = f"the check could not run: {_error_text(e)}"
+            if calls["calls"]:
+                record["package"][name] = list(calls["calls"])
+            if calls["unwatched"]:
+                record["unwatched"].append(name)
     record["running"] = None
     flush()
     return 0

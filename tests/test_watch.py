@@ -1,0 +1,91 @@
+"""The grader's watches (vit_edu.classroom.watch) on their own; test_grading.py runs them in the sandbox."""
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+import vit_edu
+from vit_edu.checks import CHECKS
+from vit_edu.classroom import watch
+
+
+def test_every_exercise_names_the_package_s_own_implementation():
+    assert set(watch.PACKAGE) == set(CHECKS)
+    for name, dotted in watch.PACKAGE.items():
+        codes = watch.implementation_codes(dotted)
+        assert bool(codes) == bool(dotted), name  # every name resolves to code (layer_norm has none)
+    codes = watch.implementation_codes(watch.PACKAGE["multi_head_attention"])
+    assert vit_edu.attention.Attention.forward.__code__ in codes
+
+
+def test_integrity_sees_replaced_code_and_tables_and_nothing_else():
+    snapshot = watch.Integrity()
+    model = vit_edu.VisionTransformer(image_size=8, patch_size=4, dim=8, depth=1, heads=2, mlp_dim=8, num_classes=3)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()  # what a probe does changes nothing watched
+    assert snapshot.changed() == []
+    original = vit_edu.patch_embed.patchify
+    import vit_edu.classroom.engine as engine
+    code = engine.record_value.__code__
+    try:
+        vit_edu.patch_embed.patchify = lambda *a, **k: original(*a, **k)
+        assert snapshot.changed() == ["vit_edu.patch_embed.patchify"]
+        vit_edu.patch_embed.patchify = original
+        engine.record_value.__code__ = (lambda x: x).__code__
+        assert "vit_edu.classroom.engine.record_value.__code__" in snapshot.changed()
+        engine.record_value.__code__ = code
+        CHECKS["patchify"].atol = 1.0
+        assert "vit_edu.checks.CHECKS['patchify']" in snapshot.changed(limit=10)
+    finally:
+        vit_edu.patch_embed.patchify = original
+        engine.record_value.__code__ = code
+        CHECKS["patchify"].atol = type(CHECKS["patchify"]).__dataclass_fields__["atol"].default
+    assert snapshot.changed() == []
+
+
+def test_package_calls_are_noted_and_a_removed_watch_is_said():
+    codes = watch.implementation_codes(watch.PACKAGE["patchify"])
+    images = torch.randn(1, 3, 8, 8)
+    with watch.package_calls(codes) as report:
+        vit_edu.patchify(images, 4)
+    assert report == {"calls": ["vit_edu.patch_embed.patchify"], "unwatched": False}
+    with watch.package_calls(codes) as report:
+        images.reshape(1, 3, 2, 4, 2, 4)  # one's own code: nothing
+    assert report == {"calls": [], "unwatched": False}
+    with watch.package_calls(codes) as report:
+        sys.setprofile(None)
+        vit_edu.patchify(images, 4)
+    assert report == {"calls": [], "unwatched": True}
+    assert sys.getprofile() is None
+
+
+def test_file_watch_notes_paths_outside_the_allowed_folders(tmp_path):
+    """In a child process: an audit hook cannot be removed, so it is not added to the test's own process."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    (other / "secret.txt").write_text("x")
+    script = textwrap.dedent(f"""
+        import os, sys
+        from vit_edu.classroom import watch
+        noted = []
+        watch.watch_files([{str(mine)!r}], noted)
+        os.chdir({str(mine)!r})
+        open("inside.txt", "w").close()
+        open("/etc/hostname" if os.path.exists("/etc/hostname") else "/dev/null").close()
+        open({str(other / "secret.txt")!r}).read()
+        os.listdir({str(other)!r})
+        open(b{str(other / "bytes.txt")!r}, "w").close()
+        try:
+            open("../other/missing.txt")
+        except OSError:
+            pass
+        import json
+        print(json.dumps(noted))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    import json
+
+    assert json.loads(out) == [f"opened {other / 'secret.txt'}", f"listed {other}", f"opened {other / 'bytes.txt'}",
+                               f"opened {other / 'missing.txt'}"]

@@ -1,0 +1,262 @@
+"""What the grader notices in a student's process, for the teacher to decide (the threat model: docs/classroom.md).
+
+Three watches are set up in the sandboxed child after its imports and before the first answer cell:
+
+* **the grader's own code** (:class:`Integrity`): the functions, classes and code objects of vit_edu, of the
+  torch modules a probe uses and of ``builtins``, plus the exercise tables and the grader's constant data,
+  kept by reference. Before and after each probe they are compared: an answer that replaced any of them (a
+  probe that records the package's answer, a wrapped ``VisionTransformer.forward``, a patched
+  ``torch.allclose``) could forge what the probe records, so that exercise is not graded and the reason is
+  reported;
+* **files outside the student's folder** (:func:`watch_files`): an audit hook (PEP 578: once added, code in
+  the process cannot remove it) notes every file or folder opened, listed, written or linked outside the
+  scratch copy, the Python installation and the system's read-only folders;
+* **the package's own implementation** (:func:`package_calls`): while an exercise's probe runs, a profile
+  function notes every call of the package's implementation of that exercise (``PACKAGE`` below), e.g. an
+  answer ``patchify = vit_edu.patchify`` or a ``MultiHeadAttention`` that subclasses ``vit_edu.Attention``.
+
+The watches report; only the first one withholds marks (its records could be forged). A student who sets out
+to blind the later two from inside the process can (they live in the same memory): the report says so when the
+profile function was removed, and the container remains the last line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+# The package's own implementation of each exercise (dotted names; a class stands for all its methods): an
+# answer whose check runs one of them is flagged. layer_norm has none (the statement forbids F.layer_norm,
+# which the exercise's own watch catches).
+PACKAGE: Dict[str, Tuple[str, ...]] = {
+    "param_count": ("vit_edu.models.parameter_breakdown", "vit_edu.vit.VisionTransformer.num_parameters"),
+    "patchify": ("vit_edu.patch_embed.patchify",),
+    "patch_embedding": ("vit_edu.patch_embed.PatchEmbedBase", "vit_edu.patch_embed.PatchEmbed",
+                        "vit_edu.patch_embed.LinearPatchEmbed"),
+    "cls_and_pos": ("vit_edu.vit.VisionTransformer.embed",),
+    "attention": ("vit_edu.attention.attention_with_weights", "vit_edu.attention.scaled_dot_product_attention"),
+    "multi_head_attention": ("vit_edu.attention.Attention",),
+    "layer_norm": (),
+    "mlp": ("vit_edu.block.Mlp",),
+    "encoder_block": ("vit_edu.block.Block",),
+    "vit_forward": ("vit_edu.vit.VisionTransformer.forward", "vit_edu.vit.VisionTransformer.forward_features",
+                    "vit_edu.vit.VisionTransformer.forward_head", "vit_edu.vit.VisionTransformer.pool"),
+    "lr_schedule": ("vit_edu.training.loop.warmup_cosine",),
+    "train_step": ("vit_edu.training.loop.train_one_epoch",),
+    "rollout": ("vit_edu.explain.analysis.attention_rollout", "vit_edu.explain.analysis.rollout_cls_map"),
+    "mean_attention_distance": ("vit_edu.explain.analysis.mean_attention_distance",),
+    "pos_embed_similarity": ("vit_edu.explain.analysis.pos_embed_similarity",),
+    "resize_pos_embed": ("vit_edu.pos_embed.resize_pos_embed",),
+    "sincos_2d": ("vit_edu.pos_embed.sincos_2d_pos_embed",),
+    "bottleneck": ("vit_edu.hybrid.Bottleneck",),
+}
+
+# The modules whose functions and classes a probe's record depends on (vit_edu's are added at snapshot time).
+WATCHED_MODULES = ("builtins", "torch", "torch._C", "torch.nn.functional", "torch.nn.modules.module",
+                   "torch.nn.init", "torch.random", "torch.autograd", "torch.overrides", "einops")
+# The grader's own modules: their constant data (tables, patterns, messages) is compared too.
+GRADER_PREFIXES = ("vit_edu.checks", "vit_edu.classroom.")
+MUTABLE_BY_DESIGN = {"PASSED", "_GUARD_LOG"}  # state the checks themselves change while they run
+MAX_NOTED = 20
+
+
+def _resolve(dotted: str) -> Any:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def implementation_codes(names: Sequence[str]) -> Dict[Any, str]:
+    """{code object: dotted name} for the functions and methods behind ``names``."""
+    codes: Dict[Any, str] = {}
+    for dotted in names:
+        obj = _resolve(dotted)
+        members = vars(obj).items() if isinstance(obj, type) else [("", obj)]
+        for attr, member in members:
+            member = getattr(member, "fget", member)  # a property's getter
+            member = getattr(member, "__func__", member)  # staticmethod / classmethod
+            code = getattr(member, "__code__", None)
+            if code is not None:
+                codes[code] = f"{dotted}.{attr}" if attr else dotted
+    return codes
+
+
+# ============================================================================================ the grader's code
+def _is_code_like(x: Any) -> bool:
+    return callable(x) or type(x).__name__ == "module"
+
+
+def _is_data(x: Any) -> bool:
+    return isinstance(x, (str, bytes, int, float, bool, tuple, list, dict, set, frozenset, type(None)))
+
+
+_MISSING = object()
+
+
+class Integrity:
+    """A snapshot of the code the probes run, kept by reference (a replaced object cannot reuse an id): each
+    entry is (where it lives: a module's or class's namespace, or the function for its ``__code__``, the
+    attribute, the object, its name)."""
+
+    def __init__(self) -> None:
+        self.entries: List[Tuple[Any, str, Any, str]] = []
+        self.data: List[Tuple[Any, str, str, str]] = []
+        names = sorted(n for n in list(sys.modules) if n == "vit_edu" or n.startswith("vit_edu."))
+        for name in [*WATCHED_MODULES, *names]:
+            module = sys.modules.get(name)
+            if module is not None:
+                self._module(name, module)
+
+    def _module(self, name: str, module: Any) -> None:
+        grader = name.startswith(GRADER_PREFIXES)
+        space = vars(module)
+        for attr, value in list(space.items()):
+            if attr.startswith("__") and attr != "__import__" or attr in MUTABLE_BY_DESIGN:
+                continue
+            where = f"{name}.{attr}"
+            if _is_code_like(value):
+                self._object(space, attr, value, where)
+                if isinstance(value, type) and getattr(value, "__module__", None) == name and \
+                        (name != "torch._C" or attr == "TensorBase"):  # torch._C: thousands of bindings
+                    inner = vars(value)
+                    for k, v in list(inner.items()):
+                        if k not in ("__dict__", "__weakref__", "__doc__", "_abc_impl"):
+                            self._object(inner, k, v, f"{where}.{k}")
+            elif grader and (_is_data(value) or hasattr(value, "__dataclass_fields__")):
+                self.data.append((space, attr, self._text(value), where))
+                if isinstance(value, dict):  # EXERCISES, CHECKS: each exercise's fields
+                    for k, ex in value.items():
+                        if hasattr(ex, "__dataclass_fields__"):
+                            self.data.append((value, k, self._text(ex), f"{where}[{k!r}]"))
+
+    def _object(self, space: Any, attr: str, value: Any, where: str) -> None:
+        self.entries.append((space, attr, value, where))
+        if isinstance(value, type):
+            return
+        for part in ("__code__", "__defaults__", "__kwdefaults__", "__wrapped__", "__func__", "fget"):
+            inner = getattr(value, part, None)
+            if inner is not None:
+                self.entries.append((value, part, inner, f"{where}.{part}"))
+                code = getattr(inner, "__code__", None) if part in ("__func__", "fget") else None
+                if code is not None:
+                    self.entries.append((inner, "__code__", code, f"{where}.{part}.__code__"))
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        try:
+            return repr(vars(value)) if hasattr(value, "__dataclass_fields__") else repr(value)
+        except Exception:  # noqa: BLE001 - whatever it is, it is what it was
+            return object.__repr__(value)
+
+    @staticmethod
+    def _get(space: Any, attr: str) -> Any:
+        try:
+            if isinstance(space, dict) or type(space).__name__ == "mappingproxy":
+                return space.get(attr, _MISSING)
+            return getattr(space, attr, _MISSING)
+        except Exception:  # noqa: BLE001 - a student's object whose lookup fails: changed
+            return _MISSING
+
+    def changed(self, limit: int = 3) -> List[str]:
+        """Names whose object (or constant data) is no longer the one of the snapshot."""
+        out: List[str] = []
+        get = self._get
+        for space, attr, ref, where in self.entries:
+            if get(space, attr) is not ref:
+                out.append(where)
+                if len(out) >= limit:
+                    return out
+        for space, attr, text, where in self.data:
+            value = get(space, attr)
+            if value is _MISSING or self._text(value) != text:
+                out.append(where)
+                if len(out) >= limit:
+                    return out
+        return out
+
+
+# ============================================================================================ files
+FILE_EVENTS = {"open": "opened", "os.listdir": "listed", "os.scandir": "listed", "glob.glob": "listed",
+               "os.remove": "removed", "os.rmdir": "removed", "os.rename": "renamed", "os.mkdir": "made",
+               "os.symlink": "linked", "os.link": "linked", "os.truncate": "truncated", "os.chmod": "chmod",
+               "os.chown": "chown", "os.utime": "touched", "shutil.copyfile": "copied", "shutil.rmtree": "removed",
+               "os.chdir": "entered"}
+SYSTEM_ROOTS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/dev", "/proc", "/sys")
+
+
+def _paths(event: str, args: Tuple[Any, ...]) -> List[Any]:
+    if event in ("os.rename", "os.symlink", "os.link", "shutil.copyfile"):
+        return list(args[:2])
+    return list(args[:1])
+
+
+def watch_files(allowed: Sequence[str], noted: List[str]) -> None:
+    """Add the audit hook: every path an event names outside ``allowed`` (and the system folders) is appended
+    to ``noted`` as 'opened /path' (at most MAX_NOTED distinct; the hook never raises)."""
+    roots = tuple(sorted({os.path.normpath(a) for a in allowed if a} | set(SYSTEM_ROOTS)))
+    seen: Set[str] = set()
+    busy = [False]
+    fspath, isabs, normpath, join, getcwd = os.fspath, os.path.isabs, os.path.normpath, os.path.join, os.getcwd
+
+    def inside(path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") for r in roots)
+
+    def hook(event: str, args: Tuple[Any, ...]) -> None:
+        verb = FILE_EVENTS.get(event)
+        if verb is None or busy[0] or len(seen) >= MAX_NOTED:
+            return
+        busy[0] = True
+        try:
+            for raw in _paths(event, args):
+                if raw is None or isinstance(raw, int):
+                    continue
+                path = fspath(raw)
+                path = path.decode("utf-8", "backslashreplace") if isinstance(path, bytes) else path
+                if path == "" or path in ("/dev/null",):
+                    continue
+                full = normpath(path if isabs(path) else join(getcwd(), path))
+                if not inside(full) and full not in seen:
+                    seen.add(full)
+                    noted.append(f"{verb} {full}")
+        except Exception:  # noqa: BLE001 - a watch must never change what the student's code does
+            pass
+        finally:
+            busy[0] = False
+
+    sys.addaudithook(hook)
+
+
+# ============================================================================================ package calls
+@contextmanager
+def package_calls(codes: Dict[Any, str]) -> Iterator[Dict[str, Any]]:
+    """While inside: note which of ``codes`` start running (yields {"calls": [...], "unwatched": bool})."""
+    seen: Dict[str, None] = {}
+    report: Dict[str, Any] = {"calls": [], "unwatched": False}
+    if not codes:
+        yield report
+        return
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            name = codes.get(frame.f_code)
+            if name is not None:
+                seen[name] = None
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield report
+    finally:
+        report["unwatched"] = sys.getprofile() is not profile
+        sys.setprofile(previous)
+        report["calls"] = list(seen)
