@@ -135,7 +135,34 @@ def decay_one_step_ahead(step, total_steps, warmup_steps, base_lr):
     return 0.5 * base_lr * (1 + math.cos(math.pi * t))
 
 
+def _decay(step, total_steps, warmup_steps, base_lr, f):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * f(t)
+
+
+def sin_instead_of_cos(step, total_steps, warmup_steps, base_lr):
+    return _decay(step, total_steps, warmup_steps, base_lr, lambda t: 0.5 * (1 + math.sin(math.pi * t)))
+
+
+def cos_in_degrees(step, total_steps, warmup_steps, base_lr):
+    return _decay(step, total_steps, warmup_steps, base_lr, lambda t: 0.5 * (1 + math.cos(180 * t)))
+
+
+def no_decay(step, total_steps, warmup_steps, base_lr):
+    return _decay(step, total_steps, warmup_steps, base_lr, lambda t: 1.0)
+
+
+def forgets_the_half(step, total_steps, warmup_steps, base_lr):
+    return _decay(step, total_steps, warmup_steps, base_lr, lambda t: 1 + math.cos(math.pi * t))
+
+
 MISTAKES = [
+    (forgets_the_half, "1/2 is missing"),
+    (sin_instead_of_cos, "sin instead of cos"),
+    (cos_in_degrees, "radians"),
+    (no_decay, "no decay"),
     (decay_one_step_ahead, "one step ahead"),
     (warmup_from_zero, "step + 1"),
     (cosine_over_total, "warmup_steps"),

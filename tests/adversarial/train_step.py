@@ -198,7 +198,26 @@ def returns_nothing(model, images, labels, optimizer):
     optimizer.step()
 
 
+def forgets_backward(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.step()
+    return loss.item()
+
+
+def zero_grad_between_backward_and_step(model, images, labels, optimizer):
+    model.train()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss.item()
+
+
 MISTAKES = [
+    (forgets_backward, "backward() is missing"),
+    (zero_grad_between_backward_and_step, "between loss.backward() and optimizer.step()"),
     (no_zero_grad, "zero_grad"),
     (no_step, "optimizer.step"),
     (eval_mode, "train"),

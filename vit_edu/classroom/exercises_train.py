@@ -385,6 +385,14 @@ def _lr(step: int, total: int, warmup: int, base: float, *, from_zero: bool = Fa
         f = math.cos(math.pi * t)
     elif shape == "no_pi":
         f = 0.5 * (1.0 + math.cos(t))
+    elif shape == "no_half":
+        f = 1.0 + math.cos(math.pi * t)
+    elif shape == "sin":
+        f = 0.5 * (1.0 + math.sin(math.pi * t))
+    elif shape == "degrees":
+        f = 0.5 * (1.0 + math.cos(180.0 * t))
+    elif shape == "constant":
+        f = 1.0
     else:
         f = 1.0 - t
     return base * (floor + (1.0 - floor) * f)
@@ -421,6 +429,13 @@ def _lr_mutants(ctx: Ctx, step: int, total: int, warmup: int, base: float) -> Li
         ("cos(t) instead of cos(pi t): half a cosine period must span the decay, (1 + cos(pi t)) / 2",
          m(shape="no_pi")),
         ("the decay is linear; the contract is half a cosine: base_lr * (1 + cos(pi t)) / 2", m(shape="linear")),
+        ("the factor 1/2 is missing: (1 + cos(pi t)) runs from 2 down to 0, so the rate starts the decay at twice "
+         "base_lr; use base_lr * (1 + cos(pi t)) / 2", m(shape="no_half")),
+        ("sin instead of cos: (1 + sin(pi t)) / 2 starts at half of base_lr and rises first; the decay is "
+         "(1 + cos(pi t)) / 2, from base_lr down to 0", m(shape="sin")),
+        ("the angle is in degrees (cos(180 t)); math.cos takes radians: cos(math.pi * t)", m(shape="degrees")),
+        ("there is no decay after the warm-up: the rate stays at base_lr; it should follow half a cosine down to 0, "
+         "base_lr * (1 + cos(pi t)) / 2", m(shape="constant")),
         ("after total_steps the rate must stay at 0; yours climbs back up the cosine (hold t at 1: min(1, t))",
          m(clamp=False)),
         ("the decay is one step ahead: step counts from 0, so the first decay step (step = warmup_steps) has "
@@ -526,24 +541,86 @@ def _train_probe(obj: Any, case: Case, index: int, seed: int) -> Dict[str, Any]:
     model, images, labels, optimizer = case.args
     before = (images.clone(), labels.clone())
     steps: List[Dict[str, Any]] = []
-    for step in range(_STEPS):
-        model.eval()  # the contract: the model may arrive in evaluation mode
-        rec: Dict[str, Any] = {"error": None}
-        torch.manual_seed(_step_seed(seed, index, step))
-        try:
-            with torch.enable_grad():
-                out = obj(model, images, labels, optimizer)
-        except Exception as e:  # noqa: BLE001 - the student's error is an observation
-            rec["error"] = error_record(e)
+    events: List[str] = []  # what the student's step did, in order (for the message only: the verdict is replayed)
+
+    def on_forward(module: Any, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            events.append("forward")
+            output.register_hook(lambda grad: events.append("backward"))
+        else:
+            events.append("forward without a graph")
+
+    def watched(name: str, method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name == "step":
+                has = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+                events.append("step" if has else "step without gradients")
+            else:
+                events.append(name)
+            return method(*args, **kwargs)
+        return call
+
+    class Calls(torch.overrides.TorchFunctionMode):  # sees loss.backward() and torch.autograd.backward alike
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            if getattr(func, "__name__", "") == "backward":
+                events.append("loss.backward()")
+            return func(*args, **(kwargs or {}))
+
+    hook = model.register_forward_hook(on_forward)
+    optimizer.step, optimizer.zero_grad = watched("step", optimizer.step), watched("zero_grad", optimizer.zero_grad)
+    try:
+        for step in range(_STEPS):
+            model.eval()  # the contract: the model may arrive in evaluation mode
+            rec: Dict[str, Any] = {"error": None}
+            torch.manual_seed(_step_seed(seed, index, step))
+            events.clear()
+            try:
+                with torch.enable_grad(), Calls():
+                    out = obj(model, images, labels, optimizer)
+            except Exception as e:  # noqa: BLE001 - the student's error is an observation
+                rec["error"] = error_record(e)
+                steps.append(rec)
+                break
+            rec["events"] = list(events[:20])
+            _record_step(rec, out, model)
             steps.append(rec)
-            break
-        rec["output"] = record_value(out)
-        rec["training"] = bool(model.training)
-        rec["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        rec["grads"] = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
-        steps.append(rec)
+    finally:
+        hook.remove()
+        del optimizer.step, optimizer.zero_grad  # the class's methods again
     return {"steps": steps, "images_changed": not torch.equal(images, before[0]),
             "labels_changed": not torch.equal(labels, before[1])}
+
+
+def _record_step(rec: Dict[str, Any], out: Any, model: Any) -> None:
+    rec["output"] = record_value(out)
+    rec["training"] = bool(model.training)
+    rec["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rec["grads"] = {n: None if p.grad is None else p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def _unchanged_message(events: Any) -> str:
+    """Why the parameters did not move, from the order of the student's calls (recorded in its process)."""
+    seen = [e for e in events if isinstance(e, str)] if isinstance(events, list) else []
+    if "forward without a graph" in seen and "forward" not in seen:
+        return ("the parameters did not change and received no gradient: the logits were computed under "
+                "torch.no_grad() (or the model's output was detached), so loss.backward() cannot reach the weights")
+    if "loss.backward()" in seen and "forward" in seen and "backward" not in seen:
+        return ("the parameters did not change and received no gradient: loss.backward() ran, but the logits were "
+                "detached from the model (.detach(), .data) before the loss, so no gradient reaches the weights")
+    if seen and "backward" not in seen:
+        return ("the parameters did not change: loss.backward() is missing, so no gradient reaches the weights and "
+                "optimizer.step() has nothing to use; call loss.backward() between the loss and optimizer.step()")
+    if "backward" in seen and "step" not in seen and "step without gradients" not in seen:
+        return "the parameters did not change: optimizer.step() is missing; call it once, after loss.backward()"
+    if "backward" in seen and "step without gradients" in seen:
+        last_backward = len(seen) - 1 - seen[::-1].index("backward")
+        if "zero_grad" in seen[last_backward:]:
+            return ("optimizer.zero_grad() comes between loss.backward() and optimizer.step(): it clears the gradients "
+                    "the step needs; call it at the start of the step, before the forward pass")
+        return ("optimizer.step() comes before loss.backward(): it then has no gradient to use; the order is "
+                "zero_grad(), forward, loss, backward(), step()")
+    return ("the parameters did not change: optimizer.step() is missing, or comes before loss.backward() (it "
+            "then has no gradient to use); call it once, after loss.backward()")
 
 
 def _replay(case: Case, seed: int, index: int, *, zero_grad: bool = True, step: bool = True, train: bool = True,
@@ -655,12 +732,7 @@ def _train_judge(ctx: Ctx, custom: Any, model: Any, images: torch.Tensor, labels
         return None
     start = {n: p.detach() for n, p in _rebuild(ctx).args[0].named_parameters()}
     if all(_params_close(p, start) for p in params):
-        grads = recs[-1].get("grads")
-        if isinstance(grads, dict) and grads and all(g is None for g in grads.values()):
-            return ("the parameters did not change and received no gradient: the logits were detached (.detach(), "
-                    ".data) or computed under torch.no_grad(), so loss.backward() cannot reach the weights")
-        return ("the parameters did not change: optimizer.step() is missing, or comes before loss.backward() (it "
-                "then has no gradient to use); call it once, after loss.backward()")
+        return _unchanged_message(recs[0].get("events"))
     for message, kw in _TRAIN_MUTANTS:
         if same(_replay(_rebuild(ctx), seed, index, **kw)):
             return message
