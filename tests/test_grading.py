@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -955,6 +956,32 @@ if [h[:2] for h in hit] != [("disk", errno.ENOSPC), ("files", errno.ENOSPC)] or 
                          disk_mb=16, verbose=False)
     row = next(r for r in rows if r["exercise"] == "patchify")
     assert row["passed"], row["message"]
+
+
+@pytest.mark.skipif(not ROOTED or shutil.which("bwrap") is None or not _namespaces_work(),
+                    reason="bubblewrap runs the sandbox server as root where it is installed (apt-get install bubblewrap)")
+def test_under_bubblewrap_a_notebook_sees_no_process_but_the_notebooks(tmp_path, monkeypatch, capsys):
+    """bubblewrap puts the server and its notebooks in a PID namespace: the grader, the test runner and the
+    machine's other processes are not in /proc. Switched off (VIT_EDU_NO_BWRAP), the grader says so and works."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    look = f'''import os
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+{HONEST_A}
+if os.path.exists("/proc/{os.getpid()}") or max(pids) > 10_000 or 1 not in pids:
+    def patchify(images, patch_size):
+        raise RuntimeError(f"not in a PID namespace of its own: {{sorted(pids)[:10]}}")
+'''
+    (subs / "pid").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb", {"patchify": look}), subs / "pid" / "a.ipynb")
+    rows = grading.grade(subs, tmp_path / "grades.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB)
+    assert "under bubblewrap: a PID namespace" in capsys.readouterr().out
+    assert next(r for r in rows if r["exercise"] == "patchify")["passed"]
+    monkeypatch.setenv("VIT_EDU_NO_BWRAP", "1")
+    rows = grading.grade(subs, tmp_path / "grades2.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB)
+    assert "bubblewrap switched off (VIT_EDU_NO_BWRAP)" in capsys.readouterr().out
+    row = next(r for r in rows if r["exercise"] == "patchify")
+    assert not row["passed"] and "not in a PID namespace" in row["message"]
 
 
 @pytest.mark.skipif(not ROOTED, reason="sandbox uids are used as root only")

@@ -370,18 +370,31 @@ class ServerDied(RuntimeError):
     """The sandbox server ended (a student's code killed it, or it crashed)."""
 
 
+def bwrap_command(bwrap: str) -> List[str]:
+    """The server under bubblewrap (Flatpak's sandbox): a PID namespace, so that the notebooks see only each other
+    in /proc, never the grader or the machine's other processes, and all of them die with the server (bwrap is
+    their init); an IPC namespace; and no network. The file system stays the host's (``--dev-bind / /``): each
+    notebook still makes its own view of it (:func:`_isolate`), which needs the capabilities root keeps here."""
+    return [bwrap, "--dev-bind", "/", "/", "--proc", "/proc", "--unshare-pid", "--unshare-ipc", "--unshare-net",
+            "--die-with-parent", "--cap-add", "ALL", "--"]
+
+
 class Server:
     """The grader's end of the fork server: start it, ask for runs and kills, read what happened."""
 
     def __init__(self, preload: Sequence[str], limits: Limits, log_path: Path, test_uid: Optional[int] = None,
-                 start_timeout_s: float = 300.0):
+                 start_timeout_s: float = 300.0, bwrap: Optional[str] = None):
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.log_path = log_path
         self._log = open(log_path, "ab")
+        command = [sys.executable, "-c", "from vit_edu.classroom.sandbox import serve; serve()"]
+        self.bwrap = bwrap
+        if bwrap:  # the server and every notebook in PID and IPC namespaces of their own (see bwrap_command)
+            command = bwrap_command(bwrap) + command
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from vit_edu.classroom.sandbox import serve; serve()"],
+            command,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, close_fds=True,
             start_new_session=True, env=env, cwd="/")
         self._buf = b""
@@ -511,13 +524,27 @@ class Sandbox:
         os.chmod(self.workdir, 0o711)  # sandboxes can reach their own folder, not list the others
         self.log_path = self.workdir / "sandbox_server.log"
         self.test_uid = self.uids.free[0] if self.uids is not None else None
-        self.server = Server(self.preload, limits, self.log_path, self.test_uid)
+        self.bwrap, self.engine_note = _bubblewrap() if self.root else (None, "")
+        try:
+            self.server = Server(self.preload, limits, self.log_path, self.test_uid, bwrap=self.bwrap)
+            if self.bwrap and self.server.info.get("isolation_problem"):  # bwrap ran, the namespaces inside did not
+                raise SandboxError(self.server.info["isolation_problem"])
+        except SandboxError as err:
+            if not self.bwrap:
+                raise
+            if getattr(self, "server", None) is not None:
+                self.server.close()
+            self.engine_note = f"bubblewrap failed here ({one_line(err, 160)}), so without it"
+            self.bwrap = None
+            self.server = Server(self.preload, limits, self.log_path, self.test_uid)
         problem = self.server.info.get("isolation_problem", "")
         self.isolate = self.root and not problem  # the children try the namespaces only where the test child could
         self.memory_cgroup = self.root and _memory_cgroup_root() is not None
         self.isolation = ("uid of its own, its own mount and IPC namespaces (private /tmp, /dev/shm; the "
                           "submissions, the reference and the grades out of its sight)"
                           + (" and a memory cgroup for all its processes" if self.memory_cgroup else "")
+                          + ("; under bubblewrap: a PID namespace (it sees no process but the notebooks') and no "
+                             "network" if self.bwrap else f"; {self.engine_note}" if self.engine_note else "")
                           if self.root and not problem
                           else "uid of its own only (namespaces refused: " + problem + ")" if self.root
                           else "none: not root (student code runs with your rights)")
@@ -621,8 +648,8 @@ class Sandbox:
         """Kill what the dead server's children left running, restart the server, report those runs."""
         results = []
         for run in list(self.running.values()):
-            if run.pid is not None:
-                try:
+            if run.pid is not None and not self.server.bwrap:  # under bwrap the pid is the namespace's, and
+                try:  # the notebooks died with their init
                     os.killpg(run.pid, signal.SIGKILL)
                 except OSError:
                     pass
@@ -633,7 +660,7 @@ class Sandbox:
             results.append((result, uid))
         self.server.close()
         self.restarts += 1
-        self.server = Server(self.preload, self.limits, self.log_path, self.test_uid)
+        self.server = Server(self.preload, self.limits, self.log_path, self.test_uid, bwrap=self.bwrap)
         for _, uid in results:
             if uid is not None and self.uids is not None:
                 self.server.send({"op": "reap", "uid": uid})  # before any run that could get this uid
@@ -653,6 +680,16 @@ class Sandbox:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             if self.uids is not None:
                 self.uids.close()  # after the server: its children were killed with it
+
+
+def _bubblewrap() -> Tuple[Optional[str], str]:
+    """(the bwrap executable to run the server under, or None; a note when it is not used)."""
+    if os.environ.get("VIT_EDU_NO_BWRAP"):
+        return None, "bubblewrap switched off (VIT_EDU_NO_BWRAP)"
+    path = shutil.which("bwrap")
+    if path is None:
+        return None, "no bubblewrap on this machine (apt-get install bubblewrap adds a PID namespace)"
+    return path, ""
 
 
 # =============================================================================================== server side
@@ -679,6 +716,8 @@ def serve() -> None:
     "job": {...}}`` and ``{"op": "kill", "key": k}``. Events (JSON lines on the original stdout): ``ready``,
     ``started`` (key, pid), ``exited`` (key, code, maxrss_kb). EOF on stdin: kill every child and exit.
     """
+    global _SERVER_TOKEN
+    _SERVER_TOKEN = os.urandom(6).hex()
     reply_fd = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)  # a stray print never mixes into the replies
@@ -758,7 +797,7 @@ def serve() -> None:
                 _kill_job(pid, ended[1], ended[2])  # whatever the child left running, before its uid is reused
             _, status, usage = os.wait4(pid, 0)
             if ended is not None:
-                remove_cgroup(cgroup_path(os.getpid(), pid))
+                remove_cgroup(cgroup_path(pid))
             if ended is not None:
                 reply({"event": "exited", "key": ended[0], "code": os.waitstatus_to_exitcode(status),
                        "maxrss_kb": int(usage.ru_maxrss)})
@@ -1115,15 +1154,18 @@ def _memory_cgroup_root() -> Optional[str]:
     return None
 
 
-def cgroup_path(server_pid: int, child_pid: int) -> Optional[str]:
+_SERVER_TOKEN = str(os.getpid())  # replaced by a random one in serve(): under bubblewrap every server is pid 2
+
+
+def cgroup_path(child_pid: int) -> Optional[str]:
     base = _memory_cgroup_root()
-    return None if base is None else os.path.join(base, f"vit_edu_{server_pid}_{child_pid}")
+    return None if base is None else os.path.join(base, f"vit_edu_{_SERVER_TOKEN}_{child_pid}")
 
 
 def _join_memory_cgroup(job: dict) -> str:
     """Put this child (and all it will start) in a memory cgroup of its own: the notebook's processes, its
     private /tmp and /dev/shm together get ``memory_mb`` above what the server already holds. "" or why not."""
-    path = cgroup_path(os.getppid(), os.getpid())
+    path = cgroup_path(os.getpid())
     if path is None:
         return "no writable memory cgroup"
     limit = int(job["memory_mb"]) * 1024 * 1024 + (256 << 20)  # + room for what the child copies on write
