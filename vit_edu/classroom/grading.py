@@ -695,7 +695,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     into its folder (where it has a file system of its own). ``seed``: the probes' seed
     (random, printed, when None). ``jobs``: notebooks run at the same time (default: the CPU cores, at most 8).
     ``shard``: (i, n) grades only the students of part i of n (:func:`.shards.shard_of`, stable by name), for
-    a batch scheduler; :func:`.shards.merge` joins the parts' CSVs.
+    a batch scheduler; :func:`merge_shards` joins the parts' CSVs.
     Refused up front (one-line error): bad submissions layout, bad reference, unwritable output.
     """
     root = Path(submissions_dir)
@@ -996,6 +996,68 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
                 finish_student(task.student)
 
 
+# ============================================================================================ shards
+def merge_shards(parts: Sequence["str | Path"], out: "str | Path" = "grades.csv",
+          reference_dir: "str | Path | None" = None, verbose: bool = True, detail: bool = False) -> List[dict]:
+    """Join the CSVs of ``grade --shard i/n --out PART`` into ``out`` and its summary (the same files one
+    machine would have written). Refused, before writing, unless the parts are shards 1..n of one split,
+    each complete (nothing still running), graded against the same reference as ``reference_dir``."""
+    if not parts:
+        raise ValueError("--merge needs the grades CSV of every shard (e.g. grades_*.csv)")
+    reference_folder = _reference_path(reference_dir)
+    reference = load_reference(reference_folder)
+    fp = fingerprint(reference)
+    seen: Dict[int, Path] = {}
+    total: Optional[int] = None
+    rows: List[dict] = []
+    owner: Dict[str, Path] = {}
+    out_path = Path(out).resolve()
+    for part in map(Path, parts):
+        if part.resolve() == out_path:
+            raise ValueError(f"--out {out} is one of the parts; write the merged grades elsewhere")
+        if not part.is_file():
+            raise FileNotFoundError(f"part not found: {part} (expected the --out CSV of one shard)")
+        state = _load_state(students_dir(part) / STATE_FILE)
+        shard = state.get("shard")
+        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)):
+            raise ValueError(f"{part} was not graded with --shard i/n (no shard in "
+                             f"{students_dir(part) / STATE_FILE})")
+        i, n = shard
+        if state.get("reference") != fp:
+            raise ValueError(f"{part} was graded against another reference than {reference_folder} (its exercises, "
+                             f"points or setup cells differ); pass the shards' --reference")
+        if state.get("running"):
+            raise ValueError(f"{part}: shard {i}/{n} has not finished (students still marked running); rerun it")
+        if total is not None and n != total:
+            raise ValueError(f"{part} is shard {i}/{n} but an earlier part is of /{total}: the parts come from "
+                             f"different splits")
+        total = n
+        if i in seen:
+            raise ValueError(f"shard {i}/{n} given twice: {seen[i]} and {part}")
+        seen[i] = part
+        with open(part, newline="", encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+        if header[: len(COLUMNS) - 1] != COLUMNS[:-1]:
+            raise ValueError(f"{part} is not a grades CSV (its header is {','.join(header)[:120]!r})")
+        for row in read_student_csv(part):
+            if owner.setdefault(row["student"], part) != part:
+                raise ValueError(f"student {row['student']!r} is in {owner[row['student']]} and {part}")
+            rows.append(row)
+    assert total is not None
+    missing = sorted(set(range(1, total + 1)) - set(seen))
+    if missing:
+        raise ValueError(f"shard(s) {', '.join(f'{i}/{total}' for i in missing)} missing: give every part's CSV")
+    students = sorted(owner)
+    order = {(nb.name, ex.name): k for k, (nb, ex) in enumerate((nb, ex) for nb in reference for ex in nb.exercises)}
+    rows.sort(key=lambda r: (r["student"], order.get((r["notebook"], r["exercise"]), len(order))))
+    check_writable_file(Path(out), "grades file (--out)")
+    write_results(Path(out), rows, students, reference)
+    if verbose:
+        print(format_table(rows, students, reference, detail))
+        print(f"merged {total} shards ({len(students)} students) into {out} and {summary_path(out)}")
+    return rows
+
+
 # ============================================================================================ command line
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m vit_edu grade SUBMISSIONS_DIR [options]``; exit 2 with a one-line error on bad input."""
@@ -1065,7 +1127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         if args.merge is not None:
-            shards.merge(args.merge, args.out, args.reference, detail=args.detail)
+            merge_shards(args.merge, args.out, args.reference, detail=args.detail)
         else:
             grade(args.submissions, args.out, args.timeout, args.reference, args.cell_timeout, jobs=args.jobs,
                   memory_mb=args.memory_mb, max_output_kb=args.max_output_kb, seed=args.seed, force=args.force,
