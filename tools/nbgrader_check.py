@@ -66,14 +66,19 @@ def main(argv: list) -> int:
         assignments.nbgrader_course(course, ROOT / "notebooks", names)
         print(f"nbgrader {nbgrader.__version__}, course in {course}")
         expected = {}
+        failures: list = []
         for name in names:
             teacher_path = course / "source" / name / f"{name}.ipynb"
             teacher = nbformat.read(teacher_path, as_version=4)
             exercises = assignments.find_exercises(teacher, teacher_path.name)
             if not exercises:
                 raise SystemExit(f"{name} has no exercise to grade")
+            _nbgrader(course, "validate", str(teacher_path))  # the teacher's check: draws figures in source/
             _nbgrader(course, "generate_assignment", name, "--force")
             release = course / "release" / name / f"{name}.ipynb"
+            leaked = sorted(p.name for p in release.parent.iterdir() if p.name != release.name)
+            if leaked:
+                failures.append((name, f"generate_assignment released more than the notebook: {leaked}"))
             all_answers = {g for ex in exercises for i, g in ex.grade_ids().items() if i != ex.check_cell}
             first = {g for i, g in exercises[0].grade_ids().items() if i != exercises[0].check_cell}
             total = sum(ex.points for ex in exercises)
@@ -85,14 +90,13 @@ def main(argv: list) -> int:
                     ("right", all_answers, total, None), ("empty", set(), 0, None),
                     ("first_only", first, exercises[0].points, None), ("handout", all_answers, total, handout_copy),
                     ("edited", set(), 0, edited)):
-                start = base if base is not None else nbformat.read(release, as_version=4)
-                nb = _fill(nbformat.reads(nbformat.writes(start), as_version=4), teacher, answered)
+                blank = base if base is not None else nbformat.read(release, as_version=4)
+                nb = _fill(nbformat.reads(nbformat.writes(blank), as_version=4), teacher, answered)
                 target = course / "submitted" / student / name / f"{name}.ipynb"
                 target.parent.mkdir(parents=True)
                 nbformat.write(nb, target)
                 expected[(name, student)] = (points, total)
             _nbgrader(course, "autograde", name, "--force")
-        failures = []
         with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
             for (name, student), (points, total) in expected.items():
                 sub = gb.find_submission(name, student)

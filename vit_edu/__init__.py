@@ -3,6 +3,10 @@
 Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale" (2020).
 """
 
+from ._startup import install as _install
+
+_install()  # first, before torch is imported: Ctrl-C while `python -m vit_edu` starts is one line, not a traceback
+
 from .attention import Attention, attention_with_weights, scaled_dot_product_attention  # the last: old name
 from .block import Block, DropPath, Mlp
 from .config import ViTConfig

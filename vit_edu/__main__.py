@@ -16,14 +16,28 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
-# Errors a user can cause (a missing dataset, a bad flag value): one line on stderr, no traceback.
+from .fileio import OutputError  # the standard library only: a fast start
+
+# Errors a user can cause (a missing dataset, a bad flag value, an output folder that cannot take the result):
+# one line on stderr, exit 2, no traceback. Other OSErrors (a disk filling up mid-run) exit 1, Ctrl-C 130.
 USER_ERRORS = (FileNotFoundError, ValueError, TypeError, NotADirectoryError, IsADirectoryError, PermissionError)
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (the flag, what came, where to look), not the whole usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog.replace('python -m ', '')}: error: {message} (see: {self.prog} --help)\n")
 DEMO_SEED = 2024
+FIGURE_BYTES = 2 * 2**20  # room the demo's two figures need, at most (each PNG is some 100 KiB)
 DATA_FIELDS = ("dataset", "data_root", "download", "image_size", "device", "num_workers")  # train and evaluate
 
 
@@ -95,7 +109,7 @@ def _add_field(p: argparse.ArgumentParser, name: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .training.config import default_text
 
-    parser = argparse.ArgumentParser(prog="python -m vit_edu",
+    parser = OneLineParser(prog="python -m vit_edu",
                                      description="vit_edu: train, evaluate and look inside a Vision Transformer.")
     sub = parser.add_subparsers(dest="command", metavar="command")
 
@@ -219,11 +233,11 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
             if args.export:
                 print(f"weights exported to {args.export}")
         cleanup_distributed(wait=True)
-    except (KeyboardInterrupt, OSError) as err:
-        if is_main_process() and config.save_checkpoints and os.path.isfile(last):
+    except (KeyboardInterrupt, OSError, MemoryError, RuntimeError) as err:
+        if is_main_process() and config.save_checkpoints and os.path.isfile(last) and not isinstance(err, OutputError):
             again = "--resume " + shlex.quote(last) + (f" --export {shlex.quote(args.export)}" if args.export else "")
-            print(f"vit_edu train: the last saved state of the run is in {last}; continue with: "
-                  f"python -m vit_edu train {again}", file=sys.stderr)
+            err.vit_edu_hint = (f"the last saved state of the run is in {last}; continue with: "  # type: ignore
+                                f"python -m vit_edu train {again}")
         raise
     finally:
         cleanup_distributed()
@@ -231,6 +245,24 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
 
 
 # ============================================================================================= evaluate
+def _check_ranges(args: argparse.Namespace, rules: Dict[str, tuple]) -> None:
+    """Flags given as integers, each in its range ({dest: (flag, low, high or a TrainConfig bound's name[,
+    what])}), and images that fit in memory: one ValueError naming the flag, before any work."""
+    from .training import config as bounds
+
+    for dest, (flag, low, high, *what) in rules.items():
+        value = getattr(args, dest)
+        top = getattr(bounds, high) if isinstance(high, str) else high
+        if value is None or (value >= low and (top is None or value <= top)):
+            continue
+        about = f" ({what[0]})" if what else ""
+        rule = f"in [{low}, {top}]" if top is not None else f">= {low}"
+        raise ValueError(f"{flag} must be {rule}{about}, got {value}")
+    if getattr(args, "n", None) is not None:
+        sized = getattr(args, "image_size", None) is not None
+        bounds.check_images_fit(args.n, args.image_size if sized else 32, "--n/--image-size" if sized else "--n")
+
+
 def _load_for_eval(checkpoint: Optional[str], device):
     """(model, source, the class names it was trained on or None, the shapes palette it was trained on)."""
     from .training import COURSE_CHECKPOINT, load_model, pretrained_course_model, stored_classes, stored_palette
@@ -249,11 +281,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training import check_classes_match, data, evaluate, resolve_device
     from .training.config import default_value
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.num_workers is not None and args.num_workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.num_workers}")
-    device = resolve_device(args.device or default_value("device"))
+    _check_ranges(args, {"batch_size": ("--batch-size", 1, None), "num_workers": ("--workers", 0, "MAX_WORKERS"),
+                         "n": ("--n", 1, None), "seed": ("--seed", 0, "MAX_SEED"),
+                         "image_size": ("--image-size", 1, None)})
+    if args.classes is not None:
+        try:
+            data._check_classes(args.classes)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--classes {','.join(args.classes)!r}: {err}") from None
+    try:
+        device = resolve_device(default_value("device") if args.device is None else args.device)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
     model, source, classes, palette = _load_for_eval(args.checkpoint, device)
     size = tuple(model.config.image_size)
     if args.image_size is not None and not model.config.dynamic_img_size and (args.image_size,) * 2 != size:
@@ -264,8 +303,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               image_size=args.image_size or size[0], n=args.n)
     if args.seed is not None:
         kw["seed"] = args.seed
+    foreign = classes is not None and not set(classes) <= set(data.SHAPE_CLASSES)
+    if name == "shapes" and args.classes is None and foreign:
+        raise ValueError(f"{source} was trained on classes {classes}, not on shapes; evaluate it on its own dataset "
+                         f"(e.g. imagefolder --data-root ...)")
     if name == "shapes":  # a model trained on some of the shapes is tested on those (as it was trained)
-        kw["classes"] = args.classes or classes
+        kw["classes"] = args.classes if args.classes is not None else classes
         kw["palette"] = palette  # and drawn in the colours it was trained on
     elif args.classes is not None:
         raise ValueError(f"--classes picks shapes of the generated data; {name!r} has its own classes")
@@ -282,14 +325,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ================================================================================================= demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .fileio import check_writable_dir
+    from .fileio import check_space, check_writable_dir
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1 (test images to evaluate), got {args.n}")
-    if args.images < 1:
-        raise ValueError(f"--images must be >= 1 (images in the rollout figure), got {args.images}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _check_ranges(args, {"n": ("--n", 1, None, "test images to evaluate"), "seed": ("--seed", 0, "MAX_SEED"),
+                         "images": ("--images", 1, None, "images in the rollout figure")})
+    if args.images > args.n:
+        raise ValueError(f"--images {args.images}: the rollout figure shows some of the --n {args.n} test images; "
+                         f"expected --images <= --n")
     import matplotlib
 
     matplotlib.use("Agg")  # headless: only files, no window
@@ -301,6 +343,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     figures = args.figures_dir or str(viz.figures_dir(create=False))  # checked before any work is done
     check_writable_dir(figures, "--figures-dir" if args.figures_dir else "figures folder")
+    check_space([(figures, FIGURE_BYTES, "--figures-dir" if args.figures_dir else "figures folder")])
     from .training import COURSE_CHECKPOINT, data, evaluate, pretrained_course_model
 
     if args.figures_dir:
@@ -355,52 +398,78 @@ def one_line(err: BaseException) -> str:
     return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and any(
+        words in str(err) for words in ("can't allocate memory", "out of memory", "not enough memory")))
+
+
+def _report(command: str, err: BaseException) -> int:
+    """One line on stderr for an error that ends a command; returns the exit status."""
+    hint = getattr(err, "vit_edu_hint", None)
+    tail = f"; {hint}" if hint else ""
+    prog = f"vit_edu {command}".strip()
+    if isinstance(err, KeyboardInterrupt):
+        print(f"{prog}: interrupted{tail}", file=sys.stderr)
+        return INTERRUPTED
+    if _out_of_memory(err):
+        print(f"{prog}: error: not enough memory ({one_line(err)}); lower --batch-size or --image-size{tail}",
+              file=sys.stderr)
+        return 1
+    if isinstance(err, USER_ERRORS + (OutputError,)):
+        message = one_line(err).replace("TrainConfig.model_overrides['dropout'] ",
+                                        "--dropout (TrainConfig.model_overrides['dropout']) ")
+        flags = {field: flag_of(field) for field in train_fields()}  # name the flag the user typed, too
+        message = re.sub(r"\bTrainConfig\.(\w+)(?=[ :])", lambda m: f"{flags[m.group(1)]} ({m.group(0)})"
+                         if flags.get(m.group(1)) else m.group(0), message)
+        print(f"{prog}: error: {message}{tail}", file=sys.stderr)
+        return 2
+    # the machine, not the user: a full disk, a file-size limit, a vanished folder
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    text = getattr(err, "strerror", None) or one_line(err)
+    print(f"{prog}: error: {text}{where}{tail}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "assignments":
-        from .classroom.assignments import main as assignments_main
-
-        return assignments_main(argv[1:])
-    if argv and argv[0] == "handout":
-        from .classroom.assignments import handout_main
-
-        return handout_main(argv[1:])
-    if argv and argv[0] == "grade":
-        from .classroom.grading import main as grade_main
-
-        return grade_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    command = argv[0] if argv and argv[0] in ("assignments", "handout", "grade") else None
     try:
+        if command is not None:  # the classroom commands parse their own flags
+            return _classroom(command, argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        if args.command is None:
+            parser.print_help()
+            return 0
         if args.command == "train":
             return cmd_train(args, argv)
         if args.command == "evaluate":
             return cmd_evaluate(args)
         if args.command == "demo":
             return cmd_demo(args)
-    except USER_ERRORS as err:
-        if os.environ.get("VIT_EDU_DEBUG"):
+    except KeyboardInterrupt as err:  # Ctrl-C at any moment: one line, status 130
+        return _report(command or "", err)
+    except (OSError, MemoryError, RuntimeError, ValueError, TypeError) as err:
+        if os.environ.get("VIT_EDU_DEBUG") or (isinstance(err, RuntimeError) and not _out_of_memory(err)):
             raise
-        message = one_line(err)
-        for field in train_fields():  # name the flag the user typed, too
-            flag, field = flag_of(field), "model_overrides['dropout']" if field == "model_overrides" else field
-            message = message.replace(f"TrainConfig.{field} ", f"{flag} (TrainConfig.{field}) ")
-        print(f"vit_edu {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"vit_edu {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except OSError as err:  # the machine, not the user: a full disk, a file-size limit, a vanished folder
-        if os.environ.get("VIT_EDU_DEBUG"):
-            raise
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"vit_edu {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
+        return _report(command or "", err)
     parser.error(f"unknown command {args.command!r}")
     return 2
+
+
+def _classroom(command: str, argv: List[str]) -> int:
+    if command == "assignments":
+        from .classroom.assignments import main as assignments_main
+
+        return assignments_main(argv)
+    if command == "handout":
+        from .classroom.assignments import handout_main
+
+        return handout_main(argv)
+    from .classroom.grading import main as grade_main
+
+    return grade_main(argv)
 
 
 if __name__ == "__main__":

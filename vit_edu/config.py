@@ -151,23 +151,33 @@ class ViTConfig:
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"representation_size must be None or a positive int, got {self.representation_size}")
         stride = self.input_patch_size
+        hybrid = f" (backbone stride x patch size) of hybrid_layers={self.hybrid_layers}" if self.hybrid_layers else ""
         if self.image_size[0] % stride[0] or self.image_size[1] % stride[1]:
             raise ValueError(
                 f"image_size {tuple(self.image_size)} must be divisible by the patch size "
-                f"{tuple(stride)}{' (backbone stride x patch size)' if self.hybrid_layers else ''}"
+                f"{tuple(stride)}{hybrid}"
             )
         if self.pos_embedding == "sincos2d" and self.dim % 4 != 0:
             raise ValueError(f"pos_embedding='sincos2d' needs dim divisible by 4, got dim={self.dim}")
         # before anything is allocated: a typo such as dim=2**20 would otherwise ask for terabytes
         tokens = self.grid_size[0] * self.grid_size[1] + 1
-        estimate = (self.depth * (4 * self.dim * self.dim + 2 * self.dim * self.mlp_dim)
-                    + self.dim * (self.input_patch_size[0] * self.input_patch_size[1] * self.in_channels + tokens)
-                    + self.dim * max(self.num_classes, self.representation_size or 0))
+        parts = {  # parameters of each part, roughly, and the fields that set its size
+            "dim, depth, mlp_dim": self.depth * (4 * self.dim * self.dim + 2 * self.dim * self.mlp_dim),
+            "in_channels, patch_size": self.dim * self.in_channels * stride[0] * stride[1],
+            "image_size (tokens)": self.dim * tokens,
+            "num_classes, representation_size": self.dim * max(self.num_classes, self.representation_size or 0),
+            "hybrid_layers": sum(n * 17 * (64 * 2**i) ** 2 for i, n in enumerate(self.hybrid_layers or ())),
+        }
+        estimate = sum(parts.values())
         if estimate > MAX_PARAMETERS:
+            largest = max(parts, key=parts.get)
             raise ValueError(f"this configuration has about {estimate:.2e} parameters ({4 * estimate / 2**30:,.0f} GiB "
-                             f"in fp32), more than vit_edu builds ({MAX_PARAMETERS:.0e}; ViT-H/14 has 6.3e+08): "
-                             f"check dim={self.dim}, depth={self.depth}, mlp_dim={self.mlp_dim}, "
-                             f"image_size={tuple(self.image_size)}")
+                             f"in fp32), more than vit_edu builds ({MAX_PARAMETERS:.0e}; ViT-H/14 has 6.3e+08), most "
+                             f"of them from {largest}: check dim={self.dim}, depth={self.depth}, "
+                             f"mlp_dim={self.mlp_dim}, "
+                             f"image_size={tuple(self.image_size)}, in_channels={self.in_channels}, "
+                             f"num_classes={self.num_classes}, representation_size={self.representation_size}"
+                             f"{f', hybrid_layers={self.hybrid_layers}' if self.hybrid_layers else ''}")
 
     @property
     def backbone_stride(self) -> int:

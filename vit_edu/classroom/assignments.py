@@ -31,18 +31,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import nbformat
 
-from ..fileio import atomic_write
+from ..fileio import (atomic_write, build_folder, check_space, check_writable_dir, error_line,
+                      exit_status, folder_bytes)
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -441,20 +440,25 @@ def render_all(src_dir: "str | Path" = DEFAULT_SRC) -> Dict[str, str]:
 def generate(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAULT_OUT) -> List[Path]:
     """Write the student copy of every notebook in ``src_dir`` to ``out_dir``; returns the written paths.
 
-    Copies whose source notebook no longer exists are removed, so ``out_dir`` mirrors ``src_dir``.
+    ``out_dir`` then mirrors ``src_dir`` (copies whose source is gone are dropped, other files kept). It is
+    built beside and renamed into place: a failure (a full disk, Ctrl-C) leaves the previous copies whole.
     """
     out = Path(out_dir)
     rendered = render_all(src_dir)
-    written = []
-    for name, text in rendered.items():
-        path = out / name
-        _write_atomic(path, text)
-        written.append(path)
-    if out.is_dir():
-        for stale_copy in out.glob("*.ipynb"):
-            if stale_copy.name not in rendered:
-                stale_copy.unlink()
-    return written
+    check_writable_dir(out, "student copies folder (--out)")
+    keep = [p for p in out.iterdir() if p.suffix != ".ipynb"] if out.is_dir() else []
+    need = sum(len(t.encode("utf-8")) for t in rendered.values()) + sum(folder_bytes(p) if p.is_dir() else
+                                                                         p.stat().st_size for p in keep)
+    check_space([(out, need, "student copies folder (--out)")])
+
+    def build(tmp: Path) -> None:
+        for p in keep:
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        for name, text in rendered.items():
+            _write_atomic(tmp / name, text)
+
+    build_folder(out, build)
+    return [out / name for name in rendered]
 
 
 def stale(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAULT_OUT) -> List[str]:
@@ -506,6 +510,9 @@ c.ClearSolutions.enforce_metadata = True  # the notebooks carry the metadata: an
 # Figures: vit_edu.explain.viz.save_figure writes into figures/ next to the notebook being run
 # (autograded/<student>/<assignment>/figures/), never into the repository's figures/.
 # Set VIT_EDU_FIGURES in the environment of `nbgrader autograde` to put them elsewhere.
+# `nbgrader validate source/<a>/<a>.ipynb` draws them into source/<a>/figures/: figures/ is not copied between
+# nbgrader's folders, so generate_assignment never releases the teacher's pictures (nbgrader's own list + figures).
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "figures"]
 '''
 
 
@@ -712,9 +719,12 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
         raise FileNotFoundError(f"the notebooks point to {', '.join(missing)}, which {root} does not have; "
                                 f"expected every cited file to exist so the handout can carry it")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    check_writable_dir(out, "handout folder")
+    check_writable_dir(out.parent, f"handout folder {out}: the folder it goes in,")
+    need = folder_bytes(PACKAGE_DIR) + sum(len(t.encode("utf-8")) + 64 * 1024 for t in students.values())
+    check_space([(out, need + sum((root / name).stat().st_size for name in cited), "handout folder")])
+
+    def build(tmp: Path) -> None:
         for name, text in students.items():
             _write_atomic(tmp / "notebooks" / name, text)
         shutil.copytree(PACKAGE_DIR, tmp / "vit_edu", ignore=shutil.ignore_patterns(*HANDOUT_IGNORE))
@@ -726,18 +736,8 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
         (tmp / "Makefile").write_text(STUDENT_MAKEFILE.format(first=names[0]), encoding="utf-8")
         (tmp / HANDOUT_MARKER).write_text("made by: python -m vit_edu handout (safe to replace with --force)\n",
                                           encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return build_folder(out, build)
 
 
 def handout_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -752,9 +752,9 @@ def handout_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         out = handout(args.out_dir, args.src, force=args.force)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, AssertionError) as e:
-        print(f"vit_edu handout: error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, AssertionError) as e:  # OSError: also an unwritable or full disk, found up front
+        print(f"vit_edu handout: error: {error_line(e)}", file=sys.stderr)
+        return exit_status(e)
     n = len(list((out / "notebooks").glob("*.ipynb")))
     total = sum(ex.points for _, ex in course_exercises(args.src))
     print(f"wrote the handout to {out}: {n} student notebooks ({_points(total)} points), vit_edu/, README.md, "
@@ -800,9 +800,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         changed = write_metadata(args.src)
         paths = generate(args.src, args.out)
         exercises = course_exercises(args.src)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as e:  # OSError: also an unwritable or full --out, found up front
+        print(f"vit_edu assignments: error: {error_line(e)}", file=sys.stderr)
+        return exit_status(e)
     n_ex = sum(has_exercises(nbformat.read(Path(args.src) / p.name, as_version=4)) for p in paths)
     print(f"nbgrader metadata: {len(exercises)} exercises, {_points(sum(ex.points for _, ex in exercises))} points; "
           f"rewrote {len(changed)} teacher notebook(s)")

@@ -1002,6 +1002,8 @@ def merge_shards(parts: Sequence["str | Path"], out: "str | Path" = "grades.csv"
     """Join the CSVs of ``grade --shard i/n --out PART`` into ``out`` and its summary (the same files one
     machine would have written). Refused, before writing, unless the parts are shards 1..n of one split,
     each complete (nothing still running), graded against the same reference as ``reference_dir``."""
+    summaries = {summary_path(p).resolve() for p in map(Path, parts)}
+    parts = [p for p in parts if Path(p).resolve() not in summaries]  # grades_*.csv matches the summaries too
     if not parts:
         raise ValueError("--merge needs the grades CSV of every shard (e.g. grades_*.csv)")
     reference_folder = _reference_path(reference_dir)

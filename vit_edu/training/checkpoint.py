@@ -7,11 +7,16 @@
 * An export (``.safetensors``) holds the weights and, in its header, the model config and provenance.
 * Files are written through :func:`vit_edu.fileio.atomic_write` (a crash leaves the previous file whole)
   and read through :mod:`vit_edu.convert`'s checked readers, the one place weight files are read.
+* Every part of a loaded checkpoint is checked by type once, on loading (:func:`load_checkpoint`: epoch,
+  configs, weights, notes; :func:`check_resumable`: optimizer, scheduler, RNG states, history, stop position),
+  so a damaged file is one ValueError naming the file and the part. :func:`output_bytes` tells how large the
+  files will be, for the free-space check before a run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -25,7 +30,7 @@ from ..config import ViTConfig
 from ..convert import load_checked, load_safetensors_checked, torch_load_checked
 from ..fileio import atomic_write
 from ..vit import VisionTransformer
-from .config import TrainConfig, model_field
+from .config import MAX_EPOCHS, TrainConfig, model_field
 from .distributed import unwrap
 
 PathLike = Union[str, os.PathLike]
@@ -99,6 +104,20 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
     return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
+def output_bytes(model: nn.Module, optimizer: str = "adamw") -> Tuple[int, int]:
+    """(bytes of a checkpoint, bytes of an export) of ``model``, estimated from its tensors before any is
+    written: fp32 weights and buffers, AdamW's two moments (SGD's one momentum) per parameter, and headroom
+    for the RNG states, history and the file format. Over-estimates a little, never under."""
+    vit = unwrap(model)
+    params = sum(p.numel() for p in vit.parameters())
+    tensors = sum(t.numel() for t in vit.state_dict().values())
+    count = len(vit.state_dict())
+    moments = 2 if optimizer == "adamw" else 1
+    export = 4 * tensors + 256 * count + 64 * 1024  # the JSON header: names, shapes, the config
+    checkpoint = 4 * (tensors + moments * params) + 3 * 512 * count + 1024 * 1024  # zip entries, RNG, history
+    return int(checkpoint * 1.05), int(export * 1.05)
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, without unpickling code.
 
@@ -123,7 +142,109 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         missing = ["config.model"]
     if missing:
         raise ValueError(f"{path} is an incomplete vit_edu checkpoint: it lacks {', '.join(missing)}")
+    _check_parts(ckpt, path)
     return ckpt
+
+
+# ------------------------------------------------------------------------------------------ its parts, checked
+def _damaged(path: PathLike, part: str, expected: str, got: Any) -> ValueError:
+    shown = repr(got) if not isinstance(got, (dict, list, torch.Tensor)) else type(got).__name__
+    return ValueError(f"{path} is a damaged vit_edu checkpoint: its {part} must be {expected}, got {shown}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_parts(ckpt: dict, path: PathLike) -> None:
+    """What every reader of a checkpoint needs, checked once: its epoch, configs, weights and notes. A damaged
+    value is named with the file (never blamed on a flag the user did not give)."""
+    if not _is_int(ckpt["epoch"]) or not 0 <= ckpt["epoch"] <= MAX_EPOCHS:
+        raise _damaged(path, "epoch", f"an int in [0, {MAX_EPOCHS}]", ckpt["epoch"])
+    try:
+        ViTConfig.from_dict(ckpt["config"]["model"])
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path} is a damaged vit_edu checkpoint: its model config is not valid ({err})") from None
+    train = ckpt["config"].get("train")
+    if train is not None:
+        if not isinstance(train, dict):
+            raise _damaged(path, "training config", "a dict", train)
+        try:
+            TrainConfig.from_dict(train)
+        except (TypeError, ValueError) as err:  # "TrainConfig.lr" would be blamed on --lr: name the stored field
+            raise ValueError(f"{path} is a damaged vit_edu checkpoint: its training config is not valid "
+                             f"({str(err).replace('TrainConfig.', 'stored field ')})") from None
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise _damaged(path, "weights ('model')", "a dict of tensors by name", weights)
+    extra = ckpt.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        raise _damaged(path, "notes ('extra')", "a dict", extra)
+    classes = (extra or {}).get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise _damaged(path, "class names ('extra.classes')", "a list of strings", classes)
+
+
+def _check_rng(state: Any, path: PathLike, part: str) -> None:
+    """RNG states that can be set: tried, then the current ones put back."""
+    if not isinstance(state, dict):
+        raise _damaged(path, part, "a dict of RNG states", state)
+    before = rng_state()
+    try:
+        set_rng_state(state)
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path} is a damaged vit_edu checkpoint: its {part} cannot be restored "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    finally:
+        set_rng_state(before)
+
+
+def _check_resume_parts(ckpt: dict, path: PathLike) -> None:
+    """What a resumed run needs beyond the weights: optimizer, scheduler, RNG states, history, where it stopped."""
+    opt = ckpt["optimizer"]
+    if (not isinstance(opt, dict) or not isinstance(opt.get("state"), dict)
+            or not isinstance(opt.get("param_groups"), list)
+            or not all(isinstance(g, dict) for g in opt["param_groups"])):
+        raise _damaged(path, "optimizer state", "a dict with 'state' and 'param_groups'", opt)
+    for i, group in enumerate(opt["param_groups"]):
+        for key in ("lr", "weight_decay", "initial_lr"):
+            if key in group and not (_is_real(group[key]) and math.isfinite(group[key]) and group[key] >= 0):
+                raise _damaged(path, f"optimizer's param_groups[{i}]['{key}']", "a finite number >= 0", group[key])
+    for index, state in opt["state"].items():
+        values = state.values() if isinstance(state, dict) else [state]
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise _damaged(path, f"optimizer state of parameter {index}", "finite", "NaN or inf values")
+            elif not _is_real(value):
+                raise _damaged(path, f"optimizer state of parameter {index}", "tensors and numbers", value)
+    sched = ckpt["scheduler"]
+    if not isinstance(sched, dict):
+        raise _damaged(path, "scheduler state", "a dict", sched)
+    if not _is_int(sched.get("last_epoch")) or sched["last_epoch"] < -1:
+        raise _damaged(path, "scheduler's last_epoch", "an int >= -1", sched.get("last_epoch"))
+    lrs = sched.get("base_lrs")
+    if (not isinstance(lrs, list) or len(lrs) != len(opt["param_groups"])
+            or not all(_is_real(v) and math.isfinite(v) and v >= 0 for v in lrs)):
+        raise _damaged(path, "scheduler's base_lrs", f"{len(opt['param_groups'])} finite numbers (one per "
+                                                      f"optimizer group)", lrs)
+    _check_rng(ckpt["rng"], path, "RNG states ('rng')")
+    history = ckpt["history"]
+    if (not isinstance(history, dict) or any(not isinstance(history.get(k), list) for k in HISTORY_KEYS)
+            or len({len(history[k]) for k in HISTORY_KEYS}) != 1
+            or not all(_is_real(v) for k in HISTORY_KEYS for v in history[k])):
+        raise _damaged(path, "history", f"a dict of equally long lists of numbers ({', '.join(HISTORY_KEYS)})", history)
+    position = (ckpt.get("extra") or {}).get("stopped_at")
+    if position is not None:
+        if not isinstance(position, dict) or not _is_int(position.get("batches")) or position["batches"] < 1:
+            raise _damaged(path, "stop position ('extra.stopped_at')", "None or {'batches': int >= 1, 'epoch_rng': "
+                                                                         "...}", position)
+        _check_rng(position.get("epoch_rng"), path, "RNG states at the start of the stopped epoch")
 
 
 # ------------------------------------------------------------------------------------------ resuming
@@ -135,6 +256,7 @@ def check_resumable(ckpt: dict, path: PathLike) -> None:
     if missing:
         raise ValueError(f"{path} cannot be resumed: it holds no {', '.join(missing)} (a checkpoint saved "
                          f"without them, e.g. save_checkpoint(path, model)); expected the last.pt that fit writes")
+    _check_resume_parts(ckpt, path)
 
 
 def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tuple[Any, Any]]]:

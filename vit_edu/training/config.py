@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from ..config import WEIGHT_INITS, ViTConfig
-from ..models import PRESETS
-from .data import MAX_CLUTTER, PALETTES, SHAPES_DEFAULT_SIZES  # the renderer owns these bounds (data.py imports nothing from here)
+from ..models import PRESETS, get_config
+from .data import (DATASET_NAMES, MAX_CLUTTER, PALETTES, SHAPES_DEFAULT_SIZES,  # the renderer owns these bounds
+                   _check_classes)  # (data.py imports nothing from here)
 
 OPTIMIZERS = ("adamw", "sgd")  # sgd: with momentum 0.9
 
@@ -31,6 +33,14 @@ def _arg(default: Any, help: str, flag: Optional[str] = None, none: Optional[str
 
 
 MAX_SEED = 2**31 - 1
+MAX_EPOCHS = 10**6  # the per-epoch data seeds (seed + epoch x stride) stay far inside 64 bits
+MAX_WORKERS = 256  # DataLoader processes: more is a typo that would fork the machine to a halt
+MAX_THREADS = 1024
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_BOOLS = ("download", "augment", "save_checkpoints")  # True or False
+_OPTIONAL_BOOLS = ("fresh_data", "progress")  # None ("it depends"), True or False
+_STRINGS = ("dataset", "model", "data_root", "device", "palette", "optimizer")
+_SHAPES_ONLY = {"classes": None, "clutter": 0, "palette": "colour"}  # field: its value for a fixed dataset
 
 
 def _physical_memory() -> Optional[int]:
@@ -39,6 +49,14 @@ def _physical_memory() -> Optional[int]:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def check_images_fit(n: int, size: int, what: str) -> None:
+    """Refuse ``n`` images of ``size`` x ``size`` (uint8, 3 channels) that this machine's memory cannot hold."""
+    ram, need = _physical_memory(), n * 3 * size * size
+    if ram is not None and need > ram:
+        raise ValueError(f"{what}: {n:,} images of {size}x{size} need {need / 2**30:,.1f} GiB, more than this "
+                         f"machine's {ram / 2**30:,.1f} GiB of memory")
 
 
 def _check_number(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
@@ -54,6 +72,10 @@ def _check_number(name: str, value: Any, low: Optional[float] = None, high: Opti
         hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
         rule = " and ".join(r for r in (lo, hi) if r)
         raise ValueError(f"TrainConfig.{name} must be {what}a finite number{' ' + rule if rule else ''}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -126,20 +148,23 @@ class TrainConfig:
     save_checkpoints: bool = _arg(True, "write <out_dir>/last.pt after every epoch")
 
     def __post_init__(self) -> None:
+        """Every field checked by type and range, here, once: the one boundary a run's settings cross (the
+        command line builds a TrainConfig too). Errors name the field: ``TrainConfig.<name> must be ...``."""
+        self._check_types()
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"TrainConfig.epochs must be an int in [1, {MAX_EPOCHS:,}], got {self.epochs!r}")
         _check_number("lr", self.lr, low=0.0, low_open=True)  # NaN and inf are refused too
         _check_number("weight_decay", self.weight_decay, low=0.0)
         _check_number("warmup_epochs", self.warmup_epochs, low=0.0)
         _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         _check_number("grad_clip", self.grad_clip, low=0.0)
         _check_number("pos_embed_lr_scale", self.pos_embed_lr_scale, low=0.0, low_open=True)
-        if self.classes is not None:
-            if isinstance(self.classes, str) or not isinstance(self.classes, (list, tuple)):
-                raise TypeError(f"TrainConfig.classes must be None or a list of shape names, got {self.classes!r}")
-            self.classes = list(self.classes)
+        if not _is_number(self.label_smoothing) or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.time_budget_s is not None:
             _check_number("time_budget_s", self.time_budget_s, low=0.0, low_open=True, what="None (no limit) or ")
         for name, minimum in (("warmup_steps", 0), ("n_train", 1), ("n_test", 1), ("stop_after_epochs", 1),
@@ -151,27 +176,84 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
                                  f"got {value!r}")
-        for name in ("seed", "data_seed"):  # NumPy, and the per-epoch seeds built on it, take 32 bits
+        for name, top in (("seed", MAX_SEED), ("data_seed", MAX_SEED), ("num_workers", MAX_WORKERS),
+                          ("threads", MAX_THREADS)):  # NumPy, and the per-epoch seeds built on it, take 32 bits
             value = getattr(self, name)
-            if value is not None and value > MAX_SEED:
-                raise ValueError(f"TrainConfig.{name} must be an int in [0, {MAX_SEED}], got {value!r}")
+            if value is not None and value > top:
+                raise ValueError(f"TrainConfig.{name} must be an int in [0, {top}], got {value!r}")
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size < 1):
             raise ValueError(f"TrainConfig.image_size must be None or an int >= 1, got {self.image_size!r}")
         if self.clutter > MAX_CLUTTER:  # checked here too, so a bad value fails before any work
             raise ValueError(f"TrainConfig.clutter must be an int in [0, {MAX_CLUTTER}] (strokes per image), got {self.clutter!r}")
+        self._check_choices()
+        self._check_data()
+        self._check_memory()
+        self._check_model_overrides()
+        if self.out_dir is None:
+            self.out_dir = os.path.join("runs", f"{self.dataset}-{self.model}")
+
+    def _check_types(self) -> None:
+        """Bools are bools ('False', a string, is not False), names are strings, paths are paths."""
+        for name in _BOOLS + _OPTIONAL_BOOLS:
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (value is None and name in _OPTIONAL_BOOLS):
+                raise TypeError(f"TrainConfig.{name} must be {'None, ' if name in _OPTIONAL_BOOLS else ''}True or "
+                                f"False, got {type(value).__name__} {value!r}")
+        for name in _STRINGS:
+            value = getattr(self, name)
+            if name == "data_root" and isinstance(value, os.PathLike):
+                value = self.data_root = os.fspath(value)
+            if not isinstance(value, str) or (not value and name != "data_root"):
+                raise TypeError(f"TrainConfig.{name} must be a non-empty string, got {type(value).__name__} {value!r}")
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)
+        if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir.strip()):
+            raise TypeError(f"TrainConfig.out_dir must be None or a folder name, got {type(self.out_dir).__name__} "
+                            f"{self.out_dir!r}")
+        if self.weight_init is not None and not isinstance(self.weight_init, str):
+            raise TypeError(f"TrainConfig.weight_init must be None or one of {WEIGHT_INITS}, got "
+                            f"{type(self.weight_init).__name__} {self.weight_init!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise TypeError(f"TrainConfig.model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+
+    def _check_choices(self) -> None:
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(f"TrainConfig.dataset names an unknown dataset {self.dataset!r}; known: "
+                             f"{', '.join(DATASET_NAMES)}")
         if self.model not in PRESETS:
-            raise ValueError(f"unknown model {self.model!r}; expected a preset name: {', '.join(sorted(PRESETS))}")
-        if not isinstance(self.label_smoothing, (int, float)) or not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ValueError(f"TrainConfig.model names an unknown model {self.model!r}; expected a preset name: "
+                             f"{', '.join(sorted(PRESETS))}")
         if self.weight_init is not None and self.weight_init not in WEIGHT_INITS:
             raise ValueError(f"TrainConfig.weight_init must be None or one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.palette not in PALETTES:
             raise ValueError(f"TrainConfig.palette must be one of {PALETTES}, got {self.palette!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if not isinstance(self.model_overrides, dict):
-            raise TypeError(f"TrainConfig.model_overrides must be a dict, got {type(self.model_overrides).__name__}")
+        if not DEVICE_RE.fullmatch(self.device):  # the syntax; whether this machine has it is asked when fit starts
+            raise ValueError(f"TrainConfig.device: unknown device {self.device!r}; expected auto, cpu, cuda, cuda:N "
+                             f"or mps")
+
+    def _check_data(self) -> None:
+        """The shapes-only settings: known shape names, and none of them on a fixed dataset."""
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not isinstance(self.classes, (list, tuple)):
+                raise TypeError(f"TrainConfig.classes must be None or a list of shape names, got {self.classes!r}")
+            self.classes = list(self.classes)
+        if self.dataset == "shapes":
+            if self.classes is not None:
+                try:
+                    _check_classes(self.classes)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"TrainConfig.classes: {err}") from None
+            return
+        for name, plain in {**_SHAPES_ONLY, "fresh_data": None}.items():
+            value = getattr(self, name)
+            if value != plain and not (name == "fresh_data" and value is False):
+                raise ValueError(f"TrainConfig.{name} {value!r} is for the generated shapes data (shapes only); "
+                                 f"{self.dataset} is a fixed dataset: leave {name} out")
+
+    def _check_model_overrides(self) -> None:
         unknown = sorted(set(self.model_overrides) - set(ViTConfig.__dataclass_fields__))
         if unknown:  # a typo fails here, not after the data are built
             raise ValueError(f"TrainConfig.model_overrides has unknown ViTConfig fields {unknown}; "
@@ -180,9 +262,14 @@ class TrainConfig:
             if name in self.model_overrides:
                 _check_number(f"model_overrides[{name!r}]", self.model_overrides[name], low=0.0, high=1.0,
                               high_open=True)
-        self._check_memory()
-        if self.out_dir is None:
-            self.out_dir = os.path.join("runs", f"{self.dataset}-{self.model}")
+        size = self.image_size or (28 if self.dataset in ("mnist", "fashion_mnist") else 32)
+        try:  # every other value by the model's own rules, on the image size the run will have
+            get_config(self.model, **{"image_size": size, **self.model_overrides})
+        except (TypeError, ValueError) as err:
+            if self.model_overrides:
+                raise type(err)(f"TrainConfig.model_overrides {self.model_overrides} on {self.model} with images of "
+                                f"{size}x{size}: {err}") from None
+            raise type(err)(f"TrainConfig.image_size {size} does not fit model {self.model}: {err}") from None
 
     def _check_memory(self) -> None:
         """Refuse, before anything is allocated, sizes this machine cannot hold: the generated shapes images

@@ -30,13 +30,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm  # the terminal bar; tqdm.auto wants ipywidgets inside notebooks
 
 from ..convert import load_checked
-from ..fileio import check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
+from ..fileio import check_space, check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
 from ..models import create_model
 from ..vit import VisionTransformer
-from .checkpoint import (checkpoint_to_resume, export_safetensors, new_history, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (checkpoint_to_resume, export_safetensors, new_history, output_bytes, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .data import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
+from .data import (DATASET_NAMES, SHAPE_CLASSES, build_datasets, build_eval_loader, build_train_loader,
+                   set_loader_epoch)
 from .distributed import (all_reduce_sum, any_process, barrier, is_main_process, setup_distributed, unwrap,
                           wrap)
 
@@ -240,13 +241,40 @@ def _torch_threads(threads: Optional[int]) -> Iterator[None]:
 
 
 def _check_outputs(config: TrainConfig, export: Optional[PathLike], main: bool) -> None:
-    """Somewhere to write, checked before any work (on every process, so that all of them stop together)."""
+    """Somewhere to write, with room for what the run writes (its checkpoint, its export: sizes from the model
+    built on the "meta" device, which allocates nothing), checked before any work (on every process, so that
+    all of them stop together)."""
     if config.save_checkpoints:
         check_writable_dir(config.out_dir, "output folder (--out-dir)")
         if main:
             remove_stale_temp_files(Path(config.out_dir) / "last.pt")  # left by a write that was killed
     if export is not None:
         check_writable_file(export, "export file (--export)")
+    if export is None and not config.save_checkpoints:
+        return
+    size = config.image_size or (28 if config.dataset in ("mnist", "fashion_mnist") else 32)
+    try:
+        with torch.device("meta"):
+            model = build_model(config, _classes_hint(config), size, 3)
+    except (ValueError, TypeError):  # a size the model cannot take: building it for real says why, by name
+        return
+    checkpoint, exported = output_bytes(model, config.optimizer)
+    outputs = [(Path(config.out_dir) / "last.pt", checkpoint, "output folder (--out-dir)")] * config.save_checkpoints
+    check_space(outputs + ([(Path(export), exported, "export file (--export)")] if export is not None else []))
+
+
+def _classes_hint(config: TrainConfig) -> int:
+    """The number of classes the run will have, as far as it can be told without reading the data (the
+    model's head is a small part of it: a guess of 1000 where the folder cannot be read)."""
+    if config.dataset == "shapes":
+        return len(config.classes) if config.classes else len(SHAPE_CLASSES)
+    if config.dataset in DATASET_NAMES and config.dataset != "imagefolder":
+        return 10
+    try:
+        return max(2, sum(1 for e in os.scandir(Path(config.data_root) / "train")
+                          if e.is_dir() and not e.name.startswith(".")))
+    except OSError:
+        return 1000
 
 
 def _schedule_lengths(config: TrainConfig, steps_per_epoch: int, train_size: int) -> Tuple[int, int]:
@@ -287,11 +315,24 @@ def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
 def _restore(run: Run, ckpt: dict, source: PathLike) -> None:
     """Continue where the checkpoint stopped: weights, optimizer, scheduler, history, RNG states."""
     load_checked(run.model, ckpt["model"], source=str(source))
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    try:  # the parts' types were checked on loading; here, whether they fit this model and optimizer
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise ValueError(f"{source} is a damaged vit_edu checkpoint: its optimizer state does not fit the model "
+                         f"({type(err).__name__}: {err})") from None
+    for group in run.optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in run.optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"{source} is a damaged vit_edu checkpoint: its optimizer state {key!r} has "
+                                     f"shape {tuple(value.shape)}, but its parameter has {tuple(p.shape)}")
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.history, run.start_epoch = ckpt["history"], ckpt["epoch"]
     position = (ckpt.get("extra") or {}).get("stopped_at")
     if position:  # stopped inside an epoch: replay its start, skip the batches done, continue from the stop
+        if position["batches"] >= run.steps_per_epoch:
+            raise ValueError(f"{source} is a damaged vit_edu checkpoint: it stopped after {position['batches']} "
+                             f"batches of an epoch that has {run.steps_per_epoch}")
         run.start_batch, run.epoch_rng, run.stop_rng = int(position["batches"]), position["epoch_rng"], ckpt["rng"]
     set_rng_state(ckpt["rng"])
 

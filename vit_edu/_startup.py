@@ -1,0 +1,38 @@
+"""Ctrl-C while the command line starts: one line, status 130, no traceback.
+
+``python -m vit_edu`` imports the package (torch and all) before ``vit_edu.__main__.main`` can catch
+anything, and that takes seconds. When the package is imported to run the command line, an uncaught
+KeyboardInterrupt is reported as one line instead of a traceback; ``main`` handles every later one itself.
+Imported as a library (a notebook, a test), nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+INTERRUPTED = 130  # 128 + SIGINT
+
+
+def started_as_command_line() -> bool:
+    """True while ``python -m vit_edu`` locates the package (Python sets argv[0] to "-m" meanwhile) or when
+    the ``vit-edu`` script runs."""
+    first = sys.argv[0] if sys.argv else ""
+    return first == "-m" or os.path.basename(first) in ("vit-edu", "vit-edu.exe", "vit-edu-script.py")
+
+
+def _one_line_on_interrupt(kind, value, traceback, _previous=sys.excepthook) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        try:
+            sys.stdout.flush()
+        except Exception:  # a closed pipe: nothing to flush into
+            pass
+        sys.stderr.write("vit_edu: interrupted\n")
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)  # the interpreter would otherwise kill itself with SIGINT after printing
+    _previous(kind, value, traceback)
+
+
+def install() -> None:
+    if started_as_command_line():
+        sys.excepthook = _one_line_on_interrupt
