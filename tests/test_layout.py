@@ -142,3 +142,9 @@ def test_old_paths_still_import_with_a_warning(old, new):
     assert module is importlib.import_module(new)
     messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
     assert any(new in m for m in messages), messages
+
+
+def test_no_import_cycle_between_modules():
+    """Module by module (lazy and type-only imports included): no module's imports lead back to it."""
+    cycle = _find_cycle(_graph())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"

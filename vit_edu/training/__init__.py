@@ -2,7 +2,8 @@
 
 * :mod:`.config`: :class:`TrainConfig`, every setting of a run and the one place its defaults live (the
   command line's ``train`` flags are built from it);
-* :mod:`.data`: the generated shapes and the real datasets, and the DataLoaders training uses;
+* :mod:`.data`: the generated shapes and the real datasets;
+* :mod:`.loaders`: a TrainConfig's datasets and the DataLoaders training uses (same batches after a resume);
 * :mod:`.loop`: optimizer, warm-up + cosine schedule, loss, one epoch, :func:`evaluate`, :func:`fit`;
 * :mod:`.checkpoint`: checkpoints that resume exactly, safetensors exports, :func:`load_model`, the shipped
   :func:`pretrained_course_model`;
@@ -15,7 +16,7 @@ Dependencies run one way: this package uses the model modules (config, vit, mode
 none of them imports it.
 """
 
-from . import checkpoint, config, data, distributed, loop
+from . import checkpoint, config, data, distributed, loaders, loop
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     COURSE_CHECKPOINT,
@@ -34,7 +35,7 @@ from .checkpoint import (
     stored_palette,
 )
 from .config import TrainConfig
-from .data import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
+from .loaders import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
 from .distributed import all_reduce_sum, cleanup_distributed, is_main_process, resolve_device, setup_distributed, unwrap
 from .loop import (
     build_criterion,

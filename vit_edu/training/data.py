@@ -1,5 +1,5 @@
-"""Data for the course: an embedded shapes dataset that needs no download, the real-data paths, and the
-one way training turns a TrainConfig into datasets and DataLoaders.
+"""Data for the course: an embedded shapes dataset that needs no download, and the real-data paths
+(:mod:`.loaders` turns a TrainConfig into datasets and DataLoaders).
 
 The default dataset is drawn on the fly: coloured shapes (circle, square, triangle, ...) at a random
 position, size, rotation and colour over a smooth textured background. Every image comes with its
@@ -12,8 +12,6 @@ class, no loop over pixels or images, so the 20,000 images of a training epoch t
 Real data (CIFAR-10, MNIST, Fashion-MNIST, an ImageFolder tree) go through torchvision with the same
 normalization, so a model trained here sees inputs in the same range whatever the source.
 
-Loaders (:func:`build_train_loader`, :func:`build_eval_loader`): the training order depends only on
-(seed, epoch), so a resumed run sees the same batches; under torchrun every process gets its share.
 """
 
 from __future__ import annotations
@@ -22,16 +20,13 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
-
-if TYPE_CHECKING:  # config.py reads this module's defaults for its help texts
-    from .config import TrainConfig
+from torch.utils.data import Dataset, Subset
 
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "crescent", "star")
 MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -661,72 +656,3 @@ def dataset_info(ds: Dataset) -> dict:
         "in_channels": int(image.shape[0]),
         "num_examples": len(ds),
     }
-
-
-# ----------------------------------------------------------------------------------------------------
-# From a TrainConfig to datasets and DataLoaders: the one way training (and the tests) build them
-# ----------------------------------------------------------------------------------------------------
-
-
-def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
-    """(train set, test set, dataset_info of the train set) for ``config``; refuses data a run cannot learn from."""
-    common = dict(root=config.data_root, image_size=config.image_size, download=config.download)
-    # generated data: the test split must never share the training seed (same seed = same images)
-    train_seed = config.data_seed
-    test_seed = None if config.data_seed is None else config.data_seed + 1
-    if config.classes is not None:
-        common["classes"] = config.classes
-    if config.clutter:
-        common["clutter"] = config.clutter
-    if config.palette != "colour":
-        common["palette"] = config.palette
-    train_ds = get_dataset(config.dataset, split="train", augment=config.augment, n=config.n_train,
-                           seed=train_seed, fresh_each_epoch=config.draws_fresh_data, **common)
-    test_ds = get_dataset(config.dataset, split="test", augment=False, n=config.n_test, seed=test_seed, **common)
-    info = dataset_info(train_ds)
-    if len(info["classes"]) < 2:  # one class: every prediction is right, "100 %" means nothing
-        raise ValueError(f"{config.dataset} train has {len(info['classes'])} class {info['classes']}; "
-                         f"expected at least two classes to learn to tell apart")
-    test_classes = dataset_info(test_ds)["classes"]
-    if list(test_classes) != list(info["classes"]):  # label k must mean the same class in both splits
-        raise ValueError(f"{config.dataset}: the test split's classes {test_classes} differ from the train "
-                         f"split's {info['classes']}; expected the same class folders in both")
-    return train_ds, test_ds, info
-
-
-def build_train_loader(dataset: Dataset, config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Shuffled batches whose order depends only on (seed, epoch): call :func:`set_loader_epoch` each epoch.
-
-    That is what makes a resumed run see the same batches as an uninterrupted one. Under torchrun each of
-    the ``world_size`` processes gets ``batch_size / world_size`` images of every batch (DistributedSampler).
-    """
-    if config.batch_size % world_size:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes {world_size}")
-    if world_size > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=config.seed, drop_last=True)
-    else:
-        sampler = RandomSampler(dataset, generator=torch.Generator())
-    return DataLoader(dataset, batch_size=config.batch_size // world_size, sampler=sampler, drop_last=True,
-                      num_workers=config.num_workers, persistent_workers=False)
-
-
-def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Re-seed the shuffling for this epoch (DistributedSampler.set_epoch or the RandomSampler's generator),
-    and let a generated dataset draw this epoch's images (``ShapesDataset.set_epoch``)."""
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.set_epoch(epoch)
-    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
-        sampler.generator.manual_seed(seed + epoch)
-
-
-def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                      num_workers: int = 0) -> DataLoader:
-    """In order; under torchrun every process evaluates every world_size-th example, so together they see
-    each example exactly once (no padding that would count some twice)."""
-    if world_size > 1:
-        dataset = Subset(dataset, list(range(rank, len(dataset), world_size)))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from ..fileio import atomic_write
 from ..models import create_model
 from .cnn import ResNet, ResNetConfig, count_flops
-from .data import ShapesDataset, build_eval_loader
+from .data import ShapesDataset
+from .loaders import build_eval_loader
 from .loop import build_optimizer, build_scheduler, evaluate, seed_everything, train_one_epoch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -36,8 +36,8 @@ from ..vit import VisionTransformer
 from .checkpoint import (checkpoint_to_resume, export_safetensors, new_history, output_bytes, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import TrainConfig
-from .data import (DATASET_NAMES, SHAPE_CLASSES, build_datasets, build_eval_loader, build_train_loader,
-                   set_loader_epoch)
+from .data import DATASET_NAMES, SHAPE_CLASSES
+from .loaders import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
 from .distributed import (all_reduce_sum, any_process, barrier, is_main_process, setup_distributed, unwrap,
                           wrap)
 
