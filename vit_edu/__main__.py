@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from ._startup import OneLineParser
 from .fileio import OutputError  # the standard library only: a fast start
 
 # Errors a user can cause (a missing dataset, a bad flag value, an output folder that cannot take the result):
@@ -30,12 +31,6 @@ USER_ERRORS = (FileNotFoundError, ValueError, TypeError, NotADirectoryError, IsA
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (the flag, what came, where to look), not the whole usage."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        message = " ".join(message.split())
-        self.exit(2, f"{self.prog.replace('python -m ', '')}: error: {message} (see: {self.prog} --help)\n")
 DEMO_SEED = 2024
 FIGURE_BYTES = 2 * 2**20  # room the demo's two figures need, at most (each PNG is some 100 KiB)
 DATA_FIELDS = ("dataset", "data_root", "download", "image_size", "device", "num_workers")  # train and evaluate

@@ -1,4 +1,4 @@
-"""Ctrl-C while the command line starts: one line, status 130, no traceback.
+"""The command line's manners: Ctrl-C while it starts is one line (status 130), a bad flag is one line.
 
 ``python -m vit_edu`` imports the package (torch and all) before ``vit_edu.__main__.main`` can catch
 anything, and that takes seconds. When the package is imported to run the command line, an uncaught
@@ -8,6 +8,7 @@ Imported as a library (a notebook, a test), nothing changes.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -36,3 +37,11 @@ def _one_line_on_interrupt(kind, value, traceback, _previous=sys.excepthook) -> 
 def install() -> None:
     if started_as_command_line():
         sys.excepthook = _one_line_on_interrupt
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (the flag, what came, where to look), not the whole usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog.replace('python -m ', '')}: error: {message} (see: {self.prog} --help)\n")

@@ -29,7 +29,6 @@ so the numbering of the course stays the same.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 import shutil
@@ -40,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import nbformat
 
+from .._startup import OneLineParser
 from ..fileio import (atomic_write, build_folder, check_space, check_writable_dir, error_line,
                       exit_status, folder_bytes)
 
@@ -742,7 +742,7 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
 
 def handout_main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m vit_edu handout OUT_DIR [--src notebooks] [--force]``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m vit_edu handout",
         description="Write what students get: the student notebooks (no solutions), the vit_edu package, "
                     "pyproject.toml, requirements.txt, a student README and Makefile; nothing else.")
@@ -765,7 +765,7 @@ def handout_main(argv: Optional[Sequence[str]] = None) -> int:
 # ================================================================================================ command line
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m vit_edu assignments [--src notebooks] [--out assignments/student] [--check]``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m vit_edu assignments",
         description="Write the nbgrader metadata of the teacher notebooks (from the solution markers, the check "
                     "cells and the '**Exercise N (P points): ...**' statements) and make the student copies: "

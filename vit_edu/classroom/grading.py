@@ -38,7 +38,6 @@ and marked and skipped if it happens again. Exit code 0 even when students fail.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import hashlib
@@ -57,6 +56,7 @@ import nbformat
 
 from .. import checks
 from ..checks import CHECKS
+from .._startup import OneLineParser
 from ..fileio import _pid_alive, atomic_write, check_writable_file
 from . import sandbox, shards
 from .sandbox import one_line
@@ -1063,7 +1063,7 @@ def merge_shards(parts: Sequence["str | Path"], out: "str | Path" = "grades.csv"
 # ============================================================================================ command line
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m vit_edu grade SUBMISSIONS_DIR [options]``; exit 2 with a one-line error on bad input."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m vit_edu grade",
         description="Grade submissions/<student>/*.ipynb against the reference notebooks: each notebook's answer "
                     "cells run in a sandboxed process, the checks' verdicts are made outside it.")
