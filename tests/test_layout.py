@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -20,12 +18,12 @@ import vit_edu
 PACKAGE = Path(vit_edu.__file__).parent
 MODEL = {"config", "patch_embed", "pos_embed", "attention", "block", "vit", "hybrid", "models"}
 ROOMS = {"training", "explain", "classroom"}
-SHIMS = {  # old path -> new module (kept for one release)
+MOVED = {  # removed old path -> where it lives (CHANGELOG.md, 0.2.0)
     "train": "vit_edu.training", "data": "vit_edu.training.data",
     "analysis": "vit_edu.explain.analysis", "viz": "vit_edu.explain.viz",
     "grading": "vit_edu.classroom.grading", "assignments": "vit_edu.classroom.assignments",
 }
-OLD_PATHS = {f"vit_edu.{old}" for old in SHIMS}
+OLD_PATHS = {f"vit_edu.{old}" for old in MOVED}
 
 
 def _name(path: Path) -> str:
@@ -73,9 +71,7 @@ def _graph() -> dict:
     graph = {}
     for path in PACKAGE.rglob("*.py"):
         module = _name(path)
-        if module in OLD_PATHS or module == "vit_edu._moved":
-            continue
-        graph[module] = _imports(path) - OLD_PATHS
+        graph[module] = _imports(path)
     return graph
 
 
@@ -86,13 +82,10 @@ def test_the_model_imports_only_the_model():
         assert not wrong, f"vit_edu/{module}.py is part of the model but imports the tooling: {wrong}"
 
 
-def test_nothing_imports_a_deprecated_path():
+def test_nothing_imports_a_removed_path():
     for path in PACKAGE.rglob("*.py"):
-        module = _name(path)
-        if module in OLD_PATHS:
-            continue
         old = sorted(_imports(path) & OLD_PATHS)
-        assert not old, f"{path.relative_to(PACKAGE.parent)} imports the old path(s) {old}"
+        assert not old, f"{path.relative_to(PACKAGE.parent)} imports the removed path(s) {old}"
 
 
 def _find_cycle(edges: dict):
@@ -133,15 +126,19 @@ def test_rooms_import_one_way():
     assert "model:vit" in rooms and "training" in rooms["__main__"]
 
 
-@pytest.mark.parametrize("old, new", sorted(SHIMS.items()))
-def test_old_paths_still_import_with_a_warning(old, new):
-    sys.modules.pop(f"vit_edu.{old}", None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(f"vit_edu.{old}")
-    assert module is importlib.import_module(new)
-    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
-    assert any(new in m for m in messages), messages
+@pytest.mark.parametrize("old, new", sorted(MOVED.items()))
+def test_old_paths_are_gone_and_the_new_ones_import(old, new):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(f"vit_edu.{old}")
+    importlib.import_module(new)
+
+
+def test_the_top_of_the_package_carries_the_model():
+    """At most 13 modules at the top of vit_edu/ (the model's eight, checks, convert, fileio, the command line and
+    its start-up); the tooling lives in its rooms."""
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert len(top) <= 13, top
+    assert set(MODEL) <= set(top)
 
 
 def test_no_import_cycle_between_modules():

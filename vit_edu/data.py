@@ -1,2 +1,0 @@
-"""Moved to vit_edu.training.data (deprecated path, kept for one release)."""
-from ._moved import alias_module; alias_module(__name__, "vit_edu.training.data")
