@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: venv lab demo test test-fast notebooks bench assignments student handout nbgrader-check clean
+.PHONY: venv lab demo test test-fast notebooks bench assignments student handout nbgrader-check browser-test explorer-screenshot clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest tests
 
+browser-test: venv  # the attention explorer in JupyterLab + headless Chromium (needs a Chromium: apt-get install chromium)
+	$(PY) -m pip install -q -r requirements-browser.txt
+	VIT_EDU_BROWSER_TEST=1 $(PY) -m pytest tests/test_explorer_browser.py -p no:cacheprovider
+
+explorer-screenshot: venv  # the same browser run, saving its picture of the explorer as figures/explorer.png
+	$(PY) -m pip install -q -r requirements-browser.txt
+	VIT_EDU_BROWSER_TEST=1 VIT_EDU_FIGURES=$(CURDIR)/figures $(PY) -m pytest tests/test_explorer_browser.py -p no:cacheprovider
+
 notebooks: venv  # re-run every notebook in place; this (not the tests) rewrites the committed figures/
 	$(PY) tools/execute_notebooks.py notebooks/*.ipynb
 
@@ -48,7 +56,8 @@ handout: venv  # the folder to give students: student notebooks, the package, a 
 	$(PY) -m vit_edu handout $(HANDOUT) --force
 
 NBGRADER_PY ?= $(PY)
-nbgrader-check: venv  # real nbgrader: generate + autograde a right/empty/half submission (skips without nbgrader)
+# with NBGRADER_PY given (its own environment), the repository's .venv is neither built nor used
+nbgrader-check: $(if $(filter command line environment,$(origin NBGRADER_PY)),,venv)  # real nbgrader: generate + autograde right/empty/half submissions (skips without nbgrader)
 	$(NBGRADER_PY) tools/nbgrader_check.py $(NOTEBOOKS)
 
 clean:

@@ -16,6 +16,7 @@ _OWN_FIGURES_DIR = None
 
 def pytest_configure(config) -> None:
     global _OWN_FIGURES_DIR
+    os.environ.setdefault("VIT_EDU_STATIC", "1")  # the attention explorer draws its static figure, as stored
     if not os.environ.get("VIT_EDU_FIGURES"):
         _OWN_FIGURES_DIR = tempfile.mkdtemp(prefix="vit_edu_figures_")
         os.environ["VIT_EDU_FIGURES"] = _OWN_FIGURES_DIR

@@ -21,6 +21,7 @@ def execute(path: Path, timeout: int = 600) -> float:
     nb = nbformat.read(path, as_version=4)
     os.environ["PYTHONHASHSEED"] = "0"
     os.environ.pop("MPLBACKEND", None)  # let the kernel use the inline backend, as under nbval
+    os.environ["VIT_EDU_STATIC"] = "1"  # the explorer stores its static figure, never a widget view
     # the one route that rewrites the committed figures (a notebook run elsewhere writes to build/figures)
     os.environ.setdefault("VIT_EDU_FIGURES", str(Path(__file__).resolve().parents[1] / "figures"))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})

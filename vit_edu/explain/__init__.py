@@ -8,10 +8,15 @@
   images; Fig. 7: the patch-embedding filters, position-embedding similarity, mean attention distance per
   head and layer) and of the course's images, patch grids, per-head attention and training curves;
   :func:`vit_edu.explain.viz.save_figure` writes each picture into figures/.
+* :mod:`vit_edu.explain.explorer`: :func:`explore`, an interactive attention explorer for JupyterLab (pick an
+  image and a patch, a layer and a head; see the patch's attention, every head of the layer, the rollout, the
+  position-embedding similarity and the attention distance), built on ipywidgets and the two modules above;
+  where widgets cannot show (nbval, nbconvert, a console) it is one static figure.
 
-    from vit_edu.explain import analysis, viz
+    from vit_edu.explain import analysis, viz, explore
 """
 
 from . import analysis, viz
+from .explorer import explore
 
-__all__ = ["analysis", "viz"]
+__all__ = ["analysis", "viz", "explore"]
