@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from vit_edu.__main__ import main as cli_main
-from vit_edu.classroom import assignments
+from vit_edu.classroom import assignments, handout
 from vit_edu.classroom.assignments import add_nbgrader_metadata, find_exercises, make_student_notebook
 from vit_edu.explain import viz
 
@@ -434,18 +434,18 @@ def test_handout_carries_the_docs_its_notebooks_cite(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     nbformat.write(_nb("print(1)", markdown="How the recipe was found: docs/training.md."), src / "01_a.ipynb")
-    out = assignments.handout(tmp_path / "handout", src)
+    out = handout.handout(tmp_path / "handout", src)
     assert (out / "docs" / "training.md").read_bytes() == (ROOT / "docs" / "training.md").read_bytes()
     _assert_pointers_resolve(out)
     nbformat.write(_nb("print(1)", markdown="See docs/nowhere.md."), src / "01_a.ipynb")
     with pytest.raises(FileNotFoundError, match="docs/nowhere.md"):
-        assignments.handout(tmp_path / "handout2", src)
+        handout.handout(tmp_path / "handout2", src)
 
 
 def test_handout_of_the_course_imports_on_its_own(tmp_path):
     """The real course: every notebook, no solution line, and the handout's own vit_edu is the one imported."""
     out = tmp_path / "handout"
-    assignments.handout(out, NOTEBOOKS)
+    handout.handout(out, NOTEBOOKS)
     _assert_handout(out, NOTEBOOKS)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = "import vit_edu, vit_edu.checks; print(vit_edu.__file__); print(' '.join(vit_edu.checks.CHECKS))"

@@ -167,7 +167,7 @@ def test_package_pieces_pass_their_checks():
 def test_rollout_reference_agrees_with_package():
     """The check's reference is vit_edu.explain.analysis.attention_rollout, kept differentiable; the mutants'
     base (rollout_variant with its defaults) agrees with it."""
-    from vit_edu.classroom.exercises_build import ROLLOUT_EX, rollout_variant
+    from vit_edu.classroom.exercises_blocks import ROLLOUT_EX, rollout_variant
     from vit_edu.explain.analysis import attention_rollout as package_rollout
     torch.manual_seed(0)
     att = [(2 * torch.randn(2, 3, 7, 7)).softmax(-1).requires_grad_() for _ in range(4)]

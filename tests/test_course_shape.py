@@ -170,9 +170,9 @@ def test_experiment_without_written_answer_is_refused() -> None:
 
 
 def test_grader_never_runs_experiment_code(tmp_path) -> None:
-    from vit_edu.classroom import grading
+    from vit_edu.classroom import reference
     nb = A.make_student_notebook(A.add_nbgrader_metadata(_experiment_nb()))
     path = tmp_path / "06_x.ipynb"
     nbformat.write(nb, path)
-    ref = grading.load_reference_notebook(path)
+    ref = reference.load_reference_notebook(path)
     assert ref.steps == [] and ref.exercises == []

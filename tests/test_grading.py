@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from vit_edu.classroom import assignments, grading
-from vit_edu.classroom import sandbox
+from vit_edu.classroom import isolation, reference, report, sandbox
 
 import exercise_solutions
 
@@ -184,7 +184,7 @@ if torch.get_num_threads() != 1:
 if resource.getrlimit(resource.RLIMIT_CPU)[0] != {TIMEOUT + 2} or resource.getrlimit(resource.RLIMIT_FSIZE)[0] <= 0:
     bad.append("CPU or file-size limit missing")
 if {ROOTED}:
-    if os.getuid() < {sandbox.UID_BASE} or os.getgid() != os.getuid() or os.getgroups():
+    if os.getuid() < {isolation.UID_BASE} or os.getgid() != os.getuid() or os.getgroups():
         bad.append("still root or in root's groups")
     try:
         os.kill(os.getppid(), 0)
@@ -560,7 +560,7 @@ def test_observations_are_loaded_as_data_only(tmp_path):
 
 def test_judge_rows_from_a_garbled_record():
     """A record of the wrong types is a failure with a reason, never a crash."""
-    ref = grading.RefNotebook("a.ipynb", [], [grading.RefExercise("a.ipynb", "patchify", "patchify", 1, "patchify",
+    ref = reference.RefNotebook("a.ipynb", [], [reference.RefExercise("a.ipynb", "patchify", "patchify", 1, "patchify",
                                                                   ("patchify_answer",))], ["patchify_answer"], [])
     outcome = sandbox.Outcome("k", 0, None, 0.1)
     for record in ({"exercises": {"patchify": "not observations"}}, {"exercises": []}, ["x"], None,
@@ -746,7 +746,8 @@ def test_course_student_copies_are_a_valid_reference(tmp_path):
 def test_the_printed_table_fits_a_terminal_and_shows_no_escape_codes() -> None:
     """25 students x 10 notebooks x 2 exercises: under 100 columns; names with escape codes are shown defused;
     the per-notebook points add up to the total; --detail keeps one ✓/✗ column per exercise."""
-    from vit_edu.classroom.grading import RefExercise, RefNotebook, format_table
+    from vit_edu.classroom.reference import RefExercise, RefNotebook
+    from vit_edu.classroom.report import format_table
 
     reference = [RefNotebook(f"{i:02d}_notebook", [], [RefExercise(f"{i:02d}_notebook", f"ex{i}_{j}", "patchify",
                                                                     float(j + 1), "x", ()) for j in range(2)], [], [])
@@ -808,7 +809,7 @@ def test_no_submission_stops_the_class(tmp_path, monkeypatch, capsys):
     assert "not following 1 symbolic link(s)" in printed.err
     assert "sandbox: each notebook runs with" in printed.out  # which isolation ran, said
     with open(grading.summary_path(out), newline="", encoding="utf-8") as f:
-        totals = {grading._cell_value(r["student"]): float(r["total"]) for r in csv.DictReader(f)}
+        totals = {report._cell_value(r["student"]): float(r["total"]) for r in csv.DictReader(f)}
     assert totals == {"ann": 6, "-dash": 1, "bad\\xffname": 1, "sur": 0, "own": 1, "ann2": 1, "zed": 0,
                       "\\x1b[32mesc": 0}
     assert "\x1b" not in printed.out and "\x1b" not in printed.err  # no escape code reaches the terminal
@@ -874,7 +875,7 @@ def _namespaces_work() -> bool:
     pid = os.fork()
     if pid == 0:
         libc = __import__("ctypes").CDLL(None, use_errno=True)
-        os._exit(0 if libc.unshare(sandbox.CLONE_NEWNS | sandbox.CLONE_NEWIPC) == 0 else 1)
+        os._exit(0 if libc.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC) == 0 else 1)
     return os.waitpid(pid, 0)[1] == 0
 
 

@@ -459,7 +459,7 @@ def _classroom(command: str, argv: List[str]) -> int:
 
         return assignments_main(argv)
     if command == "handout":
-        from .classroom.assignments import handout_main
+        from .classroom.handout import handout_main
 
         return handout_main(argv)
     from .classroom.grading import main as grade_main

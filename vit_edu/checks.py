@@ -11,8 +11,8 @@ usual mistakes (forgotten 1/sqrt(d), softmax over the wrong axis, heads split as
 and, if your output equals one of them, names the mistake. On success each check prints one line
 ``✓ check_xxx passed (N cases)`` and returns None; on failure it raises :class:`CheckError`.
 
-A check runs in two halves (:mod:`vit_edu.classroom.engine`): :func:`probe` runs your code and records
-what it did, :func:`judge` decides from those records alone; the grader (:mod:`vit_edu.classroom.grading`)
+A check runs in two halves: :func:`probe` (:mod:`vit_edu.classroom.engine`) runs your code and records
+what it did, :func:`judge` (:mod:`vit_edu.classroom.judge`) decides from those records alone; the grader (:mod:`vit_edu.classroom.grading`)
 runs them in different processes. The exercises themselves are tables in ``vit_edu/classroom/exercises_*.py``.
 The checks never touch your global random state.
 
@@ -26,16 +26,18 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from .classroom.engine import PASSED as _PASSED
 from .classroom.engine import CheckError, Exercise, Verdict
-from .classroom.engine import judge as _judge
 from .classroom.engine import probe as _probe
-from .classroom.engine import run_check as _run
-from .classroom.exercises_build import EXERCISES as _BUILD  # notebooks 01-05, 07: building the model
+from .classroom.judge import PASSED as _PASSED
+from .classroom.judge import judge as _judge
+from .classroom.judge import run_check as _run
+from .classroom.exercises_blocks import EXERCISES as _BLOCKS  # notebooks 04, 05, 07: assembling the model
+from .classroom.exercises_build import EXERCISES as _BUILD  # notebooks 01-03: building the model's parts
 from .classroom.exercises_look import EXERCISES as _LOOK  # notebooks 07-09: looking inside, the hybrid
-from .classroom.exercises_train import EXERCISES as _TRAIN  # notebooks 00, 02, 04, 06: counting, norms, training
+from .classroom.exercises_loop import EXERCISES as _LOOP  # notebook 06: the schedule, a training step
+from .classroom.exercises_train import EXERCISES as _TRAIN  # notebooks 00, 02, 04: counting, tables, norms
 
-CHECKS: Dict[str, Exercise] = {**_BUILD, **_TRAIN, **_LOOK}
+CHECKS: Dict[str, Exercise] = {**_BUILD, **_BLOCKS, **_TRAIN, **_LOOP, **_LOOK}
 
 
 def probe(name: str, obj: Any, seed: int = 0) -> dict:

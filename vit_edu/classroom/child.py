@@ -1,0 +1,389 @@
+"""The sandbox's forked children (:mod:`.sandbox`): what runs in them, never in the grader.
+
+* :func:`_child`: one notebook. It locks itself down (:mod:`.isolation`), reads the job from its scratch
+  copy, sets up the watches of :mod:`.watch`, then :func:`_run` runs the reference's setup cells, the
+  student's answer cells and at each check cell the probe, writing the record after every probe into two
+  slots in turn (:data:`RECORD_FDS`);
+* :func:`_try_uid`: a throw-away child that tells the server at start-up whether the uid change and the
+  namespaces work here;
+* :func:`_warm_up_modules`: a throw-away child that does typical probe work, so that the server imports what
+  torch imports lazily (see :mod:`.sandbox`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any, Dict, List, Sequence, Tuple
+
+from .isolation import _drop_privileges, _set_limits, needed_paths
+
+JOB = ".vit_edu_job.json"  # the cells to run, written by the grader into the scratch copy, read by the child
+OBSERVATIONS = ".vit_edu_observations.pt"  # + ".0", ".1": the child's record, in the run's results folder
+OUTPUT = ".vit_edu_output.txt"  # the child's stdout + stderr, in the run's results folder
+SETUP_FAILED = 71  # the child's exit code when the sandbox itself could not be set up (no student code ran)
+RUN_FAILED = 72  # ... when recording failed after the student's code ran (e.g. it made its folder read-only)
+
+
+RECORD_FDS = (3, 4)  # the child's two record slots (files in the results folder, opened before the uid change)
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """``text`` on one line (its lines joined with " | "), cut to ``limit`` characters."""
+    text = " | ".join(l.strip() for l in str(text).splitlines() if l.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_text(e: BaseException) -> str:
+    try:
+        message = str(e)
+    except Exception:  # noqa: BLE001 - a broken __str__
+        message = ""
+    return one_line(f"{type(e).__name__}: {message}" if message else type(e).__name__)
+
+
+def _try_uid(uid: int) -> Tuple[str, str]:
+    """("" or why a forked child cannot lock itself down as ``uid``, "" or why it gets no namespaces of its own)
+    (see :func:`_drop_privileges`)."""
+    r, w = os.pipe()
+    scratch = tempfile.mkdtemp(prefix="vit_edu_try_")
+    pid = os.fork()
+    if pid == 0:
+        report = {"problem": "", "isolation": ""}
+        try:
+            os.close(r)
+            job = {"uid": uid, "gid": uid, "scratch": scratch, "expose": needed_paths()}
+            try:
+                _drop_privileges(job)
+                report["isolation"] = job.get("isolation", "")
+            except OSError as err:  # the namespaces half-worked: the notebooks run without them
+                report["isolation"] = _error_text(err)[:500]
+                pid2 = os.fork()  # and the uid alone is tried in a fresh child
+                if pid2 == 0:
+                    try:
+                        _drop_privileges({"uid": uid, "gid": uid, "isolate": False})
+                        os._exit(0)
+                    except BaseException:  # noqa: BLE001
+                        os._exit(1)
+                if os.waitpid(pid2, 0)[1] != 0:
+                    report["problem"] = "the uid change failed"
+        except BaseException as err:  # noqa: BLE001 - reported to the grader
+            report["problem"] = _error_text(err)[:500]
+        finally:
+            os.write(w, json.dumps(report).encode())
+            os._exit(0)
+    os.close(w)
+    text = os.read(r, 4000).decode("utf-8", "replace")
+    os.close(r)
+    os.waitpid(pid, 0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return f"the test child said nothing readable: {text[:200]!r}", ""
+    return report.get("problem", ""), report.get("isolation", "")
+
+
+def _warm_up_modules() -> List[str]:
+    """The modules a forked child imports while doing what probes do (forward, backward with gradients,
+    optimizer steps, torch.save): the server then imports them itself, so that a sandboxed child (which may
+    not be able to read the Python installation) finds them loaded. The torch work runs in the forked
+    child only: the server itself never runs a torch operation."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            _workout()
+            data = json.dumps(sorted(sys.modules)).encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    try:
+        names = json.loads(b"".join(chunks))
+    except ValueError:
+        return []
+    return [n for n in names if isinstance(n, str) and n not in sys.modules]
+
+
+def _workout() -> None:
+    """Typical probe work on tiny tensors (see :func:`_warm_up_modules`)."""
+    import torch
+    import torch.nn.functional as F
+    from einops import rearrange, reduce, repeat
+    from torch import nn
+
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, 8, 8, requires_grad=True)
+        conv, lin, norm, drop = nn.Conv2d(3, 4, 4, stride=4), nn.Linear(4, 4), nn.LayerNorm(4), nn.Dropout(0.1)
+        t = drop(F.gelu(lin(norm(rearrange(conv(x), "b d h w -> b (h w) d")))))
+        a = (t @ t.transpose(-2, -1) / 2).softmax(-1) @ t
+        a = a + F.scaled_dot_product_attention(t[:, None], t[:, None], t[:, None])[:, 0]
+        a = a + repeat(reduce(a, "b n d -> b d", "mean"), "b d -> b n d", n=a.shape[1])
+        logits = reduce(a, "b n d -> b d", "mean")
+        loss = F.cross_entropy(logits, torch.tensor([0, 1])) + F.mse_loss(logits, torch.zeros_like(logits))
+        grads = torch.autograd.grad([loss], [x], [torch.ones_like(loss)], retain_graph=True, allow_unused=True)
+        torch.autograd.backward([loss], [torch.ones_like(loss)])
+        for opt in (torch.optim.AdamW(conv.parameters(), lr=1e-3), torch.optim.SGD(lin.parameters(), lr=0.1)):
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            torch.allclose(t, t)
+            torch.testing.assert_close(t.double(), t.double())
+            t.float().numpy()
+        buf = io.BytesIO()
+        torch.save({"t": t.detach(), "g": grads[0]}, buf)
+        buf.seek(0)
+        torch.load(buf, weights_only=True)
+
+
+class CellTimeLimit(BaseException):
+    """Raised in the student's code when a cell or a check runs past the soft per-cell limit (a BaseException:
+    ``except Exception`` in the student's code does not swallow it)."""
+
+
+class _CappedText(io.TextIOBase):
+    """sys.stdout / sys.stderr of the child: the first ``limit`` bytes reach the output file, the rest is
+    dropped (so a long print loop costs nothing but the time it takes)."""
+
+    def __init__(self, fd: int, budget: List[int]):
+        self.fd, self.budget = fd, budget
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        data = str(text).encode("utf-8", "replace")
+        if self.budget[0] > 0:
+            part = data[: self.budget[0]]
+            self.budget[0] -= len(part)
+            os.write(self.fd, part)
+            if self.budget[0] <= 0:
+                os.write(self.fd, b"\n[output truncated]\n")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _without_magics(source: str) -> str:
+    """IPython magics and shell escapes (``%matplotlib``, ``!pip``) are skipped: no IPython runs here."""
+    lines = []
+    for line in source.split("\n"):
+        stripped = line.lstrip()
+        if stripped.startswith(("%", "!")):
+            line = line[: len(line) - len(stripped)] + "pass  # " + stripped
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _child(job: dict, close: Sequence[int]) -> None:
+    """Forked by the server: lock down, run the cells and the probes, write the observations, exit."""
+    try:
+        os.setsid()
+        for fd in close:
+            os.close(fd)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        _set_limits(job)
+        scratch = job["scratch"]
+        os.chdir(scratch)
+        fd = os.open(JOB, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8") as f:
+            job.update(json.load(f))
+        os.unlink(JOB)
+        allowed = [os.path.realpath(job["scratch"]), *needed_paths(), *needed_paths(resolve=False)]
+        import fcntl
+
+        def opened(name: str) -> int:  # in the results folder, which the sandbox uid cannot open: kept as fds
+            fd = os.open(os.path.join(job["results"], name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
+            return fcntl.fcntl(fd, fcntl.F_DUPFD, 10)  # above fd 2 (fd 0 is free here: dup2-ing over it loses it)
+
+        out, slots = opened(OUTPUT), [opened(f"{OBSERVATIONS}.0"), opened(f"{OBSERVATIONS}.1")]
+        _drop_privileges(job)
+        scratch = job["scratch"]  # WORK when the notebook has its own view of the files
+        os.umask(0o077)
+        null = fcntl.fcntl(os.open(os.devnull, os.O_RDONLY), fcntl.F_DUPFD, 10)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.dup2(slots[0], RECORD_FDS[0])
+        os.dup2(slots[1], RECORD_FDS[1])
+        os.closerange(RECORD_FDS[1] + 1, 1 << 16)
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch,
+                           "VIT_EDU_FIGURES": scratch, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+                           "LANG": "C.UTF-8"})
+        tempfile.tempdir = scratch
+        budget = [int(job["max_output_bytes"])]
+        sys.stdout = sys.__stdout__ = _CappedText(1, budget)  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = _CappedText(2, budget)  # type: ignore[misc]
+        sys.stdin = sys.__stdin__ = open(os.devnull)  # type: ignore[misc]
+
+        import torch
+
+        torch.set_num_threads(1)
+        from vit_edu import checks
+
+        probe, save = checks.probe, torch.save  # taken before any student code can replace them
+        from . import watch
+
+        outside: List[str] = []
+        watches = {"integrity": watch.Integrity(), "outside": outside,
+                   "package": {n: watch.implementation_codes(watch.PACKAGE.get(n, ())) for n in checks.CHECKS}}
+        watch.watch_files([scratch, *allowed], outside)
+    except BaseException as err:  # noqa: BLE001 - the sandbox could not be set up: say why, run nothing
+        try:
+            os.write(2, f"sandbox setup failed: {_error_text(err)}\n".encode())
+        finally:
+            os._exit(SETUP_FAILED)
+    try:
+        code = _run(job, probe, save, watches)
+    except BaseException as err:  # noqa: BLE001 - e.g. the student's code made its folder unwritable
+        code = RUN_FAILED
+        try:
+            os.write(2, f"\nthe grading step failed: {_error_text(err)}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
+    """Run the steps of the reference in order: setup cells (the reference's), answer cells (the student's),
+    and at each check cell the probe of that exercise. The observations are saved after every probe, so a
+    notebook killed later keeps what was observed before. ``watches`` (:mod:`.watch`): a probe that would
+    run code the answers replaced is not recorded; files outside the folder and calls of the package's own
+    implementation are noted for the teacher."""
+    import builtins
+
+    from .watch import package_calls
+
+    cell_timeout = job.get("cell_timeout_s")
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CellTimeLimit(f"over the time limit of {cell_timeout:g} s per cell")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    def timed(fn: Any, *args: Any) -> Any:
+        if cell_timeout:
+            signal.setitimer(signal.ITIMER_REAL, float(cell_timeout))
+        try:
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    namespace: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": print}
+    record: Dict[str, Any] = {"format": 1, "cells": [], "exercises": {}, "missing": {}, "stopped": None,
+                              "running": None, "outside": watches["outside"], "package": {}, "replaced": [],
+                              "unwatched": []}
+    integrity = watches["integrity"]
+
+    def replaced(name: str) -> bool:
+        changed = integrity.changed()
+        if changed:
+            record["replaced"] = sorted(set(record["replaced"]) | set(changed))
+            record["missing"][name] = (f"not graded: the answer cells replaced {', '.join(changed)}, which the "
+                                       f"check itself runs")
+        return bool(changed)
+
+    record["seq"] = 0
+
+    def flush() -> None:  # two slots in turn: a kill during one write leaves the other complete
+        record["seq"] += 1
+        buffer = io.BytesIO()
+        save(record, buffer)
+        data, fd = buffer.getvalue(), RECORD_FDS[record["seq"] % 2]
+        os.ftruncate(fd, 0)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], done)
+
+    for step in job["steps"]:
+        kind = step["kind"]
+        record["running"] = step["label"]
+        flush()  # a notebook killed in this step says where
+        if kind in ("setup", "answer"):
+            if record["stopped"]:
+                record["cells"].append({"label": step["label"], "error": None, "ran": False})
+                continue
+            error = None
+            try:
+                code = compile(_without_magics(step["source"]), f"<{step['label']}>", "exec")
+                timed(exec, code, namespace)
+            except (SystemExit, KeyboardInterrupt) as e:
+                error = _error_text(e)
+                record["stopped"] = f"{step['label']} raised {type(e).__name__} (the notebook stops there)"
+            except BaseException as e:  # noqa: BLE001 - the student's error, as in a notebook: go on
+                error = _error_text(e)
+            record["cells"].append({"label": step["label"], "error": error, "ran": True})
+        elif kind == "check":
+            name = step["name"]
+            try:
+                obj = timed(eval, compile(step["expr"], f"<check {name}>", "eval"), namespace)
+            except BaseException as e:  # noqa: BLE001 - e.g. NameError: the answer never defined it
+                record["missing"][name] = _error_text(e)
+                continue
+            if replaced(name):
+                continue
+            calls: Dict[str, Any] = {"calls": [], "unwatched": False}
+            try:
+                with package_calls(watches["package"].get(step["check"], {})) as calls:
+                    observations = timed(probe, step["check"], obj, int(job["seed"]))
+                if replaced(name):
+                    continue
+                record["exercises"][name] = _plain(observations)
+            except BaseException as e:  # noqa: BLE001 - the student's code broke the probe itself
+                record["missing"][name] = f"the check could not run: {_error_text(e)}"
+            if calls["calls"]:
+                record["package"][name] = list(calls["calls"])
+            if calls["unwatched"]:
+                record["unwatched"].append(name)
+    record["running"] = None
+    flush()
+    return 0
+
+
+def _plain(x: Any, depth: int = 0) -> Any:
+    """Observations reduced to what ``torch.load(weights_only=True)`` reads back (the probe records plain data
+    already; this only guards against a student's object slipping through)."""
+    import torch
+
+    if depth > 30:
+        return {"kind": "other", "type": "too deep"}
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.layout != torch.strided:
+            return {"kind": "other", "type": f"{t.layout} tensor"}
+        if type(t) is not torch.Tensor:  # a student's Tensor subclass: keep the numbers only
+            t = torch.Tensor.as_subclass(t, torch.Tensor)
+        return t.cpu().clone().contiguous()
+    if type(x) in (str, int, float, bool) or x is None:
+        return x
+    if isinstance(x, (torch.dtype, torch.Size)):
+        return x
+    if type(x) is dict:
+        return {k if type(k) in (str, int) else str(k): _plain(v, depth + 1) for k, v in x.items()}
+    if type(x) in (list, tuple):
+        return type(x)(_plain(v, depth + 1) for v in x)
+    return {"kind": "other", "type": type(x).__name__}

@@ -1,0 +1,397 @@
+"""The kernel side of the sandbox (:mod:`.sandbox`): what locks one notebook's process down.
+
+* uids: :class:`UidPool` hands each running notebook an unused uid, reserved with a lock file;
+  :func:`_kill_job` kills whatever a notebook left running as its uid and removes the uid's temporary files;
+* :func:`_drop_privileges`: as root, a mount and IPC namespace of the notebook's own (:func:`_isolate`: covers
+  over the submissions and the grader's files, private /tmp, the scratch copy in a capped tmpfs at
+  :data:`WORK`), a memory cgroup (:func:`_join_memory_cgroup`), no network, no new privileges, the uid change;
+* :func:`_set_limits`: the resource limits (memory, CPU seconds, file size, processes, open files);
+* :func:`bwrap_command`: the fork server under bubblewrap (PID and IPC namespaces, no network).
+
+Nothing here runs student code; :mod:`.child` calls these in the forked child, :mod:`.sandbox` on the grader's
+and the server's side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+UID_BASE = 61000  # first uid tried for the sandboxes (uids without a passwd entry and without processes)
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot work here (the server does not start, no free uids)."""
+
+
+# =============================================================================================== uids
+class UidPool:
+    """Unused uids for the sandboxes: one per running notebook, handed back when its processes are gone.
+
+    A uid is usable when no passwd entry names it, no process runs with it (so ``kill(-1)`` as that uid can
+    only hit processes of the sandbox), and no other grader on this machine holds it: each uid of the pool is
+    reserved with a lock file (``flock``, freed by the system however the grader ends), so two graders never
+    share a uid and never kill each other's children."""
+
+    def __init__(self, size: int, base: int = UID_BASE):
+        busy = _uids_in_use()
+        self.free: List[int] = []
+        self._locks: Dict[int, int] = {}
+        folder = _lock_folder()
+        uid = base
+        while len(self.free) < size and uid < 65534:
+            try:
+                pwd.getpwuid(uid)
+            except KeyError:
+                if uid not in busy and self._reserve(folder, uid):
+                    self.free.append(uid)
+            uid += 1
+        if len(self.free) < size:
+            self.close()
+            raise SandboxError(f"found only {len(self.free)} unused uids from {base} to 65533 for the sandboxes")
+
+    def _reserve(self, folder: str, uid: int) -> bool:
+        import fcntl
+
+        fd = os.open(os.path.join(folder, f"vit_edu_sandbox_uid_{uid}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another grader has it
+            os.close(fd)
+            return False
+        self._locks[uid] = fd
+        return True
+
+    def take(self) -> int:
+        return self.free.pop(0)
+
+    def give(self, uid: int) -> None:
+        self.free.append(uid)
+
+    def close(self) -> None:
+        """Free the uids for other graders."""
+        for fd in self._locks.values():
+            os.close(fd)
+        self._locks.clear()
+
+
+def _lock_folder() -> str:
+    """Where the uid reservations live: /run/lock where writable (the system's place for lock files), else /tmp."""
+    for folder in ("/run/lock", tempfile.gettempdir()):
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    raise SandboxError("no writable folder for the sandbox uid reservations (/run/lock or the temporary folder)")
+
+
+def _uids_in_use() -> set:
+    uids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                uids.add(os.stat(f"/proc/{entry}").st_uid)
+            except OSError:
+                continue
+    return uids
+
+
+def chown_tree(path: Path, uid: int, gid: int) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    os.chown(path, uid, gid)
+
+
+def bwrap_command(bwrap: str) -> List[str]:
+    """The server under bubblewrap (Flatpak's sandbox): a PID namespace, so that the notebooks see only each other
+    in /proc, never the grader or the machine's other processes, and all of them die with the server (bwrap is
+    their init); an IPC namespace; and no network. The file system stays the host's (``--dev-bind / /``): each
+    notebook still makes its own view of it (:func:`_isolate`), which needs the capabilities root keeps here."""
+    return [bwrap, "--dev-bind", "/", "/", "--proc", "/proc", "--unshare-pid", "--unshare-ipc", "--unshare-net",
+            "--die-with-parent", "--cap-add", "ALL", "--"]
+
+
+def _bubblewrap() -> Tuple[Optional[str], str]:
+    """(the bwrap executable to run the server under, or None; a note when it is not used)."""
+    if os.environ.get("VIT_EDU_NO_BWRAP"):
+        return None, "bubblewrap switched off (VIT_EDU_NO_BWRAP)"
+    path = shutil.which("bwrap")
+    if path is None:
+        return None, "no bubblewrap on this machine (apt-get install bubblewrap adds a PID namespace)"
+    return path, ""
+
+
+# =============================================================================================== processes, limits, namespaces, cgroups
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _live_processes_of(uid: int) -> List[int]:
+    """Pids of the processes of ``uid`` that are not zombies (dead, waiting to be reaped), except this one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
+
+
+TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _temp_entries_of(uid: int) -> List[os.DirEntry]:
+    """What ``uid`` left at the top of the shared temporary folders."""
+    found = []
+    for folder in TEMP_FOLDERS:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    found.append(entry)
+            except OSError:
+                continue
+    return found
+
+
+def _kill_job(pid: Optional[int], uid: Optional[int], gid: Optional[int]) -> None:
+    """Kill a child's process group, and (root) every process of its uid and the uid's temporary files."""
+    if pid is not None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if uid is None or not (_live_processes_of(uid) or _temp_entries_of(uid)):
+        return  # the usual case: nothing left, no helper process needed
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            for _ in range(100):  # kill(-1): every process this uid may signal, i.e. the sandbox's
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+                if not _live_processes_of(uid):  # (kill(-1) fails only when no other process exists at all)
+                    break
+                time.sleep(0.002)
+            for entry in _temp_entries_of(uid):
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+                except OSError:
+                    continue
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
+
+
+def _set_limits(job: dict) -> None:
+    import resource
+
+    extra = int(job["memory_mb"]) * 1024 * 1024
+    for name, value in (("RLIMIT_DATA", job["base_data_kb"] * 1024 + extra),
+                        ("RLIMIT_AS", job["base_vm_kb"] * 1024 + extra + (512 << 20)),
+                        ("RLIMIT_FSIZE", int(job["max_file_bytes"])),
+                        ("RLIMIT_CORE", 0),
+                        ("RLIMIT_NOFILE", int(job["open_files"]))):
+        resource.setrlimit(getattr(resource, name), (value, value))
+    cpu = int(job["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    if job.get("uid") is not None:
+        n = int(job["processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+
+
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 1 << 14, 1 << 18
+NEVER_HIDDEN = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
+                "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var", "/home", "/mnt", "/media", "/snap"}
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # a fresh, empty one per notebook
+WORK = "/tmp/vit_edu_work"  # where the scratch copy appears inside the notebook's own view of the files
+
+
+def needed_paths(resolve: bool = True) -> List[str]:
+    """The folders a notebook's imports read: the Python installation (stdlib, site-packages) and vit_edu
+    (``resolve``: with symbolic links resolved; else as Python names them)."""
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[1])}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            paths.add(sysconfig.get_paths()[key])
+        except KeyError:
+            pass
+    return sorted((os.path.realpath(p) if resolve else os.path.normpath(p)) for p in paths if p and os.path.isdir(p))
+
+
+def _mount(libc: Any, source: Optional[str], target: str, fstype: Optional[str], flags: int,
+           data: Optional[str]) -> None:
+    enc = lambda x: None if x is None else os.fsencode(x)  # noqa: E731
+    if libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or source} on {target}: {os.strerror(err)}")
+
+
+def _isolate(job: dict) -> str:
+    """As root, before dropping to the sandbox uid: a mount and IPC namespace of the notebook's own.
+
+    Inside it ``job["hide"]`` (the submissions, the reference, the grades, the teacher's folder, the package's
+    source checkout) are covered by empty read-only folders, /tmp, /var/tmp, /dev/shm and /run/lock are fresh
+    private tmpfs, and ``job["expose"]`` (the Python installation, the package) are bound back where a cover
+    hid them. The scratch copy is bound at WORK and ``job["scratch"]`` points there. The namespaces, their
+    tmpfs, SysV shared memory and message queues die with the notebook's last process. Returns "" or why the
+    kernel refused (then the uid alone isolates, as before)."""
+    libc = _libc()
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0:
+        return f"unshare: {os.strerror(ctypes.get_errno())}"
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE, None)
+    keep = {}  # expose path -> fd opened before anything is covered
+    for path in job.get("expose", []):
+        if os.path.isdir(path):
+            keep[os.path.realpath(path)] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    scratch_fd = os.open(job["scratch"], os.O_RDONLY | os.O_DIRECTORY)
+    covers = sorted({os.path.realpath(h) for h in job.get("hide", [])} | set(PRIVATE_TMP), key=len)
+    covered: List[str] = []
+    for target in covers:
+        if target in NEVER_HIDDEN or any(target == k or target.startswith(k + "/") for k in keep):
+            continue  # a system folder, or inside the Python installation or the package: needed by imports
+        if not os.path.isdir(target) or any(target.startswith(c + "/") for c in covered):
+            continue  # missing, or already under a cover
+        private = target in PRIVATE_TMP
+        _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={int(job.get('tmp_bytes', 64 << 20)) if private else 65536},"
+               f"nr_inodes={int(job.get('inodes', 20_000)) if private else 64},mode={'1777' if private else '0755'}")
+        covered.append(target)
+        for path, fd in keep.items():  # what the cover hid but the notebook needs: bound back, read-only
+            if path.startswith(target + "/"):
+                os.makedirs(path, exist_ok=True)
+                _mount(libc, f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
+                _mount(libc, None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+    os.makedirs(WORK, exist_ok=True)  # the folder: a tmpfs of its own (disk and file count capped), holding a copy
+    _mount(libc, "tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={int(job.get('disk_bytes', 64 << 20))},nr_inodes={int(job.get('inodes', 20_000))},mode=0700")
+    shutil.copytree(f"/proc/self/fd/{scratch_fd}", WORK, symlinks=True, dirs_exist_ok=True)
+    if job.get("uid") is not None:
+        chown_tree(Path(WORK), int(job["uid"]), int(job["gid"]))
+    for fd in [scratch_fd, *keep.values()]:
+        os.close(fd)
+    for target in covered:  # the covers themselves become read-only (the private tmp folders stay writable)
+        if target not in PRIVATE_TMP:
+            _mount(libc, None, target, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None)
+    job["scratch"] = WORK
+    os.chdir(WORK)
+    return ""
+
+
+def _memory_cgroup_root() -> Optional[str]:
+    """The folder under which a notebook's memory cgroup can be made (cgroup v2, else v1's memory controller),
+    or None where this process may not (not root, or read-only in this container)."""
+    for base, probe in (("/sys/fs/cgroup", "cgroup.controllers"), ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")):
+        if os.path.isfile(os.path.join(base, probe)) and os.access(base, os.W_OK):
+            if base == "/sys/fs/cgroup":
+                try:
+                    with open(os.path.join(base, probe)) as f:
+                        if "memory" not in f.read().split():
+                            continue
+                except OSError:
+                    continue
+            return base
+    return None
+
+
+_SERVER_TOKEN = str(os.getpid())  # replaced by a random one in serve(): under bubblewrap every server is pid 2
+
+
+def cgroup_path(child_pid: int) -> Optional[str]:
+    base = _memory_cgroup_root()
+    return None if base is None else os.path.join(base, f"vit_edu_{_SERVER_TOKEN}_{child_pid}")
+
+
+def _join_memory_cgroup(job: dict) -> str:
+    """Put this child (and all it will start) in a memory cgroup of its own: the notebook's processes, its
+    private /tmp and /dev/shm together get ``memory_mb`` above what the server already holds. "" or why not."""
+    path = cgroup_path(os.getpid())
+    if path is None:
+        return "no writable memory cgroup"
+    limit = int(job["memory_mb"]) * 1024 * 1024 + (256 << 20)  # + room for what the child copies on write
+    try:
+        os.mkdir(path)
+        v2 = os.path.isfile(os.path.join(path, "memory.max"))
+        with open(os.path.join(path, "memory.max" if v2 else "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+        if not v2:  # swap counted too where the kernel accounts it
+            try:
+                with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
+                    f.write(str(limit))
+            except OSError:
+                pass
+        else:
+            try:
+                with open(os.path.join(path, "memory.swap.max"), "w") as f:
+                    f.write("0")
+            except OSError:
+                pass
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as err:
+        return f"memory cgroup: {err.strerror}"
+    return ""
+
+
+def remove_cgroup(path: Optional[str]) -> None:
+    """Remove a notebook's cgroup once its processes are gone (a few tries: the kernel empties it lazily)."""
+    if path is None or not os.path.isdir(path):
+        return
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
+def _drop_privileges(job: dict) -> None:
+    libc = _libc()
+    if job.get("uid") is None:
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        return
+    job["isolation"] = _isolate(job) if job.get("isolate", True) else "switched off"
+    if job.get("memory_cgroup"):
+        job["cgroup"] = _join_memory_cgroup(job)
+    libc.unshare(CLONE_NEWNET)  # no network (best effort; refused in some containers)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_NO_NEW_PRIVS) failed")
+    uid, gid = int(job["uid"]), int(job["gid"])
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid or os.getegid() != gid:
+        raise OSError("the uid change did not take")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise OSError("the sandbox could become root again")

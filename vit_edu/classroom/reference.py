@@ -1,0 +1,332 @@
+"""What is graded, read from the reference notebooks (the handed-out copies), and what a submission answers.
+
+* :func:`load_reference` / :func:`load_reference_notebook`: each reference notebook's exercises (check cells
+  with their points, answer cells by grade_id) and its steps in order (setup cells, answer cells, checks);
+  :func:`fingerprint` names one reference, so a resumed run never mixes two;
+* :func:`read_answers`, :func:`match_notebooks`: a student's answer cells (by grade_id), the student's
+  notebooks matched to the reference's (a renamed notebook is recognised by its grade_ids);
+* :func:`job_steps`: the steps a sandboxed child runs for one notebook (:mod:`.grading`, :mod:`.sandbox`).
+"""
+
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import nbformat
+
+from ..checks import CHECKS
+from . import sandbox
+from .sandbox import one_line
+
+DEFAULT_REFERENCE = "assignments/student"
+MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024  # a submitted notebook larger than this is not read (clear its outputs)
+
+
+def _label(name: str) -> str:
+    """A file or folder name as text every output can hold: bytes that are not UTF-8 and control characters as
+    \\xNN (one name, one label), so a student folder called b'bad\\xffname' is graded and reported as
+    'bad\\xffname', and one whose name holds an escape code paints nothing on the teacher's terminal."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
+
+
+# ============================================================================================ the reference
+@dataclass(frozen=True)
+class RefExercise:
+    notebook: str
+    name: str  # grade_id stem: "patchify" (or "patchify_2" for a second use of a check in one notebook)
+    check: str  # key of vit_edu.checks.CHECKS
+    points: float
+    expr: str  # what the check cell hands to the check, e.g. "patchify"
+    answers: Tuple[str, ...]  # grade_ids of its answer cells (the answer cells since the previous check cell)
+
+
+@dataclass
+class RefNotebook:
+    name: str
+    steps: List[dict]  # what the sandbox runs, in order (answer steps are filled in per submission)
+    exercises: List[RefExercise]
+    answer_ids: List[str]
+    imports: List[str]  # modules the setup cells import (preloaded in the sandbox server)
+    stubs: Dict[str, str] = field(default_factory=dict)  # answer grade_id -> the handed-out stub's source
+    code_cells: List[str] = field(default_factory=list)  # every code cell's source, in order
+
+
+def _check_call(source: str, where: str) -> Tuple[str, str]:
+    """(check name, argument source) of the one ``check_<name>(<object>)`` call in a reference check cell."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ValueError(f"{where}: the check cell is not valid Python ({err.msg}, line {err.lineno})") from None
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+             and n.func.id.startswith("check_")]
+    if len(calls) != 1 or len(calls[0].args) != 1 or calls[0].keywords:
+        raise ValueError(f"{where}: a graded cell must call exactly one check with one argument, "
+                         f"check_<name>(<object>); got {len(calls)} check call(s)")
+    name = calls[0].func.id[len("check_"):]
+    if name not in CHECKS:
+        raise ValueError(f"{where}: calls check_{name}, which vit_edu.checks does not define "
+                         f"(known: {', '.join(CHECKS)})")
+    return name, ast.get_source_segment(source, calls[0].args[0]) or ""
+
+
+def _imports(source: str) -> List[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    found: List[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]  # submodules, if any
+    return found
+
+
+def load_reference_notebook(path: Path) -> RefNotebook:
+    """The exercises, points and steps of one reference notebook; ValueError naming the cell when they cannot
+    be read from its nbgrader metadata."""
+    name = path.name
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 - invalid JSON, not a notebook
+        raise ValueError(f"reference notebook {path} cannot be read: {type(err).__name__}: {one_line(err, 200)}") from None
+    steps: List[dict] = []
+    exercises: List[RefExercise] = []
+    answer_ids: List[str] = []
+    imports: List[str] = []
+    pending: List[str] = []
+    stubs: Dict[str, str] = {}
+    code_cells: List[str] = [c.source for c in nb.cells if c.cell_type == "code"]
+    for index, cell in enumerate(nb.cells):
+        where = f"reference {name}, cell {index}"
+        meta = cell.get("metadata", {})
+        grader = meta.get("nbgrader") or {}
+        if cell.cell_type != "code":
+            continue
+        if "setup" in (meta.get("tags") or []):
+            steps.append({"kind": "setup", "source": cell.source, "label": f"setup cell {index}"})
+            imports += _imports(cell.source)
+            continue
+        if str(grader.get("grade_id", "")).startswith("experiment_"):
+            continue  # an open experiment's code: graded by hand, never run here
+        if grader.get("solution"):
+            grade_id = grader.get("grade_id")
+            if not isinstance(grade_id, str) or not grade_id:
+                raise ValueError(f"{where}: an answer cell (nbgrader solution) without a grade_id")
+            if grade_id in answer_ids:
+                raise ValueError(f"{where}: grade_id {grade_id!r} is used by two answer cells")
+            if grader.get("grade"):
+                raise ValueError(f"{where}: a manually graded answer cell ({grade_id!r}); this grader only "
+                                 f"grades check cells")
+            answer_ids.append(grade_id)
+            stubs[grade_id] = cell.source
+            pending.append(grade_id)
+            steps.append({"kind": "answer", "grade_id": grade_id, "label": f"answer cell {grade_id}"})
+            continue
+        if grader.get("grade"):
+            check, expr = _check_call(cell.source, where)
+            grade_id = str(grader.get("grade_id") or f"{check}_check")
+            ex_name = grade_id[: -len("_check")] if grade_id.endswith("_check") else grade_id
+            try:
+                points = float(grader.get("points", 0))
+            except (TypeError, ValueError):
+                points = float("nan")
+            if not (math.isfinite(points) and points >= 0):
+                raise ValueError(f"{where}: points must be a number >= 0, got {grader.get('points')!r}")
+            if any(e.name == ex_name for e in exercises):
+                raise ValueError(f"{where}: two check cells with grade_id {grade_id!r}")
+            exercises.append(RefExercise(name, ex_name, check, points, expr, tuple(pending)))
+            pending = []
+            steps.append({"kind": "check", "name": ex_name, "check": check, "expr": expr,
+                          "label": f"check cell {grade_id}"})
+        elif "check_" in cell.source:
+            try:
+                _check_call(cell.source, where)
+            except ValueError:
+                continue  # not a check call (e.g. a comment mentioning one)
+            raise ValueError(f"{where}: a check cell without nbgrader metadata; regenerate the reference with "
+                             f"`python -m vit_edu assignments` (it writes the metadata from the exercise statements)")
+    return RefNotebook(name, steps, exercises, answer_ids, list(dict.fromkeys(imports)), stubs, code_cells)
+
+
+def load_reference(reference_dir: "str | Path") -> List[RefNotebook]:
+    """Every notebook of the reference folder (those without exercises included: they are no extras)."""
+    ref = Path(reference_dir)
+    if not ref.is_dir():
+        raise (NotADirectoryError if ref.exists() else FileNotFoundError)(
+            f"reference folder {ref} {'is a file' if ref.exists() else 'not found'}; expected the folder of "
+            f"handed-out notebooks (e.g. {DEFAULT_REFERENCE})")
+    paths = sorted(ref.glob("*.ipynb"))
+    if not paths:
+        raise ValueError(f"reference folder {ref} holds no .ipynb notebooks; expected the handed-out copies "
+                         f"(e.g. {DEFAULT_REFERENCE})")
+    notebooks = [load_reference_notebook(p) for p in paths]
+    if not any(nb.exercises for nb in notebooks):
+        raise ValueError(f"reference folder {ref} holds no graded check cells (nbgrader \"grade\": true); regenerate "
+                         f"it with `python -m vit_edu assignments`")
+    return notebooks
+
+
+def fingerprint(reference: Sequence[RefNotebook]) -> str:
+    """Changes when the exercises, points, checked objects or setup cells of the reference change."""
+    data = [(nb.name, [s.get("source", s.get("grade_id", s.get("name"))) for s in nb.steps],
+             [(e.name, e.check, e.points, e.expr, e.answers) for e in nb.exercises]) for nb in reference]
+    return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
+
+
+# ============================================================================================ submissions
+def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Optional[Dict[str, List[str]]], str]:
+    """({grade_id: [sources of the code cells marked nbgrader solution with that id]}, "") of a submitted
+    notebook, read as untrusted JSON; (None, why) when it cannot be read. A notebook with no nbgrader metadata
+    left (an editor dropped it) whose code cells line up with one of ``reference`` (same number, every cell that
+    is not an answer unchanged) gets its answers by position."""
+    if path.is_symlink():
+        return None, "a link, not a notebook file"
+    data, problem = sandbox.read_untrusted(path, MAX_NOTEBOOK_BYTES)
+    if data is None:
+        return None, f"the file is {problem}"
+    try:
+        nb = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        return None, f"not a notebook (invalid JSON: {one_line(err, 120)})"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return None, "not a notebook (no list of cells)"
+    answers: Dict[str, List[str]] = {}
+    for cell in nb["cells"]:
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        meta = cell.get("metadata")
+        grader = meta.get("nbgrader") if isinstance(meta, dict) else None
+        if not isinstance(grader, dict) or grader.get("solution") is not True:
+            continue
+        grade_id, source = grader.get("grade_id"), cell.get("source", "")
+        if isinstance(source, list) and all(isinstance(s, str) for s in source):
+            source = "".join(source)
+        if isinstance(grade_id, str) and isinstance(source, str):
+            answers.setdefault(grade_id, []).append(source)
+    if not answers and reference:
+        return _answers_by_position(nb["cells"], reference), ""
+    return answers, ""
+
+
+def _answers_by_position(cells: list, reference: Sequence[RefNotebook]) -> Dict[str, List[str]]:
+    """The answers of a notebook without nbgrader metadata, where its code cells line up with a reference
+    notebook's: the same count, and every cell that is not an answer the same source as handed out."""
+    code = []
+    for cell in cells:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            source = "".join(source) if isinstance(source, list) and all(isinstance(x, str) for x in source) else source
+            code.append(source if isinstance(source, str) else "")
+    for ref in reference:
+        if not ref.stubs or len(code) != len(ref.code_cells):
+            continue
+        positions = {i: gid for gid, stub in ref.stubs.items() for i, src in enumerate(ref.code_cells) if src == stub}
+        if len(positions) != len(ref.stubs):
+            continue  # two answers with the same stub: positions are ambiguous
+        if all(i in positions or code[i].strip() == ref.code_cells[i].strip() for i in range(len(code))):
+            return {gid: [code[i]] for i, gid in positions.items()}
+    return {}
+
+
+@dataclass
+class Assignment:
+    """What to grade for one student: reference notebook -> (file, answers or None, why not readable)."""
+
+    graded: Dict[str, Tuple[Path, Optional[Dict[str, List[str]]], str]] = field(default_factory=dict)
+    notes: List[Tuple[str, str]] = field(default_factory=list)  # (file name, what is wrong with it)
+
+
+def _worked_on(answers: Optional[Dict[str, List[str]]], ref: RefNotebook) -> int:
+    """How many of ``ref``'s answer cells differ from the handed-out stub (an untouched copy scores 0)."""
+    if not answers:
+        return -1
+    return sum(1 for gid in ref.answer_ids if gid in answers and answers[gid][0].strip() != ref.stubs.get(gid, "").strip())
+
+
+def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assignment:
+    """Pair a student's notebooks with the reference: by file name, else (renamed) by answer grade_ids.
+
+    A reference notebook is graded at most once. When several files are its copies (the file of its name and a
+    renamed one), the one with the most answers worked on is graded (an untouched stub beside a renamed answer
+    loses), the file of the reference's name on a tie; the others are reported as duplicates, files matching no
+    reference notebook as extra; neither is graded."""
+    out = Assignment()
+    by_name = {nb.name: nb for nb in reference}
+    files = sorted(p for p in student_dir.glob("*.ipynb"))
+    read = {p.name: read_answers(p, reference) for p in files}
+    label = {p.name: _label(p.name) for p in files}
+    candidates: Dict[str, List[Path]] = {}
+    for p in files:
+        answers, problem = read[p.name]
+        if p.name in by_name:
+            candidates.setdefault(p.name, []).append(p)
+            continue
+        if answers is None:
+            out.notes.append((label[p.name], f"not in the reference and unreadable ({problem}): not graded"))
+            continue
+        overlap = sorted(((len(set(answers) & set(nb.answer_ids)), nb.name) for nb in reference), reverse=True)
+        best, ref_name = overlap[0] if overlap else (0, "")
+        if best == 0:
+            out.notes.append((label[p.name], "extra notebook: not in the reference, not graded"))
+        else:
+            candidates.setdefault(ref_name, []).append(p)
+    for ref_name, paths in candidates.items():
+        ref = by_name[ref_name]
+        chosen = max(paths, key=lambda q: (read[q.name][0] is not None, _worked_on(read[q.name][0], ref),
+                                           q.name == ref_name))
+        out.graded[ref_name] = (chosen, *read[chosen.name])
+        for q in paths:
+            if q is chosen:
+                if q.name != ref_name:
+                    why = ("renamed" if len(paths) == 1 else
+                           f"renamed; {_label(ref_name)} beside it " + ("cannot be read" if read[ref_name][0] is None
+                                                                       else "has fewer answers worked on")
+                           if ref_name in read else "renamed")
+                    out.notes.append((label[q.name], f"graded as {ref_name} ({why})"))
+            else:
+                mine, kept = read[q.name][0], read[chosen.name][0]
+                if mine is None:
+                    what = "cannot be read"
+                elif mine == kept:
+                    what = "same answer cells"
+                elif _worked_on(mine, ref) < _worked_on(kept, ref):
+                    what = f"fewer answers worked on than {label[chosen.name]}"
+                else:
+                    what = f"as many answers worked on; {label[chosen.name]} is graded"
+                out.notes.append((label[q.name], f"duplicate of {ref_name} ({what}): not graded"))
+    return out
+
+
+def submission_hash(student_dir: Path) -> str:
+    """Changes when any of the student's notebooks changes (resuming regrades that student)."""
+    h = hashlib.sha256()
+    for p in sorted(student_dir.glob("*.ipynb")):
+        h.update(os.fsencode(p.name) + b"\0")
+        data, problem = sandbox.read_untrusted(p, MAX_NOTEBOOK_BYTES)
+        h.update(hashlib.sha256(data if data is not None else problem.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+def job_steps(ref: RefNotebook, answers: Dict[str, List[str]]) -> List[dict]:
+    """The reference's steps with the student's answer sources (the first cell of each grade_id)."""
+    steps = []
+    for step in ref.steps:
+        if step["kind"] == "answer":
+            sources = answers.get(step["grade_id"])
+            if sources:
+                steps.append({"kind": "answer", "source": sources[0], "label": step["label"]})
+        else:
+            steps.append(step)
+    return steps
