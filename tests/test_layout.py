@@ -145,3 +145,24 @@ def test_no_import_cycle_between_modules():
     """Module by module (lazy and type-only imports included): no module's imports lead back to it."""
     cycle = _find_cycle(_graph())
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+# The public names a learner or a teacher types: a reshaping of the package must leave them as they are.
+PUBLIC = ['Attention', 'Block', 'DropPath', 'HybridEmbed', 'LinearPatchEmbed', 'Mlp', 'PRESETS', 'PatchEmbed',
+          'ResNetBackbone', 'ViTConfig', 'VisionTransformer', 'attention_with_weights', 'conv_to_linear_',
+          'create_model', 'from_timm', 'from_torchvision', 'get_config', 'linear_to_conv_', 'list_models',
+          'load_state_dict_file', 'patchify', 'resize_pos_embed', 'scaled_dot_product_attention',
+          'sincos_2d_pos_embed', 'timm_pretrained', 'unpatchify']
+CHECKS_PUBLIC = ['CHECKS', 'CheckError', 'Verdict', 'judge', 'passed_or', 'probe', 'reveal'] + [
+    f"check_{n}" for n in ("attention", "bottleneck", "cls_and_pos", "encoder_block", "layer_norm", "lr_schedule",
+                           "mean_attention_distance", "mlp", "multi_head_attention", "param_count",
+                           "patch_embedding", "patchify", "pos_embed_similarity", "resize_pos_embed", "rollout",
+                           "sincos_2d", "train_step", "vit_forward")]
+
+
+def test_public_names_are_unchanged():
+    import vit_edu.checks
+
+    assert sorted(vit_edu.__all__) == sorted(PUBLIC)
+    assert sorted(vit_edu.checks.__all__) == sorted(CHECKS_PUBLIC)
+    assert all(hasattr(vit_edu, n) for n in PUBLIC) and all(hasattr(vit_edu.checks, n) for n in CHECKS_PUBLIC)

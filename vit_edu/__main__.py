@@ -467,5 +467,19 @@ def _classroom(command: str, argv: List[str]) -> int:
     return grade_main(argv)
 
 
+def run() -> None:
+    """``python -m vit_edu``: after Ctrl-C, the status is 130 however the interpreter's shutdown goes (a second
+    KeyboardInterrupt from a library's clean-up would otherwise end the process by SIGINT)."""
+    code = main()
+    if code == INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed pipe: nothing left to say
+                pass
+        os._exit(INTERRUPTED)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
