@@ -249,7 +249,7 @@ def _child(job: dict, close: Sequence[int]) -> None:
 
         outside: List[str] = []
         watches = {"integrity": watch.Integrity(), "outside": outside,
-                   "package": {n: watch.implementation_codes(watch.PACKAGE.get(n, ())) for n in checks.CHECKS}}
+                   "package": {n: watch.implementation_codes(ex.package) for n, ex in checks.CHECKS.items()}}
         watch.watch_files([scratch, *allowed], outside)
     except BaseException as err:  # noqa: BLE001 - the sandbox could not be set up: say why, run nothing
         try:

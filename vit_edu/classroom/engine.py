@@ -98,6 +98,9 @@ class Exercise:
     # torch functions the statement asks the student not to use (by name, e.g. "layer_norm" for F.layer_norm,
     # torch.layer_norm and nn.LayerNorm, which calls it): every torch call of the student's code is watched
     forbidden: Tuple[str, ...] = ()
+    # the package's own implementation of this exercise (dotted names; a class stands for its methods): the grader
+    # flags an answer whose check runs it (vit_edu.classroom.watch); () where the package has none
+    package: Tuple[str, ...] = ()
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)
     grad_view: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None  # what of a gradient is compared

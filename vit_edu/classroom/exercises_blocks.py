@@ -77,7 +77,9 @@ def _mlp_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
 
 
 MLP_EX = Exercise(
-    name="mlp", kind="module", call="MLP(dim, hidden_dim)", forward="forward(x)",
+    name="mlp",
+    package=("vit_edu.block.Mlp",),
+    kind="module", call="MLP(dim, hidden_dim)", forward="forward(x)",
     cases=_mlp_cases, reference=_mlp_reference, accept=[_mlp_tanh], mutants=_mlp_mutants,
     shape_hint=_same_shape_hint,
     doc="""Check ``class MLP(nn.Module)``: ``__init__(self, dim, hidden_dim)``, forward [B, N, D] -> [B, N, D].
@@ -279,7 +281,9 @@ def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
 
 
 ENCODER_BLOCK_EX = Exercise(
-    name="encoder_block", kind="module", call="EncoderBlock(dim, heads, mlp_dim)", forward="forward(x)",
+    name="encoder_block",
+    package=("vit_edu.block.Block",),
+    kind="module", call="EncoderBlock(dim, heads, mlp_dim)", forward="forward(x)",
     cases=_block_cases, reference=_block_reference, accept=[_block_tanh], mutants=_block_mutants,
     diagnose=_block_diagnose, probe_extra=_sub_outputs, shape_hint=_same_shape_hint,
     doc="""Check ``class EncoderBlock(nn.Module)``: ``__init__(self, dim, heads, mlp_dim)``, forward [B, N, D] -> [B, N, D].
@@ -450,7 +454,10 @@ def _vit_mutants(ctx: Ctx, model: Any, images: torch.Tensor) -> List[Mutant]:
 
 
 VIT_FORWARD_EX = Exercise(
-    name="vit_forward", kind="function", call="vit_forward(model, images)", outputs=("logits",),
+    name="vit_forward",
+    package=("vit_edu.vit.VisionTransformer.forward", "vit_edu.vit.VisionTransformer.forward_features",
+             "vit_edu.vit.VisionTransformer.forward_head", "vit_edu.vit.VisionTransformer.pool"),
+    kind="function", call="vit_forward(model, images)", outputs=("logits",),
     cases=_vit_cases, reference=_vit_reference, mutants=_vit_mutants, guard=_vit_guard,
     shape_hint=lambda ctx, slot, s, model, images: "one row of num_classes logits per image: model.head(x[:, 0])",
     doc="""Check ``vit_forward(model: vit_edu.VisionTransformer, images [B, C, H, W]) -> logits [B, num_classes]``.
@@ -556,7 +563,9 @@ def _rollout_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], att: Sequence[torch.T
 
 
 ROLLOUT_EX = Exercise(
-    name="rollout", kind="function", call="attention_rollout(attentions)", outputs=("rollout",),
+    name="rollout",
+    package=("vit_edu.explain.analysis.attention_rollout", "vit_edu.explain.analysis.rollout_cls_map"),
+    kind="function", call="attention_rollout(attentions)", outputs=("rollout",),
     cases=_rollout_cases, reference=_rollout_reference, mutants=_rollout_mutants,
     shape_hint=_rollout_hint,
     # attention rows are distributions: only the gradient along them is defined by the contract

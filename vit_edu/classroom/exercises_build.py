@@ -101,7 +101,9 @@ def _patchify_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], images: torch.Tensor
 
 
 PATCHIFY_EX = Exercise(
-    name="patchify", kind="function", call="patchify(images, patch_size)",
+    name="patchify",
+    package=("vit_edu.patch_embed.patchify",),
+    kind="function", call="patchify(images, patch_size)",
     cases=_patchify_cases,
     reference=lambda ctx, images, P: rearrange(images, PATCHIFY, p1=P, p2=P),
     mutants=lambda ctx, images, P: patch_orders(images, P),
@@ -226,7 +228,10 @@ def _patch_embedding_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], images: torch
 
 
 PATCH_EMBEDDING_EX = Exercise(
-    name="patch_embedding", kind="module", call="PatchEmbedding(image_size, patch_size, in_channels, dim)",
+    name="patch_embedding",
+    package=("vit_edu.patch_embed.PatchEmbedBase", "vit_edu.patch_embed.PatchEmbed",
+             "vit_edu.patch_embed.LinearPatchEmbed"),
+    kind="module", call="PatchEmbedding(image_size, patch_size, in_channels, dim)",
     forward="forward(images)", cases=_patch_embedding_cases, reference=_patch_embedding_reference,
     mutants=_patch_embedding_mutants, shape_hint=_patch_embedding_hint, probe_extra=_basis,
     doc="""Check ``class PatchEmbedding(nn.Module)``: ``__init__(self, image_size, patch_size, in_channels, dim)``.
@@ -300,7 +305,9 @@ def _cls_explain(ctx: Ctx, kind: str, message: str, t: torch.Tensor, *rest: Any)
 
 
 CLS_AND_POS_EX = Exercise(
-    name="cls_and_pos", kind="function", call="add_cls_and_pos(tokens, cls_token, pos_embed)",
+    name="cls_and_pos",
+    package=("vit_edu.vit.VisionTransformer.embed",),
+    kind="function", call="add_cls_and_pos(tokens, cls_token, pos_embed)",
     cases=_cls_cases, reference=_cls_reference, mutants=_cls_mutants, shape_hint=_cls_hint, explain=_cls_explain,
     doc="""Check ``add_cls_and_pos(tokens [B, N, D], cls_token [1, 1, D], pos_embed [1, N+1, D]) -> [B, N+1, D]``.
 
@@ -386,7 +393,9 @@ def _attention_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], *args: Any) -> str:
 
 
 ATTENTION_EX = Exercise(
-    name="attention", kind="function", call="attention(q, k, v)", outputs=("out", "weights"), order=(1, 0),
+    name="attention",
+    package=("vit_edu.attention.attention_with_weights", "vit_edu.attention.scaled_dot_product_attention"),
+    kind="function", call="attention(q, k, v)", outputs=("out", "weights"), order=(1, 0),
     grad_outputs=(0,),  # the weights are returned to be looked at: they may come detached
     cases=_attention_cases, reference=_attention_reference, mutants=_attention_mutants,
     diagnose=_attention_diagnose, shape_hint=_attention_hint,
@@ -498,7 +507,9 @@ def _same_shape_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], x: torch.Tensor) -
 
 
 MULTI_HEAD_ATTENTION_EX = Exercise(
-    name="multi_head_attention", kind="module", call="MultiHeadAttention(dim, heads)", forward="forward(x)",
+    name="multi_head_attention",
+    package=("vit_edu.attention.Attention",),
+    kind="module", call="MultiHeadAttention(dim, heads)", forward="forward(x)",
     cases=_mha_cases, reference=_mha_reference, mutants=_mha_mutants, shape_hint=_same_shape_hint,
     doc="""Check ``class MultiHeadAttention(nn.Module)``: ``__init__(self, dim, heads)``, forward [B, N, D] -> [B, N, D].
 

@@ -148,7 +148,9 @@ def _mad_cases() -> List[Case]:
 
 
 MEAN_ATTENTION_DISTANCE_EX = Exercise(
-    name="mean_attention_distance", kind="function", call="mean_attention_distance(attn, grid_size, patch_size)",
+    name="mean_attention_distance",
+    package=("vit_edu.explain.analysis.mean_attention_distance",),
+    kind="function", call="mean_attention_distance(attn, grid_size, patch_size)",
     cases=_mad_cases, reference=_mad_reference, mutants=_mad_mutants, shape_hint=_mad_hint,
     doc="""Check ``mean_attention_distance(attn [B, heads, 1 + gh*gw, 1 + gh*gw], (gh, gw), P) -> [heads]``.
 
@@ -258,7 +260,9 @@ def _pes_cases() -> List[Case]:
 
 
 POS_EMBED_SIMILARITY_EX = Exercise(
-    name="pos_embed_similarity", kind="function", call="pos_embed_similarity(pos_embed, grid_size)",
+    name="pos_embed_similarity",
+    package=("vit_edu.explain.analysis.pos_embed_similarity",),
+    kind="function", call="pos_embed_similarity(pos_embed, grid_size)",
     cases=_pes_cases, reference=_pes_reference, mutants=_pes_mutants, shape_hint=_pes_hint,
     doc="""Check ``pos_embed_similarity(pos_embed [T, D], (gh, gw)) -> [gh, gw, gh, gw]``.
 
@@ -369,7 +373,9 @@ def _rpe_cases() -> List[Case]:
 
 
 RESIZE_POS_EMBED_EX = Exercise(
-    name="resize_pos_embed", kind="function", call="resize_pos_embed(pos_embed, new_grid, old_grid)",
+    name="resize_pos_embed",
+    package=("vit_edu.pos_embed.resize_pos_embed",),
+    kind="function", call="resize_pos_embed(pos_embed, new_grid, old_grid)",
     cases=_rpe_cases, reference=_rpe_reference, mutants=_rpe_mutants, shape_hint=_rpe_hint,
     doc="""Check ``resize_pos_embed(pos_embed [1, 1 + h*w, D], (H, W), (h, w)) -> [1, 1 + H*W, D]``.
 
@@ -598,7 +604,9 @@ def _bottleneck_cases() -> List[Case]:
 
 
 BOTTLENECK_EX = Exercise(
-    name="bottleneck", kind="module", call="Bottleneck(in_channels, out_channels, stride)", forward="forward(x)",
+    name="bottleneck",
+    package=("vit_edu.hybrid.Bottleneck",),
+    kind="module", call="Bottleneck(in_channels, out_channels, stride)", forward="forward(x)",
     cases=_bottleneck_cases, reference=_bottleneck_reference, accept=[_bottleneck_unbiased],
     mutants=_bottleneck_mutants, shape_hint=_bottleneck_hint, diagnose=_bottleneck_diagnose,
     doc="""Check ``class Bottleneck(nn.Module)``: ``__init__(in_channels, out_channels, stride=1)``, forward x -> y.

@@ -143,7 +143,9 @@ def _lr_cases() -> List[Case]:
 
 
 LR_SCHEDULE_EX = Exercise(
-    name="lr_schedule", kind="function", call="warmup_cosine_lr(step, total_steps, warmup_steps, base_lr)",
+    name="lr_schedule",
+    package=("vit_edu.training.loop.warmup_cosine",),
+    kind="function", call="warmup_cosine_lr(step, total_steps, warmup_steps, base_lr)",
     cases=_lr_cases, reference=_lr_reference, mutants=_lr_mutants, diagnose=_lr_diagnose, rtol=1e-6, atol=1e-12,
     doc="""Check ``warmup_cosine_lr(step, total_steps, warmup_steps, base_lr) -> float``.
 
@@ -403,7 +405,9 @@ def _rebuild(ctx: Ctx) -> Case:
 
 
 TRAIN_STEP_EX = Exercise(
-    name="train_step", kind="function", call="train_step(model, images, labels, optimizer)",
+    name="train_step",
+    package=("vit_edu.training.loop.train_one_epoch",),
+    kind="function", call="train_step(model, images, labels, optimizer)",
     cases=_train_cases, reference=lambda ctx, *args: None, probe_case=_train_probe, judge_case=_train_judge,
     doc="""Check ``train_step(model, images, labels, optimizer) -> float``.
 

@@ -149,7 +149,9 @@ def _param_count_cases() -> List[Case]:
 
 
 PARAM_COUNT_EX = Exercise(
-    name="param_count", kind="function",
+    name="param_count",
+    package=("vit_edu.models.parameter_breakdown", "vit_edu.vit.VisionTransformer.num_parameters"),
+    kind="function",
     call="vit_param_count(image_size, patch_size, in_channels, dim, depth, mlp_dim, num_classes)",
     cases=_param_count_cases, reference=_param_count_reference, diagnose=_param_count_diagnose,
     doc="""Check ``vit_param_count(image_size, patch_size, in_channels, dim, depth, mlp_dim, num_classes) -> int``.
@@ -257,7 +259,8 @@ def _sincos_cases() -> List[Case]:
 
 
 SINCOS_2D_EX = Exercise(
-    name="sincos_2d", kind="function", call="sincos_2d(grid_h, grid_w, dim)",
+    name="sincos_2d", package=("vit_edu.pos_embed.sincos_2d_pos_embed",),
+    kind="function", call="sincos_2d(grid_h, grid_w, dim)",
     cases=_sincos_cases, reference=_sincos_reference, mutants=_sincos_mutants, diagnose=_sincos_diagnose,
     shape_hint=_sincos_hint,
     doc="""Check ``sincos_2d(grid_h, grid_w, dim) -> [grid_h * grid_w, dim]`` (float32).

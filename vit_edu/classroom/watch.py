@@ -12,7 +12,7 @@ Three watches are set up in the sandboxed child after its imports and before the
   the process cannot remove it) notes every file or folder opened, listed, written or linked outside the
   scratch copy, the Python installation and the system's read-only folders;
 * **the package's own implementation** (:func:`package_calls`): while an exercise's probe runs, a profile
-  function notes every call of the package's implementation of that exercise (``PACKAGE`` below), e.g. an
+  function notes every call of the package's implementation of that exercise (``Exercise.package``), e.g. an
   answer ``patchify = vit_edu.patchify`` or a ``MultiHeadAttention`` that subclasses ``vit_edu.Attention``.
 
 The watches report; only the first one withholds marks (its records could be forged). A student who sets out
@@ -27,32 +27,6 @@ import os
 import sys
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
-
-# The package's own implementation of each exercise (dotted names; a class stands for all its methods): an
-# answer whose check runs one of them is flagged. layer_norm has none (the statement forbids F.layer_norm,
-# which the exercise's own watch catches).
-PACKAGE: Dict[str, Tuple[str, ...]] = {
-    "param_count": ("vit_edu.models.parameter_breakdown", "vit_edu.vit.VisionTransformer.num_parameters"),
-    "patchify": ("vit_edu.patch_embed.patchify",),
-    "patch_embedding": ("vit_edu.patch_embed.PatchEmbedBase", "vit_edu.patch_embed.PatchEmbed",
-                        "vit_edu.patch_embed.LinearPatchEmbed"),
-    "cls_and_pos": ("vit_edu.vit.VisionTransformer.embed",),
-    "attention": ("vit_edu.attention.attention_with_weights", "vit_edu.attention.scaled_dot_product_attention"),
-    "multi_head_attention": ("vit_edu.attention.Attention",),
-    "layer_norm": (),
-    "mlp": ("vit_edu.block.Mlp",),
-    "encoder_block": ("vit_edu.block.Block",),
-    "vit_forward": ("vit_edu.vit.VisionTransformer.forward", "vit_edu.vit.VisionTransformer.forward_features",
-                    "vit_edu.vit.VisionTransformer.forward_head", "vit_edu.vit.VisionTransformer.pool"),
-    "lr_schedule": ("vit_edu.training.loop.warmup_cosine",),
-    "train_step": ("vit_edu.training.loop.train_one_epoch",),
-    "rollout": ("vit_edu.explain.analysis.attention_rollout", "vit_edu.explain.analysis.rollout_cls_map"),
-    "mean_attention_distance": ("vit_edu.explain.analysis.mean_attention_distance",),
-    "pos_embed_similarity": ("vit_edu.explain.analysis.pos_embed_similarity",),
-    "resize_pos_embed": ("vit_edu.pos_embed.resize_pos_embed",),
-    "sincos_2d": ("vit_edu.pos_embed.sincos_2d_pos_embed",),
-    "bottleneck": ("vit_edu.hybrid.Bottleneck",),
-}
 
 # The modules whose functions and classes a probe's record depends on (vit_edu's are added at snapshot time).
 WATCHED_MODULES = ("builtins", "torch", "torch._C", "torch.nn.functional", "torch.nn.modules.module",
