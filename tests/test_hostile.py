@@ -386,15 +386,19 @@ def _damaged(run: dict, name: str, where: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("entry, name", FILE_CASES, ids=[f"{e}-{n}" for e, n in FILE_CASES])
-def test_damaged_checkpoint_is_refused(run, tmp_path, capsys, monkeypatch, entry, name) -> None:
+def _refused_by_load_model(path: Path) -> None:
     from vit_edu.training import load_model
 
+    with pytest.raises((ValueError, TypeError)) as info:
+        load_model(path)
+    assert str(path) in str(info.value), str(info.value)  # the command line joins its lines into one
+
+
+@pytest.mark.parametrize("entry, name", FILE_CASES, ids=[f"{e}-{n}" for e, n in FILE_CASES])
+def test_damaged_checkpoint_is_refused(run, tmp_path, capsys, monkeypatch, entry, name) -> None:
     path = _damaged(run, name, tmp_path)
     if entry == "load_model":
-        with pytest.raises((ValueError, TypeError)) as info:
-            load_model(path)
-        assert str(path) in str(info.value), str(info.value)  # the command line joins its lines into one
+        _refused_by_load_model(path)
         return
     out = tmp_path / "out"
     if entry == "resume":
@@ -464,13 +468,9 @@ EXPORT_CASES = [(e, n) for n in EXPORT_DAMAGE for e in ("evaluate", "load_model"
 
 @pytest.mark.parametrize("entry, name", EXPORT_CASES, ids=[f"{e}-{n}" for e, n in EXPORT_CASES])
 def test_damaged_export_is_refused(run, tmp_path, capsys, monkeypatch, entry, name) -> None:
-    from vit_edu.training import load_model
-
     path = _export_damage(run, name, tmp_path)
     if entry == "load_model":
-        with pytest.raises((ValueError, TypeError)) as info:
-            load_model(path)
-        assert str(path) in str(info.value), str(info.value)  # the command line joins its lines into one
+        _refused_by_load_model(path)
         return
     code, lines, stdout, err = _run_cli(["evaluate", "--checkpoint", str(path), "--n", "16"], capsys, monkeypatch)
     _assert_one_line(code, lines, err, str(path))

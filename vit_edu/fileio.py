@@ -185,17 +185,24 @@ def exit_status(err: BaseException) -> int:
     return 1 if fault and not isinstance(err, OutputError) else 2
 
 
-def folder_bytes(path: PathLike, skip: Sequence[str] = ("__pycache__",)) -> int:
-    """Bytes of the files under ``path`` (folders named in ``skip`` left out): what a copy of it will take."""
-    total = 0
+def folder_size(path: PathLike, skip: Sequence[str] = ("__pycache__",)) -> Tuple[int, int]:
+    """(bytes of the files, number of files and folders) under ``path``, folders named in ``skip`` left out:
+    what a copy of it will take."""
+    total = entries = 0
     for folder, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if d not in skip]
+        entries += len(dirs) + len(files)
         for name in files:
             try:
-                total += os.stat(os.path.join(folder, name)).st_size
+                total += os.lstat(os.path.join(folder, name)).st_size
             except OSError:
                 continue
-    return total
+    return total, entries
+
+
+def folder_bytes(path: PathLike, skip: Sequence[str] = ("__pycache__",)) -> int:
+    """Bytes of the files under ``path`` (folders named in ``skip`` left out): what a copy of it will take."""
+    return folder_size(path, skip)[0]
 
 
 def temp_file_for(path: PathLike) -> Tuple[int, str]:

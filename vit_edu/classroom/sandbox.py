@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..fileio import folder_size
 from . import isolation as _kernel
 from .child import JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _try_uid, _warm_up_modules, one_line
 from .isolation import (SandboxError, UidPool, _bubblewrap, _kill_job, _libc, _memory_cgroup_root,
@@ -252,19 +253,6 @@ def read_record(results: Path, max_bytes: int) -> Tuple[Any, str]:
         if best is None or (isinstance(seq, int) and seq > best.get("seq", -1)):
             best = record
     return best, ("" if best is not None else problem)
-
-
-def _tree_size(path: Path) -> Tuple[int, int]:
-    """(bytes, entries) of a folder: the scratch copy's share of the notebook's disk and file limits."""
-    size = count = 0
-    for root, dirs, files in os.walk(path):
-        count += len(dirs) + len(files)
-        for name in files:
-            try:
-                size += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return size, count
 
 
 def output_tail(path: Path, lines: int = 3, max_bytes: int = 4096) -> str:
@@ -472,7 +460,7 @@ class Sandbox:
         results = self.workdir / f"run{self._count}.out"
         results.mkdir(mode=0o700)
         notes = copy_folder(student_dir, scratch)
-        copied_bytes, copied_files = _tree_size(scratch)
+        copied_bytes, copied_files = folder_size(scratch, skip=())
         lim = self.limits
         # The cells go through a file, not through the server: whatever passes through the server's memory
         # would be inherited by the next children, and a student's code could look for other students' answers.
