@@ -36,6 +36,18 @@ def test_adversarial_set(name):
     assert not r.rejected and not r.accepted, details([r])
 
 
+def test_every_exercise_has_its_set_and_solution():
+    """An exercise added to a table is measured like the others: its adversarial set and its written solution
+    (the synthetic teacher notebooks of the grader's and the assignments' tests) exist."""
+    from exercise_solutions import EXERCISES as SOLUTIONS
+
+    sets = {load(p).CHECK for p in set_files()}
+    assert set(CHECKS) <= sets, f"exercises without a set in tests/adversarial/: {sorted(set(CHECKS) - sets)}"
+    solved = {name for name, _ in SOLUTIONS}
+    missing = sorted(set(CHECKS) - solved)
+    assert not missing, f"exercises without a solution in tests/exercise_solutions.py: {missing}"
+
+
 def test_adversarial_messages_name_the_mistake(capsys):
     results = [_result(p.name) for p in set_files() if _known(p.name)]
     named, total = sum(r.named for r in results), sum(r.mistakes for r in results)
