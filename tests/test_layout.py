@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,32 @@ def test_an_exercise_is_one_table_entry():
         assert f"check_{name}" in vit_edu.checks.__all__
         assert check.__doc__ == ex.doc and check.__name__ == f"check_{name}"
         assert f'"{name}"' not in text, f"vit_edu/checks.py names the exercise {name!r}; the table is enough"
+
+
+def test_the_exercise_example_of_the_docs_works_as_written():
+    """docs/classroom.md's one-page exercise runs as printed: the right answer passes, each mistake is named
+    with the words the page shows, and a wrong answer that is no usual mistake still fails."""
+    from vit_edu.classroom.engine import CheckError
+    from vit_edu.classroom.judge import run_check
+
+    page = (PACKAGE.parent / "docs" / "classroom.md").read_text(encoding="utf-8")
+    section = page.split("### An exercise, whole", 1)[1]
+    code, shown = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    scope: dict = {}
+    exec(compile(code, "docs/classroom.md", "exec"), scope)
+    ex = scope["MEAN_POOL_EX"]
+    assert ex.package == ("vit_edu.vit.VisionTransformer.pool",)
+    run_check(ex, lambda tokens: tokens[:, 1:].mean(dim=1))
+    with pytest.raises(CheckError) as err:
+        run_check(ex, lambda tokens: tokens.mean(dim=1))
+    assert f"CheckError: {err.value}".strip() == shown.strip()
+    with pytest.raises(CheckError, match=r"the class token \(tokens\[:, 0\]\)"):
+        run_check(ex, lambda tokens: tokens[:, 0])
+    with pytest.raises(CheckError, match="none of the usual mistakes"):
+        run_check(ex, lambda tokens: tokens[:, 1:].sum(dim=1))
+    # "Add MEAN_POOL_EX to a table's EXERCISES and check_mean_pool works": in a fresh interpreter
+    script = (code + "\nimport vit_edu.classroom.exercises_look as table\ntable.EXERCISES['mean_pool'] = MEAN_POOL_EX\n"
+              "from vit_edu.checks import check_mean_pool, __all__\nassert 'check_mean_pool' in __all__\n"
+              "check_mean_pool(lambda tokens: tokens[:, 1:].mean(dim=1))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "check_mean_pool passed" in done.stdout, done.stderr[-2000:]
