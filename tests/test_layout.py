@@ -220,3 +220,25 @@ def test_the_exercise_example_of_the_docs_works_as_written():
               "check_mean_pool(lambda tokens: tokens[:, 1:].mean(dim=1))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "check_mean_pool passed" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_readme_architecture_names_every_module():
+    """README's Architecture map tells the import graph's story: every module of vit_edu is on it, in its room,
+    nothing on it is missing from the package, and the number of exercises it states is CHECKS's."""
+    import vit_edu.checks
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    drawing = readme.split("## Architecture", 1)[1].split("```", 2)[1]
+    rooms = {"training/": "training", "explain/": "explain", "classroom/": "classroom"}
+    placed, room = set(), ""
+    for line in drawing.splitlines():
+        room = next((r for key, r in rooms.items() if f"+-- {key}" in line), room if line.startswith("  |   ") else "")
+        for name in re.findall(r"\b([a-z_]+(?:_\*)?)\.py\b", line):
+            placed.add(f"{room}/{name}" if room and not line.lstrip(" |").startswith("(") else name)
+    modules = {str(p.relative_to(PACKAGE).with_suffix("")) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    modules = {m if not m.startswith("classroom/exercises_") else "classroom/exercises_*" for m in modules}
+    assert modules - placed == set(), f"modules missing from README's Architecture: {sorted(modules - placed)}"
+    gone = sorted(placed - modules)
+    assert not gone, f"README's Architecture names modules that do not exist: {gone}"
+    stated = re.search(r"the (\d+) exercises as tables", drawing)
+    assert stated and int(stated.group(1)) == len(vit_edu.checks.CHECKS)
