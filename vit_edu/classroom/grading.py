@@ -272,19 +272,17 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     seed = secrets.randbelow(2**31) if seed is None else seed
 
     todo: List[Path] = []
-    hashes = {_label(s.name): submission_hash(s) for s in students}
-    for s in students:
-        done = (folder / f"{_label(s.name)}.csv").exists() and state["students"].get(_label(s.name), {}).get("files") == hashes[_label(s.name)]
-        if done and not force:
+    for s, name in zip(students, names):
+        files, csv = submission_hash(s), folder / f"{name}.csv"
+        if csv.exists() and state["students"].get(name, {}).get("files") == files and not force:
             continue
-        if suspects.get(_label(s.name), 0) >= 2:
-            message = ("not graded: the grader itself was killed while this student's notebooks ran; delete "
-                       f"{folder / (_label(s.name) + '.csv')} to try again")
-            rows = [r for nb in reference for r in _failed_rows(_label(s.name), nb, message)]
-            _write_csv(folder / f"{_label(s.name)}.csv", COLUMNS, _csv_rows(rows))
-            state["students"][_label(s.name)] = {"seed": seed, "files": hashes[_label(s.name)], "marked": True}
-            suspects.pop(_label(s.name))
-            print(f"warning: {_printable(_label(s.name), 80)}: {message}", file=sys.stderr)
+        if suspects.get(name, 0) >= 2:
+            message = (f"not graded: the grader itself was killed while this student's notebooks ran; delete {csv} "
+                       "to try again")
+            _write_csv(csv, COLUMNS, _csv_rows([r for nb in reference for r in _failed_rows(name, nb, message)]))
+            state["students"][name] = {"seed": seed, "files": files, "marked": True}
+            suspects.pop(name)
+            print(f"warning: {_printable(name, 80)}: {message}", file=sys.stderr)
             continue
         todo.append(s)
     todo.sort(key=lambda s: (suspects.get(_label(s.name), 0) == 0, _label(s.name)))  # suspects first, each alone
