@@ -158,7 +158,17 @@ def forgets_the_half(step, total_steps, warmup_steps, base_lr):
     return _decay(step, total_steps, warmup_steps, base_lr, lambda t: 1 + math.cos(math.pi * t))
 
 
+def returns_numpy_float32(step, total_steps, warmup_steps, base_lr):
+    return np.float32(correct_branches(step, total_steps, warmup_steps, base_lr))  # no Python float
+
+
+def returns_numpy_array(step, total_steps, warmup_steps, base_lr):
+    return np.array(correct_branches(step, total_steps, warmup_steps, base_lr))  # a 0-d array
+
+
 MISTAKES = [
+    (returns_numpy_float32, "Python float"),
+    (returns_numpy_array, "Python float"),
     (forgets_the_half, "1/2 is missing"),
     (sin_instead_of_cos, "sin instead of cos"),
     (cos_in_degrees, "radians"),

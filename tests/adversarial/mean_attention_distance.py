@@ -169,6 +169,15 @@ def mistake_column_major(attn, grid_size, patch_size):
     return (a * torch.cdist(c, c)).sum(-1).mean(dim=(0, 2))
 
 
+def mistake_grid_size_swapped(attn, grid_size, patch_size):
+    gw, gh = grid_size  # grid_size is (gh, gw); the patches are still numbered row by row
+    r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    centres = torch.stack([r.flatten(), c.flatten()], -1).to(attn.dtype) * patch_size
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * torch.cdist(centres, centres)).sum(-1).mean(dim=(0, 2))
+
+
 def mistake_renormalise_columns(attn, grid_size, patch_size):
     gh, gw = grid_size
     a = attn[:, :, 1:, 1:]
@@ -231,6 +240,7 @@ MISTAKES = [
     (mistake_mean_over_heads, "head"),
     (mistake_per_image, "images"),
     (mistake_column_major, "row"),
+    (mistake_grid_size_swapped, "(gw, gh)"),
     (mistake_renormalise_columns, "rows"),
     (mistake_sum_over_queries, "mean over"),
     (mistake_in_place, "in place"),

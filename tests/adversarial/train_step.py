@@ -215,7 +215,17 @@ def zero_grad_between_backward_and_step(model, images, labels, optimizer):
     return loss.item()
 
 
+def returns_numpy(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().numpy()  # a 0-d array, not a Python float
+
+
 MISTAKES = [
+    (returns_numpy, "Python float"),
     (forgets_backward, "backward() is missing"),
     (zero_grad_between_backward_and_step, "between loss.backward() and optimizer.step()"),
     (no_zero_grad, "zero_grad"),

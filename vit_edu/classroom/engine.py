@@ -101,6 +101,8 @@ class Exercise:
     # the package's own implementation of this exercise (dotted names; a class stands for its methods): the grader
     # flags an answer whose check runs it (vit_edu.classroom.watch); () where the package has none
     package: Tuple[str, ...] = ()
+    # the contract asks for a Python float: a numpy scalar that is no float (np.float32, a 0-d array) is named
+    python_float: bool = False
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)
     grad_view: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None  # what of a gradient is compared
@@ -264,7 +266,7 @@ def record_value(v: Any, depth: int = 0) -> Dict[str, Any]:
     if type(v).__module__ == "numpy" and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         item = v.item()
         if isinstance(item, (int, float, bool)):
-            return {"kind": "number", "type": "numpy " + type(v).__name__, "value": item}
+            return {"kind": "number", "type": "numpy " + type(v).__name__, "value": item, "float": isinstance(v, float)}
     try:
         text = repr(v)[:120]
     except Exception:  # noqa: BLE001

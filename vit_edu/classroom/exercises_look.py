@@ -91,7 +91,8 @@ def _mad_mutants(ctx: Ctx, attn: torch.Tensor, grid_size: Tuple[int, int], patch
         ("the distances are in patches, not in pixels: multiply by patch_size", lambda: mad(attn, grid_size, 1)),
         ("the distances are in patches and Manhattan; the contract is pixels (x patch_size) and Euclidean",
          lambda: mad(attn, grid_size, 1, kind="manhattan")),
-        ("the patches are placed column by column; they are numbered row by row: patch i sits at row i // gw, "
+        ("the patches are placed column by column, or grid_size is unpacked as (gw, gh) (both give these "
+         "distances); grid_size is (gh, gw) and the patches are numbered row by row: patch i sits at row i // gw, "
          "column i % gw", m(order="col")),
         ("the columns are renormalised (dim=-2), or the attention matrix is transposed: the rows of attn are "
          "the queries, so renormalise each query's row over the keys (dim=-1) and weight query i's distances "

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .engine import Case, Ctx, Exercise, Mutant, build_cases, error_record, mix_seed, record_value
 from .exercises_train import _is_none, _is_number, _randint
-from .judge import Malformed, parse_record
+from .judge import Malformed, numpy_number, parse_record
 
 
 # ====================================================================================== 06 lr_schedule
@@ -145,7 +145,7 @@ def _lr_cases() -> List[Case]:
 LR_SCHEDULE_EX = Exercise(
     name="lr_schedule",
     package=("vit_edu.training.loop.warmup_cosine",),
-    kind="function", call="warmup_cosine_lr(step, total_steps, warmup_steps, base_lr)",
+    kind="function", call="warmup_cosine_lr(step, total_steps, warmup_steps, base_lr)", python_float=True,
     cases=_lr_cases, reference=_lr_reference, mutants=_lr_mutants, diagnose=_lr_diagnose, rtol=1e-6, atol=1e-12,
     doc="""Check ``warmup_cosine_lr(step, total_steps, warmup_steps, base_lr) -> float``.
 
@@ -370,6 +370,9 @@ def _train_judge(ctx: Ctx, custom: Any, model: Any, images: torch.Tensor, labels
     if isinstance(first, torch.Tensor) or hasattr(first, "shape"):
         return ("return loss.item() (a Python float), not the loss tensor: a tensor keeps the whole graph of the step "
                 "alive, and summing them over an epoch keeps every graph")
+    numpy = next((numpy_number(rec["output"]) for rec in recs if numpy_number(rec.get("output"))), "")
+    if numpy:
+        return f"return loss.item() (a Python float), not a {numpy}: float(loss) or loss.item() makes one"
     if not all(_is_number(g) for g in got):
         return f"train_step should return a Python float, got {getattr(first, 'type', type(first).__name__)}"
     params = [rec.get("params") for rec in recs]

@@ -117,6 +117,12 @@ def parse_record(rec: Any) -> Any:
     return _Other(str(rec.get("type", "?")), str(rec.get("repr", "")))
 
 
+def numpy_number(rec: Any) -> str:
+    """The numpy type of a number record that is no Python float (np.float32, a 0-d array), else ""."""
+    numpy = isinstance(rec, dict) and rec.get("kind") == "number" and str(rec.get("type", "")).startswith("numpy ")
+    return str(rec["type"]) if numpy and rec.get("float") is not True else ""
+
+
 class _Observed:
     def __init__(self, value: Optional[torch.Tensor], rec: Dict[str, Any]):
         self.value, self.rec = value, rec
@@ -313,6 +319,9 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
                         f"still active (nn.Dropout follows model.eval(), but F.dropout(x, p) needs "
                         f"training=self.training)\n  inputs: {label}")
 
+    if ex.python_float and numpy_number(rec["output"]):
+        raise _Fail(f"{ex.title} should return a Python float, got a {numpy_number(rec['output'])}: float(x) or "
+                    f"x.item() makes one\n  inputs: {label}")
     if ex.diagnose is not None:
         msg = ex.diagnose(ctx, got if not isinstance(got, (_Observed, _Seq)) else _unwrap(got), *case.args)
         if msg:
