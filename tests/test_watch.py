@@ -90,3 +90,86 @@ def test_file_watch_notes_paths_outside_the_allowed_folders(tmp_path):
 
     assert json.loads(out) == [f"opened {other / 'secret.txt'}", f"listed {other}", f"opened {other / 'bytes.txt'}",
                                f"opened {other / 'missing.txt'}"]
+
+
+def test_package_calls_follow_threads_started_during_the_probe():
+    """A profile function holds for one thread: work handed to a pool or a thread is watched too, and the
+    threads' hook is gone afterwards (a copy of the code object is pasting, a documented limit)."""
+    import concurrent.futures
+    import threading
+
+    codes = watch.implementation_codes(CHECKS["patchify"].package)
+    images = torch.randn(1, 3, 8, 8)
+    with watch.package_calls(codes) as report:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(vit_edu.patch_embed.patchify, images, 4).result()
+    assert report == {"calls": ["vit_edu.patch_embed.patchify"], "unwatched": False}
+    with watch.package_calls(codes) as report:
+        t = threading.Thread(target=vit_edu.patchify, args=(images, 4))
+        t.start()
+        t.join()
+    assert report == {"calls": ["vit_edu.patch_embed.patchify"], "unwatched": False}
+    assert threading.getprofile() is None and sys.getprofile() is None
+    with watch.package_calls(codes) as report:
+        threading.setprofile(None)  # switching the threads' watch off is said too
+    assert report["unwatched"] is True
+
+
+def test_forbidden_torch_functions_are_seen_as_aten_ops_and_in_threads():
+    """F.layer_norm reached through torch.ops.aten (an overload's name is "layer_norm.default") or called in a
+    thread fails the check like a direct call."""
+    import threading
+
+    import pytest
+    import torch.nn.functional as F
+
+    from vit_edu.checks import CheckError, check_layer_norm
+
+    def through_aten(x, weight, bias, eps):
+        return torch.ops.aten.layer_norm.default(x, [x.shape[-1]], weight, bias, eps)
+
+    def in_a_thread(x, weight, bias, eps):
+        out = []
+        t = threading.Thread(target=lambda: out.append(F.layer_norm(x, (x.shape[-1],), weight, bias, eps)))
+        t.start()
+        t.join()
+        return out[0]
+
+    with pytest.raises(CheckError, match=r"calls torch\.ops\.aten\.layer_norm, which this exercise asks you"):
+        check_layer_norm(through_aten)
+    with pytest.raises(CheckError, match=r"calls F\.layer_norm, which this exercise asks you to build"):
+        check_layer_norm(in_a_thread)
+    assert threading.getprofile() is None
+    assert not torch.overrides._is_torch_function_mode_enabled()
+
+
+def test_file_watch_leaves_the_import_system_s_own_look_ups_alone(tmp_path):
+    """A failed `import seaborn` makes the import system list every sys.path entry: not the student's doing.
+    The same listing by the student's code, or by the import system in an entry the student added, is noted."""
+    mine, entry, added = tmp_path / "mine", tmp_path / "entry", tmp_path / "added"
+    for d in (mine, entry, added):
+        d.mkdir()
+    script = textwrap.dedent(f"""
+        import importlib, json, os, sys
+        sys.path.append({str(entry)!r})
+        from vit_edu.classroom import watch
+        noted = []
+        watch.watch_files([{str(mine)!r}], noted)
+        importlib.invalidate_caches()  # as in the grader's child, where the folders' contents changed
+        for name in ("no_such_module_xyz", "another_missing_one"):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+        sys.path.append({str(added)!r})
+        try:
+            import a_third_missing_one
+        except ImportError:
+            pass
+        os.listdir({str(entry)!r})
+        print(json.dumps(noted))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    import json
+
+    assert json.loads(out) == [f"listed {added}", f"listed {entry}"]

@@ -323,16 +323,56 @@ def probe(ex: Exercise, obj: Any, seed: int = 0) -> Dict[str, Any]:
 
 class _Watch(torch.overrides.TorchFunctionMode):
     """Records which of ``names`` the code inside calls: every torch function call passes through the mode,
-    however the student reached the function (F.layer_norm, an alias, nn.LayerNorm's forward)."""
+    however the student reached the function (F.layer_norm, an alias, nn.LayerNorm's forward,
+    torch.ops.aten.layer_norm.default: names are compared without the overload). A mode holds for one thread,
+    so each thread started through ``threading`` while inside gets a copy that records into the same set."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], seen: Optional[set] = None, live: Optional[List[bool]] = None) -> None:
         super().__init__()
-        self.names, self.seen = set(names), set()
+        self.names = set(names)
+        self.seen = set() if seen is None else seen
+        self.live = [True] if live is None else live  # shared with the copies: they stop recording with it
+        self._threads: Optional[ContextManager[Any]] = None
+
+    def __enter__(self) -> "_Watch":
+        from .watch import thread_starts
+
+        self.live[0] = True
+        self._threads = thread_starts(self._enter_in_thread)
+        self._threads.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._threads.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self.live[0] = False
+            if self._threads is not None:
+                self._threads.__exit__(None, None, None)
+
+    def _enter_in_thread(self, frame: Any, event: str, arg: Any) -> None:
+        """In a new thread: a copy stays on that thread's mode stack (it records nothing once the probe is over)."""
+        torch.overrides.TorchFunctionMode.__enter__(_Watch(self.names, self.seen, self.live))
+
+    @staticmethod
+    def _called(func: Any) -> Tuple[str, str]:
+        """(the name to compare, the name to report): "layer_norm.default" of an aten overload is layer_norm."""
+        name = getattr(func, "__name__", "")
+        base = name.split(".", 1)[0] if isinstance(name, str) else ""
+        if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            space = getattr(func, "namespace", None) or getattr(func, "_qualified_op_name", "aten::").split("::")[0]
+            return base, f"torch.ops.{space}.{base}"
+        return base, f"{getattr(func, '__module__', None) or 'torch'}.{base}"
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        name = getattr(func, "__name__", "")
-        if name in self.names:
-            self.seen.add(f"{getattr(func, '__module__', None) or 'torch'}.{name}")
+        if self.live[0]:
+            base, shown = self._called(func)
+            if base in self.names:
+                self.seen.add(shown)
         return func(*args, **(kwargs or {}))
 
 

@@ -10,10 +10,12 @@ Three watches are set up in the sandboxed child after its imports and before the
   reported;
 * **files outside the student's folder** (:func:`watch_files`): an audit hook (PEP 578: once added, code in
   the process cannot remove it) notes every file or folder opened, listed, written or linked outside the
-  scratch copy, the Python installation and the system's read-only folders;
+  scratch copy, the Python installation and the system's read-only folders (not the import system's own
+  look-ups in the sys.path entries, e.g. of a failed ``import seaborn``);
 * **the package's own implementation** (:func:`package_calls`): while an exercise's probe runs, a profile
   function notes every call of the package's implementation of that exercise (``Exercise.package``), e.g. an
-  answer ``patchify = vit_edu.patchify`` or a ``MultiHeadAttention`` that subclasses ``vit_edu.Attention``.
+  answer ``patchify = vit_edu.patchify`` or a ``MultiHeadAttention`` that subclasses ``vit_edu.Attention``,
+  in the probe's thread and in threads started through ``threading`` meanwhile (:func:`thread_starts`).
 
 The watches report; only the first one withholds marks (its records could be forged). A student who sets out
 to blind the later two from inside the process can (they live in the same memory): the report says so when the
@@ -25,8 +27,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 # The modules whose functions and classes a probe's record depends on (vit_edu's are added at snapshot time).
 WATCHED_MODULES = ("builtins", "torch", "torch._C", "torch.nn.functional", "torch.nn.modules.module",
@@ -174,16 +177,47 @@ def _paths(event: str, args: Tuple[Any, ...]) -> List[Any]:
     return list(args[:1])
 
 
+def _import_scans() -> FrozenSet[Tuple[str, Any]]:
+    """(event, code object) of the import system's own look-ups in a sys.path entry: a failed ``import seaborn``
+    lists every entry (FileFinder), importlib.metadata and pkgutil list them too, zipimport opens a zip entry.
+    Kept by code object: a function a student compiles or swaps in has another one."""
+    scans: Set[Tuple[str, Any]] = set()
+    wanted = [("os.listdir", "importlib._bootstrap_external", "FileFinder._fill_cache"),
+              ("os.listdir", "importlib.metadata", "FastPath.children"),
+              ("os.listdir", "pkgutil", "_iter_file_finder_modules"),
+              ("open", "zipimport", "_read_directory"), ("open", "zipimport", "_get_data")]
+    for event, module, dotted in wanted:
+        try:
+            obj: Any = importlib.import_module(module)
+            for attr in dotted.split("."):
+                obj = getattr(obj, attr)
+            scans.add((event, obj.__code__))
+        except (ImportError, AttributeError):  # another Python: that look-up is reported like any other
+            continue
+    return frozenset(scans)
+
+
 def watch_files(allowed: Sequence[str], noted: List[str]) -> None:
     """Add the audit hook: every path an event names outside ``allowed`` (and the system folders) is appended
-    to ``noted`` as 'opened /path' (at most MAX_NOTED distinct; the hook never raises)."""
+    to ``noted`` as 'opened /path' (at most MAX_NOTED distinct; the hook never raises). The import system's own
+    look-ups in the sys.path entries of now (not ones the student adds later) are not the student's doing and
+    are not noted; the same listing made by the student's code is."""
     roots = tuple(sorted({os.path.normpath(a) for a in allowed if a} | set(SYSTEM_ROOTS)))
+    entries = {os.path.normpath(os.path.join(os.getcwd(), p)) for p in sys.path if isinstance(p, str)}
+    scans = _import_scans()
+    caller = sys._getframe
     seen: Set[str] = set()
     busy = [False]
     fspath, isabs, normpath, join, getcwd = os.fspath, os.path.isabs, os.path.normpath, os.path.join, os.getcwd
 
     def inside(path: str) -> bool:
         return any(path == r or path.startswith(r + "/") for r in roots)
+
+    def by_import_system(event: str) -> bool:  # the code that raised the event (frame 2: this, the hook, it)
+        try:
+            return (event, caller(2).f_code) in scans
+        except ValueError:  # no Python frame: not the import system
+            return False
 
     def hook(event: str, args: Tuple[Any, ...]) -> None:
         verb = FILE_EVENTS.get(event)
@@ -199,6 +233,8 @@ def watch_files(allowed: Sequence[str], noted: List[str]) -> None:
                 if path == "" or path in ("/dev/null",):
                     continue
                 full = normpath(path if isabs(path) else join(getcwd(), path))
+                if full in entries and by_import_system(event):
+                    continue  # the import system looking for a module, e.g. a failed `import seaborn`
                 if not inside(full) and full not in seen:
                     seen.add(full)
                     noted.append(f"{verb} {full}")
@@ -210,27 +246,74 @@ def watch_files(allowed: Sequence[str], noted: List[str]) -> None:
     sys.addaudithook(hook)
 
 
+# ============================================================================================ threads
+Profile = Callable[[Any, str, Any], Any]
+# taken at import, before any answer cell: replacing threading's functions does not switch the watch off
+_set_thread_hook, _get_thread_hook = threading.setprofile, threading.getprofile
+
+
+@contextmanager
+def thread_starts(start: Profile) -> Iterator[Dict[str, bool]]:
+    """While inside, every thread started through ``threading`` (concurrent.futures included) first runs
+    ``start(frame, event, arg)`` in that thread: a profile function and a TorchFunctionMode hold for one thread
+    only, and Python 3.11 reaches new threads only through threading's profile hook (it has no
+    setprofile_all_threads). Watches nest: each new thread runs the outer one's start too. Yields
+    {"unwatched": bool}: the hook was replaced meanwhile; it is then left as found, so an outer watch sees it."""
+    previous = _get_thread_hook()
+    state = {"unwatched": False}
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(previous)  # this thread: no hook but what an outer watch's start sets
+        if previous is not None:
+            previous(frame, event, arg)
+        try:
+            start(frame, event, arg)
+        except Exception:  # noqa: BLE001 - a watch must never change what the student's code does
+            pass
+
+    _set_thread_hook(hook)
+    try:
+        yield state
+    finally:
+        state["unwatched"] = _get_thread_hook() is not hook
+        if not state["unwatched"]:
+            _set_thread_hook(previous)
+
+
 # ============================================================================================ package calls
 @contextmanager
 def package_calls(codes: Dict[Any, str]) -> Iterator[Dict[str, Any]]:
-    """While inside: note which of ``codes`` start running (yields {"calls": [...], "unwatched": bool})."""
+    """While inside: note which of ``codes`` start running, in this thread and in the threads started meanwhile
+    (yields {"calls": [...], "unwatched": bool}). Threads started before (a pool warmed in an answer cell) or
+    through ``_thread`` directly are not watched."""
     seen: Dict[str, None] = {}
     report: Dict[str, Any] = {"calls": [], "unwatched": False}
     if not codes:
         yield report
         return
+    live = [True]
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call":
+        if not live[0]:  # a thread started during the probe that outlives it: the watch leaves it
+            sys.setprofile(None)
+        elif event == "call":
             name = codes.get(frame.f_code)
             if name is not None:
                 seen[name] = None
 
+    def start(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(profile)
+        profile(frame, event, arg)
+
+    threads = {"unwatched": False}
     previous = sys.getprofile()
     sys.setprofile(profile)
     try:
-        yield report
+        with thread_starts(start) as threads:
+            yield report
     finally:
-        report["unwatched"] = sys.getprofile() is not profile
+        mine = sys.getprofile() is profile
         sys.setprofile(previous)
+        live[0] = False  # after this thread's own profile is off: it would remove itself
+        report["unwatched"] = not mine or threads["unwatched"]
         report["calls"] = list(seen)
