@@ -371,7 +371,8 @@ def files(tmp_path_factory) -> dict:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    for name, paths in {"loose": ["01.ipynb"], "nested": ["alice/week1/01.ipynb"], "ok": ["alice/01.ipynb"]}.items():
+    hidden = ["alice/.ipynb_checkpoints/01-checkpoint.ipynb", "alice/__MACOSX/._01.ipynb"]  # no student's notebook
+    for name, paths in {"loose": ["01.ipynb"], "hidden": hidden, "ok": ["alice/01.ipynb"]}.items():
         for rel in paths:
             (d / "subs" / name / rel).parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, d / "subs" / name / rel)
@@ -532,7 +533,7 @@ GRADE_CASES = [
     ("notebooks-at-top-level", ["{subs_loose}"],
      r"subs/loose holds notebooks directly \(01.ipynb\) but no student folders with notebooks; expected one "
      r"folder per student"),
-    ("notebooks-too-deep", ["{subs_nested}"], r"none of the 1 student folders in .* holds a notebook"),
+    ("notebooks-only-hidden", ["{subs_hidden}"], r"none of the 1 student folders in .* holds a notebook"),
     ("reference-missing", ["{subs_ok}", "--reference", "{dir}/no_such_reference"],
      r"reference folder .*no_such_reference not found; expected the folder of handed-out notebooks"),
     ("reference-a-file", ["{subs_ok}", "--reference", "{a_file}"], r"reference folder .*a_file is a file"),

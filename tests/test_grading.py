@@ -464,9 +464,10 @@ def test_renamed_duplicated_extra_and_missing_notebooks(graded):
     assert _total(graded, "vic_broken") == 5
 
 
-def test_duplicated_answer_cell_uses_the_first(graded):
-    assert _total(graded, "uma_duplicate_cell") == 1
-    assert "2 cells carry grade_id patchify_answer: the first was used" in _message(graded, "uma_duplicate_cell", "patchify")
+def test_duplicated_answer_cell_runs_every_copy_in_order(graded):
+    """As in Jupyter: the later, wrong definition (ZEROS, below the honest one) wins."""
+    assert _total(graded, "uma_duplicate_cell") == 0
+    assert "2 cells carry grade_id patchify_answer" in _message(graded, "uma_duplicate_cell", "patchify")
 
 
 def test_csv_files_and_maximum(graded):
@@ -588,7 +589,7 @@ def test_resume_regrades_a_changed_submission_and_marks_a_grader_killer(tmp_path
         nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
     out = tmp_path / "g.csv"
     graded_now = []
-    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: graded_now.append([s.name for s in todo]))
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: graded_now.append(list(todo)))
     monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
     folder = grading.students_dir(out)
     folder.mkdir()
@@ -662,7 +663,7 @@ def test_two_students_running_at_a_grader_kill_are_retried_alone(tmp_path, monke
         (tmp_path / "subs" / student).mkdir(parents=True)
         nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
     seen = []
-    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a: seen.append(([s.name for s in todo], a[-4])))
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a: seen.append((list(todo), a[-4])))
     monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
     out = tmp_path / "g.csv"
     folder = grading.students_dir(out)
@@ -1097,3 +1098,174 @@ def test_shards_split_by_name_and_merge_into_the_whole_class(tmp_path, capsys):
     for argv in (["--shard", "0/3"], ["--shard", "4/3"], ["--shard", "three"]):
         assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), *argv]) == 2
         assert "--shard" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ magics, copied cells, subfolders
+BLACK_STYLE = '''def patchify(images, patch_size):
+    b, c, h, w = images.shape
+    if (
+        h % patch_size
+        != 0
+    ):
+        raise ValueError("h must be divisible by patch_size")
+    unused = (w
+              % patch_size)
+    return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)'''
+
+
+def test_a_magic_is_a_line_that_starts_a_statement():
+    """Black starts continuation lines with `!= 0` or `% patch_size`: valid Python, which runs unchanged; a
+    magic or shell line is skipped only where a statement starts (as IPython reads it)."""
+    from vit_edu.classroom.child import _without_magics
+
+    assert _without_magics(BLACK_STYLE) == BLACK_STYLE
+    cell = "\n".join(["%matplotlib inline", "!pip install einops \\", "    --quiet", "x = (10", "     % 3)",
+                      'text = """', "!not a shell line", '"""', "for i in range(2):", "    !echo {i}",
+                      "    y = x \\", "        % 2", ""])
+    expected = "\n".join(["pass  # %matplotlib inline", "pass  # !pip install einops \\", "    # --quiet", "x = (10",
+                          "     % 3)", 'text = """', "!not a shell line", '"""', "for i in range(2):",
+                          "    pass  # !echo {i}", "    y = x \\", "        % 2", ""])
+    assert _without_magics(cell) == expected
+    namespace: dict = {}
+    exec(compile(_without_magics(cell), "<cell>", "exec"), namespace)
+    assert (namespace["x"], namespace["y"], namespace["text"]) == (1, 1, "\n!not a shell line\n")
+
+
+def _stub_copied_above(name: str, exercise: str, ref: Path) -> nbformat.NotebookNode:
+    """The student's ``name`` (solutions) with the handed-out stub of ``exercise`` copied above its answer cell,
+    metadata and all, as Jupyter's copy and paste does."""
+    nb = submission(name)
+    stubs = reference.load_reference_notebook(ref / name).stubs
+    answer = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == f"{exercise}_answer")
+    copy = nbformat.v4.new_code_cell(stubs[f"{exercise}_answer"])
+    copy.metadata["nbgrader"] = dict(answer.metadata["nbgrader"])
+    nb.cells.insert(nb.cells.index(answer), copy)
+    return nb
+
+
+def _solution_cell(source: str, grade_id: str) -> nbformat.NotebookNode:
+    return _cell(source, grade=False, grade_id=grade_id, locked=False, solution=True)
+
+
+def test_every_cell_carrying_an_answer_s_grade_id_runs_in_notebook_order(tmp_path):
+    """A copied answer cell runs as in Jupyter: every copy, in notebook order, so the later definition wins.
+    Cells given another cell's grade_id gain nothing: a check cell's id runs nowhere, another answer's id runs
+    at that answer's place (as if written in that answer's cell)."""
+    ref_dir = reference_folder(tmp_path / "reference")
+    ref = {nb.name: nb for nb in grading.load_reference(ref_dir)}
+    b = ref["b.ipynb"]
+    nb = _stub_copied_above("b.ipynb", "attention", ref_dir)
+    nb.cells.insert(1, _solution_cell("EARLY_MLP = 1", "mlp_answer"))  # above attention's answer
+    nb.cells += [_solution_cell("LATE = 1", "attention_answer"), _solution_cell("FORGED = 1", "mlp_check")]
+    nbformat.write(nb, tmp_path / "b.ipynb")
+    answers, problem = reference.read_answers(tmp_path / "b.ipynb", list(ref.values()))
+    steps = reference.job_steps(b, answers)
+    assert [s["kind"] for s in steps] == ["setup", "answer", "answer", "answer", "check", "answer", "answer", "check"]
+    assert [(s["label"], s["source"]) for s in steps if s["kind"] == "answer"] == [
+        ("answer cell attention_answer", b.stubs["attention_answer"]),
+        ("answer cell attention_answer", SOLUTIONS["attention"]), ("answer cell attention_answer", "LATE = 1"),
+        ("answer cell mlp_answer", "EARLY_MLP = 1"), ("answer cell mlp_answer", SOLUTIONS["mlp"])]
+    assert [s for s in steps if s["kind"] != "answer"] == [s for s in b.steps if s["kind"] != "answer"]
+    # the copy above the worked answer counts as worked on: it beats the untouched stub of the reference's name
+    student = tmp_path / "student"
+    student.mkdir()
+    shutil.copy(ref_dir / "a.ipynb", student / "a.ipynb")
+    nbformat.write(_stub_copied_above("a.ipynb", "patchify", ref_dir), student / "a_final.ipynb")
+    match = reference.match_notebooks(student, list(ref.values()))
+    assert match.graded["a.ipynb"][0].name == "a_final.ipynb", match.notes
+
+
+def test_notebooks_in_subfolders_and_with_an_upper_case_suffix_are_found(tmp_path):
+    """A zipped folder extracted one level down, or a suffix in capitals, is graded and said so; the most worked
+    on copy wins, one at the top on a tie; hidden folders and links to folders are not entered."""
+    ref_dir = reference_folder(tmp_path / "reference")
+    ref = grading.load_reference(ref_dir)
+    subs = tmp_path / "subs"
+    for folder in ("tie/sub", "stub/work", "deep/x/y/z", "deep/.ipynb_checkpoints", "elsewhere"):
+        (subs / folder).mkdir(parents=True)
+    for path in ("tie/a.ipynb", "tie/sub/a.ipynb", "stub/work/a.ipynb", "deep/.ipynb_checkpoints/b-checkpoint.ipynb",
+                 "elsewhere/a.ipynb"):
+        nbformat.write(submission(Path(path).name if Path(path).name in LAYOUT else "b.ipynb"), subs / path)
+    shutil.copy(ref_dir / "a.ipynb", subs / "stub" / "a.ipynb")  # the untouched stub at the top
+    nbformat.write(submission("b.ipynb"), subs / "deep" / "x" / "y" / "z" / "b.Ipynb")
+    (subs / "deep" / "linked").symlink_to(subs / "elsewhere", target_is_directory=True)
+
+    def matched(student):
+        match = reference.match_notebooks(subs / student, ref)
+        graded = {name: path.relative_to(subs / student).as_posix() for name, (path, _, _) in match.graded.items()}
+        return graded, dict(match.notes)
+
+    assert matched("tie") == ({"a.ipynb": "a.ipynb"},
+                              {"sub/a.ipynb": "duplicate of a.ipynb (same answer cells): not graded"})
+    assert matched("stub") == ({"a.ipynb": "work/a.ipynb"}, {
+        "work/a.ipynb": "graded as a.ipynb (found in a subfolder; a.ipynb at the top has fewer answers worked on)",
+        "a.ipynb": "duplicate of a.ipynb (fewer answers worked on than work/a.ipynb): not graded"})
+    assert matched("deep") == ({"b.ipynb": "x/y/z/b.Ipynb"},
+                               {"x/y/z/b.Ipynb": "graded as b.ipynb (found in a subfolder, its suffix is .Ipynb)"})
+    before = reference.submission_hash(subs / "deep")
+    nbformat.write(submission("b.ipynb", {"mlp": ZEROS}), subs / "deep" / "x" / "y" / "z" / "b.Ipynb")
+    assert reference.submission_hash(subs / "deep") != before  # resuming regrades a changed nested notebook
+
+
+def test_a_copied_answer_cell_and_a_nested_or_capitalised_notebook_get_full_marks(tmp_path):
+    """The whole grader on the two layouts above: the stub copied above the worked answer, and notebooks one
+    folder down or ending in .IPYNB."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    (subs / "dup").mkdir(parents=True)
+    nbformat.write(_stub_copied_above("a.ipynb", "patchify", ref), subs / "dup" / "a.ipynb")
+    (subs / "kim" / "homework").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb"), subs / "kim" / "homework" / "a.ipynb")
+    nbformat.write(submission("b.ipynb"), subs / "kim" / "b.IPYNB")
+    rows = grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
+                         verbose=False)
+    total = {s: sum(r["points"] for r in rows if r["student"] == s) for s in ("dup", "kim")}
+    assert total == {"dup": 1, "kim": MAX}, [r["message"] for r in rows if r["message"]]
+    notes = {r["notebook"]: r["message"] for r in rows if r["student"] == "kim" and r["exercise"] == "(notebook)"}
+    assert notes == {"homework/a.ipynb": "graded as a.ipynb (found in a subfolder)",
+                     "b.IPYNB": "graded as b.ipynb (its suffix is .IPYNB)"}
+
+
+# ------------------------------------------------------------------------------------ students' names
+def test_folders_that_read_alike_and_names_too_long_for_a_file_keep_their_own_grades(tmp_path, capsys, monkeypatch):
+    """b'eve\\xff' and a folder literally named 'eve\\xff' read alike; 250 bytes, or 60 bytes that are not UTF-8
+    (240 characters as \\xNN), make grades/<student>.csv too long a file name. Each keeps its own grades, the
+    teacher is told which folder is which, and the rest of the class is graded."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    right, blank = submission("a.ipynb"), nbformat.read(ref / "a.ipynb", as_version=4)
+    folders = {b"eve\xff": right, b"eve\\xff": blank, b"a" * 250: right, b"\xe9" * 60: right, b"zoe": blank}
+    for raw, nb in folders.items():
+        os.makedirs(os.fsencode(subs) + b"/" + raw)
+        nbformat.write(nb, os.fsdecode(os.fsencode(subs) + b"/" + raw + b"/a.ipynb"))
+    rows = grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
+                         verbose=False)
+    points = {r["student"]: r["points"] for r in rows if r["exercise"] == "patchify"}
+    labels = report.student_labels([Path(os.fsdecode(os.fsencode(subs) + b"/" + raw)) for raw in folders])
+    assert len(set(labels.values())) == len(folders) == len(points)
+    assert {name: points[name] for name in labels.values()} == {
+        labels[Path(os.fsdecode(os.fsencode(subs) + b"/" + raw))]: (1.0 if nb is right else 0.0)
+        for raw, nb in folders.items()}
+    assert sorted(n for n in points if n.startswith("eve")) == sorted(
+        f"eve\\xff~{hashlib.sha1(raw).hexdigest()[:8]}" for raw in (b"eve\xff", b"eve\\xff"))
+    err = capsys.readouterr().err
+    assert "b'eve\\xff' in bytes is eve\\xff~" in err and "b'eve\\\\xff' in bytes is eve\\xff~" in err, err
+    files = sorted(p.name for p in grading.students_dir(tmp_path / "g.csv").glob("*.csv"))
+    assert len(files) == len(folders) and all(len(os.fsencode(f)) <= report.MAX_NAME_BYTES + 4 for f in files)
+    # a second run finds every student's CSV by the same names: nothing left to grade
+    monkeypatch.setattr(grading, "_grade_all", lambda *a, **k: pytest.fail(f"regraded: {list(a[1])}"))
+    again = grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, timeout=TIMEOUT, memory_mb=MEMORY_MB,
+                          verbose=False)
+    key = lambda r: (r["student"], r["notebook"], r["exercise"], float(r["points"]))  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, rows))
+
+
+def test_student_labels_differ_only_where_names_read_alike():
+    folders = [Path(n) for n in ("ann", "Ann", "ben", "eve")]
+    labels = report.student_labels(folders)
+    assert labels[Path("ben")] == "ben" and labels[Path("eve")] == "eve"
+    assert labels[Path("ann")].startswith("ann~") and labels[Path("Ann")].startswith("Ann~")  # case-blind disks
+    assert report.student_labels(folders[:1]) == {Path("ann"): "ann"}
+    assert report.student_csv(Path("g"), "ann") == Path("g/ann.csv")
+    long = report.student_csv(Path("g"), "é" * 200)
+    assert len(long.name.encode()) <= report.MAX_NAME_BYTES + 4 and long != report.student_csv(Path("g"), "é" * 201)

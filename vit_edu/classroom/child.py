@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -185,14 +186,61 @@ class _CappedText(io.TextIOBase):
 
 
 def _without_magics(source: str) -> str:
-    """IPython magics and shell escapes (``%matplotlib``, ``!pip``) are skipped: no IPython runs here."""
-    lines = []
-    for line in source.split("\n"):
-        stripped = line.lstrip()
-        if stripped.startswith(("%", "!")):
-            line = line[: len(line) - len(stripped)] + "pass  # " + stripped
-        lines.append(line)
+    """IPython magics and shell escapes (``%matplotlib``, ``!pip``) are skipped: no IPython runs here. Only a
+    line that starts a statement is one (as in IPython): a cell that parses as Python runs unchanged, so a
+    continuation line such as ``!= 0`` or ``% patch_size`` inside brackets stays code."""
+    try:
+        ast.parse(source)
+        return source
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        pass
+    lines = source.split("\n")
+    for i, first in _magic_lines(lines):
+        stripped = lines[i].lstrip()
+        lines[i] = lines[i][: len(lines[i]) - len(stripped)] + ("pass  # " if first else "# ") + stripped
     return "\n".join(lines)
+
+
+def _magic_lines(lines: List[str]) -> List[Tuple[int, bool]]:
+    """(index, True) of each line that is a magic or shell escape: one starting with ``%`` or ``!`` where a
+    statement starts (outside brackets, strings and backslash continuations); (index, False) of the lines a
+    magic continues onto with a trailing backslash."""
+    found: List[Tuple[int, bool]] = []
+    depth, quote, continued, in_magic = 0, "", False, False
+    for i, raw in enumerate(lines):
+        line = raw.rstrip("\r")
+        if in_magic or (not depth and not quote and not continued and line.lstrip().startswith(("%", "!"))):
+            found.append((i, not in_magic))
+            in_magic = line.endswith("\\")
+            continue
+        j, comment = 0, False
+        while j < len(line):
+            if quote:
+                if line[j] == "\\":
+                    j += 2
+                elif line.startswith(quote, j):
+                    j, quote = j + len(quote), ""
+                else:
+                    j += 1
+                continue
+            char = line[j]
+            if char == "#":
+                comment = True
+                break
+            if char in "([{":
+                depth += 1
+            elif char in ")]}":
+                depth = max(depth - 1, 0)
+            elif char in "'\"":
+                quote = line[j: j + 3] if line[j: j + 3] in ('"""', "'''") else char
+                j += len(quote)
+                continue
+            j += 1
+        ends_with_backslash = line.endswith("\\") and not comment
+        if len(quote) == 1 and not ends_with_backslash:
+            quote = ""  # an unclosed one-line string: a SyntaxError anyway, go on from the next line
+        continued = ends_with_backslash and not quote
+    return found
 
 
 def _child(job: dict, close: Sequence[int]) -> None:

@@ -57,10 +57,10 @@ from .._startup import OneLineParser
 from ..fileio import _pid_alive, check_writable_file
 from . import sandbox, shards
 from .reference import (DEFAULT_REFERENCE, RefNotebook, _label, fingerprint, job_steps, load_reference,
-                        match_notebooks, submission_hash)
+                        match_notebooks, notebook_files, submission_hash)
 from .report import (COLUMNS, _csv_rows, _encodable, _printable, _row, _text, _write_combined, _write_csv,
-                     _write_json, exercise_flags, format_table, notebook_flags, read_student_csv, students_dir,
-                     summary_path, write_results)
+                     _write_json, exercise_flags, format_table, notebook_flags, read_student_csv, student_csv,
+                     student_labels, students_dir, summary_path, write_results)
 from .sandbox import one_line
 
 STATE_FILE = ".grading.json"  # in the per-student folder: reference fingerprint, journal, seeds
@@ -89,8 +89,8 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
         notes = []
         absent = [g for g in ex.answers if g not in answers]
         notes += [f"answer cell {g} is missing from the notebook" for g in absent]
-        notes += [f"{len(answers[g])} cells carry grade_id {g}: the first was used" for g in ex.answers
-                  if len(answers.get(g, [])) > 1]
+        notes += [f"{len(answers[g])} cells carry grade_id {g}: all ran, in notebook order (the last definition "
+                  f"wins)" for g in ex.answers if len(answers.get(g, [])) > 1]
         errors = [f"answer cell {g} raised {_memory_note(cell_errors[f'answer cell {g}'], limits.memory_mb)}"
                   for g in ex.answers if f"answer cell {g}" in cell_errors]
         passed, message = False, ""
@@ -229,20 +229,25 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         print(f"warning: not following {len(links)} symbolic link(s) in {root}: {', '.join(links[:3])}"
               f"{', ...' if len(links) > 3 else ''}; a student's folder must be a real folder", file=sys.stderr)
     students = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    label_of = student_labels(students)  # of the whole class, so that every shard names a student alike
+    for s in students:
+        if label_of[s] != _label(s.name):
+            print(f"warning: student folders read alike; the one named {os.fsencode(s.name)!r} in bytes is "
+                  f"{_printable(label_of[s], 200)} in the grades", file=sys.stderr)
     if shard is not None:
         everyone = len(students)
-        students = [p for p in students if shards.shard_of(_label(p.name), shard[1]) == shard[0]]
+        students = [p for p in students if shards.shard_of(label_of[p], shard[1]) == shard[0]]
         if verbose:
             print(f"shard {shard[0]}/{shard[1]}: {len(students)} of the {everyone} students", flush=True)
     loose = sorted(p.name for p in root.glob("*.ipynb"))
-    with_notebooks = [s for s in students if any(s.glob("*.ipynb"))]
+    with_notebooks = [s for s in students if notebook_files(s)]
     if loose and not with_notebooks:
         raise ValueError(f"{root} holds notebooks directly ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''}) "
                          f"but no student folders with notebooks; expected one folder per student: "
                          f"{root}/<student>/*.ipynb")
     if students and not with_notebooks:
         raise ValueError(f"none of the {len(students)} student folders in {root} holds a notebook; expected "
-                         f"{root}/<student>/*.ipynb (notebooks in deeper folders are not looked at)")
+                         f"{root}/<student>/*.ipynb (or in a subfolder of <student>)")
     state_path = folder / STATE_FILE
     state = _load_state(state_path)
     fp = fingerprint(reference)
@@ -268,12 +273,12 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     state.update(reference=fp, running=[], grader_pid=os.getpid(), suspects=suspects,
                  shard=list(shard) if shard is not None else None)
     state.setdefault("students", {})
-    names = [_label(s.name) for s in students]
+    names = [label_of[s] for s in students]
     seed = secrets.randbelow(2**31) if seed is None else seed
 
     todo: List[Path] = []
     for s, name in zip(students, names):
-        files, csv = submission_hash(s), folder / f"{name}.csv"
+        files, csv = submission_hash(s), student_csv(folder, name)
         if csv.exists() and state["students"].get(name, {}).get("files") == files and not force:
             continue
         if suspects.get(name, 0) >= 2:
@@ -285,7 +290,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
             print(f"warning: {_printable(name, 80)}: {message}", file=sys.stderr)
             continue
         todo.append(s)
-    todo.sort(key=lambda s: (suspects.get(_label(s.name), 0) == 0, _label(s.name)))  # suspects first, each alone
+    todo.sort(key=lambda s: (suspects.get(label_of[s], 0) == 0, label_of[s]))  # suspects first, each alone
     _write_json(state_path, state)
     if not todo:
         rows = _write_combined(out, names, reference)
@@ -312,7 +317,8 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if verbose:
         print(f"sandbox: each notebook runs with a {box.isolation}", flush=True)
     try:
-        _grade_all(box, todo, reference, folder, state, state_path, seed, limits, suspects, out, names, verbose)
+        _grade_all(box, {label_of[s]: s for s in todo}, reference, folder, state, state_path, seed, limits, suspects,
+                   out, names, verbose)
     finally:
         box.close()
         torch.set_num_threads(threads)
@@ -384,15 +390,15 @@ def _grader_failed(student: str, reference: Sequence[RefNotebook], what: str, er
     return [r for nb in ([only] if only is not None else reference) for r in _failed_rows(student, nb, message)]
 
 
-def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[RefNotebook], folder: Path,
+def _grade_all(box: sandbox.Sandbox, todo: Dict[str, Path], reference: Sequence[RefNotebook], folder: Path,
                state: dict, state_path: Path, seed: int, limits: sandbox.Limits, suspects: Dict[str, int],
                out: Path, names: Sequence[str], verbose: bool) -> None:
-    """Run every notebook of ``todo`` in the sandbox, judge, and write each student's CSV when complete."""
+    """Run every notebook of ``todo`` (student -> folder, in order) in the sandbox, judge, and write each student's
+    CSV when complete."""
     rows_of: Dict[str, List[dict]] = {}
     left: Dict[str, int] = {}
     queue: List[_Task] = []
-    for s in todo:
-        student = _label(s.name)
+    for student, s in todo.items():
         try:
             rows, tasks = _prepare(s, student, reference, suspects.get(student, 0) > 0)
         except Exception as err:  # noqa: BLE001 - one submission the grader cannot read must not stop the class
@@ -413,21 +419,20 @@ def _grade_all(box: sandbox.Sandbox, todo: Sequence[Path], reference: Sequence[R
 
     def finish_student(student: str) -> None:
         rows = sorted(rows_of.pop(student), key=lambda r: order.get((r["notebook"], r["exercise"]), len(order)))
-        _write_csv(folder / f"{student}.csv", COLUMNS, _csv_rows(rows))
-        state["students"][student] = {"seed": seed, "files": submission_hash(Path(
-            next(s for s in todo if _label(s.name) == student)))}
+        _write_csv(student_csv(folder, student), COLUMNS, _csv_rows(rows))
+        state["students"][student] = {"seed": seed, "files": submission_hash(todo[student])}
         suspects.pop(student, None)
         save_state()
         _write_combined(out, names, reference)
         if verbose:
             got = sum(r["points"] for r in rows)
             full = sum(ex.points for nb in reference for ex in nb.exercises)
-            print(f"{_printable(student, 80)}: {got:g}/{full:g} (wrote {_printable(str(folder / (student + '.csv')), 200)})",
-                  flush=True)
+            wrote = _printable(str(student_csv(folder, student)), 200)
+            print(f"{_printable(student, 80)}: {got:g}/{full:g} (wrote {wrote})", flush=True)
 
-    for s in todo:  # students with nothing to run (no readable notebook) are done now
-        if left[_label(s.name)] == 0:
-            finish_student(_label(s.name))
+    for student in todo:  # students with nothing to run (no readable notebook) are done now
+        if left[student] == 0:
+            finish_student(student)
     while queue or running:
         started = False
         while queue and box.free():

@@ -4,7 +4,8 @@
   with their points, answer cells by grade_id) and its steps in order (setup cells, answer cells, checks);
   :func:`fingerprint` names one reference, so a resumed run never mixes two;
 * :func:`read_answers`, :func:`match_notebooks`: a student's answer cells (by grade_id), the student's
-  notebooks matched to the reference's (a renamed notebook is recognised by its grade_ids);
+  notebooks (:func:`notebook_files`, subfolders included) matched to the reference's (a renamed notebook is
+  recognised by its grade_ids);
 * :func:`job_steps`: the steps a sandboxed child runs for one notebook (:mod:`.grading`, :mod:`.sandbox`).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -28,6 +30,7 @@ from .sandbox import one_line
 
 DEFAULT_REFERENCE = "assignments/student"
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024  # a submitted notebook larger than this is not read (clear its outputs)
+MAX_ENTRIES = 20_000  # files and folders looked at for a student's notebooks (the sandbox's file count, too)
 
 
 def _label(name: str) -> str:
@@ -249,84 +252,132 @@ class Assignment:
 
 
 def _worked_on(answers: Optional[Dict[str, List[str]]], ref: RefNotebook) -> int:
-    """How many of ``ref``'s answer cells differ from the handed-out stub (an untouched copy scores 0)."""
+    """How many of ``ref``'s answer cells differ from the handed-out stub (an untouched copy scores 0); a grade_id
+    carried by several cells counts when any of them differs (a stub copied above the worked answer)."""
     if not answers:
         return -1
-    return sum(1 for gid in ref.answer_ids if gid in answers and answers[gid][0].strip() != ref.stubs.get(gid, "").strip())
+    return sum(1 for gid in ref.answer_ids
+               if any(source.strip() != ref.stubs.get(gid, "").strip() for source in answers.get(gid, [])))
+
+
+def _is_notebook(name: str) -> bool:
+    return name.lower().endswith(".ipynb")
+
+
+def _canonical(name: str) -> str:
+    """The name with its suffix in lower case: ``01_patch_embedding.IPYNB`` is ``01_patch_embedding.ipynb``."""
+    return name[: -len(".ipynb")] + ".ipynb" if _is_notebook(name) else name
+
+
+def notebook_files(student_dir: Path) -> List[Path]:
+    """The student's notebooks: names ending in .ipynb in any case, at the top of the folder and in its subfolders
+    at any depth (a zipped folder extracted one level down), those at the top first. Hidden files and folders
+    (Jupyter's .ipynb_checkpoints), __MACOSX and links to folders are not entered (a link could point anywhere);
+    at most MAX_ENTRIES entries are looked at, so a folder of a million files costs no more than the sandbox
+    would copy."""
+    found: List[Path] = []
+    folders = [student_dir]
+    budget = MAX_ENTRIES
+    while folders and budget > 0:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(itertools.islice(listing, budget))
+        except OSError:
+            continue  # an unreadable subfolder holds nothing we can grade
+        budget -= len(entries)
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == "__MACOSX":
+                continue  # hidden, and a Mac zip's resource forks (__MACOSX/._x.ipynb): no student's notebook
+            if _is_notebook(entry.name):
+                found.append(Path(entry.path))
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_folder = False
+            if is_folder:
+                folders.append(Path(entry.path))
+    return sorted(found, key=lambda q: (len(q.relative_to(student_dir).parts), q.relative_to(student_dir).parts))
 
 
 def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assignment:
-    """Pair a student's notebooks with the reference: by file name, else (renamed) by answer grade_ids.
+    """Pair a student's notebooks with the reference: by file name (its suffix in any case), else (renamed) by
+    answer grade_ids; notebooks in subfolders count too (see :func:`notebook_files`).
 
     A reference notebook is graded at most once. When several files are its copies (the file of its name and a
-    renamed one), the one with the most answers worked on is graded (an untouched stub beside a renamed answer
-    loses), the file of the reference's name on a tie; the others are reported as duplicates, files matching no
-    reference notebook as extra; neither is graded."""
+    renamed one, or one in a subfolder), the one with the most answers worked on is graded (an untouched stub
+    beside a renamed answer loses); on a tie one at the top of the folder, then the file of the reference's name;
+    the others are reported as duplicates, files matching no reference notebook as extra; neither is graded."""
     out = Assignment()
     by_name = {nb.name: nb for nb in reference}
-    files = sorted(p for p in student_dir.glob("*.ipynb"))
-    read = {p.name: read_answers(p, reference) for p in files}
-    label = {p.name: _label(p.name) for p in files}
+    files = notebook_files(student_dir)
+    read = {p: read_answers(p, reference) for p in files}
+    label = {p: _label(p.relative_to(student_dir).as_posix()) for p in files}
     candidates: Dict[str, List[Path]] = {}
     for p in files:
-        answers, problem = read[p.name]
-        if p.name in by_name:
-            candidates.setdefault(p.name, []).append(p)
+        answers, problem = read[p]
+        if _canonical(p.name) in by_name:
+            candidates.setdefault(_canonical(p.name), []).append(p)
             continue
         if answers is None:
-            out.notes.append((label[p.name], f"not in the reference and unreadable ({problem}): not graded"))
+            out.notes.append((label[p], f"not in the reference and unreadable ({problem}): not graded"))
             continue
         overlap = sorted(((len(set(answers) & set(nb.answer_ids)), nb.name) for nb in reference), reverse=True)
         best, ref_name = overlap[0] if overlap else (0, "")
         if best == 0:
-            out.notes.append((label[p.name], "extra notebook: not in the reference, not graded"))
+            out.notes.append((label[p], "extra notebook: not in the reference, not graded"))
         else:
             candidates.setdefault(ref_name, []).append(p)
     for ref_name, paths in candidates.items():
         ref = by_name[ref_name]
-        chosen = max(paths, key=lambda q: (read[q.name][0] is not None, _worked_on(read[q.name][0], ref),
-                                           q.name == ref_name))
-        out.graded[ref_name] = (chosen, *read[chosen.name])
+        chosen = max(paths, key=lambda q: (read[q][0] is not None, _worked_on(read[q][0], ref),
+                                           q.parent == student_dir, q.name == ref_name))
+        out.graded[ref_name] = (chosen, *read[chosen])
+        top = student_dir / ref_name  # the file of the reference's name at the top, if any, is one of ``paths``
         for q in paths:
             if q is chosen:
+                how = [] if q.parent == student_dir else ["found in a subfolder"]
                 if q.name != ref_name:
-                    why = ("renamed" if len(paths) == 1 else
-                           f"renamed; {_label(ref_name)} beside it " + ("cannot be read" if read[ref_name][0] is None
-                                                                       else "has fewer answers worked on")
-                           if ref_name in read else "renamed")
-                    out.notes.append((label[q.name], f"graded as {ref_name} ({why})"))
+                    suffix = q.name[-len(".ipynb"):]
+                    how.append(f"its suffix is {suffix}" if _canonical(q.name) == ref_name else "renamed")
+                if how and top in read:
+                    how[-1] += (f"; {_label(ref_name)} {'beside it' if q.parent == student_dir else 'at the top'} "
+                                + ("cannot be read" if read[top][0] is None else "has fewer answers worked on"))
+                if how:
+                    out.notes.append((label[q], f"graded as {ref_name} ({', '.join(how)})"))
             else:
-                mine, kept = read[q.name][0], read[chosen.name][0]
+                mine, kept = read[q][0], read[chosen][0]
                 if mine is None:
                     what = "cannot be read"
                 elif mine == kept:
                     what = "same answer cells"
                 elif _worked_on(mine, ref) < _worked_on(kept, ref):
-                    what = f"fewer answers worked on than {label[chosen.name]}"
+                    what = f"fewer answers worked on than {label[chosen]}"
                 else:
-                    what = f"as many answers worked on; {label[chosen.name]} is graded"
-                out.notes.append((label[q.name], f"duplicate of {ref_name} ({what}): not graded"))
+                    what = f"as many answers worked on; {label[chosen]} is graded"
+                out.notes.append((label[q], f"duplicate of {ref_name} ({what}): not graded"))
     return out
 
 
 def submission_hash(student_dir: Path) -> str:
     """Changes when any of the student's notebooks changes (resuming regrades that student)."""
     h = hashlib.sha256()
-    for p in sorted(student_dir.glob("*.ipynb")):
-        h.update(os.fsencode(p.name) + b"\0")
+    for p in notebook_files(student_dir):
+        h.update(os.fsencode(p.relative_to(student_dir).as_posix()) + b"\0")
         data, problem = sandbox.read_untrusted(p, MAX_NOTEBOOK_BYTES)
         h.update(hashlib.sha256(data if data is not None else problem.encode()).digest())
     return h.hexdigest()[:16]
 
 
 def job_steps(ref: RefNotebook, answers: Dict[str, List[str]]) -> List[dict]:
-    """The reference's steps with the student's answer sources (the first cell of each grade_id)."""
+    """The reference's steps with the student's answer sources. Every cell carrying an answer's grade_id runs at
+    that answer's place, in notebook order, as running the notebook top to bottom would (a copied cell: the
+    later definition wins). A grade_id the reference has no answer cell for (e.g. a check cell's) runs nowhere."""
     steps = []
     for step in ref.steps:
         if step["kind"] == "answer":
-            sources = answers.get(step["grade_id"])
-            if sources:
-                steps.append({"kind": "answer", "source": sources[0], "label": step["label"]})
+            steps += [{"kind": "answer", "source": source, "label": step["label"]}
+                      for source in answers.get(step["grade_id"], [])]
         else:
             steps.append(step)
     return steps

@@ -11,15 +11,48 @@ Every text that came from a student's process or folder name is made one line an
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..fileio import atomic_write
-from .reference import RefNotebook
+from .reference import RefNotebook, _label
 from .sandbox import one_line
 
 COLUMNS = ["student", "notebook", "exercise", "passed", "points", "max_points", "message", "flags"]
+
+
+# ======================================================================================= students' names
+MAX_NAME_BYTES = 120  # of grades/<student>.csv's name: its temporary twin adds ~30, and file systems allow 255
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha1(raw).hexdigest()[:8]
+
+
+def student_labels(folders: Sequence[Path]) -> Dict[Path, str]:
+    """Each student folder's name in the rows, one per folder: its printable label (:func:`.reference._label`),
+    with ``~`` and a digest of the folder's own bytes where two folders would read alike (b'eve\\xff' and a folder
+    literally named 'eve\\xff'; 'Ann' and 'ann' on a file system that ignores case). The same folders give the
+    same names in every run and every shard (a folder's name depends only on the folders that read alike)."""
+    labels = {f: _label(f.name) for f in folders}
+    seen: Dict[str, int] = {}
+    for label in labels.values():
+        seen[label.casefold()] = seen.get(label.casefold(), 0) + 1
+    return {f: label if seen[label.casefold()] == 1 else f"{label}~{_digest(os.fsencode(f.name))}"
+            for f, label in labels.items()}
+
+
+def student_csv(folder: Path, student: str) -> Path:
+    """``folder/<student>.csv``; a name too long for a file (a 250-byte folder name, or 60 bytes that are not
+    UTF-8 and read as \\xNN each) is cut and given a digest of the whole name, so it stays one student's."""
+    raw = student.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_NAME_BYTES:
+        return folder / f"{student}.csv"
+    cut = raw[:MAX_NAME_BYTES - 9].decode("utf-8", "ignore")
+    return folder / f"{cut}~{_digest(raw)}.csv"
 
 
 # ============================================================================================ rows and flags
@@ -152,7 +185,7 @@ def _write_combined(out: Path, students: Sequence[str], reference: Sequence[RefN
     rows: List[dict] = []
     done = []
     for s in students:
-        path = folder / f"{s}.csv"
+        path = student_csv(folder, s)
         if path.exists():
             rows += read_student_csv(path)
             done.append(s)
