@@ -106,3 +106,36 @@ def test_two_process_ddp_equals_one_process_on_the_whole_batch(tmp_path: Path) -
     # and training moved the weights (so the comparison is not trivially true)
     init = build_model(TrainConfig(**CONFIG, out_dir="unused"), 8, 32, 3).state_dict()
     assert not torch.allclose(init["head.weight"], expected["head.weight"])
+
+
+def test_a_stray_or_half_set_torchrun_environment_is_one_line_before_any_work(tmp_path: Path) -> None:
+    """WORLD_SIZE left over in a shell, or set by hand without the rest: one line naming the variable, not a
+    KeyError, a bare int() error or a wait for peers that never come."""
+    import pytest
+
+    from vit_edu.training.distributed import setup_distributed
+
+    cases = [({"WORLD_SIZE": "abc"}, "WORLD_SIZE must be an integer, got 'abc'"),
+             ({"WORLD_SIZE": "0"}, "WORLD_SIZE must be >= 1, got 0"),
+             ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but RANK is not set"),
+             ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK must be from 0 to 1, got 5"),
+             ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, "LOCAL_RANK must be >= 0, got -1"),
+             ({"WORLD_SIZE": "2", "RANK": "1"}, "WORLD_SIZE is 2 but MASTER_ADDR is not set"),
+             ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "x"},
+              "MASTER_PORT must be an integer, got 'x'")]
+    keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    for env, message in cases:
+        with pytest.MonkeyPatch.context() as mp:
+            for key in keys:
+                mp.delenv(key, raising=False)
+            for key, value in env.items():
+                mp.setenv(key, value)
+            with pytest.raises(ValueError, match=message.replace("(", r"\(")) as err:
+                setup_distributed("cpu")
+            assert "\n" not in str(err.value)
+    # and through the command line: one line, exit 2, nothing trained
+    env = {k: v for k, v in os.environ.items() if k not in keys} | {"WORLD_SIZE": "2"}
+    done = subprocess.run([sys.executable, "-m", "vit_edu", "train", "--out-dir", str(tmp_path / "run"), "--epochs",
+                           "1", "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "RANK is not set" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -578,7 +578,8 @@ def test_resume_skips_students_already_graded(graded, monkeypatch):
         raise AssertionError("a notebook ran although every student was graded")
 
     monkeypatch.setattr(sandbox, "Sandbox", never)
-    rows = grading.grade(graded["subs"], graded["out"], reference_dir=graded["ref"], verbose=False)
+    rows = grading.grade(graded["subs"], graded["out"], reference_dir=graded["ref"], verbose=False, timeout=TIMEOUT,
+                         cell_timeout=CELL_TIMEOUT, memory_mb=MEMORY_MB, max_output_kb=64)  # the settings it had
     assert sorted(map(str, rows), key=str) == sorted(map(str, graded["rows"]), key=str)
 
 
@@ -1269,3 +1270,35 @@ def test_student_labels_differ_only_where_names_read_alike():
     assert report.student_csv(Path("g"), "ann") == Path("g/ann.csv")
     long = report.student_csv(Path("g"), "é" * 200)
     assert len(long.name.encode()) <= report.MAX_NAME_BYTES + 4 and long != report.student_csv(Path("g"), "é" * 201)
+
+
+def test_going_on_with_other_limits_or_another_seed_is_refused_unless_forced(tmp_path, monkeypatch):
+    """Kept grades made with --timeout 2 would sit beside new ones made with --timeout 30, unsaid: the rerun
+    names what changed and asks for --force (or the same settings)."""
+    ref = reference_folder(tmp_path / "reference")
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb"), tmp_path / "subs" / "ann" / "a.ipynb")
+    ran = []
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: ran.append(list(todo)))
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    out = tmp_path / "g.csv"
+
+    def run(**kw):
+        return grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False, **kw)
+
+    run(timeout=2, seed=7)
+    (grading.students_dir(out) / "ann.csv").write_text(",".join(grading.COLUMNS) + "\n")  # as if ann was graded
+    state = json.loads((grading.students_dir(out) / grading.STATE_FILE).read_text())
+    state["students"]["ann"] = {"seed": 7, "files": grading.submission_hash(tmp_path / "subs" / "ann")}
+    (grading.students_dir(out) / grading.STATE_FILE).write_text(json.dumps(state))
+    run(timeout=2, seed=7)  # the same settings: nothing to do
+    run(timeout=2)  # no seed asked for: the kept grades stand
+    assert ran == [["ann"]]
+    for kw, said in [(dict(timeout=30, seed=7), "--timeout 2.0 then, 30.0 now"),
+                     (dict(timeout=2, seed=8), "--seed 7 then, 8 now"),
+                     (dict(timeout=2, memory_mb=4096), "--memory-mb 2048 then, 4096 now")]:
+        with pytest.raises(ValueError, match="holds grades made with other settings") as err:
+            run(**kw)
+        assert said in str(err.value) and "--force" in str(err.value)
+    run(timeout=30, seed=8, force=True)
+    assert ran == [["ann"], ["ann"]]

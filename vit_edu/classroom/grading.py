@@ -254,6 +254,16 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if state.get("reference") not in (None, fp) and not force:
         raise ValueError(f"{folder} holds grades made against another reference (its exercises, points or setup "
                          f"cells changed); use --force to regrade everybody, or another --out")
+    limits_now = {"--timeout": float(timeout), "--cell-timeout": cell_timeout, "--memory-mb": memory_mb,
+                  "--max-output-kb": max_output_kb, "--disk-mb": disk_mb}
+    changed = [f"{flag} {state['limits'][flag]} then, {value} now" for flag, value in limits_now.items()
+               if isinstance(state.get("limits"), dict) and flag in state["limits"] and state["limits"][flag] != value]
+    seeds = {v.get("seed") for v in (state.get("students") or {}).values() if isinstance(v, dict)} - {None}
+    if seed is not None and seeds - {seed}:
+        changed.append(f"--seed {', '.join(map(str, sorted(seeds - {seed})))} then, {seed} now")
+    if changed and not force:  # kept grades made under other settings would be mixed with new ones unsaid
+        raise ValueError(f"{folder} holds grades made with other settings ({'; '.join(changed)}); use --force to "
+                         f"regrade everybody with these, or the same settings to go on, or another --out")
     if state.get("grader_pid") not in (None, os.getpid()) and state.get("running") and \
             _pid_alive(int(state["grader_pid"])):
         raise ValueError(f"another grading into {folder} is running (pid {state['grader_pid']}); wait for it or "
@@ -271,7 +281,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         raise ValueError(f"{folder} holds the grades of shard {state['shard'][0]}/{state['shard'][1]}, not "
                          f"{shard[0]}/{shard[1]}; use another --out per shard")
     state.update(reference=fp, running=[], grader_pid=os.getpid(), suspects=suspects,
-                 shard=list(shard) if shard is not None else None)
+                 shard=list(shard) if shard is not None else None, limits=limits_now)
     state.setdefault("students", {})
     names = [label_of[s] for s in students]
     seed = secrets.randbelow(2**31) if seed is None else seed

@@ -8,7 +8,7 @@ special, so the training loop has no "if distributed" branches of its own.
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,17 +36,44 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def _env_int(name: str, default: Optional[str], low: int, high: Optional[int] = None) -> int:
+    """An integer torchrun sets, checked: a stray or half-set environment is one line naming the variable."""
+    text = os.environ.get(name, default)
+    where = "torchrun sets it; unset WORLD_SIZE to train in one process"
+    if text is None:
+        raise ValueError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')} but {name} is not set ({where})")
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {text!r} ({where})") from None
+    if value < low or (high is not None and value >= high):
+        span = f"from {low} to {high - 1}" if high is not None else f">= {low}"
+        raise ValueError(f"environment variable {name} must be {span}, got {value} ({where})")
+    return value
+
+
 def setup_distributed(device: str = "auto") -> Tuple[int, int, torch.device]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size, device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1). Returns (rank, world_size, device).
+
+    The variables torchrun sets are checked before anything else happens (a WORLD_SIZE left over in a shell
+    would otherwise end in a KeyError or wait for peers that never come); the wait itself is said in one line."""
+    world = _env_int("WORLD_SIZE", "1", 1)
     dev = resolve_device(device)
     if world <= 1:
         return 0, 1, dev
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _env_int("RANK", None, 0, world), _env_int("LOCAL_RANK", "0", 0)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(f"WORLD_SIZE is {world} but {name} is not set (torchrun sets it; unset WORLD_SIZE "
+                             f"to train in one process)")
+    _env_int("MASTER_PORT", None, 1, 65536)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
+        if rank == 0:
+            print(f"waiting for {world} processes at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                  f"(torchrun starts them)", flush=True)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return rank, world, dev
 
