@@ -252,3 +252,69 @@ def test_evaluate_draws_the_palette_a_model_was_trained_on(tmp_path, capsys, mon
 
     _, info = pretrained_course_model()
     assert info["palette"] == stored_palette(COURSE_CHECKPOINT) == "mottled"
+
+
+def _final_test_numbers(checkpoint: Path) -> str:
+    """The run's own last test loss and accuracy, as evaluate prints them."""
+    from vit_edu.training import load_checkpoint
+
+    history = load_checkpoint(checkpoint)["history"]
+    return f"loss {history['test_loss'][-1]:.4f}  accuracy {history['test_acc'][-1]:.4f}"
+
+
+def test_evaluate_draws_the_runs_own_test_set(tmp_path, capsys) -> None:
+    """A run trained with --clutter is evaluated on cluttered images (checkpoint and export), and plain evaluate
+    draws the run's own test set (its seed and size): it prints the run's final test numbers again."""
+    out_dir, export = tmp_path / "run", tmp_path / "clutter.safetensors"
+    n_test = "48"
+    code = main(["train", "--model", "vit_nano_patch4_32", "--clutter", "8", "--epochs", "1", "--n-train", "128",
+                 "--n-test", n_test, "--batch-size", "32", "--time-budget", "0", "--out-dir", str(out_dir),
+                 "--export", str(export), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    own = _final_test_numbers(out_dir / "last.pt")
+    from vit_edu.training.data import SHAPES_DEFAULT_SEEDS
+
+    test_seed = str(SHAPES_DEFAULT_SEEDS["test"])  # the run's: it has no --data-seed
+    for source in (out_dir / "last.pt", export):
+        for flags in (["--n", n_test, "--seed", test_seed], []):  # as the run drew them; then by default
+            assert main(["evaluate", "--checkpoint", str(source), *flags]) == 0
+            out = capsys.readouterr().out
+            assert f"({n_test} images, seed {test_seed}): {own}" in out, out
+
+
+def test_evaluate_refuses_a_test_seed_the_run_trained_on(tmp_path, capsys) -> None:
+    """A run with --data-seed S draws epoch 1's training images from seed S: evaluate --seed S would score the
+    model on them as a "test" set. Refused in one line naming a safe seed; the default is the run's test seed."""
+    from vit_edu.training.data import EPOCH_SEED_STRIDE, SHAPES_DEFAULT_SEEDS
+
+    data_seed = SHAPES_DEFAULT_SEEDS["test"]  # the dataset's default test seed: the old evaluate default
+    out_dir = tmp_path / "run"
+    code = main(["train", "--model", "vit_nano_patch4_32", "--data-seed", str(data_seed), "--epochs", "2",
+                 "--n-train", "64", "--n-test", "32", "--batch-size", "32", "--time-budget", "0",
+                 "--out-dir", str(out_dir), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    ckpt = str(out_dir / "last.pt")
+    for epoch in (0, 1):
+        seed = data_seed + EPOCH_SEED_STRIDE * epoch
+        assert main(["evaluate", "--checkpoint", ckpt, "--n", "16", "--seed", str(seed)]) == 2
+        err = capsys.readouterr().err
+        assert f"--seed {seed}:" in err and f"(its epoch {epoch + 1})" in err and f"e.g. {data_seed + 1}" in err
+        assert len(err.strip().splitlines()) == 1
+    assert main(["evaluate", "--checkpoint", ckpt]) == 0
+    assert f"seed {data_seed + 1}): {_final_test_numbers(out_dir / 'last.pt')}" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", ckpt, "--split", "train", "--n", "16", "--seed", str(data_seed)]) == 0
+
+
+def test_seeds_are_refused_on_fixed_datasets(tmp_path, capsys) -> None:
+    """--data-seed (train) and --seed (evaluate) choose generated shapes images: on a fixed dataset they would
+    change nothing, so they are refused before any work, as --clutter and --palette are."""
+    root = str(tmp_path / "images")
+    assert main(["train", "imagefolder", "--data-root", root, "--data-seed", "5", "--out-dir",
+                 str(tmp_path / "run")]) == 2
+    assert "--data-seed (TrainConfig.data_seed) 5 is for the generated shapes data" in capsys.readouterr().err
+    assert main(["evaluate", "imagefolder", "--data-root", root, "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed 5 picks the generated shapes images (shapes only)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -515,6 +515,53 @@ def test_imagefolder(tmp_path):
     assert sum(len(y) for _, y in test) == 6
 
 
+def test_a_fixed_dataset_subset_is_seeded_and_mixes_the_classes(tmp_path):
+    """n keeps a random subset, not the first n files (an ImageFolder is sorted by class: those are one class),
+    the same one every time (a resume, evaluate); a subset of one class is refused, and so is a seed."""
+    root = tmp_path / "dataset"
+    classes = ("a", "b", "c")
+    _write_imagefolder(root, classes=classes, per_class=8)
+    full = get_dataset("imagefolder", "train", root=root)
+    n = len(full) // len(classes)  # as many as the first class holds: the first n files are all class "a"
+    assert {full.targets[i] for i in range(n)} == {0}
+    subset = get_dataset("imagefolder", "train", root=root, n=n)
+    held = {full.targets[i] for i in subset.indices}
+    assert len(held) >= 2 and subset.classes == list(classes)
+    assert get_dataset("imagefolder", "train", root=root, n=n).indices == subset.indices  # deterministic
+    with pytest.raises(ValueError, match=r"subset of n=1 examples holds only class \['[abc]'\]; expected at least two"):
+        get_dataset("imagefolder", "train", root=root, n=1)  # one image: one class
+    with pytest.raises(ValueError, match="seed= draws generated images"):
+        get_dataset("imagefolder", "train", root=root, seed=5)
+    with pytest.raises(ValueError, match="TrainConfig.data_seed 5 is for the generated shapes data"):
+        TrainConfig(dataset="imagefolder", data_root=str(root), data_seed=5)
+    train, _, _ = build_datasets(TrainConfig(dataset="imagefolder", data_root=str(root), n_train=n, n_test=n))
+    assert train.indices == subset.indices  # the run trains on that subset, after a resume too
+
+
+def test_a_runs_training_seeds_are_known_and_its_test_seed_is_none_of_them():
+    """trained_on_seed names the epoch whose training images a seed would draw again (evaluate refuses such a
+    seed as a test set); the run's own test seed is never one. E.g. data seed 1: epoch 1 draws seed 1, the
+    dataset's default test seed."""
+    from vit_edu.training.data import EPOCH_SEED_STRIDE, SHAPES_DEFAULT_SEEDS
+    from vit_edu.training.loaders import shapes_seeds, trained_on_seed
+
+    for data_seed in (None, SHAPES_DEFAULT_SEEDS["test"], 7):
+        config = TrainConfig(data_seed=data_seed, n_train=16, n_test=8, epochs=3)
+        train_seed, test_seed = shapes_seeds(config)
+        train, test, _ = build_datasets(config)
+        assert (train.seed, test.seed) == (train_seed, test_seed)  # the seeds the run draws from
+        for epoch in range(config.epochs):
+            assert trained_on_seed(config, train_seed + EPOCH_SEED_STRIDE * epoch) == epoch
+        assert trained_on_seed(config, train_seed + EPOCH_SEED_STRIDE * config.epochs) is None  # past the schedule
+        assert trained_on_seed(config, test_seed) is None
+        train.set_epoch(1)  # the seed named for epoch 1 is the one its images come from
+        again = get_dataset("shapes", "train", n=16, seed=train_seed + EPOCH_SEED_STRIDE)
+        assert torch.equal(train.images, again.images)
+    assert trained_on_seed(TrainConfig(data_seed=SHAPES_DEFAULT_SEEDS["test"]), SHAPES_DEFAULT_SEEDS["test"]) == 0
+    fixed = TrainConfig(fresh_data=False, epochs=3)  # the same images every epoch: only the first seed is trained on
+    assert trained_on_seed(fixed, shapes_seeds(fixed)[0] + EPOCH_SEED_STRIDE) is None
+
+
 def test_imagefolder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         get_dataset("imagefolder", "train", root=tmp_path / "nowhere")
@@ -561,9 +608,11 @@ def test_mnist_format(tmp_path, name, folder):
     assert x.shape == (4, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
     assert info["in_channels"] == 3 and info["image_size"] == (32, 32) and len(info["classes"]) == 10
     assert len(test.dataset) == 6
-    # n keeps the first n examples and the class names.
+    # n keeps a fixed random subset of n examples (in file order) and the class names.
     small = get_dataset(name, "train", root=tmp_path, n=5)
-    assert len(small) == 5 and small.classes == ds.classes and torch.equal(small[0][0], image)
+    assert len(small) == 5 and small.classes == ds.classes and torch.equal(small[0][0], ds[small.indices[0]][0])
+    assert small.indices == sorted(small.indices)
+    assert get_dataset(name, "train", root=tmp_path, n=5).indices == small.indices  # the same subset every time
     assert dataset_info(small)["num_examples"] == 5
     with pytest.raises(ValueError, match="only 12 examples"):
         get_dataset(name, "train", root=tmp_path, n=13)

@@ -126,7 +126,8 @@ TRAIN_BAD = {
 TRAIN_CASES = [(name, value) for name, values in TRAIN_BAD.items() for value in values]
 TRAIN_CASES += [("dataset", ("cifar10", {"classes": ["circle", "square"]})),  # shapes-only settings elsewhere
                 ("dataset", ("mnist", {"clutter": 2})), ("dataset", ("imagefolder", {"palette": "grey"})),
-                ("dataset", ("cifar10", {"fresh_data": True}))]
+                ("dataset", ("cifar10", {"fresh_data": True})),
+                ("image_size", 4)]  # below the data's smallest (8): refused here, before any work
 
 
 @pytest.mark.parametrize("name, value", TRAIN_CASES, ids=[f"{n}={v!r}" for n, v in TRAIN_CASES])
@@ -171,10 +172,10 @@ def _flag_rows() -> list:
     int_ranges = {"--epochs": ["0", "-1", str(10**7)], "--batch-size": ["0", "-3", str(10**12)],
                   "--eval-every": ["0"], "--n-train": ["0", "-1", str(10**12)], "--n-test": ["0", str(10**12)],
                   "--data-seed": ["-1", str(2**40)], "--seed": ["-1", str(10**23)],
-                  "--image-size": ["0", "-4", "100000"],
+                  "--image-size": ["0", "-4", "4", "100000"],
                   "--threads": ["0", "-1", str(10**6)], "--workers": ["-1", str(10**6)],
                   "--stop-after-epochs": ["0", "-1"], "--clutter": ["-1", "33"]}
-    float_ranges = {"--lr": ["0", "-1"], "--weight-decay": ["-1"], "--warmup-epochs": ["-0.5"],
+    float_ranges = {"--lr": ["0", "-1"], "--weight-decay": ["-1"], "--warmup-epochs": ["-0.5", "1", "5"],
                     "--label-smoothing": ["1", "-0.1"], "--pos-lr-scale": ["0", "-2"], "--time-budget": ["-5"],
                     "--dropout": ["1.5", "-0.1", "1"]}
     for name in train_fields():
@@ -199,6 +200,10 @@ def _flag_rows() -> list:
              ("train --export", ["--export", "{folder_st}"], "--export"),
              ("train --force", ["--force=yes"], "--force"),
              ("train --out-dir", ["--out-dir", "{a_file}"], "--out-dir")]
+    # an empty path ("$UNSET") is refused by every path flag, not taken for "not given"
+    rows += [(f"train {flag}", [flag, ""], flag) for flag in ("--resume", "--export", "--out-dir", "--data-root")]
+    rows += [("train --export", ["--export", "{out}/.safetensors"], "--export"),  # no name before the suffix
+             ("train --export", ["--export", ".safetensors"], "--export")]
     # evaluate
     for flag, extra in (("--batch-size", ["0", "-1"]), ("--n", ["0", "-1", str(10**12)]),
                         ("--seed", ["-1", str(10**23)]), ("--image-size", ["0", "-4", "64", "100000"]),
@@ -209,13 +214,15 @@ def _flag_rows() -> list:
     add("evaluate", "--device", ["bogus", ""])
     add("evaluate", "--checkpoint", ["{missing}", "{folder}", "{a_file}"], "a_file")
     add("evaluate", "--data-root", ["{a_file}"], "cifar10")
+    add("evaluate", "--data-root", [""])
+    add("evaluate", "--checkpoint", [""])
     add("evaluate", "--download", ["--download=1"])
     rows += [("evaluate dataset", ["bogus"], "bogus")]
     # demo
     for flag, extra in (("--n", ["0", "-1", str(10**12)]), ("--seed", ["-1", str(10**23)]),
                         ("--images", ["0", "-1", str(10**9)])):
         add("demo", flag, ints + extra)
-    add("demo", "--figures-dir", ["{a_file}", "{a_file}/figs", "/proc/vit_edu_figures"])
+    add("demo", "--figures-dir", ["{a_file}", "{a_file}/figs", "/proc/vit_edu_figures", ""])
     # fix the rows whose words differ from the flag: the missing file is named, not the flag
     fixed = []
     for rid, tail, words in rows:

@@ -317,3 +317,118 @@ def test_a_time_budget_stop_resumes_to_the_uninterrupted_weights(tmp_path, monke
     assert history["epoch"][-1] == 2
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+# ------------------------------------------------------------------------------------------ the command line
+CLI_NANO = ["--model", "vit_nano_patch4_32", "--n-train", "64", "--n-test", "32", "--batch-size", "32",
+            "--time-budget", "0", "--no-progress", "--device", "cpu"]
+
+
+def _cli(argv, capsys) -> tuple:
+    """(status, stdout, stderr) of ``python -m vit_edu <argv>`` run in this process."""
+    from vit_edu.__main__ import main
+
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's refusals
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_resumed_run_goes_on_in_its_checkpoint_folder(tmp_path, monkeypatch, capsys) -> None:
+    """--resume A/run/last.pt from another folder (or after the run folder moved) trains on into that file, not
+    into the --out-dir the run recorded (relative to where it started); --out-dir given: there. A longer
+    --epochs still passes the warm-up check."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    monkeypatch.chdir(tmp_path / "A")
+    assert _cli(["train", *CLI_NANO, "--epochs", "2", "--stop-after-epochs", "1", "--out-dir", "run"], capsys)[0] == 0
+    monkeypatch.chdir(tmp_path / "B")
+    code, out, err = _cli(["train", "--resume", "../A/run/last.pt", "--stop-after-epochs", "1"], capsys)
+    assert code == 0, err
+    assert "resumed from ../A/run/last.pt after epoch 1; saving to ../A/run/last.pt" in out
+    assert load_checkpoint(tmp_path / "A" / "run" / "last.pt")["epoch"] == 2 and not (tmp_path / "B" / "run").exists()
+    code, out, err = _cli(["train", "--resume", "../A/run/last.pt", "--epochs", "3", "--out-dir", "elsewhere"], capsys)
+    assert code == 0, err
+    assert "saving to elsewhere/last.pt" in out
+    assert load_checkpoint(tmp_path / "B" / "elsewhere" / "last.pt")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "A" / "run" / "last.pt")["epoch"] == 2  # left as it was
+
+
+def test_resume_accepts_the_values_the_run_already_has(tmp_path, capsys) -> None:
+    """A flag given with the value the run used (a None stored: the default it stands for) is no change; one that
+    differs is refused, showing the run's effective value, not None."""
+    last = tmp_path / "run" / "last.pt"
+    code, _, err = _cli(["train", *CLI_NANO, "--epochs", "3", "--stop-after-epochs", "1", "--out-dir",
+                         str(last.parent)], capsys)
+    assert code == 0, err
+    same = ["--image-size", "32", "--data-seed", "0", "--fresh-data", "--weight-init", "timm", "--n-train", "64"]
+    code, out, err = _cli(["train", "--resume", str(last), *same, "--stop-after-epochs", "1"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(last)["epoch"] == 2 and "changed:" not in out
+    other = ["--image-size", "64", "--data-seed", "5", "--no-fresh-data", "--weight-init", "jax"]
+    code, out, err = _cli(["train", "--resume", str(last), *other], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "epoch" not in out, err
+    for words in ("--image-size 64 (the checkpoint has 32)", "--data-seed 5 (the checkpoint has 0)",
+                  "--fresh-data off (the checkpoint has on)", "--weight-init jax (the checkpoint has timm)"):
+        assert words in lines[0], lines[0]
+    assert "None" not in lines[0]
+
+
+def test_effective_values_fill_in_what_none_stands_for() -> None:
+    plain, spelled = TrainConfig(), TrainConfig(image_size=32, data_seed=0, fresh_data=True, weight_init="timm",
+                                                n_train=20_000, n_test=2_000, classes=list(T.data.SHAPE_CLASSES))
+    allowed, refused = T.resume_changes(plain.to_dict(), spelled)
+    assert allowed == {} and refused == {}
+    assert TrainConfig(dataset="mnist", model="vit_nano_patch4_32").effective("image_size") == 28
+    assert TrainConfig(dataset="cifar10").effective("fresh_data") is False
+    assert TrainConfig(dataset="cifar10").effective("n_train") is None  # the data would have to be read
+
+
+def test_a_warm_up_longer_than_the_run_is_refused(tmp_path, capsys) -> None:
+    """The lr would still be rising when the run ends: refused before any work, in TrainConfig (every entry point)."""
+    for warmup in (5.0, 2.0):
+        with pytest.raises(ValueError, match=r"^TrainConfig\.warmup_epochs must be less than the run's epochs \(2\)"):
+            TrainConfig(epochs=2, warmup_epochs=warmup)
+    assert TrainConfig(epochs=2, warmup_epochs=1.5).warmup_epochs == 1.5
+    assert TrainConfig(epochs=2, warmup_epochs=5.0, warmup_steps=3).warmup_steps == 3  # steps win: epochs unused
+    code, out, err = _cli(["train", *CLI_NANO, "--epochs", "2", "--warmup-epochs", "5", "--out-dir",
+                           str(tmp_path / "run")], capsys)
+    assert code == 2 and "epoch" not in out and not (tmp_path / "run").exists()
+    assert err.strip().splitlines() == ["vit_edu train: error: --warmup-epochs (TrainConfig.warmup_epochs) must be "
+                                        "less than the run's epochs (2): the warm-up must end before the run does, "
+                                        "got 5"]
+
+
+def test_a_safetensors_export_under_another_name_is_named(tmp_path, capsys) -> None:
+    """An export renamed to .pt is recognised by its bytes (no torch pickle warning, no "pickled objects"); an
+    export named just .safetensors is refused before the run."""
+    import warnings
+
+    from vit_edu.fileio import describe_file, looks_like_safetensors
+
+    export = tmp_path / "w.safetensors"
+    fit(tiny_config(tmp_path, epochs=1), export=export, log=quiet)
+    renamed = tmp_path / "w.pt"
+    renamed.write_bytes(export.read_bytes())
+    assert looks_like_safetensors(renamed) and describe_file(renamed).startswith("a .safetensors file")
+    assert not looks_like_safetensors(Path(tiny_config(tmp_path).out_dir) / "last.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Detected pickle protocol" UserWarning would fail here
+        for read in (load_checkpoint, load_model):
+            with pytest.raises(ValueError, match=r"w\.pt is a \.safetensors export \(weights only\) under another "
+                                                 r"name; .* give it a name that ends in \.safetensors$"):
+                read(renamed)
+    for argv in (["evaluate", "--checkpoint", str(renamed), "--n", "16"], ["train", "--resume", str(renamed)]):
+        code, _, err = _cli(argv, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "is a .safetensors export" in lines[0], err
+        assert "pickled" not in err and "Warning" not in err
+    code, out, err = _cli(["train", *CLI_NANO, "--epochs", "1", "--out-dir", str(tmp_path / "r2"), "--export",
+                           str(tmp_path / ".safetensors")], capsys)
+    assert code == 2 and "epoch" not in out and not (tmp_path / ".safetensors").exists()
+    assert err.strip().splitlines() == [f"vit_edu train: error: --export expects a path ending in .safetensors, "
+                                        f"e.g. model.safetensors, got {str(tmp_path / '.safetensors')!r} (a name is "
+                                        f"needed before the .safetensors)"]

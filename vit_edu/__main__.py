@@ -75,6 +75,17 @@ def _comma_list(text: str) -> List[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+PATH_FIELDS = ("data_root", "out_dir")  # the TrainConfig fields that name a file or folder
+
+
+def path_arg(text: str) -> str:
+    """The argparse type of every flag that names a file or folder: an empty one (``--out-dir ""``, e.g. an
+    unset shell variable) is refused, not taken for "not given" (the default) or for the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file or folder name, got an empty one ({text!r})")
+    return text
+
+
 def _add_field(p: argparse.ArgumentParser, name: str) -> None:
     """One flag, built from the TrainConfig field: its name, help, choices, and the default in words.
 
@@ -95,7 +106,7 @@ def _add_field(p: argparse.ArgumentParser, name: str) -> None:
     if kind is bool:  # a switch that is off by default, or an on/off pair when None means "it depends"
         kw["action"] = argparse.BooleanOptionalAction if default_value(name) is None else "store_true"
     else:
-        kw["type"] = _comma_list if kind is list else kind
+        kw["type"] = _comma_list if kind is list else path_arg if name in PATH_FIELDS else kind
         kw["choices"] = meta.get("choices")
         kw["metavar"] = None if kw["choices"] else meta["flag"][2:].upper().replace("-", "_")
     p.add_argument(meta["flag"], **kw)
@@ -116,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "values with --resume (which may only change " + ", ".join(_resume_flags()) + ").")
     for name in train_fields():
         _add_field(t, name)
-    t.add_argument("--resume", default=None, help="continue from this checkpoint (e.g. runs/.../last.pt)")
-    t.add_argument("--export", default=None, help="also write the final weights to this .safetensors file")
+    t.add_argument("--resume", default=None, type=path_arg,
+                   help="continue from this checkpoint (e.g. runs/.../last.pt), saving into its folder (unless "
+                        "--out-dir is given)")
+    t.add_argument("--export", default=None, type=path_arg,
+                   help="also write the final weights to this .safetensors file")
     t.add_argument("--force", action="store_true",
                    help="replace the checkpoint of another run in --out-dir (refused without it)")
 
@@ -128,10 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classes", type=_comma_list, default=None,
                    help="shapes only: draw only these shapes, e.g. circle,square (default: the classes the "
                         "checkpoint was trained on, all eight for the shipped model)")
-    e.add_argument("--checkpoint", default=None, help="a .pt or .safetensors file (default: the shipped course model)")
+    e.add_argument("--checkpoint", default=None, type=path_arg,
+                   help="a .pt or .safetensors file (default: the shipped course model)")
     e.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
-    e.add_argument("--n", type=int, default=None, help="number of images (shapes; default: the dataset's)")
-    e.add_argument("--seed", type=int, default=None, help="seed of the generated shapes data (a fresh one is fine)")
+    e.add_argument("--n", type=int, default=None,
+                   help="number of images (default: shapes: the run's --n-test/--n-train, as its checkpoint records; "
+                        "a fixed dataset: all of the split, or with --n a fixed random subset mixed over the classes)")
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of the generated shapes images (shapes only; default: the run's own test seed, or train "
+                        "seed with --split train; a seed the run trained on is refused as a test set)")
     e.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
 
     d = sub.add_parser("demo", help="a one-minute tour: evaluate the shipped model and draw what it attends to",
@@ -140,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=1000, help="test images to evaluate (default: 1000)")
     d.add_argument("--seed", type=int, default=DEMO_SEED, help=f"seed of the fresh test set (default: {DEMO_SEED})")
     d.add_argument("--images", type=int, default=6, help="images in the rollout figure (default: 6)")
-    d.add_argument("--figures-dir", default=None, help="where to write the figures (default: figures/)")
+    d.add_argument("--figures-dir", default=None, type=path_arg, help="where to write the figures (default: figures/)")
 
     sub.add_parser("assignments", add_help=False,
                    help="write the nbgrader metadata and the student copies of the notebooks (see: assignments --help)")
@@ -166,7 +185,7 @@ def train_config_from_args(args: argparse.Namespace):
     run keeps the settings that decide its steps (--lr, --dropout, --batch-size, ...), so none is dropped.
     """
     from .training import TrainConfig, check_resumable, load_checkpoint, resume_changes
-    from .training.config import model_field
+    from .training.config import default_text, model_field
 
     given = {name: getattr(args, name) for name in train_fields()
              if name != "model_overrides" and getattr(args, name) is not None}
@@ -184,6 +203,9 @@ def train_config_from_args(args: argparse.Namespace):
     ckpt = load_checkpoint(args.resume)
     check_resumable(ckpt, args.resume)
     stored = ckpt["config"]["train"]
+    # the run goes on where its checkpoint is (not in its recorded --out-dir, which may be relative to another
+    # folder, or moved away since), unless told otherwise
+    given.setdefault("out_dir", os.path.dirname(args.resume) or os.curdir)
     if args.dropout is not None:
         given["model_overrides"] = {**stored.get("model_overrides", {}), "dropout": args.dropout}
     # continue to the end of the schedule unless told otherwise
@@ -195,7 +217,8 @@ def train_config_from_args(args: argparse.Namespace):
             if name == "model_overrides":
                 old = old.get("dropout", model_field(stored["model"], {}, "dropout"))
                 new = new.get("dropout")
-            shown.append(f"{flag_of(name) or name} {new} (the checkpoint has {old})")
+            had = old if old is not None else default_text(name)  # None: what it stands for, in words
+            shown.append(f"{flag_of(name) or name} {_flag_text(new)} (the checkpoint has {_flag_text(had)})")
         raise ValueError(f"--resume continues {args.resume} with its own settings, so these flags are refused: "
                          f"{', '.join(shown)}; leave them out, or start a new run without --resume "
                          f"(with --resume only {', '.join(_resume_flags())} may change)")
@@ -206,11 +229,19 @@ def train_config_from_args(args: argparse.Namespace):
     return config
 
 
+def _flag_text(value: Any) -> str:
+    """A value as it is typed after its flag: a list comma-separated (--classes circle,square), booleans on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
     from .training import cleanup_distributed, fit, is_main_process
+    from .training.checkpoint import check_export_name
 
-    if args.export and not args.export.endswith(".safetensors"):
-        raise ValueError(f"--export expects a path ending in .safetensors, got {args.export!r}")
+    if args.export is not None:
+        check_export_name(args.export, "--export")
     config = train_config_from_args(args)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = f"torchrun --nproc_per_node={world} -m vit_edu " if world > 1 else "python -m vit_edu "
@@ -259,15 +290,54 @@ def _check_ranges(args: argparse.Namespace, rules: Dict[str, tuple]) -> None:
 
 
 def _load_for_eval(checkpoint: Optional[str], device):
-    """(model, source, the class names it was trained on or None, the shapes palette it was trained on)."""
-    from .training import COURSE_CHECKPOINT, load_model, pretrained_course_model, stored_classes, stored_palette
+    """(model, source, the class names it was trained on or None, its run's TrainConfig dict or None): the run's data
+    settings (palette, clutter, seeds, sizes) decide which shapes images it is evaluated on."""
+    import json
+    from pathlib import Path
+
+    from .training import (COURSE_CHECKPOINT, load_checkpoint, load_model, pretrained_course_model,
+                           read_safetensors_metadata, stored_classes)
 
     if checkpoint is None:
         model, info = pretrained_course_model(device=device)
-        classes = info.get("classes")
-        return model, str(COURSE_CHECKPOINT), list(classes) if isinstance(classes, list) else None, info["palette"]
+        classes, train = info.get("classes"), info.get("train_config")
+        classes = list(classes) if isinstance(classes, list) else None
+        return model, str(COURSE_CHECKPOINT), classes, train if isinstance(train, dict) else None
     model = load_model(checkpoint, device=device)
-    return model, checkpoint, stored_classes(checkpoint), stored_palette(checkpoint)
+    if Path(checkpoint).suffix == ".safetensors":  # the rule load_model and stored_classes follow
+        try:
+            train = json.loads(read_safetensors_metadata(checkpoint).get("train_config", "null"))
+        except ValueError:  # an export written by other code: no record of its run
+            train = None
+    else:
+        train = (load_checkpoint(checkpoint).get("config") or {}).get("train")
+    return model, checkpoint, stored_classes(checkpoint), train if isinstance(train, dict) else None
+
+
+def _shapes_data(args: argparse.Namespace, source: str, classes: Optional[List[str]], train: Optional[dict]) -> dict:
+    """get_dataset's settings for shapes: those of the run (classes, palette, clutter, its own test seed and size),
+    so the accuracy is of the task it learned; a test seed whose images it trained on is refused."""
+    from .training import TrainConfig, data
+    from .training.loaders import shapes_seeds, trained_on_seed
+
+    train = train or {}
+    run = None
+    if train.get("dataset") == "shapes":
+        try:
+            run = TrainConfig.from_dict(train)
+        except (TypeError, ValueError) as err:
+            print(f"vit_edu evaluate: note: {source}'s recorded training settings are unreadable ({one_line(err)}); "
+                  f"its training seeds are unknown, so the data's default seed and size are used", file=sys.stderr)
+    train_seed, test_seed = shapes_seeds(run) if run else (data.SHAPES_DEFAULT_SEEDS[s] for s in ("train", "test"))
+    seed = args.seed if args.seed is not None else (test_seed if args.split == "test" else train_seed)
+    epoch = trained_on_seed(run, seed) if run and args.split == "test" else None
+    if epoch is not None:
+        raise ValueError(f"--seed {seed}: {source} was trained on the images of seed {seed} (its epoch {epoch + 1}), "
+                         f"so they are no test set; expected a seed it never trained on, e.g. {test_seed} (its run's "
+                         f"test seed, the default)")
+    n = args.n if args.n is not None or run is None else getattr(run, f"n_{args.split}")
+    return dict(seed=seed, n=n, classes=args.classes if args.classes is not None else classes,
+                palette=train.get("palette", "colour"), clutter=train.get("clutter", 0))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -288,23 +358,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = resolve_device(default_value("device") if args.device is None else args.device)
     except ValueError as err:
         raise ValueError(f"--device: {err}") from None
-    model, source, classes, palette = _load_for_eval(args.checkpoint, device)
+    name = args.dataset or default_value("dataset")
+    if name != "shapes" and args.seed is not None:  # before the model is loaded: nothing to do with it
+        raise ValueError(f"--seed {args.seed} picks the generated shapes images (shapes only); {name} is a fixed "
+                         f"dataset: leave --seed out")
+    model, source, classes, train = _load_for_eval(args.checkpoint, device)
     size = tuple(model.config.image_size)
     if args.image_size is not None and not model.config.dynamic_img_size and (args.image_size,) * 2 != size:
         raise ValueError(f"--image-size {args.image_size}: {source} was built for {size[0]}x{size[1]} images "
                          f"(and has no dynamic_img_size); leave --image-size out")
-    name = args.dataset or default_value("dataset")
     kw = dict(split=args.split, root=args.data_root or default_value("data_root"), download=bool(args.download),
               image_size=args.image_size or size[0], n=args.n)
-    if args.seed is not None:
-        kw["seed"] = args.seed
     foreign = classes is not None and not set(classes) <= set(data.SHAPE_CLASSES)
     if name == "shapes" and args.classes is None and foreign:
         raise ValueError(f"{source} was trained on classes {classes}, not on shapes; evaluate it on its own dataset "
                          f"(e.g. imagefolder --data-root ...)")
-    if name == "shapes":  # a model trained on some of the shapes is tested on those (as it was trained)
-        kw["classes"] = args.classes if args.classes is not None else classes
-        kw["palette"] = palette  # and drawn in the colours it was trained on
+    if name == "shapes":  # drawn as the run drew its own: its classes, palette, clutter, test seed and size
+        kw.update(_shapes_data(args, source, classes, train))
     elif args.classes is not None:
         raise ValueError(f"--classes picks shapes of the generated data; {name!r} has its own classes")
     ds = data.get_dataset(name, **kw)
@@ -312,8 +382,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers or 0)
     t0 = time.monotonic()
     m = evaluate(model, loader, device)
-    print(f"{source} on {name} {args.split} ({len(ds)} images"
-          f"{'' if args.seed is None else f', seed {args.seed}'}): loss {m['loss']:.4f}  accuracy {m['acc']:.4f} "
+    drawn = f", seed {kw['seed']}" if "seed" in kw else ""  # only generated data has a seed
+    print(f"{source} on {name} {args.split} ({len(ds)} images{drawn}): loss {m['loss']:.4f}  accuracy {m['acc']:.4f} "
           f"({m['acc'] * 100:.2f} %)  [{time.monotonic() - t0:.1f} s]")
     return 0
 
@@ -398,6 +468,13 @@ def _out_of_memory(err: BaseException) -> bool:
         words in str(err) for words in ("can't allocate memory", "out of memory", "not enough memory")))
 
 
+def _with_flags(match: "re.Match[str]") -> str:
+    """``TrainConfig.image_size`` -> ``--image-size (TrainConfig.image_size)``, and a list of fields
+    (``TrainConfig.n_train/n_test``) -> ``--n-train/--n-test (...)``: name the flags the user typed, too."""
+    flags = [flag_of(name) if name in train_fields() else None for name in match.group(1).split("/")]
+    return f"{'/'.join(flags)} ({match.group(0)})" if all(flags) else match.group(0)
+
+
 def _report(command: str, err: BaseException) -> int:
     """One line on stderr for an error that ends a command; returns the exit status."""
     hint = getattr(err, "vit_edu_hint", None)
@@ -413,9 +490,7 @@ def _report(command: str, err: BaseException) -> int:
     if isinstance(err, USER_ERRORS + (OutputError,)):
         message = one_line(err).replace("TrainConfig.model_overrides['dropout'] ",
                                         "--dropout (TrainConfig.model_overrides['dropout']) ")
-        flags = {field: flag_of(field) for field in train_fields()}  # name the flag the user typed, too
-        message = re.sub(r"\bTrainConfig\.(\w+)(?=[ :])", lambda m: f"{flags[m.group(1)]} ({m.group(0)})"
-                         if flags.get(m.group(1)) else m.group(0), message)
+        message = re.sub(r"\bTrainConfig\.(\w+(?:/\w+)*)(?=[ :])", _with_flags, message)
         print(f"{prog}: error: {message}{tail}", file=sys.stderr)
         return 2
     # the machine, not the user: a full disk, a file-size limit, a vanished folder

@@ -264,6 +264,23 @@ def remove_stale_temp_files(path: PathLike) -> List[Path]:
     return removed
 
 
+def _safetensors_head(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes starting with ``head`` is laid out as safetensors: an 8-byte little-endian
+    header length, then that many bytes of JSON header (an object: ``{``), then the tensors' bytes."""
+    return len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
+def looks_like_safetensors(path: PathLike) -> bool:
+    """Whether the file at ``path`` holds safetensors bytes, whatever its name (False for a folder or an unreadable
+    file). Its first byte can be 0x80, a pickle's first byte: check this before calling it a pickle."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            return _safetensors_head(f.read(9), size)
+    except OSError:
+        return False
+
+
 def describe_file(path: PathLike) -> str:
     """A few words on what a file holds, judged from its first bytes (for "expected ..., got ..." messages)."""
     p = Path(path)
@@ -279,10 +296,10 @@ def describe_file(path: PathLike) -> str:
         return "an empty file (0 bytes)"
     if head.startswith(b"PK\x03\x04"):
         return f"a zip archive of {size} bytes (torch.save's format; damaged or cut short?)"
+    if _safetensors_head(head, size):  # before the pickle: a header of 128 + 256k bytes starts with 0x80 too
+        return f"a .safetensors file of {size} bytes"
     if head[:1] == b"\x80":
         return f"a pickle of {size} bytes"
-    if len(head) >= 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
-        return f"a .safetensors file of {size} bytes"
     if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8")):
         return f"an image file of {size} bytes"
     try:

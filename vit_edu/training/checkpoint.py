@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import ViTConfig
 from ..convert import load_checked, load_safetensors_checked, torch_load_checked
-from ..fileio import atomic_write
+from ..fileio import atomic_write, looks_like_safetensors
 from ..vit import VisionTransformer
 from .config import MAX_EPOCHS, TrainConfig, model_field
 from .distributed import unwrap
@@ -132,6 +132,10 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if path.suffix == ".safetensors":
         raise ValueError(f"{path} is a .safetensors export (weights only); expected {expected}. An export can "
                          f"be evaluated (load_model) but not resumed")
+    if looks_like_safetensors(path):  # renamed, or named ".safetensors" (no suffix): torch.load would misread it
+        raise ValueError(f"{path} is a .safetensors export (weights only) under another name; expected {expected}. "
+                         f"An export cannot be resumed; to evaluate it (evaluate --checkpoint, load_model) give it a "
+                         f"name that ends in .safetensors")
     ckpt = torch_load_checked(path, expected, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -260,9 +264,10 @@ def check_resumable(ckpt: dict, path: PathLike) -> None:
 
 
 def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[Any, Any]], Dict[str, Tuple[Any, Any]]]:
-    """(allowed, refused): {field: (checkpoint's value, config's value)} for the fields that differ."""
-    old = TrainConfig.from_dict(stored).to_dict()
-    new = config.to_dict()
+    """(allowed, refused): {field: (checkpoint's value, config's value)} for the fields whose effective values
+    differ (TrainConfig.effective: a stored None and the value it stands for, e.g. image_size 32, are the same)."""
+    before = TrainConfig.from_dict(stored)
+    old, new = before.to_dict(), config.to_dict()
     allowed, refused = {}, {}
     for name in new:
         if name == "model_overrides":  # {} and {"dropout": 0.0} build the same model when the preset's is 0.0
@@ -271,8 +276,10 @@ def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[A
                        for k in keys)
             if not same:
                 refused[name] = (old[name], new[name])
-        elif old.get(name) != new[name]:
-            (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (old.get(name), new[name])
+            continue
+        was, now = before.effective(name), config.effective(name)
+        if was != now:
+            (allowed if name in RESUME_MAY_CHANGE else refused)[name] = (was, now)
     return allowed, refused
 
 
@@ -311,6 +318,16 @@ def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict
     tensors = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
     blob = save(tensors, metadata=meta)
     return atomic_write(path, lambda f: f.write(blob))
+
+
+def check_export_name(path: PathLike, what: str = "export") -> None:
+    """An export's name ends in .safetensors, with a name before it: a file named just ``.safetensors`` has no
+    suffix (it is a hidden file), so load_model and evaluate would take it for a .pt checkpoint."""
+    text = os.fspath(path)
+    if not text.endswith(".safetensors") or Path(text).suffix != ".safetensors":
+        bare = " (a name is needed before the .safetensors)" if Path(text).name == ".safetensors" else ""
+        raise ValueError(f"{what} expects a path ending in .safetensors, e.g. model.safetensors, "
+                         f"got {text!r}{bare}")
 
 
 def read_safetensors_metadata(path: PathLike) -> Dict[str, str]:

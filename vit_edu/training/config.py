@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional
 
 from ..config import WEIGHT_INITS, ViTConfig
 from ..models import PRESETS, get_config
-from .data import (DATASET_NAMES, MAX_CLUTTER, PALETTES, SHAPES_DEFAULT_SIZES,  # the renderer owns these bounds
-                   _check_classes)  # (data.py imports nothing from here)
+from .data import (DATASET_NAMES, MAX_CLUTTER, PALETTES, SHAPE_CLASSES,  # the renderer owns these bounds
+                   SHAPES_DEFAULT_SEEDS, SHAPES_DEFAULT_SIZES, _check_classes)  # (data.py imports nothing from here)
 
 OPTIMIZERS = ("adamw", "sgd")  # sgd: with momentum 0.9
 
@@ -36,11 +36,12 @@ MAX_SEED = 2**31 - 1
 MAX_EPOCHS = 10**6  # the per-epoch data seeds (seed + epoch x stride) stay far inside 64 bits
 MAX_WORKERS = 256  # DataLoader processes: more is a typo that would fork the machine to a halt
 MAX_THREADS = 1024
+MIN_IMAGE_SIZE = 8  # data.get_dataset refuses smaller images; checked here too, so that it fails before any work
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _BOOLS = ("download", "augment", "save_checkpoints")  # True or False
 _OPTIONAL_BOOLS = ("fresh_data", "progress")  # None ("it depends"), True or False
 _STRINGS = ("dataset", "model", "data_root", "device", "palette", "optimizer")
-_SHAPES_ONLY = {"classes": None, "clutter": 0, "palette": "colour"}  # field: its value for a fixed dataset
+_SHAPES_ONLY = {"classes": None, "clutter": 0, "palette": "colour", "data_seed": None}  # value for a fixed dataset
 
 
 def _physical_memory() -> Optional[int]:
@@ -94,11 +95,13 @@ class TrainConfig:
                                      none="the dataset's, 32 for shapes and imagefolder")
     data_root: str = _arg("data", "where real datasets live", flag="--data-root")
     download: bool = _arg(False, "download a real dataset if missing", flag="--download")
-    n_train: Optional[int] = _arg(None, "number of training images (per epoch with fresh data)", flag="--n-train",
+    n_train: Optional[int] = _arg(None, "number of training images (per epoch with fresh data; of a fixed dataset, "
+                                  "a fixed random subset mixed over the classes)", flag="--n-train",
                                   none="the dataset's, {shapes_n_train} for shapes")
-    n_test: Optional[int] = _arg(None, "number of test images", flag="--n-test",
+    n_test: Optional[int] = _arg(None, "number of test images (of a fixed dataset, a fixed random subset)",
+                                 flag="--n-test",
                                  none="the dataset's, {shapes_n_test} for shapes")
-    data_seed: Optional[int] = _arg(None, "seed of the generated shapes data", flag="--data-seed",
+    data_seed: Optional[int] = _arg(None, "seed of the generated shapes data (shapes only)", flag="--data-seed",
                                     none="the dataset's: {shapes_train_seed} for train, {shapes_test_seed} for test")
     fresh_data: Optional[bool] = _arg(None, "draw new shapes images every epoch (shapes only)", flag="--fresh-data",
                                       none="on for generated data (shapes), off otherwise")
@@ -160,6 +163,9 @@ class TrainConfig:
         _check_number("lr", self.lr, low=0.0, low_open=True)  # NaN and inf are refused too
         _check_number("weight_decay", self.weight_decay, low=0.0)
         _check_number("warmup_epochs", self.warmup_epochs, low=0.0)
+        if self.warmup_steps is None and self.warmup_epochs >= self.epochs:  # else the lr would still be rising
+            raise ValueError(f"TrainConfig.warmup_epochs must be less than the run's epochs ({self.epochs}): the "
+                             f"warm-up must end before the run does, got {self.warmup_epochs:g}")
         _check_number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
         _check_number("grad_clip", self.grad_clip, low=0.0)
         _check_number("pos_embed_lr_scale", self.pos_embed_lr_scale, low=0.0, low_open=True)
@@ -182,8 +188,9 @@ class TrainConfig:
             if value is not None and value > top:
                 raise ValueError(f"TrainConfig.{name} must be an int in [0, {top}], got {value!r}")
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
-                                            or self.image_size < 1):
-            raise ValueError(f"TrainConfig.image_size must be None or an int >= 1, got {self.image_size!r}")
+                                            or self.image_size < MIN_IMAGE_SIZE):
+            raise ValueError(f"TrainConfig.image_size must be None or an int >= {MIN_IMAGE_SIZE}, "
+                             f"got {self.image_size!r}")
         if self.clutter > MAX_CLUTTER:  # checked here too, so a bad value fails before any work
             raise ValueError(f"TrainConfig.clutter must be an int in [0, {MAX_CLUTTER}] (strokes per image), got {self.clutter!r}")
         self._check_choices()
@@ -262,7 +269,7 @@ class TrainConfig:
             if name in self.model_overrides:
                 _check_number(f"model_overrides[{name!r}]", self.model_overrides[name], low=0.0, high=1.0,
                               high_open=True)
-        size = self.image_size or (28 if self.dataset in ("mnist", "fashion_mnist") else 32)
+        size = self.effective("image_size")
         try:  # every other value by the model's own rules, on the image size the run will have
             get_config(self.model, **{"image_size": size, **self.model_overrides})
         except (TypeError, ValueError) as err:
@@ -302,6 +309,27 @@ class TrainConfig:
     def draws_fresh_data(self) -> bool:
         """New training images every epoch: ``fresh_data``, or by default whenever the data are generated."""
         return self.dataset == "shapes" if self.fresh_data is None else bool(self.fresh_data)
+
+    def effective(self, name: str) -> Any:
+        """The value field ``name`` has in the run, with what a None stands for filled in (the dataset's image
+        size, its default seed and sizes, all its shapes, the preset's weight init): two configs whose fields
+        differ only by a None and the value it means run the same. None where the data would have to be read
+        (the size of a fixed dataset)."""
+        value = getattr(self, name)
+        shapes = self.dataset == "shapes"
+        if name == "image_size":
+            return value or (28 if self.dataset in ("mnist", "fashion_mnist") else 32)
+        if name == "fresh_data":
+            return self.draws_fresh_data
+        if name == "weight_init":
+            return value or model_field(self.model, self.model_overrides, "weight_init")
+        if value is not None or not shapes:
+            return value
+        if name == "data_seed":
+            return SHAPES_DEFAULT_SEEDS["train"]  # the test seed follows from it (loaders.shapes_seeds)
+        if name in ("n_train", "n_test"):
+            return SHAPES_DEFAULT_SIZES[name[2:]]
+        return list(SHAPE_CLASSES) if name == "classes" else value
 
     def to_dict(self) -> dict:
         """Plain types only (a checkpoint must load with ``weights_only=True``)."""

@@ -49,6 +49,9 @@ DEFAULT_OVERHANG = 0.25
 # Fresh images every epoch: epoch e of a dataset with seed s is drawn from seed s + EPOCH_SEED_STRIDE * e, far
 # from the small seeds the test sets use (1, 777, 2024, ...).
 EPOCH_SEED_STRIDE = 100_003
+# A real dataset's n-example subset (--n-train, --n-test, evaluate --n) is drawn at random with this fixed seed: the
+# same images in every run, after a resume and in evaluate, mixed over the classes. No flag changes it.
+SUBSET_SEED = 0
 # Rotation range in degrees per class: shapes that would start to look like another shape when turned
 # (a square on its corner looks like a diamond, a plus turned by 45 degrees is an "x") only wobble by
 # +-15 degrees; circle and ring look the same at any angle; triangle, crescent and star turn freely.
@@ -585,8 +588,9 @@ def get_dataset(
 
     shapes: n defaults to 20,000 (train) / 2,000 (test); seed to 0 (train) / 1 (test), a given seed is
     used as is. image_size defaults to 32 (shapes, imagefolder), native size otherwise (32 CIFAR, 28 MNIST).
-    For real datasets n keeps the first n examples (a Subset that still has ``.classes``) and seed is
-    unused; they are looked up under ``root`` and never downloaded unless download=True.
+    For real datasets n keeps a fixed random subset of n examples, mixed over the classes (a Subset that still
+    has ``.classes``; see ``SUBSET_SEED``), and seed is refused: it would change nothing. They are looked up under
+    ``root`` and never downloaded unless download=True.
     ``fresh_each_epoch`` (shapes only): new images every epoch, see ``ShapesDataset``.
     ``classes`` (shapes only): a subset of SHAPE_CLASSES to draw, e.g. a smaller task for a quick run.
     ``clutter`` (shapes only): distractor strokes per image, see ``make_shapes``.
@@ -625,17 +629,33 @@ def get_dataset(
         raise ValueError(f"clutter= draws distractors into generated images (shapes only); {name} is a fixed dataset")
     if palette != "colour":
         raise ValueError(f"palette= colours generated images (shapes only); {name} is a fixed dataset")
+    if seed is not None:
+        raise ValueError(f"seed= draws generated images (shapes only); {name} is a fixed dataset (and its n-example "
+                         f"subset a fixed one)")
     if name == "imagefolder":
         ds = _imagefolder_dataset(split, root, image_size, augment)
     else:
         ds = _torchvision_dataset(name, split, root, image_size, augment, download)
     if n is None:
         return ds
-    # Real data: n keeps the first n examples (quick runs); the subset keeps the class names.
     _check_int("n", n, 1)
     if n > len(ds):
         raise ValueError(f"n={n} but {name} {split} has only {len(ds)} examples")
-    subset = Subset(ds, range(n))
+    return _fixed_subset(ds, n, f"{name} {split}")
+
+
+def _fixed_subset(ds: Dataset, n: int, what: str) -> Subset:
+    """n examples drawn at random with SUBSET_SEED, in file order, keeping ``.classes``: the first n files of an
+    ImageFolder are its first class only. Refused when they hold one class (every prediction right: "100 %")."""
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SUBSET_SEED))
+    indices = sorted(order[:n].tolist())
+    targets = getattr(ds, "targets", None)  # ImageFolder, CIFAR10, MNIST: the labels without decoding images
+    labels = {int(targets[i]) if targets is not None else int(ds[i][1]) for i in indices}
+    if len(labels) < 2:
+        names = [ds.classes[k] for k in sorted(labels)]
+        raise ValueError(f"{what}: the subset of n={n} examples holds only class {names}; expected at least two "
+                         f"classes, so raise n (--n-train, --n-test or evaluate's --n)")
+    subset = Subset(ds, indices)
     subset.classes = list(ds.classes)
     return subset
 

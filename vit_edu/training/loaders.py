@@ -7,20 +7,41 @@ process gets its share. (Apart from :mod:`.data` because the config reads the da
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from .config import TrainConfig
-from .data import dataset_info, get_dataset
+from .data import EPOCH_SEED_STRIDE, SHAPES_DEFAULT_SEEDS, dataset_info, get_dataset
+
+
+def shapes_seeds(config: TrainConfig) -> Tuple[int, int]:
+    """(train seed, test seed) of a run's generated data; the test seed is never a training seed (same seed = same
+    images): with fresh data epoch e draws seed ``train + EPOCH_SEED_STRIDE * e``, see :func:`trained_on_seed`."""
+    if config.data_seed is None:
+        return SHAPES_DEFAULT_SEEDS["train"], SHAPES_DEFAULT_SEEDS["test"]
+    return config.data_seed, config.data_seed + 1
+
+
+def trained_on_seed(config: TrainConfig, seed: int) -> Optional[int]:
+    """The epoch (0-based) whose training images ``config``'s run drew from ``seed``, or None: a test set drawn
+    from such a seed holds the very images the model was trained on. Every epoch of the schedule counts (a
+    resume may still draw it)."""
+    if config.dataset != "shapes":
+        return None
+    offset = seed - shapes_seeds(config)[0]
+    if offset < 0 or offset % EPOCH_SEED_STRIDE:
+        return None
+    epoch = offset // EPOCH_SEED_STRIDE
+    return epoch if epoch < (config.epochs if config.draws_fresh_data else 1) else None
+
 
 def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
     """(train set, test set, dataset_info of the train set) for ``config``; refuses data a run cannot learn from."""
     common = dict(root=config.data_root, image_size=config.image_size, download=config.download)
-    # generated data: the test split must never share the training seed (same seed = same images)
-    train_seed = config.data_seed
-    test_seed = None if config.data_seed is None else config.data_seed + 1
+    # generated data: the test split never shares a training seed; a fixed dataset takes no seed
+    train_seed, test_seed = shapes_seeds(config) if config.dataset == "shapes" else (None, None)
     if config.classes is not None:
         common["classes"] = config.classes
     if config.clutter:

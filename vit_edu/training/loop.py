@@ -33,8 +33,8 @@ from ..convert import load_checked
 from ..fileio import check_space, check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
 from ..models import create_model
 from ..vit import VisionTransformer
-from .checkpoint import (checkpoint_to_resume, export_safetensors, new_history, output_bytes, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (check_export_name, checkpoint_to_resume, export_safetensors, new_history, output_bytes,
+                         rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .data import DATASET_NAMES, SHAPE_CLASSES
 from .loaders import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
@@ -249,10 +249,11 @@ def _check_outputs(config: TrainConfig, export: Optional[PathLike], main: bool) 
         if main:
             remove_stale_temp_files(Path(config.out_dir) / "last.pt")  # left by a write that was killed
     if export is not None:
+        check_export_name(export, "export file (--export)")
         check_writable_file(export, "export file (--export)")
     if export is None and not config.save_checkpoints:
         return
-    size = config.image_size or (28 if config.dataset in ("mnist", "fashion_mnist") else 32)
+    size = config.effective("image_size")
     try:
         with torch.device("meta"):
             model = build_model(config, _classes_hint(config), size, 3)
@@ -454,7 +455,10 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
                 _restore(run, ckpt, resume)
                 note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
                                  if k not in ("progress", "out_dir", "stop_after_epochs"))
-                say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else ""))
+                where = (f"; saving to {Path(config.out_dir) / 'last.pt'}" if config.save_checkpoints else
+                         "; saving no checkpoints")
+                say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else "")
+                    + where)
             run.model = wrap(run.model, world, device)
             say(about)
             if ckpt is not None and run.start_epoch >= config.epochs:
