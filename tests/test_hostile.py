@@ -206,7 +206,7 @@ def _flag_rows() -> list:
              ("train --export", ["--export", ".safetensors"], "--export")]
     # evaluate
     for flag, extra in (("--batch-size", ["0", "-1"]), ("--n", ["0", "-1", str(10**12)]),
-                        ("--seed", ["-1", str(10**23)]), ("--image-size", ["0", "-4", "64", "100000"]),
+                        ("--seed", ["-1", str(10**23)]), ("--image-size", ["0", "-4", "4", "7", "64", "100000"]),
                         ("--workers", ["-1", str(10**6)])):
         add("evaluate", flag, ints + extra)
     add("evaluate", "--split", ["val", ""])

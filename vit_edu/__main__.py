@@ -344,11 +344,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from .training import check_classes_match, data, evaluate, resolve_device
-    from .training.config import default_value
+    from .training.config import MIN_IMAGE_SIZE, default_value
 
     _check_ranges(args, {"batch_size": ("--batch-size", 1, None), "num_workers": ("--workers", 0, "MAX_WORKERS"),
                          "n": ("--n", 1, None), "seed": ("--seed", 0, "MAX_SEED"),
-                         "image_size": ("--image-size", 1, None)})
+                         "image_size": ("--image-size", MIN_IMAGE_SIZE, None)})
     if args.classes is not None:
         try:
             data._check_classes(args.classes)
