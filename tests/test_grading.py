@@ -303,14 +303,22 @@ def graded(tmp_path_factory):
                 nbformat.write(nb, subs / student / name)
     (subs / "kai_canary" / "data.txt").write_text("a data file next to the notebook")
     before = _files_state(ROOT, victim)
-    scratch_before = set(Path(tempfile.gettempdir()).glob("vit_edu_grading_*"))
+    made = []  # this run's scratch folders (not another grader's running beside the tests in the same /tmp)
+    sandbox_init = sandbox.Sandbox.__init__
+
+    def recording(self, *args, **kwargs):
+        sandbox_init(self, *args, **kwargs)
+        made.append(self.workdir)
+
     out = tmp / "out" / "grades.csv"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VIT_EDU_TEST_SECRET", "the teacher's token")
+        env.setattr(sandbox.Sandbox, "__init__", recording)
         rows = grading.grade(subs, out, timeout=TIMEOUT, reference_dir=ref, cell_timeout=CELL_TIMEOUT, jobs=2,
                              memory_mb=MEMORY_MB, max_output_kb=64, seed=1234, verbose=False)
     after = _files_state(ROOT, victim)
-    after["scratch left"] = sorted(map(str, set(Path(tempfile.gettempdir()).glob("vit_edu_grading_*")) - scratch_before))
+    assert made, "the grader made no scratch folder"
+    after["scratch left"] = sorted(str(p) for p in made if p.exists())
     for leftover in (ROOT / "vit_edu" / "pwned_by_grading_test.py", ROOT / "figures" / "pwned_by_grading_test.png"):
         leftover.unlink(missing_ok=True)  # only if the sandbox failed; the test below then fails
     before["scratch left"] = []
