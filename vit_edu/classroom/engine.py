@@ -32,6 +32,8 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List
 import torch
 from torch import nn
 
+from .watch import thread_starts
+
 RTOL, ATOL = 1e-4, 1e-5  # float32 round-off of a different but correct order of operations stays far below this
 FORMAT = 1  # version of the observation layout
 
@@ -335,8 +337,6 @@ class _Watch(torch.overrides.TorchFunctionMode):
         self._threads: Optional[ContextManager[Any]] = None
 
     def __enter__(self) -> "_Watch":
-        from .watch import thread_starts
-
         self.live[0] = True
         self._threads = thread_starts(self._enter_in_thread)
         self._threads.__enter__()
