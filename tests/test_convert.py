@@ -307,3 +307,82 @@ def test_load_state_dict_file_wrong_architecture(perturb, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"missing keys \(\d+\): .*head\.weight"):
         load_checked(vit_edu.create_model("vit_nano_patch4_32"), {k: v for k, v in tm.state_dict().items()
                                                                  if not k.startswith("head")})
+
+
+# ------------------------------------------------------------------------------------------ red team A
+
+
+def test_timm_string_gelu_converts_and_other_activations_are_refused(perturb) -> None:
+    """timm's act_layer="gelu" is its own GELU class (not an nn.GELU) computing the same exact GELU."""
+    x = torch.randn(2, 3, 32, 32)
+    compare_timm(small_timm(perturb, act_layer="gelu"), x)
+    for act, feature in (("gelu_tanh", "non-GELU MLP"), (None, "no final norm")):
+        kw = dict(act_layer=act) if act else dict(final_norm=False)
+        with pytest.raises(ValueError, match=f"does not implement: {feature}"):
+            from_timm(small_timm(perturb, **kw))
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(fc_norm=True), "fc_norm=True"),
+    (dict(image_size=(32, 64)), r"image_size=\(32, 64\), patch_size=\(4, 4\) \(not square\)"),
+    (dict(patch_size=(4, 8)), r"patch_size=\(4, 8\) \(not square\)"),
+    (dict(num_classes=0), "num_classes=0"),
+    (dict(norm_eps=1e-5), r"norm_eps=1e-05 \(its LayerNorms use 1e-6"),  # would load, and give other logits
+])
+def test_to_torchvision_names_what_it_cannot_hold(overrides, words) -> None:
+    cfg = ViTConfig(**{**dict(image_size=32, patch_size=4, dim=64, depth=2, heads=4, mlp_dim=128, num_classes=10),
+                       **overrides})
+    with pytest.raises(ValueError, match=f"this model differs: .*{words}"):
+        to_torchvision_state_dict(VisionTransformer(cfg))
+
+
+def test_weights_files_are_read_by_their_bytes_not_their_name(perturb, tmp_path) -> None:
+    """A safetensors file named .pt, a torch.save file named .safetensors and a torch.compile'd model's
+    state_dict ("_orig_mod." names) all load; before, the first was said to "hold pickled Python objects"."""
+    tm = perturb(TimmViT(**NANO_TIMM)).eval()
+    sd = {k: v.contiguous() for k, v in tm.state_dict().items()}
+    save_file(sd, str(tmp_path / "a.pt"))
+    torch.save(sd, tmp_path / "b.safetensors")
+    torch.save({"model": {"_orig_mod." + k: v for k, v in sd.items()}}, tmp_path / "compiled.pth")
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("a.pt", "b.safetensors", "compiled.pth"):
+        with torch.no_grad():
+            assert_same_logits(load_state_dict_file(tmp_path / name, "vit_nano_patch4_32").eval()(x), tm(x))
+
+
+def test_load_checked_names_a_model_or_arrays_passed_for_a_state_dict() -> None:
+    cfg = ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2, mlp_dim=64, num_classes=10)
+    source = VisionTransformer(cfg)
+    with pytest.raises(TypeError, match=r"must be a dict of tensors, got VisionTransformer \(a model\? pass its "
+                                        r"\.state_dict\(\)\)"):
+        load_checked(VisionTransformer(cfg), source)  # was "'VisionTransformer' object is not iterable"
+    arrays = {k: v.numpy() for k, v in source.state_dict().items()}
+    with pytest.raises(TypeError, match=r"must be a dict of torch\.Tensors; 20 values are not: cls_token \(ndarray\)"):
+        load_checked(VisionTransformer(cfg), arrays)  # was "'numpy.ndarray' object has no attribute ..."
+
+
+def test_pretrained_weights_of_a_model_timm_lacks_are_not_sent_for() -> None:
+    """A course preset has no timm weights: the old advice ("save timm.create_model(...) on a machine with
+    internet") could not be followed. timm knows its names offline, so nothing is downloaded here."""
+    with pytest.raises(ValueError, match=r"timm has no model 'vit_nano_patch4_32', so there are no pretrained "
+                                         r"weights to load; .*python -m vit_edu train --model "
+                                         r"vit_nano_patch4_32"):
+        vit_edu.create_model("vit_nano_patch4_32", pretrained=True)
+
+
+def test_load_state_dict_file_takes_a_name_or_a_config(perturb, tmp_path) -> None:
+    """Both: model_name was silently ignored. A config in model_name's place is taken as the config, and a
+    typo in the name fails before the file is read (here: no file at all)."""
+    tm = perturb(TimmViT(**NANO_TIMM)).eval()
+    path = tmp_path / "w.pth"
+    torch.save(tm.state_dict(), path)
+    cfg = vit_edu.get_config("vit_nano_patch4_32")
+    with pytest.raises(ValueError, match=r"needs model_name \(e\.g\. 'vit_base_patch16_224'\) or config, not both"):
+        load_state_dict_file(path, "vit_base_patch16_224", config=cfg)
+    with pytest.raises(ValueError, match=r"or config, not neither"):
+        load_state_dict_file(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_logits(load_state_dict_file(path, cfg).eval()(x), tm(x))
+    with pytest.raises(ValueError, match=r"did you mean 'vit_nano_patch4_32'"):
+        load_state_dict_file(tmp_path / "missing.pth", "vit_nano_patch4_23")

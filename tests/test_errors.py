@@ -864,3 +864,167 @@ def test_an_offline_download_is_one_line(tmp_path, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "Traceback" not in err[0]
     assert re.search(r"Downloading cifar10 to .*data failed: URLError: .*If this machine is offline, download https://", err[0])
+
+
+# ------------------------------------------------------------------------------- model API, red team A
+
+
+def test_a_temp_file_of_another_name_is_not_removed(tmp_path) -> None:
+    """A write of "a" cleans up its own killed temp files only: ".a.b.<pid>-x.tmp" is a write of "a.b" (here
+    by this very process, still running), which starts with ".a." too."""
+    from vit_edu.fileio import remove_stale_temp_files
+
+    sibling = tmp_path / f".a.b.{os.getpid()}-k2j4h5g6.tmp"
+    legacy_sibling = tmp_path / ".a.b.k2j4h5g6.tmp"
+    own_stale = tmp_path / ".a.0abcdefg.tmp"  # a killed write of "a" in the old name form: removed
+    for p in (sibling, legacy_sibling, own_stale):
+        p.write_bytes(b"half")
+    assert remove_stale_temp_files(tmp_path / "a") == [own_stale]
+    assert sibling.exists() and legacy_sibling.exists()
+
+
+def test_atomic_write_under_a_file_names_the_file(tmp_path) -> None:
+    from vit_edu.fileio import atomic_write
+
+    (tmp_path / "notes").write_text("x")
+    for target in (tmp_path / "notes" / "out.pt", tmp_path / "notes" / "run" / "out.pt"):
+        with pytest.raises(NotADirectoryError, match=rf"cannot write {re.escape(str(target))}: "
+                                                     rf"{re.escape(str(tmp_path / 'notes'))} is a file, not a folder"):
+            atomic_write(target, lambda f: f.write(b"1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_complex_weights_are_refused() -> None:
+    """load_state_dict would cast them, dropping the imaginary part with only a warning."""
+    model = VisionTransformer(ViTConfig(**SMALL))
+    sd = {k: v.to(torch.complex64) if k == "head.weight" else v for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"non-float tensors .*head\.weight \(complex64\)"):
+        vit_edu.convert.load_checked(VisionTransformer(ViTConfig(**SMALL)), sd)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_prefix_tokens=20), r"num_prefix_tokens must be an int from 0 to 16 .*got 20"),
+    (dict(num_prefix_tokens=-1), r"num_prefix_tokens must be an int from 0 to 16 .*got -1"),
+    (dict(new_grid=(0, 2)), r"new_grid must be a pair of positive ints .*got \(0, 2\)"),
+    (dict(new_grid=(2.7, 2)), r"new_grid must be a pair of positive ints .*got \(2\.7, 2\)"),  # not cut to 2
+    (dict(new_grid=2), r"new_grid must be a pair .*got 2"),
+    (dict(old_grid=(-4, -4)), r"old_grid must be a pair of positive ints .*got \(-4, -4\)"),
+])
+def test_resize_pos_embed_checks_its_arguments(kwargs, match) -> None:
+    args = {**dict(pos_embed=torch.zeros(1, 17, 8), new_grid=(2, 2), old_grid=None, num_prefix_tokens=1), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        resize_pos_embed(**args)
+
+
+def test_resize_pos_embed_takes_other_integers_and_hints_at_the_class_token() -> None:
+    resize_pos_embed(torch.zeros(1, 17, 8), (np.int64(2), torch.tensor(3)))  # integers of other kinds are fine
+    no_cls = torch.zeros(1, 16, 8)  # 4 x 4 positions and no class token, with the default num_prefix_tokens=1
+    for old_grid in (None, (4, 4)):
+        with pytest.raises(ValueError, match=r"a model without a class token\? pass num_prefix_tokens=0"):
+            resize_pos_embed(no_cls, (2, 2), old_grid)
+
+
+def test_an_image_without_pixels_is_refused_clearly() -> None:
+    model = VisionTransformer(ViTConfig(**SMALL, dynamic_img_size=True)).eval()
+    with pytest.raises(ValueError, match=r"expects an image of at least one patch \(8, 8\), got size \(0, 0\)"):
+        model(torch.zeros(1, 3, 0, 0))
+    assert model(torch.zeros(0, 3, 32, 32)).shape == (0, 5)  # an empty batch is not an error
+
+
+@pytest.mark.parametrize("patch_embed", ["conv", "linear"])
+def test_an_image_on_another_device_names_both_devices(patch_embed) -> None:
+    """The meta device stands in for a GPU: PyTorch said only "Tensor on device cpu is not on the expected
+    device meta!" (on a GPU: "Input type ... and weight type ... should be the same")."""
+    with torch.device("meta"):
+        model = VisionTransformer(ViTConfig(**SMALL, patch_embed=patch_embed))
+    with pytest.raises(ValueError, match=r"the image is on device cpu but the model's weights are on meta; .*"
+                                         r"x\.to\('meta'\)"):
+        model(torch.zeros(1, 3, 32, 32))
+
+
+def test_modules_used_alone_check_their_sizes() -> None:
+    with pytest.raises(ValueError, match=r"heads must be a positive int, got 0"):
+        vit_edu.Attention(64, heads=0)  # was ZeroDivisionError
+    with pytest.raises(ValueError, match=r"image_size \(30, 30\) must be divisible by the patch size \(4, 4\)"):
+        vit_edu.PatchEmbed(30, 4, 3, 16)  # was accepted, then refused every image
+    with pytest.raises(ValueError, match=r"Attention expects tokens \[B, N, 32\], got shape \(5, 32\) \(one sequence"):
+        vit_edu.Block(32, 4, 64)(torch.randn(5, 32))  # was an einops "Wrong shape: expected 3 dims" error
+    with pytest.raises(ValueError, match=r"Attention expects tokens \[B, N, 32\], got shape \(2, 5, 16\)"):
+        vit_edu.Attention(32, 4)(torch.randn(2, 5, 16))  # was "mat1 and mat2 shapes cannot be multiplied"
+
+
+def test_a_typo_in_a_model_name_suggests_the_name() -> None:
+    with pytest.raises(ValueError, match=r"unknown model name 'vit_nano_patch4_23'; known models: .*"
+                                         r"\(did you mean 'vit_nano_patch4_32'\?\)"):
+        create_model("vit_nano_patch4_23")
+    with pytest.raises(TypeError, match=r"extra must be a dict, got str 'x'"):
+        get_config("vit_nano_patch4_32", extra="x")  # was "'str' object is not a mapping"
+    with pytest.raises(TypeError, match=r"model name must be a str such as 'vit_base_patch16_224', got list"):
+        create_model(["vit_nano_patch4_32"])  # was "unhashable type: 'list'"
+
+
+def test_build_folder_does_not_replace_a_file(tmp_path) -> None:
+    """It swapped the file out like an old folder and deleted it."""
+    from vit_edu.fileio import build_folder
+
+    report = tmp_path / "report.txt"
+    report.write_text("precious")
+    with pytest.raises(NotADirectoryError, match=r"report\.txt is a file; expected a folder"):
+        build_folder(report, lambda p: (p / "x").write_text("1"))
+    assert report.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_pipe_is_refused_without_being_read(tmp_path) -> None:
+    """A named pipe given as a weights file: looks_like_safetensors and describe_file opened it, which waits
+    for a writer forever (load_checkpoint hung); read_state_dict called it "an empty file (an interrupted
+    write?)". A helper thread plays the writer, so the old code fails here instead of hanging, and counts
+    how often a reader was waiting."""
+    import threading
+
+    from vit_edu.fileio import describe_file, looks_like_safetensors
+
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    done, waiting = threading.Event(), []
+
+    def writer() -> None:
+        while not done.wait(0.02):
+            try:  # succeeds only while somebody has the pipe open for reading
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                waiting.append(1)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        assert not looks_like_safetensors(fifo)
+        assert describe_file(fifo) == "not a regular file (a pipe or a device)"
+        with pytest.raises(ValueError, match=r"weights\.pt' is not a regular file \(a pipe or a device\); expected"):
+            load_state_dict_file(fifo, "vit_nano_patch4_32")
+    finally:
+        done.set()
+        thread.join()
+    assert not waiting, "the pipe was opened for reading"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_atomic_write_keeps_links_and_special_files(tmp_path) -> None:
+    """os.replace onto a link replaced the link (its target kept the old bytes); onto a pipe or a device
+    (/dev/null, as root) it put a regular file in its place."""
+    from vit_edu.fileio import atomic_write
+
+    target, link, fifo = tmp_path / "store" / "last.pt", tmp_path / "last.pt", tmp_path / "pipe"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    atomic_write(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match=r"pipe is not a regular file \(a device or a pipe\); expected a file"):
+        atomic_write(fifo, lambda f: f.write(b"new"))
+    assert not fifo.is_file() and fifo.exists()
+    with pytest.raises(OSError, match=r"export file .*pipe is not a regular file"):  # asked before the work
+        vit_edu.fileio.check_writable_file(fifo, "export file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "pipe", "store"]  # no temp file left

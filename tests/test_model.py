@@ -187,6 +187,11 @@ def test_embed_layer_can_be_passed_in() -> None:
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     with pytest.raises(ValueError, match=r"embed_layer makes a \(8, 8\) grid of tokens; .* is for \(4, 4\)"):
         VisionTransformer(cfg, embed_layer=PatchEmbed(32, 4, 3, 32))
+    with pytest.raises(ValueError, match=r"embed_layer makes tokens of 16 features; the config's dim is 32"):
+        VisionTransformer(cfg, embed_layer=PatchEmbed(32, 8, 3, 16))  # was a torch.cat error at forward
+    with pytest.raises(TypeError, match=r"embed_layer must have patch_size, grid_size and proj.*Conv2d has no "
+                                        r"patch_size, grid_size"):
+        VisionTransformer(cfg, embed_layer=nn.Conv2d(3, 32, 8, 8))  # was an AttributeError
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(patch_embed="linear"), dict(patch_size=1, hybrid_layers=(1,))])
@@ -553,3 +558,53 @@ def test_jax_init_matches_timm_weight_init_jax() -> None:
     assert ours.blocks[0].attn.qkv.weight.std() > 4 * timm_default.blocks[0].attn.qkv.weight.std()  # ~0.125 vs 0.02
     with pytest.raises(ValueError, match="weight_init"):
         ViTConfig(**kw, weight_init="xavier")
+
+
+def test_a_config_changed_after_it_was_made_is_checked_again() -> None:
+    """``cfg.image_size = 64`` skips __post_init__: the model validates (and normalizes) its own copy."""
+    cfg = ViTConfig(**TINY)
+    cfg.image_size = 64  # an int, not the (64, 64) __post_init__ makes: was "'int' object is not subscriptable"
+    model = VisionTransformer(cfg).eval()
+    assert model.config.image_size == (64, 64) and model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    cfg.dropout = 1.5
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1\.5"):
+        VisionTransformer(cfg)
+
+
+def test_models_built_from_one_config_do_not_share_it() -> None:
+    cfg = ViTConfig(**TINY)
+    a, b = VisionTransformer(cfg), VisionTransformer(cfg)
+    a.set_fused_attn(False)
+    assert cfg.fused_attn and b.config.fused_attn and b.blocks[0].attn.fused_attn  # b's config still tells the truth
+    assert not a.config.fused_attn and not a.blocks[0].attn.fused_attn
+    with pytest.raises(TypeError, match=r"set_fused_attn expects True or False, got str 'False'"):
+        a.set_fused_attn("False")  # bool("False") is True: it switched the fused kernel on
+
+
+def test_drop_path_of_one_drops_every_branch_and_bad_rates_are_refused() -> None:
+    """p = 1 gave NaN (0 / 0) in training; timm gives zeros. Rates outside [0, 1] fail up front, not as
+    bernoulli_'s "got p=-0.5" for p=1.5."""
+    x = torch.randn(4, 3, 8)
+    assert torch.equal(DropPath(1.0).train()(x), torch.zeros_like(x))
+    torch.testing.assert_close(DropPath(1.0).train()(x), timm.layers.DropPath(1.0).train()(x))
+    for p in (1.5, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"drop_path rate must be a number in \[0, 1\], got"):
+            DropPath(p)
+
+
+def test_sincos_refuses_an_empty_grid_or_width() -> None:
+    with pytest.raises(ValueError, match=r"grid_size must be a pair of positive ints .*got \(0, 4\)"):
+        sincos_2d_pos_embed(8, (0, 4))  # was an empty [0, 8] table
+    with pytest.raises(ValueError, match=r"needs dim divisible by 4, got 0"):
+        sincos_2d_pos_embed(0, (4, 4))  # was a [16, 0] table
+
+
+def test_the_hybrids_resnet_checks_its_layers() -> None:
+    """layers=(0,) built a stage with no blocks whose 64 channels met a projection for 256; () an IndexError."""
+    for layers in [(0,), (), [1.5]]:
+        with pytest.raises(ValueError, match=r"layers must be a non-empty sequence of positive ints"):
+            vit_edu.ResNetBackbone(layers)
+        with pytest.raises(ValueError, match=r"layers must be a non-empty sequence of positive ints"):
+            vit_edu.HybridEmbed(64, 1, layers=layers)
+    with pytest.raises(TypeError, match=r"from_dict expects a dict of fields, got str"):
+        ViTConfig.from_dict("vit_nano_patch4_32")  # was "unknown ViTConfig fields ['2', '3', '4', ...]"

@@ -65,6 +65,9 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int = 8, qkv_bias: bool = True, attn_dropout: float = 0.0,
                  proj_dropout: float = 0.0, fused_attn: bool = True):
         super().__init__()
+        for name, value in (("dim", dim), ("heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if dim % heads != 0:
             raise ValueError(f"dim must be divisible by heads: dim={dim}, heads={heads}")
         self.heads = heads
@@ -78,6 +81,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 3 or x.shape[-1] != self.qkv.in_features:
+            hint = " (one sequence? add a batch dimension with x.unsqueeze(0))" if x.ndim == 2 else ""
+            raise ValueError(f"Attention expects tokens [B, N, {self.qkv.in_features}], got shape "
+                             f"{tuple(x.shape)}{hint}")
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)  # 3 x [B, h, N, d]
         attn: Optional[torch.Tensor] = None
         if self.fused_attn and not return_attention:

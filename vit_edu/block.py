@@ -33,16 +33,23 @@ class Mlp(nn.Module):
 
 def drop_path(x: torch.Tensor, p: float = 0.0, training: bool = False) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch for a random subset of samples, rescale the rest."""
+    _check_rate(p)
     if p == 0.0 or not training:
         return x
     keep = 1.0 - p
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
+    return x * mask / keep if keep > 0 else x * mask  # p = 1: every branch dropped (zeros, as timm), not 0/0
+
+
+def _check_rate(p: float) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:  # NaN fails too
+        raise ValueError(f"drop_path rate must be a number in [0, 1], got {p!r}")
 
 
 class DropPath(nn.Module):
     def __init__(self, p: float = 0.0):
         super().__init__()
+        _check_rate(p)
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

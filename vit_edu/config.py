@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 POOLS = ("cls", "mean")
 POS_EMBEDDINGS = ("learned", "sincos2d", "none")
@@ -37,9 +37,18 @@ def patch_grid(image_size: Tuple[int, int], patch_size: Tuple[int, int]) -> Tupl
     return (int(image_size[0]) // patch_size[0], int(image_size[1]) // patch_size[1])
 
 
+def check_resnet_layers(layers, name: str = "layers", none_ok: bool = False) -> Tuple[int, ...]:
+    """Blocks per stage of the hybrid's ResNet as a tuple, or a ValueError: a non-empty sequence of positive ints."""
+    if (not isinstance(layers, (tuple, list)) or not layers
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers)):
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a non-empty sequence of positive ints "
+                         f"(blocks per ResNet stage, the paper's R50: (3, 4, 9)), got {layers!r}")
+    return tuple(int(v) for v in layers)
+
+
 def resnet_stride(layers: Sequence[int]) -> int:
     """Down-sampling of the hybrid's ResNet: stem /4, then /2 at the start of every stage after the first."""
-    return 4 * 2 ** (len(layers) - 1)
+    return 4 * 2 ** (len(check_resnet_layers(layers)) - 1)
 
 
 MAX_PARAMETERS = 10**10  # 40 GB of fp32 weights: 16x ViT-H/14; anything larger is a typo here
@@ -113,12 +122,7 @@ class ViTConfig:
             if min(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {tuple(getattr(self, name))}")
         if self.hybrid_layers is not None:
-            layers = self.hybrid_layers
-            if (not isinstance(layers, (tuple, list)) or not layers
-                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers)):
-                raise ValueError(f"hybrid_layers must be None or a non-empty sequence of positive ints (blocks per "
-                                 f"ResNet stage, the paper's R50: (3, 4, 9)), got {layers!r}")
-            self.hybrid_layers = tuple(int(v) for v in layers)
+            self.hybrid_layers = check_resnet_layers(self.hybrid_layers, "hybrid_layers", none_ok=True)
         for name in ("in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -224,6 +228,8 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":
+        if not isinstance(d, Mapping):
+            raise TypeError(f"ViTConfig.from_dict expects a dict of fields, got {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import ViTConfig
+from .fileio import looks_like_safetensors
 from .models import download_timm_model, get_config
 from .vit import VisionTransformer
 
@@ -41,6 +43,12 @@ def _fmt(keys: list, limit: int = 8) -> str:
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
     """``model.load_state_dict`` with one clear ValueError that lists every difference."""
+    if not isinstance(state_dict, Mapping):
+        hint = " (a model? pass its .state_dict())" if isinstance(state_dict, nn.Module) else ""
+        raise TypeError(f"{source} must be a dict of tensors, got {type(state_dict).__name__}{hint}")
+    odd = [f"{k} ({type(v).__name__})" for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise TypeError(f"{source} must be a dict of torch.Tensors; {len(odd)} values are not: {_fmt(odd)}")
     expected = model.state_dict()
     missing, unexpected, shapes = diff_state_dict(expected, state_dict)
     if missing or unexpected or shapes:
@@ -55,7 +63,7 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     # load_state_dict would silently cast integer or bool tensors into float weights, and load NaN as readily
     # as numbers: a file of the right shapes can still be the wrong thing
     kinds = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state_dict.items()
-             if expected[k].is_floating_point() and not (v.is_floating_point() or v.is_complex())]
+             if expected[k].is_floating_point() and not v.is_floating_point()]  # complex: its imaginary part lost
     if kinds:
         raise ValueError(f"{source} holds non-float tensors where this {type(model).__name__} has float weights "
                          f"({len(kinds)}): {_fmt(kinds)}; expected float16/bfloat16/float32/float64 weights")
@@ -69,6 +77,16 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 
 def _is_identity(m) -> bool:
     return m is None or isinstance(m, nn.Identity)
+
+
+def _is_exact_gelu(act) -> bool:
+    """Whether ``act`` computes the exact (erf) GELU, judged by its outputs: timm's own GELU class (act_layer=
+    "gelu") is not an nn.GELU, and nn.GELU(approximate="tanh") is one but differs by up to 5e-4."""
+    t = torch.linspace(-6, 6, 121)
+    try:  # act gets a copy: an in-place activation must not change the reference's input
+        return isinstance(act, nn.Module) and torch.allclose(act(t.clone()), nn.functional.gelu(t), rtol=0, atol=1e-6)
+    except Exception:  # noqa: BLE001 - an activation that cannot take a 1-D tensor is not GELU
+        return False
 
 # ---------------------------------------------------------------------------------------------- timm
 
@@ -93,7 +111,8 @@ def config_from_timm(tm: nn.Module) -> ViTConfig:
         "attention output norm": not _is_identity(getattr(blk.attn, "norm", None)),
         "patch-embedding norm": not _is_identity(getattr(tm.patch_embed, "norm", None)),
         f"global_pool={tm.global_pool!r}": tm.global_pool not in ("token", "avg"),
-        "non-GELU MLP": not isinstance(getattr(blk.mlp, "act", None), nn.GELU) or getattr(blk.mlp.act, "approximate", "none") != "none",
+        "non-GELU MLP": not _is_exact_gelu(getattr(blk.mlp, "act", None)),
+        "no final norm (final_norm=False)": _is_identity(tm.norm) and _is_identity(getattr(tm, "fc_norm", None)),
         "MLP norm": not _is_identity(getattr(blk.mlp, "norm", None)),
     }
     bad = [k for k, v in unsupported.items() if v]
@@ -200,9 +219,23 @@ def torchvision_to_vit_edu_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDi
 
 def to_torchvision_state_dict(model: VisionTransformer) -> StateDict:
     c = model.config
-    if not c.class_token or c.pool != "cls" or c.hybrid_layers or c.pos_embedding != "learned" or not c.qkv_bias:
+    differs = {  # what torchvision's VisionTransformer cannot hold, or holds in another way
+        f"class_token={c.class_token}, pool={c.pool!r}": not c.class_token or c.pool != "cls",
+        f"hybrid_layers={c.hybrid_layers}": c.hybrid_layers is not None,
+        f"pos_embedding={c.pos_embedding!r}": c.pos_embedding != "learned",
+        "qkv_bias=False": not c.qkv_bias,
+        "fc_norm=True (LayerNorm after pooling)": c.use_fc_norm,
+        f"image_size={tuple(c.image_size)}, patch_size={tuple(c.patch_size)} (not square)":
+            c.image_size[0] != c.image_size[1] or c.patch_size[0] != c.patch_size[1],
+        "num_classes=0 (no head)": c.num_classes == 0,
+        f"norm_eps={c.norm_eps} (its LayerNorms use 1e-6; the weights would load and give other logits)":
+            c.norm_eps != 1e-6,
+    }
+    bad = [k for k, v in differs.items() if v]
+    if bad:
         raise ValueError("torchvision's VisionTransformer has a class token, cls pooling, a learned position "
-                         "embedding, qkv bias and no CNN backbone; this model differs")
+                         "embedding, qkv bias, no CNN backbone, a LayerNorm before pooling, square images and "
+                         f"patches, a head and LayerNorm eps 1e-6; this model differs: {'; '.join(bad)}")
     return _rename(to_timm_state_dict(model), _EDU_TO_TV)
 
 
@@ -243,6 +276,8 @@ def check_readable_file(path: str | os.PathLike, expected: str) -> str:
         raise FileNotFoundError(f"no such file: {path!r}; expected {expected}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a folder; expected {expected}")
+    if not os.path.isfile(path):  # reading a pipe would wait for a writer forever
+        raise ValueError(f"{path!r} is not a regular file (a pipe or a device); expected {expected}")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path!r} is an empty file (0 bytes; an interrupted write?); expected {expected}")
     return path
@@ -257,10 +292,13 @@ def torch_load_checked(path: str | os.PathLike, expected: str, map_location="cpu
     from .fileio import describe_file
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load then reads the bytes, whatever the file's name
+            return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated zip, text, pickle of code, ...: all "not readable"
         got = describe_file(path)
-        if "Weights only load failed" in str(err) or "weights_only" in str(err):
+        if got.startswith("a .safetensors file"):
+            why = " (read it with safetensors: name it .safetensors, or use vit_edu.convert.read_state_dict)"
+        elif "Weights only load failed" in str(err) or "weights_only" in str(err):
             why = " (it holds pickled Python objects, which are never unpickled here: weights_only=True)"
         elif got.startswith("a text file"):
             why = ""  # what the unpickler tripped over in a text file says nothing more
@@ -289,8 +327,14 @@ def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safete
                          f"({type(err).__name__}: {_first_line(err)})") from None
 
 
+def _is_zip(path: str) -> bool:
+    """torch.save's format (a zip archive); False for anything that is not a regular file."""
+    return os.path.isfile(path) and zipfile.is_zipfile(path)
+
+
 def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """Read a ``.safetensors`` file or a ``torch.save`` file of tensors (never unpickling code).
+    """Read a ``.safetensors`` file or a ``torch.save`` file of tensors (never unpickling code), told apart by
+    their bytes, whatever the file's name.
 
     A missing path, a folder, an empty, text or damaged file each give one clear error
     (FileNotFoundError, IsADirectoryError, ValueError) that names what was expected and what came.
@@ -298,7 +342,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
-    if path.endswith(".safetensors"):
+    if looks_like_safetensors(path) or (path.endswith(".safetensors") and not _is_zip(path)):
         return load_safetensors_checked(path, "a .safetensors file of weights")[0]
     obj = torch_load_checked(path, "a state_dict saved with torch.save (a dict of tensors)")
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
@@ -307,7 +351,8 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path!r} does not hold a state_dict (a dict of tensors); got {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    # prefixes of wrapped models: DistributedDataParallel's "module.", torch.compile's "_orig_mod."
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
 
 def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
@@ -328,12 +373,17 @@ def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = No
     ``load_state_dict_file('vit_b_16.pth', 'vit_base_patch16_224')``. ``num_classes`` and
     ``representation_size`` are read from the file unless given.
     """
+    if isinstance(model_name, ViTConfig) and config is None:  # load_state_dict_file(path, config)
+        model_name, config = None, model_name
+    if (model_name is None) == (config is None):  # both: one would be ignored
+        raise ValueError(f"load_state_dict_file needs model_name (e.g. 'vit_base_patch16_224') or config, not "
+                         f"{'both' if config is not None else 'neither'}")
+    if model_name is not None:
+        get_config(model_name, **overrides)  # a typo in the name or a field fails before the file is read
     sd = read_state_dict(path)
     if detect_format(sd) == "torchvision":
         sd = torchvision_to_vit_edu_state_dict(sd)
     if config is None:
-        if model_name is None:
-            raise ValueError("load_state_dict_file needs model_name (e.g. 'vit_base_patch16_224') or config")
         head = sd.get("head.weight")
         if head is not None:
             overrides.setdefault("num_classes", head.shape[0])

@@ -109,6 +109,8 @@ def check_writable_file(path: PathLike, what: str = "output file") -> Path:
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{what} {p} is a folder; expected a file name", errno.EISDIR)
+    if p.exists() and not p.is_file():  # atomic_write refuses it: writing would replace a device or a pipe
+        raise OutputError(f"{what} {p} is not a regular file (a device or a pipe); expected a file name", errno.EINVAL)
     if p.exists() and not os.access(p, os.W_OK):
         raise OutputError(f"{what} {p} exists and is not writable")
     base = _nearest_existing(p.absolute().parent)
@@ -248,6 +250,8 @@ def remove_stale_temp_files(path: PathLike) -> List[Path]:
             continue
         middle = name[len(prefix):-len(".tmp")]
         m = re.fullmatch(r"(\d+)-[A-Za-z0-9_]+", middle)
+        if not m and not re.fullmatch(r"[a-z0-9_]{8}", middle):  # mkstemp's 8 random characters: the old form
+            continue  # another file's temp file: ".a.b.<pid>-x.tmp" of "a.b" also starts with ".a."
         try:
             age = time.time() - candidate.stat().st_mtime
             if m and int(m.group(1)) == os.getpid() and age < STALE_AFTER_S:
@@ -273,6 +277,8 @@ def _safetensors_head(head: bytes, size: int) -> bool:
 def looks_like_safetensors(path: PathLike) -> bool:
     """Whether the file at ``path`` holds safetensors bytes, whatever its name (False for a folder or an unreadable
     file). Its first byte can be 0x80, a pickle's first byte: check this before calling it a pickle."""
+    if not os.path.isfile(path):  # a folder, or a pipe (opening one would wait for a writer forever)
+        return False
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -286,6 +292,8 @@ def describe_file(path: PathLike) -> str:
     p = Path(path)
     if p.is_dir():
         return "a folder"
+    if p.exists() and not p.is_file():  # reading a pipe would wait for a writer
+        return "not a regular file (a pipe or a device)"
     try:
         size = p.stat().st_size
         with open(p, "rb") as f:
@@ -324,13 +332,21 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = "
 
     ``os.replace`` is atomic on POSIX and Windows: readers see the old file or the new one, never half. On any
     error the temp file is removed and the old file stays untouched. A write killed outright (SIGKILL, power
-    cut) cannot clean up, so the temp files of writers that are gone are removed before each write. ``mode``
-    is ``"wb"`` or ``"w"`` (then pass ``encoding=``/``newline=``); the file gets the usual permissions
-    (mkstemp's are 0600).
+    cut) cannot clean up, so the temp files of writers that are gone are removed before each write. A link is
+    kept: the file it points to is written. ``mode`` is ``"wb"`` or ``"w"`` (then pass ``encoding=``/``newline=``);
+    the file gets the usual permissions (mkstemp's are 0600).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
+    if path.is_symlink():  # write the file it points to and keep the link (os.replace would replace the link)
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():  # os.replace would put a file in its place
+        raise OutputError(f"{path} is not a regular file (a device or a pipe); expected a file to write",
+                          errno.EINVAL)
+    base = _nearest_existing(path.absolute().parent)
+    if not base.is_dir():  # mkdir would say only "File exists" or "Not a directory"
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {base} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
     fd, tmp = temp_file_for(path)  # .<name>.<pid>-<random>.tmp
@@ -384,6 +400,8 @@ def build_folder(out: PathLike, build: Callable[[Path], None]) -> Path:
     out = Path(out).absolute()
     if out.is_symlink() and out.is_dir():  # a link to the folder: replace the folder, keep the link
         out = out.resolve()
+    if out.exists() and not out.is_dir():  # swapping it out would delete a file that is not ours
+        raise OutputError(f"{out} is a file; expected a folder (or a path where one can be created)", errno.ENOTDIR)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)  # the folders of builds that were killed
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{os.getpid()}-", suffix=".tmp"))

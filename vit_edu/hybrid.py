@@ -132,6 +132,7 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, layers: Sequence[int] = (3, 4, 9), in_channels: int = 3, stem_channels: int = 64):
         super().__init__()
+        self.stride = resnet_stride(layers)  # first: it checks the layers
         self.stem = Stem(in_channels, stem_channels)
         chs = [256 * 2 ** i for i in range(len(layers))]
         self.stages = nn.Sequential(*[
@@ -139,7 +140,6 @@ class ResNetBackbone(nn.Module):
             for i, d in enumerate(layers)
         ])
         self.num_features = chs[-1]
-        self.stride = resnet_stride(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -10,6 +10,7 @@ name is timm's, and so are our parameter names.
 
 from __future__ import annotations
 
+import difflib
 from typing import Dict
 
 from torch import nn
@@ -57,14 +58,19 @@ def list_models() -> list:
 
 def get_config(name: str, **overrides) -> ViTConfig:
     """The ViTConfig of a preset, with fields replaced by ``overrides``."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str such as 'vit_base_patch16_224', got {type(name).__name__} {name!r}")
     if name not in PRESETS:
-        raise ValueError(f"unknown model name {name!r}; known models: {', '.join(list_models())}")
+        close = difflib.get_close_matches(str(name), list_models(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model name {name!r}; known models: {', '.join(list_models())}{hint}")
     unknown = sorted(set(overrides) - set(ViTConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown ViTConfig field(s) {unknown} for create_model({name!r}); "
                         f"expected some of {sorted(ViTConfig.__dataclass_fields__)}")
     kwargs = {**PRESETS[name], **overrides}
-    kwargs["extra"] = {**kwargs.get("extra", {}), "preset": name}
+    if isinstance(kwargs.get("extra", {}), dict):  # else ViTConfig says what extra must be
+        kwargs["extra"] = {**kwargs.get("extra", {}), "preset": name}
     return ViTConfig(**kwargs)
 
 
@@ -116,6 +122,9 @@ def download_timm_model(name: str, **timm_kwargs) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True, **timm_kwargs)
     except Exception as e:
+        if not timm.is_model(name):  # no download can help: say so, not "save it on a machine with internet"
+            raise ValueError(f"timm has no model {name!r}, so there are no pretrained weights to load; vit_edu's "
+                             f"course presets are trained here, e.g. python -m vit_edu train --model {name}") from None
         raise RuntimeError(
             f"could not download timm's pretrained weights for {name!r} ({type(e).__name__}: {e}). "
             "Without internet: on a machine with internet save "

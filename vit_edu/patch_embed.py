@@ -48,6 +48,9 @@ def check_image(x: torch.Tensor, in_channels: int, image_size: Union[Tuple[int, 
         hint = " (channels-last input? permute with x.permute(0, 3, 1, 2))" if x.shape[-1] == in_channels else ""
         raise ValueError(f"{what} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}){hint}")
     H, W = x.shape[-2:]
+    if H == 0 or W == 0:  # 0 is divisible by any patch size, but holds no patch
+        raise ValueError(f"{what} expects an image of at least one patch {tuple(patch_size)}, got size {(H, W)} "
+                         f"(input shape {tuple(x.shape)})")
     divisible = H % patch_size[0] == 0 and W % patch_size[1] == 0
     if image_size is not None and (H, W) != tuple(image_size):
         fix = (f"build it with image_size={(H, W)} or dynamic_img_size=True, or resize the input" if divisible
@@ -62,8 +65,12 @@ def cast_image(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     bfloat16 input works with a float32 model (and float32 input with a half-precision one).
 
     Casting float64 to float32 rounds each pixel to 24 significant bits, far below any image noise.
-    Under ``torch.autocast`` the layers then pick their own precision as usual.
+    Under ``torch.autocast`` the layers then pick their own precision as usual. The device is not changed:
+    an image on another device than the model is refused, naming both.
     """
+    if x.device != weight.device:
+        raise ValueError(f"the image is on device {x.device} but the model's weights are on {weight.device}; "
+                         f"move one of them, e.g. x.to({str(weight.device)!r})")
     return x if x.dtype == weight.dtype else x.to(weight.dtype)
 
 
@@ -98,6 +105,9 @@ class PatchEmbedBase(nn.Module):
         super().__init__()
         self.image_size = to_2tuple(image_size, "image_size")
         self.patch_size = to_2tuple(patch_size, "patch_size")
+        if self.image_size[0] % self.patch_size[0] or self.image_size[1] % self.patch_size[1]:
+            raise ValueError(f"image_size {self.image_size} must be divisible by the patch size {self.patch_size} "
+                             "(in input pixels), or every image it is built for is refused")
         self.in_channels = in_channels
         self.dynamic_img_size = dynamic_img_size
         self.owner = owner

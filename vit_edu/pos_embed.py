@@ -7,6 +7,7 @@ outputs come out shuffled the same way. E_pos (paper eq. 1) tells each token whe
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -20,15 +21,26 @@ def sincos_2d_pos_embed(dim: int, grid_size: Tuple[int, int], temperature: float
     Row-major over the grid, like the patches. Frequencies 1/T^(k/K) as in MoCo v3 and timm (big_vision
     divides by K-1 instead, a small difference that matters only when loading its sin-cos models).
     """
-    if dim % 4 != 0:
+    if dim % 4 != 0 or dim < 4:
         raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
-    gh, gw = grid_size
+    gh, gw = _grid(grid_size, "grid_size")
     y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     y = y.flatten()[:, None] * omega[None, :]  # [N, dim/4]
     x = x.flatten()[:, None] * omega[None, :]
     pe = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # [N, dim]
     return pe.float()
+
+
+def _grid(value, name: str) -> Tuple[int, int]:
+    """(rows, columns) of a patch grid: whole numbers of at least 1 (ints, NumPy or 0-d tensor integers)."""
+    try:
+        pair = tuple(operator.index(v) for v in value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(isinstance(v, bool) for v in value) or min(pair) < 1:
+        raise ValueError(f"{name} must be a pair of positive ints (rows, columns) of patches, got {value!r}")
+    return pair
 
 
 def resize_pos_embed(
@@ -49,16 +61,26 @@ def resize_pos_embed(
         raise ValueError(f"pos_embed must have shape [1, tokens, D], got {tuple(pos_embed.shape)}")
     if mode not in ("bilinear", "bicubic", "nearest"):
         raise ValueError(f"mode must be 'bilinear', 'bicubic' or 'nearest', got {mode!r}")
+    tokens = pos_embed.shape[1]
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) \
+            or not 0 <= num_prefix_tokens < tokens:
+        raise ValueError(f"num_prefix_tokens must be an int from 0 to {tokens - 1} (pos_embed has {tokens} rows; "
+                         f"1 for a class token), got {num_prefix_tokens!r}")
+    new_grid = _grid(new_grid, "new_grid")
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     n = grid.shape[1]
+    hint = " (a model without a class token? pass num_prefix_tokens=0)" if num_prefix_tokens else ""
     if old_grid is None:
         side = int(math.isqrt(n))
         if side * side != n:
-            raise ValueError(f"cannot infer a square grid from {n} patch positions; pass old_grid=(h, w)")
+            square = math.isqrt(tokens) ** 2 == tokens
+            raise ValueError(f"cannot infer a square grid from {n} patch positions; pass old_grid=(h, w)"
+                             f"{hint if square else ''}")
         old_grid = (side, side)
+    old_grid = _grid(old_grid, "old_grid")
     if old_grid[0] * old_grid[1] != n:
-        raise ValueError(f"old_grid {tuple(old_grid)} has {old_grid[0] * old_grid[1]} positions but pos_embed has {n}")
-    new_grid = (int(new_grid[0]), int(new_grid[1]))
+        raise ValueError(f"old_grid {tuple(old_grid)} has {old_grid[0] * old_grid[1]} positions but pos_embed has {n}"
+                         f"{hint if old_grid[0] * old_grid[1] == tokens else ''}")
     if tuple(old_grid) == new_grid:
         return pos_embed
     dtype = pos_embed.dtype

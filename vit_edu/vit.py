@@ -11,6 +11,7 @@ torchvision's weights load unchanged are gathered at the end of the class ("beyo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -34,17 +35,28 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if config is None:
             config = ViTConfig(**overrides)
-        elif overrides:
-            config = ViTConfig.from_dict({**config.to_dict(), **overrides})
-        if not isinstance(config, ViTConfig):
+        elif not isinstance(config, ViTConfig):
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
+        else:
+            # a copy, checked again: a field changed after the config was made (config.image_size = 64) is
+            # validated too, and set_fused_attn here leaves other models built from the same config alone
+            config = dataclasses.replace(config)
+            if overrides:
+                config = ViTConfig.from_dict({**config.to_dict(), **overrides})
         self.config = c = config
 
         # eq. 1: the patch embedding E, the class token x_class, the position embedding E_pos
         self.patch_embed = build_patch_embed(c, owner=type(self).__name__) if embed_layer is None else embed_layer
+        missing = [name for name in ("patch_size", "grid_size", "proj") if not hasattr(self.patch_embed, name)]
+        if missing:
+            raise TypeError(f"embed_layer must have patch_size, grid_size and proj, as vit_edu.PatchEmbed; "
+                            f"{type(embed_layer).__name__} has no {', '.join(missing)}")
         if tuple(self.patch_embed.grid_size) != c.grid_size:
             raise ValueError(f"embed_layer makes a {tuple(self.patch_embed.grid_size)} grid of tokens; "
                              f"the config's position embedding is for {c.grid_size}")
+        width = self.patch_embed.proj.weight.shape[0]  # out features of a Conv2d or a Linear
+        if width != c.dim:
+            raise ValueError(f"embed_layer makes tokens of {width} features; the config's dim is {c.dim}")
         self.num_prefix_tokens = 1 if c.class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.class_token else None
         if c.pos_embedding == "learned":
@@ -196,6 +208,8 @@ class VisionTransformer(nn.Module):
     # --------------------------------------------------------------------------------------------- extras
     def set_fused_attn(self, fused: bool) -> "VisionTransformer":
         """Switch every block between the fused kernel and the explicit softmax(QK^T/sqrt(d))V."""
+        if not isinstance(fused, bool):  # bool("False") is True
+            raise TypeError(f"set_fused_attn expects True or False, got {type(fused).__name__} {fused!r}")
         self.config.fused_attn = bool(fused)
         for blk in self.blocks:
             blk.attn.fused_attn = bool(fused)
