@@ -700,3 +700,42 @@ def test_imagefolder_ignores_hidden_folders_and_reads_16_bit_grey(tmp_path, caps
     assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[..., 0], np.round(ramp / 65535 * 255).astype(np.uint8))
     assert len(np.unique(rgb)) > 60  # the ramp survives; clipping would leave 2 values
+
+
+def test_resume_refuses_an_image_folder_that_changed_size(tmp_path):
+    """Images added to (or removed from) an ImageFolder between a stop and --resume: the batches and the schedule
+    of the run would silently be others' (or a time-budget stop blamed on a "damaged" checkpoint). Refused."""
+    from PIL import Image
+
+    from vit_edu.training import fit, load_checkpoint
+
+    root = tmp_path / "dataset"
+    _write_imagefolder(root, per_class=4)
+    config = TrainConfig(dataset="imagefolder", data_root=str(root), model="vit_nano_patch4_32", epochs=2,
+                         stop_after_epochs=1, batch_size=4, warmup_steps=1, time_budget_s=None, progress=False,
+                         device="cpu", out_dir=str(tmp_path / "run"))
+    fit(config, log=lambda message: None)
+    last = tmp_path / "run" / "last.pt"
+    assert load_checkpoint(last)["extra"]["train_images"] == 8
+    Image.fromarray(np.zeros((24, 20, 3), dtype=np.uint8)).save(root / "train" / "cat" / "new.png")
+    with pytest.raises(ValueError, match=r"last\.pt was trained on 8 imagefolder training images, but the data now "
+                                         r"have 9; expected the same data to resume on"):
+        fit(TrainConfig(**{**config.__dict__, "stop_after_epochs": None}), resume=last, log=lambda message: None)
+    (root / "train" / "cat" / "new.png").unlink()
+    fit(TrainConfig(**{**config.__dict__, "stop_after_epochs": None}), resume=last, log=lambda message: None)
+    assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_more_images_asked_than_a_fixed_dataset_has_names_the_flag(tmp_path, capsys):
+    """--n-train/--n-test above the split's size: one line naming the size and the flag to lower."""
+    from vit_edu.__main__ import main
+
+    root = tmp_path / "dataset"
+    _write_imagefolder(root)
+    for flag, split in (("--n-train", "train"), ("--n-test", "test")):
+        code = main(["train", "imagefolder", "--data-root", str(root), "--model", "vit_nano_patch4_32", flag, "7",
+                     "--batch-size", "2", "--epochs", "1", "--no-progress", "--out-dir", str(tmp_path / "run")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and lines == [f"vit_edu train: error: n=7 but imagefolder {split} has only 6 examples; "
+                                       f"expected n <= 6 ({flag}, or evaluate's --n)"], lines
+    assert not (tmp_path / "run").exists()

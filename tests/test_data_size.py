@@ -111,6 +111,32 @@ def test_tiny_sweep_resumes_and_skips_finished_runs(tmp_path: Path) -> None:
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
+
+@pytest.mark.parametrize("flags, words", [
+    (["--sizes", "0"], "--sizes expects one or more comma-separated ints >= 1, got [0]"),
+    (["--sizes", ""], "--sizes expects one or more comma-separated ints >= 1, got []"),
+    (["--seeds", "-1"], "--seeds expects one or more comma-separated ints >= 0, got [-1]"),
+    (["--models", "vit,foo"], "--models expects some of ['cnn', 'hybrid', 'vit'], got ['vit', 'foo']"),
+    (["--n-test", "0"], "--n-test must be >= 1, got 0"),
+    (["--min-steps", "5", "--max-steps", "2"], "--max-steps 2 must be >= --min-steps 5"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--out", "TEXT"], "is not a sweep result (not JSON"),
+    (["--out", "EMPTY"], "is not a sweep result: it lacks settings, task, runs, models, design"),
+])
+def test_sweep_refuses_bad_values_in_one_line_before_any_run(tmp_path, capsys, flags, words) -> None:
+    """A bad size, seed, budget or result file: one line naming the flag or file and status 2, before any run
+    (no traceback from deep inside, no result file written)."""
+    (tmp_path / "TEXT").write_text("{not json")
+    (tmp_path / "EMPTY").write_text("{}")
+    flags = [str(tmp_path / f) if f in ("TEXT", "EMPTY") else f for f in flags]
+    out = tmp_path / "s.json"
+    tiny = ["--out", str(out), "--sizes", "8", "--seeds", "0", "--models", "cnn", "--n-test", "16",
+            "--min-steps", "1", "--max-steps", "1"]
+    assert sweep_mod.main(tiny + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("data_size_sweep: error: ") and words in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
 # --------------------------------------------------------------------------------------------- shuffled patches
 SHUFFLED = ROOT / "vit_edu" / "assets" / "data_size_sweep_shuffled.json"
 

@@ -639,8 +639,8 @@ def _place(tmp_path: Path, kind: str, target: str) -> Path:
 def test_output_place_is_refused_before_the_work(tmp_path, capsys, monkeypatch, target, kind) -> None:
     import resource
 
-    if kind in ("dev-null", "dangling-link") and target == "train --export":
-        pytest.skip("a file, or a link to none: the export replaces it, as asked")
+    if kind == "dangling-link" and target == "train --export":
+        pytest.skip("a link to none: the export writes the file it names, as asked")
     place = _place(tmp_path, kind, target)
     if kind == "full":
         real = shutil.disk_usage
@@ -777,6 +777,50 @@ def test_ctrl_c_during_training_is_one_line(tmp_path, capsys, monkeypatch) -> No
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
+def test_a_dead_data_loader_worker_is_one_line_with_the_resume_command(tmp_path, capsys, monkeypatch) -> None:
+    """A worker process killed mid-run (in a container: out of shared memory) ends the command with one line that
+    says what to do and where the run's last state is, not a traceback."""
+    import torch.utils.data as tud
+
+    from vit_edu.training import data
+
+    real = data.ShapesDataset.__getitem__
+
+    def dies_in_epoch_2(self, index):
+        if self.epoch == 1 and tud.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, index)
+
+    monkeypatch.setattr(data.ShapesDataset, "__getitem__", dies_in_epoch_2)
+    out = tmp_path / "run"
+    code, lines, _, err = _run_cli(["train", *NANO_FLAGS, "--epochs", "2", "--workers", "1", "--out-dir", str(out)],
+                                   capsys, monkeypatch)
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("vit_edu train: error: a data-loading worker process died (DataLoader worker"), lines[0]
+    assert "run with --workers 0" in lines[0] and lines[0].endswith(f"train --resume {out / 'last.pt'}"), lines[0]
+
+
+def test_ctrl_c_names_no_checkpoint_of_another_run(tmp_path, capsys, monkeypatch) -> None:
+    """A run that replaces another's checkpoint (--force) and stops before its first save must not send the user
+    to --resume the other run's last.pt; a resumed run stopped before its first save still names its own."""
+    from vit_edu.training import load_checkpoint, loop
+
+    out = tmp_path / "run"
+    code, *_ = _run_cli(["train", *NANO_FLAGS, "--seed", "5", "--out-dir", str(out)], capsys, monkeypatch)
+    assert code == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
+    code, lines, _, err = _run_cli(["train", *NANO_FLAGS, "--seed", "6", "--out-dir", str(out), "--force"], capsys,
+                                   monkeypatch)
+    assert code == 130 and lines == ["vit_edu train: interrupted"], err
+    assert load_checkpoint(out / "last.pt")["config"]["train"]["seed"] == 5  # the other run's, untouched
+    code, lines, _, err = _run_cli(["train", "--resume", str(out / "last.pt"), "--epochs", "2"], capsys, monkeypatch)
+    assert code == 130 and len(lines) == 1 and f"--resume {out / 'last.pt'}" in lines[0], err
+
+
 def test_ctrl_c_while_the_command_line_starts_is_one_line(tmp_path) -> None:
     """KeyboardInterrupt while torch is imported (faked by an import hook: deterministic), before main runs."""
     hook = tmp_path / "hook"
@@ -797,13 +841,40 @@ def test_ctrl_c_while_the_command_line_starts_is_one_line(tmp_path) -> None:
     assert "Traceback" in res.stderr  # imported as a library, nothing changes
 
 
+def test_ctrl_c_while_numpy_loads_is_not_swallowed(tmp_path) -> None:
+    """A real SIGINT while torch imports NumPy (sent by an import hook: deterministic). Raised there, the
+    KeyboardInterrupt was swallowed by the extension's initialisation and the whole run went on, status 0."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Interrupt())\n")
+    env = {**os.environ, "PYTHONPATH": str(hook), "OMP_NUM_THREADS": "1"}
+    env.pop("VIT_EDU_DEBUG", None)
+    res = subprocess.run([sys.executable, "-m", "vit_edu", "train", *NANO_FLAGS, "--out-dir", str(tmp_path / "run")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, preexec_fn=_sigint_default)
+    assert (res.returncode, res.stderr, res.stdout) == (130, "vit_edu: interrupted\n", ""), res
+    assert not (tmp_path / "run").exists()
+
+
+def _sigint_default() -> None:
+    """In the child: Ctrl-C as on a terminal, also when the tests run in the background (a shell's background job
+    starts with SIGINT ignored, and Python keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.8, 2.5])
 def test_sigint_at_a_random_moment_is_one_line(tmp_path, delay) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("VIT_EDU_DEBUG", None)
     proc = subprocess.Popen([sys.executable, "-m", "vit_edu", "train", *NANO_FLAGS, "--epochs", "50", "--out-dir",
                              str(tmp_path / "run")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)

@@ -58,3 +58,8 @@ def test_summarize() -> None:
     assert s["acc_min"] <= s["acc_mean"] <= s["acc_max"] and s["seconds_mean"] > 0
     with pytest.raises(ValueError):
         summarize([])
+    other = quick_train({"pool": "mean", "class_token": False}, seed=0, **TINY)
+    with pytest.raises(ValueError, match=r"^summarize averages the seeds of one setting, but these runs differ in "
+                                         r"model_overrides \(\{'patch_size': 8\} vs \{'patch_size': 8, 'pool': 'mean', "
+                                         r"'class_token': False\}\); expected runs that differ only in seed"):
+        summarize(runs + [other])

@@ -432,3 +432,58 @@ def test_a_safetensors_export_under_another_name_is_named(tmp_path, capsys) -> N
     assert err.strip().splitlines() == [f"vit_edu train: error: --export expects a path ending in .safetensors, "
                                         f"e.g. model.safetensors, got {str(tmp_path / '.safetensors')!r} (a name is "
                                         f"needed before the .safetensors)"]
+
+
+def test_resume_refuses_a_preset_that_changed_since_the_run_began(tmp_path, monkeypatch) -> None:
+    """The resumed model is built from the preset's name: if the preset now means another model whose weights
+    have the same shapes (here another LayerNorm eps), loading them would succeed and the run would go on as
+    another model. Refused, naming the field and both values."""
+    from vit_edu import models
+
+    config = tiny_config(tmp_path, stop_after_epochs=1)
+    fit(config, log=quiet)
+    last = Path(config.out_dir) / "last.pt"
+    monkeypatch.setitem(models.PRESETS, "vit_nano_patch4_32", {**models.PRESETS["vit_nano_patch4_32"], "norm_eps": 1e-5})
+    with pytest.raises(ValueError, match=r"norm_eps=1e-06, .* norm_eps=1e-05; expected the same model") as info:
+        fit(tiny_config(tmp_path), resume=last, log=quiet)
+    assert str(last) in str(info.value)
+    assert load_checkpoint(last)["epoch"] == 1  # nothing was trained or saved
+    monkeypatch.undo()
+    fit(tiny_config(tmp_path), resume=last, log=quiet)  # the same preset: resumes
+    assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_resume_cannot_end_the_schedule_before_what_was_trained(tmp_path, capsys) -> None:
+    """--epochs below the epochs a checkpoint has trained used to pass as "a finished run" (with --export: an
+    export recording fewer epochs than it had); an epoch a time budget stopped counts as begun."""
+    last, export = tmp_path / "run" / "last.pt", tmp_path / "w.safetensors"
+    code, _, err = _cli(["train", *CLI_NANO, "--epochs", "4", "--stop-after-epochs", "2", "--out-dir",
+                         str(last.parent)], capsys)
+    assert code == 0, err
+    code, out, err = _cli(["train", "--resume", str(last), "--epochs", "1", "--export", str(export)], capsys)
+    assert code == 2 and "epoch" not in out and not export.exists(), err
+    assert err.strip().splitlines() == [f"vit_edu train: error: --epochs 1 (TrainConfig.epochs) ends the schedule "
+                                        f"before what {last} has trained (2 epochs); expected --epochs >= 2 (or leave "
+                                        f"it out: the run's own 4)"]
+    ckpt = torch.load(last, weights_only=True)  # as a time budget leaves it: stopped after 1 batch of epoch 3
+    ckpt["extra"]["stopped_at"] = {"batches": 1, "epoch_rng": ckpt["rng"]}
+    torch.save(ckpt, tmp_path / "stopped.pt")
+    with pytest.raises(ValueError, match=r"\(2 epochs and part of epoch 3\); expected --epochs >= 3"):
+        stored = {**ckpt["config"]["train"], "epochs": 2, "stop_after_epochs": None, "out_dir": str(tmp_path / "r2")}
+        fit(TrainConfig.from_dict(stored), resume=tmp_path / "stopped.pt", export=export, log=quiet)
+    assert not export.exists()
+    code, out, err = _cli(["train", "--resume", str(last), "--epochs", "2", "--export", str(export)], capsys)
+    assert code == 0 and export.is_file(), err  # all it trained, exported again
+    assert f"weights exported to {export}" in out and "checkpoint saved" not in out  # none was: nothing trained
+
+
+def test_a_run_refused_after_the_lock_leaves_no_empty_folders(tmp_path, capsys) -> None:
+    """The data are checked once the output folder is locked (the lock creates it): a refusal there removes the
+    folders this run created, and only those."""
+    flags = [*CLI_NANO, "--n-train", "10", "--epochs", "1"]  # fewer images than one batch: refused after the lock
+    code, out, err = _cli(["train", *flags, "--out-dir", str(tmp_path / "runs" / "a")], capsys)
+    assert code == 2 and "smaller than one batch" in err, err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()  # there before the run: kept
+    code, out, err = _cli(["train", *flags, "--out-dir", str(tmp_path / "mine")], capsys)
+    assert code == 2 and (tmp_path / "mine").is_dir()

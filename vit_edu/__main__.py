@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ._startup import OneLineParser
+from ._startup import OneLineParser, started
 from .fileio import OutputError  # the standard library only: a fast start
 
 # Errors a user can cause (a missing dataset, a bad flag value, an output folder that cannot take the result):
@@ -185,6 +185,7 @@ def train_config_from_args(args: argparse.Namespace):
     run keeps the settings that decide its steps (--lr, --dropout, --batch-size, ...), so none is dropped.
     """
     from .training import TrainConfig, check_resumable, load_checkpoint, resume_changes
+    from .training.checkpoint import check_resume_epochs
     from .training.config import default_text, model_field
 
     given = {name: getattr(args, name) for name in train_fields()
@@ -222,11 +223,22 @@ def train_config_from_args(args: argparse.Namespace):
         raise ValueError(f"--resume continues {args.resume} with its own settings, so these flags are refused: "
                          f"{', '.join(shown)}; leave them out, or start a new run without --resume "
                          f"(with --resume only {', '.join(_resume_flags())} may change)")
+    check_resume_epochs(ckpt, config, args.resume)
     if ckpt["epoch"] >= config.epochs and not args.export:  # with --export: write a finished run's weights again
         raise ValueError(f"{args.resume} has finished all {config.epochs} epochs, so there is nothing to resume; "
                          f"pass --epochs N with N > {ckpt['epoch']} to lengthen its schedule and go on, or "
                          f"--export FILE to write its weights again")
     return config
+
+
+def _file_stamp(path: str) -> Optional[tuple]:
+    """(inode, modification time) of a file, None if there is none: a checkpoint rewritten (atomically, a new
+    inode) since the stamp was taken has another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def _flag_text(value: Any) -> str:
@@ -247,6 +259,7 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
     launcher = f"torchrun --nproc_per_node={world} -m vit_edu " if world > 1 else "python -m vit_edu "
     command = launcher + " ".join(shlex.quote(a) for a in argv)
     last = os.path.join(config.out_dir, "last.pt")
+    found = _file_stamp(last)  # a checkpoint already there may be another run's (--force): not this run's state
     try:
         model, history = fit(config, resume=args.resume, export=args.export,
                              export_metadata={"command": command}, force=args.force)
@@ -254,13 +267,18 @@ def cmd_train(args: argparse.Namespace, argv: List[str]) -> int:
             acc = history["test_acc"][-1] if history["test_acc"] else float("nan")
             print(f"final test accuracy {acc:.4f} ({acc * 100:.2f} %) after {history['epoch'][-1]:.2f} epochs, "
                   f"{history['elapsed_s'][-1]:.0f} s")
-            if config.save_checkpoints:
+            if config.save_checkpoints and _file_stamp(last) != found:  # a finished run only exported: none saved
                 print(f"checkpoint saved to {last}")
             if args.export:
                 print(f"weights exported to {args.export}")
         cleanup_distributed(wait=True)
     except (KeyboardInterrupt, OSError, MemoryError, RuntimeError) as err:
-        if is_main_process() and config.save_checkpoints and os.path.isfile(last) and not isinstance(err, OutputError):
+        # the hint names last.pt only if it holds this run's state: written by this run, or the one it resumed
+        # (not after a user error, which the same command would meet again)
+        ours = _file_stamp(last) not in (None, found) or (
+            found is not None and args.resume is not None and _file_stamp(args.resume) == found
+            and not isinstance(err, USER_ERRORS))
+        if is_main_process() and config.save_checkpoints and ours and not isinstance(err, OutputError):
             again = "--resume " + shlex.quote(last) + (f" --export {shlex.quote(args.export)}" if args.export else "")
             err.vit_edu_hint = (f"the last saved state of the run is in {last}; continue with: "  # type: ignore
                                 f"python -m vit_edu train {again}")
@@ -468,6 +486,11 @@ def _out_of_memory(err: BaseException) -> bool:
         words in str(err) for words in ("can't allocate memory", "out of memory", "not enough memory")))
 
 
+def _worker_died(err: BaseException) -> bool:
+    """A DataLoader worker process that died (killed, out of shared memory in a container): the machine's doing."""
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
+
+
 def _with_flags(match: "re.Match[str]") -> str:
     """``TrainConfig.image_size`` -> ``--image-size (TrainConfig.image_size)``, and a list of fields
     (``TrainConfig.n_train/n_test``) -> ``--n-train/--n-test (...)``: name the flags the user typed, too."""
@@ -487,6 +510,10 @@ def _report(command: str, err: BaseException) -> int:
         print(f"{prog}: error: not enough memory ({one_line(err)}); lower --batch-size or --image-size{tail}",
               file=sys.stderr)
         return 1
+    if _worker_died(err):
+        print(f"{prog}: error: a data-loading worker process died ({one_line(err)}); run with --workers 0, or give "
+              f"the machine more shared memory (a container: --shm-size){tail}", file=sys.stderr)
+        return 1
     if isinstance(err, USER_ERRORS + (OutputError,)):
         message = one_line(err).replace("TrainConfig.model_overrides['dropout'] ",
                                         "--dropout (TrainConfig.model_overrides['dropout']) ")
@@ -501,6 +528,7 @@ def _report(command: str, err: BaseException) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    started()  # from here on Ctrl-C is a KeyboardInterrupt, reported below as one line
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in ("assignments", "handout", "grade") else None
     try:
@@ -521,7 +549,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C at any moment: one line, status 130
         return _report(command or "", err)
     except (OSError, MemoryError, RuntimeError, ValueError, TypeError) as err:
-        if os.environ.get("VIT_EDU_DEBUG") or (isinstance(err, RuntimeError) and not _out_of_memory(err)):
+        if os.environ.get("VIT_EDU_DEBUG") or (isinstance(err, RuntimeError) and not _out_of_memory(err)
+                                               and not _worker_died(err)):
             raise
         return _report(command or "", err)
     parser.error(f"unknown command {args.command!r}")

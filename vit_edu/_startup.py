@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 INTERRUPTED = 130  # 128 + SIGINT
@@ -34,9 +35,26 @@ def _one_line_on_interrupt(kind, value, traceback, _previous=sys.excepthook) -> 
     _previous(kind, value, traceback)
 
 
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C before ``main`` runs: nothing has been done yet, so end here, at once."""
+    _one_line_on_interrupt(KeyboardInterrupt, KeyboardInterrupt(), None)
+
+
 def install() -> None:
+    """When the command line starts: Ctrl-C until ``main`` runs (see :func:`started`) ends the process with one
+    line. Not as a KeyboardInterrupt: raised inside NumPy's initialisation (torch imports it), one was swallowed,
+    so the command ran on as if never interrupted, or left NumPy half-loaded (an ImportError traceback)."""
     if started_as_command_line():
         sys.excepthook = _one_line_on_interrupt
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup)
+            signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+def started() -> None:
+    """The modules are loaded and ``main`` runs: Ctrl-C raises KeyboardInterrupt again, which ``main`` reports as
+    one line after the run's clean-up (a training run keeps its last saved state)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class OneLineParser(argparse.ArgumentParser):

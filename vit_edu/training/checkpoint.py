@@ -283,6 +283,18 @@ def resume_changes(stored: dict, config: TrainConfig) -> Tuple[Dict[str, Tuple[A
     return allowed, refused
 
 
+def check_resume_epochs(ckpt: dict, config: TrainConfig, path: PathLike) -> None:
+    """A resumed schedule cannot end before the epochs its checkpoint has trained (an epoch a time budget stopped
+    counts as begun): the run would be taken for finished, and an export would record fewer epochs than it had."""
+    stopped = bool((ckpt.get("extra") or {}).get("stopped_at"))
+    begun = ckpt["epoch"] + stopped
+    if config.epochs < begun:
+        trained = f"{ckpt['epoch']} epochs" + (f" and part of epoch {begun}" if stopped else "")
+        raise ValueError(f"--epochs {config.epochs} (TrainConfig.epochs) ends the schedule before what {path} has "
+                         f"trained ({trained}); expected --epochs >= {begun} (or leave it out: the run's own "
+                         f"{ckpt['config']['train'].get('epochs')})")
+
+
 def checkpoint_to_resume(path: PathLike, config: TrainConfig, map_location: Union[str, torch.device] = "cpu",
                          allow_finished: bool = False) -> Tuple[dict, Dict[str, Tuple[Any, Any]]]:
     """(checkpoint, allowed changes) for ``fit(config, resume=path)``; a ValueError before any work if the
@@ -296,6 +308,7 @@ def checkpoint_to_resume(path: PathLike, config: TrainConfig, map_location: Unio
             f"{k} from {old!r} to {new!r}" for k, (old, new) in refused.items())
             + "; a resumed run keeps the checkpoint's settings (only "
             f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change): start a new run to use other values")
+    check_resume_epochs(ckpt, config, path)
     if ckpt["epoch"] >= config.epochs and not allow_finished:
         raise ValueError(f"{path} is a finished run ({ckpt['epoch']} of {config.epochs} epochs done): "
                          f"nothing to resume; to train longer, resume with more epochs (--epochs) than "

@@ -640,7 +640,8 @@ def get_dataset(
         return ds
     _check_int("n", n, 1)
     if n > len(ds):
-        raise ValueError(f"n={n} but {name} {split} has only {len(ds)} examples")
+        raise ValueError(f"n={n} but {name} {split} has only {len(ds)} examples; expected n <= {len(ds)} "
+                         f"({'--n-train' if split == 'train' else '--n-test'}, or evaluate's --n)")
     return _fixed_subset(ds, n, f"{name} {split}")
 
 

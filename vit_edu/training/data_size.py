@@ -159,6 +159,39 @@ def run_key(r: dict) -> tuple:
     return (r["model"], r["n_train"], r["seed"])
 
 
+def _check_design(sizes: Sequence[int], seeds: Sequence[int], models: Sequence[str], settings: dict) -> None:
+    """Before any run: at least one size, seed and model, each valid, and a budget rule that can run."""
+    for what, values, low in (("sizes", sizes, 1), ("seeds", seeds, 0)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+            raise ValueError(f"--{what} expects one or more comma-separated ints >= {low}, got {list(values)}")
+    unknown = [key for key in models if key not in MODELS]
+    if not models or unknown:
+        raise ValueError(f"--models expects some of {sorted(MODELS)}, got {list(models)}")
+    for name in ("n_test", "min_steps", "batch_size"):
+        if settings[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {settings[name]}")
+    if settings["max_steps"] < settings["min_steps"]:
+        raise ValueError(f"--max-steps {settings['max_steps']} must be >= --min-steps {settings['min_steps']}")
+    for name in ("lr", "epochs"):
+        if not (math.isfinite(settings[name]) and settings[name] > 0):
+            raise ValueError(f"--{name} must be a finite number > 0, got {settings[name]}")
+
+
+def _read_result(out: Path) -> dict:
+    """A stored sweep result, or one ValueError naming the file (not a JSON traceback or a KeyError)."""
+    try:
+        result = json.loads(out.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{out} is not a sweep result (not JSON: {err}); expected a file this sweep wrote, or "
+                         f"--fresh (or another --out) to start over") from None
+    missing = [k for k in ("settings", "task", "runs", "models", "design") if not isinstance(result, dict)
+               or k not in result]
+    if missing:
+        raise ValueError(f"{out} is not a sweep result: it lacks {', '.join(missing)}; expected a file this sweep "
+                         f"wrote, or --fresh (or another --out) to start over")
+    return result
+
+
 def sweep(out: Path, sizes: Sequence[int], seeds: Sequence[int], models: Sequence[str], fresh: bool = False,
           overrides: Optional[dict] = None, command: str = "", log: Callable[[str], None] = print) -> dict:
     """Run every (model, size, seed) not yet in ``out``; each finished run is written to ``out`` at once.
@@ -167,13 +200,11 @@ def sweep(out: Path, sizes: Sequence[int], seeds: Sequence[int], models: Sequenc
     settings is refused, so a result file never mixes two budget rules.
     """
     settings = {**DEFAULTS, **(overrides or {}), "sizes": sorted(int(s) for s in sizes)}
-    for key in models:
-        if key not in MODELS:
-            raise ValueError(f"unknown model {key!r}; expected some of {sorted(MODELS)}")
+    _check_design(sizes, seeds, models, settings)
     fixed = {k: v for k, v in settings.items() if k not in ("sizes", "seeds", "models")}
     result = None
     if out.exists() and not fresh:
-        result = json.loads(out.read_text(encoding="utf-8"))
+        result = _read_result(out)
         if result["settings"] != fixed:
             raise ValueError(f"{out} was made with other settings {result['settings']}; expected {fixed}. "
                              f"Use --fresh (or another --out) to start over")
@@ -321,7 +352,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                "patch_shuffle_seed")}
     command = "python benchmarks/data_size_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t0 = time.monotonic()
-    result = sweep(args.out, args.sizes, args.seeds, args.models, args.fresh, overrides, command.strip())
+    try:
+        result = sweep(args.out, args.sizes, args.seeds, args.models, args.fresh, overrides, command.strip())
+    except ValueError as err:  # a bad value or result file: one line (the finished runs are in --out already)
+        print(f"data_size_sweep: error: {err}", file=sys.stderr)
+        return 2
     for model, per_n in summarize(result).items():
         print(model, "  ".join(f"{n}: {row['mean']:.3f}" for n, row in sorted(per_n.items())))
     if {"vit", "cnn"} <= set(summarize(result)):

@@ -296,10 +296,14 @@ def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
     train_ds, test_ds, info = build_datasets(config)
     classes = [str(c) for c in info["classes"]]
     if resumed is not None:
-        trained_on = (resumed[0].get("extra") or {}).get("classes")
+        extra = resumed[0].get("extra") or {}
+        trained_on, images = extra.get("classes"), extra.get("train_images")
         if trained_on is not None and list(trained_on) != classes:
             raise ValueError(f"{resumed[1]} was trained on classes {list(trained_on)}, but {config.dataset} now has "
                              f"classes {classes}; expected the same data to resume on")
+        if images is not None and images != len(train_ds):  # files added or removed: other batches and schedule
+            raise ValueError(f"{resumed[1]} was trained on {images} {config.dataset} training images, but the data now "
+                             f"have {len(train_ds)}; expected the same data to resume on")
     model = build_model(config, len(classes), info["image_size"], info["in_channels"]).to(device)
     train_loader = build_train_loader(train_ds, config, rank, world)
     test_loader = build_eval_loader(test_ds, max(256, config.batch_size), rank, world, config.num_workers)
@@ -315,6 +319,13 @@ def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
 
 def _restore(run: Run, ckpt: dict, source: PathLike) -> None:
     """Continue where the checkpoint stopped: weights, optimizer, scheduler, history, RNG states."""
+    stored, built = ckpt["config"]["model"], unwrap(run.model).config.to_dict()
+    differ = [k for k in stored if k != "extra" and stored[k] != built.get(k)]
+    if differ:  # the preset (or its defaults) changed since the run began; weights of the same shapes would load
+        raise ValueError(f"{source} was trained with a model that has " + ", ".join(
+            f"{k}={stored[k]!r}" for k in differ) + f", but {run.config.model} now builds one with " + ", ".join(
+            f"{k}={built.get(k)!r}" for k in differ) + "; expected the same model to resume (load_model still "
+            "loads the checkpoint as it was trained)")
     load_checked(run.model, ckpt["model"], source=str(source))
     try:  # the parts' types were checked on loading; here, whether they fit this model and optimizer
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -385,7 +396,8 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
             position = {"batches": skip + tr["batches"], "epoch_rng": epoch_rng} if stopped else None
             save_checkpoint(Path(config.out_dir) / "last.pt", run.model, run.optimizer, run.scheduler,
                             epoch if stopped else epoch + 1, run.history, config,
-                            extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes},
+                            extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes,
+                                   "train_images": len(run.train_loader.dataset)},
                             rng=rng_before_eval if stopped or not due else None)
         if budget_hit:
             say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs "
@@ -416,7 +428,11 @@ def _check_not_another_run(config: TrainConfig, resume: Optional[PathLike], forc
 
 @contextmanager
 def _one_run_per_folder(config: TrainConfig, main: bool, device: torch.device) -> Iterator[None]:
-    """The output folder locked for the whole run (rank 0 holds the lock; every process stops if it is taken)."""
+    """The output folder locked for the whole run (rank 0 holds the lock; every process stops if it is taken).
+    Folders the lock created are removed again if the run fails before it writes into them (a refused run leaves
+    no empty runs/<name>)."""
+    folder = Path(config.out_dir).absolute()
+    made = [p for p in (folder, *folder.parents) if not p.exists()] if config.save_checkpoints and main else []
     with ExitStack() as held:
         error: Optional[ValueError] = None
         if config.save_checkpoints and main:
@@ -426,7 +442,15 @@ def _one_run_per_folder(config: TrainConfig, main: bool, device: torch.device) -
                 error = err
         if config.save_checkpoints and any_process(error is not None, device):
             raise error or ValueError(f"another run is writing to output folder (--out-dir) {config.out_dir}")
-        yield
+        try:
+            yield
+        except BaseException:
+            for path in made:  # the deepest first; rmdir removes only an empty folder
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+            raise
 
 
 def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,

@@ -101,6 +101,14 @@ def summarize(results: Sequence[QuickResult]) -> Dict[str, float]:
     """Mean and spread of several seeds' results: {"acc_mean", "acc_min", "acc_max", "seconds_mean"}."""
     if not results:
         raise ValueError("summarize needs at least one QuickResult")
+    first = results[0].config.to_dict()
+    for r in results[1:]:  # a mean over two settings would pass for one setting's
+        other = r.config.to_dict()
+        differ = sorted(k for k in first if k != "seed" and other[k] != first[k])
+        if differ:
+            raise ValueError(f"summarize averages the seeds of one setting, but these runs differ in "
+                             + ", ".join(f"{k} ({first[k]!r} vs {other[k]!r})" for k in differ)
+                             + "; expected runs that differ only in seed (summarize each setting on its own)")
     accs = [r.acc for r in results]
     return {"acc_mean": sum(accs) / len(accs), "acc_min": min(accs), "acc_max": max(accs),
             "seconds_mean": sum(r.seconds for r in results) / len(results)}
