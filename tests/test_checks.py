@@ -282,6 +282,8 @@ PATCHIFY_MUTANTS = {
     "moved the channels last and reshaped": lambda x, p: x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, p * p * x.shape[1]),
     r"wrong output shape: expected \[2, 4, 48\], got \[2, 2, 2, 48\]":
         lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b h w (p1 p2 c)", p1=p, p2=p),
+    "the grid and the patch sizes are swapped":  # h=P, w=P where the pattern needs p1=P, p2=P
+        lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", h=p, w=p),
     r"(?s)raised EinopsError: .*\n  inputs: images \[1, 3, 8, 12\], patch_size=4":  # square images only
         lambda x, p: rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p, h=x.shape[2] // p, w=x.shape[2] // p),
 }
@@ -457,6 +459,11 @@ class HeadsDH(MultiHeadAttention):
         return rearrange(out, "b h n d -> b n (d h)")
 
 
+class HeadCountAsHeadSize(MultiHeadAttention):
+    def split(self, x):  # d=heads where the pattern needs h=heads
+        return rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, d=self.heads)
+
+
 class MergeReshape(MultiHeadAttention):
     def merge(self, out):
         B, H, N, d = out.shape
@@ -512,6 +519,7 @@ class SeparateQKV(nn.Module):
 @pytest.mark.parametrize("module, message", [
     (SplitHThreeD, r"split as \(h three d\); the contract .* stacks them as \(three h d\)"),
     (HeadsDH, r"the heads are split as \(d h\) instead of \(h d\)"),
+    (HeadCountAsHeadSize, "the number of heads and the head size are swapped: 8 heads of 4 features"),
     (MergeReshape, "the heads are merged with a plain reshape"),
     (SplitReshape, "split into heads with a plain reshape"),
     (NoScaleMHA, r"the 1/sqrt\(d\) scale is missing"),
@@ -627,6 +635,11 @@ def _parallel(s, x):
     return h + s.mlp(s.norm2(x))
 
 
+def _mlp_residual_of_input(s, x):
+    h = x + s.attn(s.norm1(x))
+    return x + s.mlp(s.norm2(h))
+
+
 @pytest.mark.parametrize("module, message", [
     (_block(_post_norm), "this is post-norm"),
     (_block(_no_attn_res), "the attention residual is missing"),
@@ -634,6 +647,7 @@ def _parallel(s, x):
     (_block(_swapped), "norm1 and norm2 are swapped"),
     (_block(_normed_res), "the residual adds the normalised input"),
     (_block(_parallel), "the MLP reads the block input x"),
+    (_block(_mlp_residual_of_input), "the MLP's residual adds the block input x"),
     (BlockEps, r"eps is 1e-5 \(PyTorch's default\); .* eps=1e-6"),
     (BlockBadAttn, r"wrong self.attn\(x\): the 1/sqrt\(d\) scale is missing"),
     (BlockReluMlp, r"wrong self.mlp\(x\): ReLU is used instead of GELU"),
@@ -671,6 +685,8 @@ def _vit(cls="front", pos=True, norm=True, pool="cls", blocks=True):
     (_vit(blocks=False), "the blocks are skipped"),
     (lambda model, images: model(images), r"vit_forward called model\(\.\.\.\)"),
     (lambda model, images: model.head(model.forward_features(images)[:, 0]), r"called model.forward_features"),
+    (lambda model, images: torch.cat([model.cls_token, model.patch_embed(images)], 1),  # [1, 1, D] for a batch
+     r"likely cause: the class token \[1, 1, D\] was not expanded to the batch"),
 ])
 def test_vit_forward_mutants(fn, message):
     with pytest.raises(CheckError, match=message):
@@ -842,3 +858,79 @@ def test_a_library_call_the_statement_excludes_is_named():
     for answer in (via_alias, via_torch, via_module):
         with pytest.raises(CheckError, match=r"calls (F|torch)\.layer_norm, which this exercise asks you to build"):
             check_layer_norm(answer)
+
+
+def test_the_other_normalisations_count_as_library_calls():
+    """GroupNorm with one group, InstanceNorm on the rows, BatchNorm on the transpose and RMSNorm of the centred
+    vectors are LayerNorm after a reshape: the statement's "elementary operations" excludes them too."""
+    def group(x, weight, bias, eps):
+        return F.group_norm(x.reshape(-1, 1, x.shape[-1]), 1, eps=eps).reshape(x.shape) * weight + bias
+
+    def rms_of_centred(x, weight, bias, eps):
+        return F.rms_norm(x - x.mean(-1, keepdim=True), x.shape[-1:], weight, eps) + bias
+
+    for answer, called in ((group, "group_norm"), (rms_of_centred, "rms_norm")):
+        with pytest.raises(CheckError, match=rf"calls F\.{called}, which this exercise asks you to build"):
+            checks.check_layer_norm(answer)
+
+
+def test_a_list_argument_changed_by_the_answer_is_named():
+    """attention_rollout gets a list: reversing it in place gives the right rollout on the first call (and the
+    wrong one on the second, once reversed back), which is the list edit, not randomness."""
+    def reverses_the_list(attentions):
+        attentions.reverse()
+        result = None
+        for attn in attentions:  # last layer first: each earlier one enters on the right
+            a = attn.mean(1) + torch.eye(attn.shape[-1], dtype=attn.dtype)
+            a = a / a.sum(-1, keepdim=True)
+            result = a if result is None else result @ a
+        return result
+
+    with pytest.raises(CheckError, match=r"changed the list `attentions` it was given .* list\(attentions\)"):
+        checks.check_rollout(reverses_the_list)
+
+
+def test_a_decay_that_reaches_zero_one_step_early_is_named():
+    def early(step, total_steps, warmup_steps, base_lr):
+        if step < warmup_steps:
+            return base_lr * (step + 1) / warmup_steps
+        t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps - 1))
+        return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+    with pytest.raises(CheckError, match="the decay divides by total_steps - warmup_steps - 1"):
+        checks.check_lr_schedule(early)
+
+
+def test_bottleneck_names_the_weight_standardization_eps_of_timm():
+    """timm's StdConv2dSame standardizes with eps 1e-6 by default; this model's (and vit_edu's) is 1e-8."""
+    from vit_edu.hybrid import StdConv2dSame
+
+    class TimmEps(nn.Module):
+        def __init__(self, in_channels, out_channels, stride=1):
+            super().__init__()
+            mid, conv = out_channels // 4, lambda i, o, k, s=1: StdConv2dSame(i, o, k, stride=s, eps=1e-6)
+            self.conv1, self.norm1 = conv(in_channels, mid, 1), nn.GroupNorm(32, mid)
+            self.conv2, self.norm2 = conv(mid, mid, 3, stride), nn.GroupNorm(32, mid)
+            self.conv3, self.norm3 = conv(mid, out_channels, 1), nn.GroupNorm(32, out_channels)
+            self.downsample = None
+            if stride != 1 or in_channels != out_channels:
+                self.downsample = nn.ModuleDict({"conv": conv(in_channels, out_channels, 1, stride),
+                                                 "norm": nn.GroupNorm(32, out_channels)})
+
+        def forward(self, x):
+            shortcut = x if self.downsample is None else self.downsample["norm"](self.downsample["conv"](x))
+            h = F.relu(self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x))))))
+            return F.relu(self.norm3(self.conv3(h)) + shortcut)
+
+    with pytest.raises(CheckError, match=r"the weight standardization's eps is 1e-6 \(timm's StdConv2dSame default\)"):
+        checks.check_bottleneck(TimmEps)
+
+
+def test_mean_attention_distance_names_a_distance_along_the_sequence():
+    def along_the_sequence(attn, grid_size, patch_size):
+        i = torch.arange(grid_size[0] * grid_size[1], dtype=attn.dtype)
+        a = attn[:, :, 1:, 1:] / attn[:, :, 1:, 1:].sum(-1, keepdim=True)
+        return (a * (i[:, None] - i[None, :]).abs() * patch_size).sum(-1).mean(dim=(0, 2))
+
+    with pytest.raises(CheckError, match=r"the distance is \|i - j\| along the token sequence"):
+        checks.check_mean_attention_distance(along_the_sequence)

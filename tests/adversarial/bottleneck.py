@@ -338,7 +338,13 @@ class MistakeGroupNormEps3(_Base):
     norm = staticmethod(lambda c: nn.GroupNorm(32, c, eps=1e-3))
 
 
+class MistakeTimmDefaultStdEps(_Base):
+    """timm's StdConv2dSame with its default eps (1e-6); this model's weight standardization uses 1e-8."""
+    conv = staticmethod(lambda c_in, c_out, k, s: StdConv2dSame(c_in, c_out, k, stride=s, eps=1e-6))
+
+
 MISTAKES = [
+    (MistakeTimmDefaultStdEps, "1e-6"),
     (MistakeGroupNormEps6, "eps"),
     (MistakeGroupNormEps3, "eps"),
     (MistakeReluBeforeSum, "relu"),

@@ -134,7 +134,28 @@ class VarMeanNorm(Standard):
         x = x + self.attn(self.ln(self.norm1, x))
         return x + self.mlp(self.ln(self.norm2, x))
 
-CORRECT = [Standard, PackageAttention, HandWrittenNorms, FunctionalNormTanhGelu, LazyAndDropout, NormsInModuleList, VarMeanNorm]
+class ShiftFirstLN(nn.Module):
+    """A hand-written LayerNorm whose names are not the usual pair, the shift registered first."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.gain = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + self.eps) * self.gain + self.bias
+
+
+class ShiftFirstNorms(HandWrittenNorms):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.norm1, self.norm2 = ShiftFirstLN(dim), ShiftFirstLN(dim)
+
+
+CORRECT = [Standard, PackageAttention, HandWrittenNorms, FunctionalNormTanhGelu, LazyAndDropout, NormsInModuleList,
+           VarMeanNorm, ShiftFirstNorms]
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
@@ -205,6 +226,7 @@ NoMlpResidual = _block(_no_mlp_residual, "NoMlpResidual")
 SwappedNorms = _block(_swapped_norms, "SwappedNorms")
 NormedResidual = _block(_normed_residual, "NormedResidual")
 Parallel = _block(_parallel, "Parallel")
+MlpResidualOfInput = _block(lambda s, x: x + s.mlp(s.norm2(x + s.attn(s.norm1(x)))), "MlpResidualOfInput")
 DropoutInEval = _block(_dropout_on, "DropoutInEval")
 InPlaceResidual = _block(_in_place, "InPlaceResidual")
 DetachedResidual = _block(_detached_residual, "DetachedResidual")
@@ -262,7 +284,22 @@ class ReluMlp(Standard):
         self.mlp = MLP(dim, mlp_dim, act=F.relu)
 
 
+class TorchMultiheadAttention(Standard):
+    """nn.MultiheadAttention keeps U_qkv as in_proj_weight: not the contract's attn.qkv / attn.proj."""
+
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
 MISTAKES = [
+    (TorchMultiheadAttention, "`self.attn.qkv`"),
+    (MlpResidualOfInput, "adds the block input x"),
     (Norm1Twice, "norm1 is used for both sublayers"),
     (PostNorm, "post-norm"),
     (NoAttnResidual, "attention residual is missing"),

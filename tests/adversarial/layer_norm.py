@@ -151,7 +151,29 @@ def fresh_nn_layernorm(x, weight, bias, eps):
     return torch.nn.LayerNorm(x.shape[-1], eps=eps)(x)  # a new module: its own weight 1 and bias 0
 
 
+# the library's other normalisations compute LayerNorm after a reshape: the statement asks for elementary operations
+def group_norm_one_group(x, weight, bias, eps):
+    return F.group_norm(x.reshape(-1, 1, x.shape[-1]), 1, eps=eps).reshape(x.shape) * weight + bias
+
+
+def instance_norm_rows(x, weight, bias, eps):
+    return F.instance_norm(x.reshape(1, -1, x.shape[-1]), eps=eps).reshape(x.shape) * weight + bias
+
+
+def batch_norm_transposed(x, weight, bias, eps):
+    rows = x.reshape(-1, x.shape[-1]).T  # [D, M]: each of the M vectors is a "channel" over D samples
+    return F.batch_norm(rows, None, None, training=True, eps=eps).T.reshape(x.shape) * weight + bias
+
+
+def rms_norm_of_centred(x, weight, bias, eps):
+    return F.rms_norm(x - x.mean(-1, keepdim=True), x.shape[-1:], weight, eps) + bias
+
+
 MISTAKES = [
+    (group_norm_one_group, "group_norm"),
+    (instance_norm_rows, "instance_norm"),
+    (batch_norm_transposed, "batch_norm"),
+    (rms_norm_of_centred, "rms_norm"),
     (fresh_nn_layernorm, "weight"),
     (unbiased_variance, "unbiased"),
     (torch_std_default, "unbiased"),

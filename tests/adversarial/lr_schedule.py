@@ -166,7 +166,15 @@ def returns_numpy_array(step, total_steps, warmup_steps, base_lr):
     return np.array(correct_branches(step, total_steps, warmup_steps, base_lr))  # a 0-d array
 
 
+def reaches_zero_one_step_early(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps - 1))  # "the last step should get 0"
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
 MISTAKES = [
+    (reaches_zero_one_step_early, "warmup_steps - 1"),
     (returns_numpy_float32, "Python float"),
     (returns_numpy_array, "Python float"),
     (forgets_the_half, "1/2 is missing"),

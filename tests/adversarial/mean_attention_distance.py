@@ -82,8 +82,15 @@ def correct_grid_broadcast(attn, grid_size, patch_size):
     return (a * d).sum(dim=(-2, -1)).mean(dim=-1).mean(dim=0)
 
 
+def correct_one_minus_class_share(attn, grid_size, patch_size):
+    # every row sums to 1, so its patches hold 1 - the class token's share (a different gradient off the rows)
+    gh, gw = grid_size
+    a = attn[:, :, 1:, 1:] / (1 - attn[:, :, 1:, :1])
+    return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
+
+
 CORRECT = [correct_cdist, correct_einsum_corner_origin, correct_loops, correct_numpy_table_hypot,
-           correct_grid_broadcast]
+           correct_grid_broadcast, correct_one_minus_class_share]
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
@@ -230,7 +237,16 @@ def mistake_transposed(attn, grid_size, patch_size):
     return (a * _dist(gh, gw, patch_size, attn)).sum(-1).mean(dim=(0, 2))
 
 
+def mistake_sequence_distance(attn, grid_size, patch_size):
+    # |i - j| along the token order, as if the patches sat in one line
+    i = torch.arange(grid_size[0] * grid_size[1], dtype=attn.dtype, device=attn.device)
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * (i[:, None] - i[None, :]).abs() * patch_size).sum(-1).mean(dim=(0, 2))
+
+
 MISTAKES = [
+    (mistake_sequence_distance, "token sequence"),
     (mistake_no_renormalise, "renormalis"),
     (mistake_cls_query_kept, "class token"),
     (mistake_cls_key_at_zero, "class token"),

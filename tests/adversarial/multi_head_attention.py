@@ -261,7 +261,14 @@ class ProjUntransposed(_Base):
         return self.merge(_softmax_attention(*self.split(x))) @ self.proj.weight + self.proj.bias
 
 
+class HeadCountAsHeadSize(_Base):
+    def forward(self, x):  # d=self.heads where the pattern needs h=self.heads: D/heads heads of `heads` features
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, d=self.heads)
+        return self.proj(self.merge(_softmax_attention(q, k, v)))
+
+
 MISTAKES = [
+    (HeadCountAsHeadSize, "head size are swapped"),
     (ProjWithoutBias, "bias of self.proj"),
     (ProjUntransposed, "untransposed"),
     (SplitHThreeD, "(h three d)"),

@@ -160,7 +160,13 @@ def strided_grid(images, patch_size):
     return rearrange(images, "b c (p1 h) (p2 w) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
 
 
+def grid_and_patch_swapped(images, patch_size):
+    # h=, w= name the grid in this pattern: these are P x P patches of size (H/P) x (W/P)
+    return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", h=patch_size, w=patch_size)
+
+
 MISTAKES = [
+    (grid_and_patch_swapped, "swapped"),
     (strided_grid, "strided"),
     (channels_first, "(c p1 p2)"),
     (column_major, "column by column"),

@@ -74,7 +74,19 @@ def diagonal_add(attentions):
         r = m if r is None else torch.matmul(m, r)
     return r
 
-CORRECT = [loop, half_and_half, from_last_layer, einsum_with_identity_start, stacked, l1_normalize, diagonal_add]
+def reversed_copy(attentions):
+    layers = list(attentions)  # a copy: reversing it leaves the caller's list alone
+    layers.reverse()
+    r = None
+    for a in layers:  # last layer first, so each earlier layer enters on the right
+        m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype)
+        m = m / m.sum(-1, keepdim=True)
+        r = m if r is None else r @ m
+    return r
+
+
+CORRECT = [loop, half_and_half, from_last_layer, einsum_with_identity_start, stacked, l1_normalize, diagonal_add,
+           reversed_copy]
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
@@ -148,7 +160,32 @@ def mean_over_batch(attentions):
     return r
 
 
+def reverses_the_list(attentions):
+    attentions.reverse()  # the caller's list: a second call sees it in the other order
+    return reversed_copy(list(reversed(attentions)))
+
+
+def pops_the_layers(attentions):
+    r = None
+    while attentions:  # empties the caller's list
+        r = loop([attentions.pop(0)]) if r is None else loop([attentions.pop(0)]) @ r
+    return r
+
+
+def replaces_the_items(attentions):
+    for i, a in enumerate(attentions):
+        m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype)
+        attentions[i] = m / m.sum(-1, keepdim=True)  # the caller's list now holds other tensors
+    r = attentions[0]
+    for m in attentions[1:]:
+        r = m @ r
+    return r
+
+
 MISTAKES = [
+    (reverses_the_list, "list"),
+    (pops_the_layers, "list"),
+    (replaces_the_items, "list"),
     (mean_over_batch, "dim 0 (the batch)"),
     (no_identity, "identity is missing"),
     (ones_not_identity, "ones"),

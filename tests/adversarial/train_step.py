@@ -50,7 +50,19 @@ def correct_zero_after_step(model, images, labels, optimizer):
     return loss.item()
 
 
-CORRECT = [correct_module_loss, correct_nll_of_log_softmax, correct_manual_gather, correct_zero_after_step]
+def correct_closure(model, images, labels, optimizer):
+    model.train()
+
+    def closure():  # the optimizer calls it once (SGD) and returns its loss
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        return loss
+    return optimizer.step(closure).item()
+
+
+CORRECT = [correct_module_loss, correct_nll_of_log_softmax, correct_manual_gather, correct_zero_after_step,
+           correct_closure]
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
@@ -224,7 +236,29 @@ def returns_numpy(model, images, labels, optimizer):
     return loss.detach().numpy()  # a 0-d array, not a Python float
 
 
+def own_optimizer(model, images, labels, optimizer):
+    opt = torch.optim.SGD(model.parameters(), lr=optimizer.param_groups[0]["lr"])  # no momentum, no weight decay
+    model.train()
+    opt.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def eval_after_the_step(model, images, labels, optimizer):
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    model.eval()  # fit expects the model still training
+    return loss.item()
+
+
 MISTAKES = [
+    (own_optimizer, "the optimizer the one passed in"),
+    (eval_after_the_step, "training mode"),
     (returns_numpy, "Python float"),
     (forgets_backward, "backward() is missing"),
     (zero_grad_between_backward_and_step, "between loss.backward() and optimizer.step()"),

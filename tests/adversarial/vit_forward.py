@@ -178,7 +178,15 @@ def norm_after_each_block(model, images):
     return model.head(x[:, 0])
 
 
+def cls_not_expanded(model, images):
+    x = torch.cat([model.cls_token, model.patch_embed(images)], dim=1) + model.pos_embed  # [1, 1, D] for a batch
+    for block in model.blocks:
+        x = block(x)
+    return model.head(model.norm(x)[:, 0])
+
+
 MISTAKES = [
+    (cls_not_expanded, "not expanded to the batch"),
     (pos_after_blocks, "after the blocks"),
     (norm_after_each_block, "after every block"),
     (calls_model, "called model(...)"),

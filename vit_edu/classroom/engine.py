@@ -212,6 +212,13 @@ def upstream(seed: int, index: int, slot: int, shape: Sequence[int], dtype: torc
     return torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(dtype)
 
 
+def along_rows(name: str, grad: torch.Tensor) -> torch.Tensor:
+    """``Exercise.grad_view`` of an input of attention rows (distributions: each sums to 1): only the gradient
+    along them is defined by the contract. A row's patch part taken as 1 - its class token's share, or
+    rownorm(A + I) as 0.5 A + 0.5 I, is the same function there, and differs off it."""
+    return grad - grad.mean(dim=-1, keepdim=True)
+
+
 @contextmanager
 def _isolated(seed: int) -> Iterator[None]:
     """Seed torch for a while without disturbing the caller's random stream."""
@@ -426,9 +433,11 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
             submodules={n: type(m).__name__ for n, m in module.named_modules() if n})
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
     watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
+    items = {n: list(a) for n, a in zip(names, args) if isinstance(a, list)}  # a list argument keeps its items
+    leaves = _grad_leaves(args, names) if case.grad else []  # taken before the call, which may replace them
     with guard as guarded, watch:
         if case.grad:
-            for _, t in _grad_leaves(args, names):
+            for _, t in leaves:
                 if t.is_leaf:
                     t.requires_grad_(True)
             with torch.enable_grad():
@@ -436,17 +445,20 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
         else:
             with torch.no_grad():
                 out = _call(target, args, rec)
+        # the inputs as the first call left them (a second call could undo an edit, e.g. a list reversed twice)
+        rec["after"] = {n: t.detach().clone() for n, t in _leaves(args, names)}
+        rec["lists_changed"] = [n for n, a in zip(names, args) if n in items and (
+            len(a) != len(items[n]) or any(x is not y for x, y in zip(a, items[n])))]
         if rec["error"] is None:
             rec["output"] = record_value(out)
             if index == 0:  # a second call: dropout left active in eval mode gives another answer
                 with torch.no_grad():
                     rec["output2"] = record_value(_call(target, args, {}))
         if case.grad and rec["error"] is None:
-            rec["grad"] = _backward(ex, target, args, names, out, seed, index)
+            rec["grad"] = _backward(ex, target, leaves, out, seed, index)
     rec["guard"] = dict(guarded or {})
     if ex.forbidden:
         rec["forbidden_calls"] = sorted(watch.seen)
-    rec["after"] = {n: t.detach().clone() for n, t in _leaves(args, names)}
     if ex.probe_extra is not None and rec["error"] is None:
         try:
             with torch.no_grad():
@@ -456,7 +468,7 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
     return rec
 
 
-def _backward(ex: Exercise, target: Any, args: Sequence[Any], names: Sequence[str], out: Any, seed: int,
+def _backward(ex: Exercise, target: Any, leaves: Sequence[Tuple[str, torch.Tensor]], out: Any, seed: int,
               index: int) -> Dict[str, Any]:
     g: Dict[str, Any] = {"error": None, "inputs": {}, "params": {}}
     outs = _outputs_of(out, len(ex.outputs))
@@ -471,7 +483,7 @@ def _backward(ex: Exercise, target: Any, args: Sequence[Any], names: Sequence[st
     except Exception as e:  # noqa: BLE001
         g["error"] = error_record(e)
         return g
-    for n, t in _grad_leaves(args, names):
+    for n, t in leaves:
         g["inputs"][n] = None if t.grad is None else t.grad.detach().clone()
     if isinstance(target, nn.Module) and ex.kind == "module":
         for n, p in target.named_parameters():

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn.functional as F
 
-from .engine import SCALE_NAMES, Case, ContractError, Ctx, Exercise, Mutant
-from .exercises_build import _same_shape_hint, lin, linear, mha, mha_mutants, mha_weights
+from .engine import SCALE_NAMES, Case, ContractError, Ctx, Exercise, Mutant, along_rows
+from .exercises_build import _cls_explain, _same_shape_hint, lin, linear, mha, mha_mutants, mha_weights
 
 
 # ----------------------------------------------------------------------------------------------- 6 MLP
@@ -100,10 +100,14 @@ def norm_params(ctx: Ctx, name: str, D: int) -> Tuple[torch.Tensor, Optional[tor
     found = ctx.with_prefix(name)
     w = next((found[n] for n in SCALE_NAMES if n in found), None)
     b = next((found[n] for n in _SHIFT_NAMES if n in found), None)
-    if w is None:
-        vectors = [v for v in found.values() if v is not None and tuple(v.shape) == (D,)]
-        if len(vectors) == 2:  # other names: the first registered is the scale
+    vectors = [v for v in found.values() if v is not None and tuple(v.shape) == (D,)]
+    if len(vectors) == 2:  # a name outside the lists: the other vector; two such names: the first registered scales
+        if w is None and b is None:
             w, b = vectors
+        elif w is None:
+            w = vectors[1] if vectors[0] is b else vectors[0]
+        elif b is None:
+            b = vectors[1] if vectors[0] is w else vectors[0]
     if w is None:
         others = [n for n, p in ctx.params.items() if "." not in n and tuple(p.shape) == (D,)]
         if others:
@@ -193,6 +197,9 @@ def _block_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
         h = x + attn(ln(x, n1))
         return h + mlp_(ln(x, n2))
 
+    def mlp_residual_of_input() -> torch.Tensor:  # h computed, but x added back after the MLP
+        return x + mlp_(ln(x + attn(ln(x, n1)), n2))
+
     def no_norm() -> torch.Tensor:
         h = x + attn(x)
         return h + mlp_(h)
@@ -222,6 +229,8 @@ def _block_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
         ("the LayerNorms are missing: x = x + self.attn(self.norm1(x)); x = x + self.mlp(self.norm2(x))", no_norm),
         ("the MLP reads the block input x instead of the attention output: h = x + attn(norm1(x)); "
          "out = h + mlp(norm2(h))", parallel),
+        ("the MLP's residual adds the block input x instead of h = x + attn(norm1(x)), so the attention's output "
+         "is lost: h = x + self.attn(self.norm1(x)); return h + self.mlp(self.norm2(h))", mlp_residual_of_input),
         ("the MLP runs before the attention; ViT's block is attention first, then the MLP", mlp_first),
         ("a LayerNorm is applied to the block's output; the pre-norm block ends with the MLP residual "
          "(the model's final norm comes after the last block)", final_norm),
@@ -459,6 +468,7 @@ VIT_FORWARD_EX = Exercise(
              "vit_edu.vit.VisionTransformer.forward_head", "vit_edu.vit.VisionTransformer.pool"),
     kind="function", call="vit_forward(model, images)", outputs=("logits",),
     cases=_vit_cases, reference=_vit_reference, mutants=_vit_mutants, guard=_vit_guard,
+    explain=lambda ctx, kind, message, model, images: _cls_explain(ctx, kind, message, images),
     shape_hint=lambda ctx, slot, s, model, images: "one row of num_classes logits per image: model.head(x[:, 0])",
     doc="""Check ``vit_forward(model: vit_edu.VisionTransformer, images [B, C, H, W]) -> logits [B, num_classes]``.
 
@@ -568,9 +578,7 @@ ROLLOUT_EX = Exercise(
     kind="function", call="attention_rollout(attentions)", outputs=("rollout",),
     cases=_rollout_cases, reference=_rollout_reference, mutants=_rollout_mutants,
     shape_hint=_rollout_hint,
-    # attention rows are distributions: only the gradient along them is defined by the contract
-    # (0.5 A + 0.5 I equals rownorm(A + I) there, but not off it)
-    grad_view=lambda name, g: g - g.mean(dim=-1, keepdim=True),
+    grad_view=along_rows,  # 0.5 A + 0.5 I equals rownorm(A + I) on attention rows, but not off them
     doc="""Check ``attention_rollout(attentions: list of L tensors [B, heads, T, T]) -> [B, T, T]``.
 
     Abnar & Zuidema (2020): per layer Â_l = rownorm(mean_heads(A_l) + I); rollout R = Â_L ... Â_2 Â_1.

@@ -94,6 +94,9 @@ def _patchify_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], images: torch.Tensor
     if len(s) == 3 and H != W and s[1] in ((H // P) ** 2, (W // P) ** 2) and s[1] != N:
         return (f"the patch grid is taken as square; a {H} x {W} image has (H/P)*(W/P) = {N} patches "
                 "(h = H // P and w = W // P separately)")
+    if len(s) == 3 and (s[1], s[2]) == (P * P, N * C) and N != P * P:
+        return ("the grid and the patch sizes are swapped: P*P patches of (H/P)*(W/P)*C numbers; in the einops "
+                "pattern p1=P and p2=P give the patch size, h and w are the grid")
     if len(s) != 3:
         return (f"flatten to 3 axes [B, N, P*P*C] = [{B}, {N}, {P * P * C}]: one row per patch, all its pixels and "
                 "channels in one vector")
@@ -467,6 +470,9 @@ def mha_mutants(x: torch.Tensor, qkv: Any, proj: Any, heads: int) -> List[Mutant
         ("the output projection is missing: finish with self.proj(out)", m(use_proj=False)),
         ("attention is computed as a single head over all D features; split q, k, v into `heads` heads of "
          "d = D/heads features", lambda: mha(x, qkv, proj, 1)),
+        (f"the number of heads and the head size are swapped: {D // heads} heads of {heads} features instead of "
+         f"{heads} heads of d = D/heads = {d} (e.g. rearrange(..., d=heads) where the pattern needs h=heads)",
+         lambda: mha(x, qkv, proj, D // heads)),
     ]
     out += [
         ("the bias of self.proj is not used; call self.proj(out) (a Linear computes out @ W.T + b)",

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .engine import Case, ContractError, Ctx, Exercise, Mutant
+from .engine import Case, ContractError, Ctx, Exercise, Mutant, along_rows
 
 
 # ------------------------------------------------------------------------------ 7.2 mean attention distance
@@ -29,6 +29,8 @@ def patch_distances(grid_size: Tuple[int, int], patch_size: float, kind: str = "
     """[N, N] distances between patch centres in pixels; patch i at row i // gw, column i % gw ("row" order)."""
     gh, gw = grid_size
     i = torch.arange(gh * gw)
+    if kind == "sequence":  # along the token order, not on the grid
+        return (i[:, None] - i[None, :]).abs().to(dtype) * patch_size
     rows, cols = (i // gw, i % gw) if order == "row" else (i % gh, i // gh)
     centres = torch.stack([rows, cols], dim=1).to(dtype) * patch_size + patch_size / 2  # [N, 2]
     diff = centres[:, None, :] - centres[None, :, :]  # [N, N, 2]
@@ -88,6 +90,8 @@ def _mad_mutants(ctx: Ctx, attn: torch.Tensor, grid_size: Tuple[int, int], patch
          m(kind="squared")),
         ("the Chebyshev distance max(|dr|, |dc|) is used; the distance is Euclidean: P * sqrt(dr^2 + dc^2)",
          m(kind="chebyshev")),
+        ("the distance is |i - j| along the token sequence; the patches lie on a gh x gw grid: patch i sits at row "
+         "i // gw, column i % gw, and the distance is P * sqrt(dr^2 + dc^2)", m(kind="sequence")),
         ("the distances are in patches, not in pixels: multiply by patch_size", lambda: mad(attn, grid_size, 1)),
         ("the distances are in patches and Manhattan; the contract is pixels (x patch_size) and Euclidean",
          lambda: mad(attn, grid_size, 1, kind="manhattan")),
@@ -153,6 +157,7 @@ MEAN_ATTENTION_DISTANCE_EX = Exercise(
     package=("vit_edu.explain.analysis.mean_attention_distance",),
     kind="function", call="mean_attention_distance(attn, grid_size, patch_size)",
     cases=_mad_cases, reference=_mad_reference, mutants=_mad_mutants, shape_hint=_mad_hint,
+    grad_view=along_rows,  # a row's patches may be renormalised by 1 - its class token's share
     doc="""Check ``mean_attention_distance(attn [B, heads, 1 + gh*gw, 1 + gh*gw], (gh, gw), P) -> [heads]``.
 
     The class token (token 0) is left out as query and as key, each query's row is renormalised over the
@@ -396,12 +401,12 @@ def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
 
 
-def std_conv(x: torch.Tensor, w: torch.Tensor, stride: int, *, ws: str = "filter", pad: str = "same"
-             ) -> torch.Tensor:
+def std_conv(x: torch.Tensor, w: torch.Tensor, stride: int, *, ws: str = "filter", pad: str = "same",
+             eps: float = 1e-8) -> torch.Tensor:
     """Weight-standardized convolution (each filter to mean 0, variance 1, eps 1e-8), no bias."""
     if ws in ("filter", "unbiased"):  # unbiased: torch.std's default, every filter scaled by one constant
         var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=ws == "unbiased")
-        w = (w - mean) / torch.sqrt(var + 1e-8)
+        w = (w - mean) / torch.sqrt(var + eps)
     elif ws == "tensor":
         var, mean = torch.var_mean(w, unbiased=False)
         w = (w - mean) / torch.sqrt(var + 1e-8)
@@ -427,11 +432,11 @@ def _norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kind: str, 
 
 def bottleneck(x: torch.Tensor, p: Dict[str, torch.Tensor], stride: int, *, ws: str = "filter", pad: str = "same",
                norm: str = "group", relu: Tuple[bool, bool] = (True, True), final: str = "after_sum",
-               stride_at: str = "conv2", residual: bool = True, shortcut_ws: bool = True, eps: float = 1e-5
-               ) -> torch.Tensor:
+               stride_at: str = "conv2", residual: bool = True, shortcut_ws: bool = True, eps: float = 1e-5,
+               ws_eps: float = 1e-8) -> torch.Tensor:
     """The hybrid's bottleneck (vit_edu.hybrid.Bottleneck) with switchable mistakes; defaults = right answer."""
     def conv(h: torch.Tensor, name: str, s: int, ws_: str = ws) -> torch.Tensor:
-        return std_conv(h, p[f"{name}.weight"], s, ws=ws_, pad=pad)
+        return std_conv(h, p[f"{name}.weight"], s, ws=ws_, pad=pad, eps=ws_eps)
 
     def gn(h: torch.Tensor, name: str) -> torch.Tensor:
         return _norm(h, p[f"{name}.weight"], p[f"{name}.bias"], norm, eps)
@@ -545,6 +550,8 @@ def _bottleneck_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
         ("the whole weight tensor is standardized at once; weight standardization works per output filter "
          "(mean and variance over in_channels x k x k of each filter)", m(ws="tensor")),
         ("the shortcut's 1x1 conv is not weight-standardized; every conv of the block is", m(shortcut_ws=False)),
+        ("the weight standardization's eps is 1e-6 (timm's StdConv2dSame default); this model's is 1e-8: "
+         "vit_edu's StdConv2dSame, or timm's with eps=1e-8", m(ws_eps=1e-6)),
         ("the 3x3 conv pads 1 pixel on every side; the contract is TensorFlow 'SAME' padding (with stride 2 on an "
          "even size the extra pixel goes to the bottom/right only): use StdConv2dSame", m(pad="symmetric")),
         ("the norms use 1 group (a LayerNorm over channels and space); the block uses GroupNorm with 32 groups: "

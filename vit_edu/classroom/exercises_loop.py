@@ -94,6 +94,9 @@ def _lr_mutants(ctx: Ctx, step: int, total: int, warmup: int, base: float) -> Li
         ("the decay is one step ahead: step counts from 0, so the first decay step (step = warmup_steps) has "
          "t = 0 and the full base_lr", lambda: _lr(step + 1, total, warmup, base) if step >= warmup else
          _lr(step, total, warmup, base)),
+        ("the decay divides by total_steps - warmup_steps - 1 (so that step total_steps - 1 gets 0); the contract "
+         "divides by total_steps - warmup_steps: the rate reaches 0 at step total_steps",
+         lambda: _lr(step, total - 1, warmup, base)),
         ("the rate should decay to 0 at the end of training, not to a floor", m(floor=0.1)),
         ("the rate should decay to 0 at the end of training, not to a floor", m(floor=0.01)),
     ]

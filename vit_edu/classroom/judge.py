@@ -280,8 +280,8 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
     used = rec.get("forbidden_calls")
     if isinstance(used, list) and used and all(isinstance(u, str) for u in used):
         raise _Fail(f"{call} calls {', '.join(u.replace('torch.nn.functional.', 'F.') for u in used[:3])}, which "
-                    f"this exercise asks you to build from elementary tensor operations (it is what the check "
-                    f"compares you with)\n  inputs: {label}")
+                    f"this exercise asks you to build from elementary tensor operations (the library call does "
+                    f"the very computation the exercise is about)\n  inputs: {label}")
     violation = ctx.extra["guard"].get("violation")
     if isinstance(violation, str):  # the student's code did what the exercise forbids (recorded by the guard)
         raise _Fail(f"{violation}\n  inputs: {label}")
@@ -300,6 +300,12 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
         raise _Fail(_raised(ex, call, rec["error"], label, cause))
 
     # inputs untouched
+    changed = rec.get("lists_changed")
+    if isinstance(changed, list) and changed:
+        name = str(changed[0])[:40]
+        raise _Fail(f"your code changed the list `{name}` it was given (items removed, replaced, reordered or added: "
+                    f".pop(), .reverse(), `{name}[i] = ...`); leave it as it came and work on a copy, list({name})"
+                    f"\n  inputs: {label}")
     before = dict(_leaves(case.args, names))
     after = _tensor_dict(_get(rec, "after", dict), "after")
     for name, t in before.items():
