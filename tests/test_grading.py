@@ -580,6 +580,24 @@ def test_judge_rows_from_a_garbled_record():
         assert not row["passed"] and row["message"], row
 
 
+def test_a_notebook_that_ends_itself_or_closes_its_output_says_where_and_why(tmp_path):
+    """os._exit(0) in an answer cell (exit code 0: no reason of its own) still says in which cell the notebook
+    ended; a child that failed after closing its output file says why instead of an empty '()'."""
+    ref = reference.RefNotebook("a.ipynb", [], [reference.RefExercise("a.ipynb", "patchify", "patchify", 1, "patchify",
+                                                                  ("patchify_answer",))], ["patchify_answer"], [])
+    result = sandbox.Result("k", sandbox.Outcome("k", 0, None, 0.1), {"running": "answer cell patchify_answer"}, "", [])
+    (row,) = grading.judge_notebook("s", ref, {"patchify_answer": ["x"]}, result, 0, sandbox.Limits())
+    assert row["message"] == ("not graded: the notebook's process ended before this check (during answer cell "
+                              "patchify_answer)"), row
+    results = tmp_path / "run.out"
+    results.mkdir()
+    (results / sandbox.OUTPUT).write_bytes(b"")
+    run = sandbox._Running("k", tmp_path / "run", results, None, 0.0, 1.0, [])
+    box = type("Box", (), {"limits": sandbox.Limits(), "uids": None})()
+    reason = sandbox.Sandbox._finish(box, run, sandbox.RUN_FAILED, 0).outcome.reason
+    assert "()" not in reason and "closed or broke the files it writes" in reason, reason
+
+
 # ------------------------------------------------------------------------------------ resume and journal
 def test_resume_skips_students_already_graded(graded, monkeypatch):
     def never(*args, **kwargs):
@@ -610,9 +628,14 @@ def test_resume_regrades_a_changed_submission_and_marks_a_grader_killer(tmp_path
     state = {"reference": grading.fingerprint(grading.load_reference(ref)), "grader_pid": dead.pid,
              "running": ["cat"], "suspects": {}, "students": {s: {"files": h} for s, h in hashes.items()}}
     (folder / grading.STATE_FILE).write_text(json.dumps(state))
+    grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False)
+    assert graded_now == [["cat"]]  # a first kill may be a power cut, nobody's doing: cat is retried (alone)
+    assert json.loads((folder / grading.STATE_FILE).read_text())["suspects"] == {"cat": 1}
+    state.update(suspects={"cat": 1})  # ... and the grader was killed again while cat's notebooks ran alone
+    (folder / grading.STATE_FILE).write_text(json.dumps(state))
     nbformat.write(submission("a.ipynb", {"patchify": ZEROS}), tmp_path / "subs" / "ben" / "a.ipynb")
     grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False)
-    assert graded_now == [["ben"]]  # ann unchanged: skipped; ben changed: regraded; cat: marked
+    assert graded_now[1:] == [["ben"]]  # ann unchanged: skipped; ben changed: regraded; cat: marked
     cat = grading.read_student_csv(folder / "cat.csv")
     assert cat and all(not r["passed"] and "the grader itself was killed" in r["message"] for r in cat)
     assert json.loads((folder / grading.STATE_FILE).read_text())["running"] == []
@@ -845,6 +868,23 @@ def test_the_grader_s_own_names_are_not_copied(tmp_path):
     got = sorted(p.relative_to(tmp_path / "scratch").as_posix() for p in (tmp_path / "scratch").rglob("*"))
     assert got == ["keep.txt", "sub", f"sub/{sandbox.OBSERVATIONS}"]
     assert sum("a name the grader keeps for itself" in n for n in notes) == 2
+
+
+def test_a_folder_of_very_many_files_is_copied_only_up_to_the_cap(tmp_path):
+    """The copy runs in the grader before each notebook: a submission of a million empty files would stall the
+    whole class. Past ``max_entries`` files and folders nothing more is copied, and a note says so."""
+    src = tmp_path / "student"
+    for d in ("a", "b", "c"):
+        (src / d).mkdir(parents=True)
+        for i in range(4):
+            (src / d / f"{i}.txt").write_text("x")
+    (src / "notebook.ipynb").write_text("{}")
+    notes = sandbox.copy_folder(src, tmp_path / "scratch", max_entries=6)
+    copied = list((tmp_path / "scratch").rglob("*"))
+    assert 0 < len(copied) <= 6, copied
+    assert sum("over 6 files and folders" in n for n in notes) == 1, notes
+    assert sandbox.copy_folder(src, tmp_path / "all") == []  # under the default cap: everything
+    assert len(list((tmp_path / "all").rglob("*"))) == 16
 
 
 def test_a_stub_beside_the_renamed_answer_and_a_notebook_without_metadata_are_graded(tmp_path):
@@ -1310,3 +1350,118 @@ def test_going_on_with_other_limits_or_another_seed_is_refused_unless_forced(tmp
         assert said in str(err.value) and "--force" in str(err.value)
     run(timeout=30, seed=8, force=True)
     assert ran == [["ann"], ["ann"]]
+
+
+def test_the_warm_up_imports_what_a_first_figure_needs_where_pyplot_is_preloaded(tmp_path):
+    """A sandboxed child that cannot read the Python installation imports only what the server preloaded: an
+    honest answer cell that draws (its setup cells import pyplot) must find what matplotlib imports lazily."""
+    script = """if True:
+        import json, sys
+        import torch, matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from vit_edu.classroom import child
+        for name in child._warm_up_modules():
+            try:  # as the server does: some names (Cython's shared modules) import only as a part of another
+                __import__(name)
+            except ImportError:
+                pass
+        before = set(sys.modules)
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3])
+        ax.imshow(torch.rand(4, 4).numpy())
+        fig.savefig(sys.argv[1])
+        plt.show()
+        print(json.dumps(sorted(set(sys.modules) - before)))
+    """
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "f.png")],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.splitlines()[-1]) == []
+
+
+@pytest.mark.skipif(not ROOTED, reason="a mount namespace needs root")
+def test_submissions_right_in_home_are_hidden_folder_by_folder(tmp_path, monkeypatch):
+    """`grade /home` on a shared server: /home (like /srv, /mnt) is a system folder no notebook's view covers, so
+    each folder in it is covered instead; one student's code then cannot read another's home."""
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    (home / "alice").mkdir(parents=True)
+    (home / "alice" / "a.ipynb").write_text("{}")
+    scratch.mkdir()
+    monkeypatch.setattr(isolation, "NEVER_HIDDEN", isolation.NEVER_HIDDEN | {str(home)})  # tmp_path plays /home
+    monkeypatch.setattr(isolation, "USER_ROOTS", isolation.USER_ROOTS | {str(home)})
+    monkeypatch.setattr(isolation, "PRIVATE_TMP", ("/var/tmp",))  # tmp_path stays in sight, but for the covers
+    monkeypatch.setattr(isolation, "WORK", str(tmp_path / "work"))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the namespace is this child's own and dies with it
+        try:
+            isolation._isolate({"hide": [str(home)], "expose": isolation.needed_paths(), "scratch": str(scratch)})
+            os.write(w, json.dumps(sorted(os.listdir(home / "alice"))).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    seen = os.read(r, 4096)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert json.loads(seen) == []
+
+
+def test_a_notebook_saved_with_a_bom_or_as_utf_16_is_read(tmp_path):
+    """An editor that saves UTF-8 with a byte-order mark (Windows Notepad) or UTF-16 changes no answer: JSON allows
+    both, and the student keeps the marks. Bytes that are no JSON text are still refused with the reason."""
+    ref = reference.load_reference(reference_folder(tmp_path / "reference"))
+    text = nbformat.writes(submission("a.ipynb"))
+    for name, data in (("bom.ipynb", b"\xef\xbb\xbf" + text.encode()), ("utf16.ipynb", text.encode("utf-16")),
+                       ("bad.ipynb", b"\xff\xfe\x00")):
+        (tmp_path / name).write_bytes(data)
+        answers, why = reference.read_answers(tmp_path / name, ref)
+        if name == "bad.ipynb":
+            assert answers is None and why.startswith("not a notebook (invalid JSON"), why
+        else:
+            assert answers == {"patchify_answer": [SOLUTIONS["patchify"]]}, (name, why)
+
+
+def test_a_submission_cannot_fill_the_grader_s_memory(tmp_path, monkeypatch):
+    """The grader keeps every student's answers until they run: a notebook whose answer cells hold megabytes of
+    code is refused with the reason, and of a folder of many copies only the first notebooks are read."""
+    ref = reference.load_reference(reference_folder(tmp_path / "reference"))
+    student = tmp_path / "student"
+    student.mkdir()
+    nbformat.write(submission("a.ipynb", {"patchify": HONEST_A + "\n#" + "x" * reference.MAX_ANSWER_CHARS}),
+                   student / "a.ipynb")
+    answers, why = reference.read_answers(student / "a.ipynb", ref)
+    assert answers is None and "answer cells hold" in why and "more than the 2,000,000 allowed" in why, why
+    monkeypatch.setattr(reference, "MAX_NOTEBOOKS", 3)
+    for i in range(5):
+        nbformat.write(submission("b.ipynb"), student / f"b copy {i}.ipynb")
+    read = []
+    real = reference.read_answers
+    monkeypatch.setattr(reference, "read_answers", lambda p, r=(): read.append(p.name) or real(p, r))
+    match = reference.match_notebooks(student, ref)
+    assert len(read) == 3 and "b.ipynb" in match.graded, read
+    assert any("not read, nor the 2 after it: over 3 notebooks" in note for _, note in match.notes), match.notes
+
+
+def test_a_user_site_python_reads_stays_in_a_notebook_s_sight(tmp_path, monkeypatch):
+    """Grading from /root (a container's default) covers the folders in it, so the packages of `pip install
+    --user`, which Python reads from there, are bound back like the rest of the installation."""
+    import site
+
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(site, "getusersitepackages", lambda: str(tmp_path))
+    assert str(tmp_path.resolve()) in isolation.needed_paths()
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", False)  # a virtual environment: Python does not read it
+    assert str(tmp_path.resolve()) not in isolation.needed_paths()
+
+
+def test_a_device_or_fifo_named_like_a_notebook_is_never_opened(tmp_path, monkeypatch):
+    """A tar extracted as root can hold a device node called a.ipynb; opening some devices acts (a watchdog
+    reboots the machine), so the grader looks before it opens: only regular files are opened."""
+    os.mkfifo(tmp_path / "a.ipynb")
+    (tmp_path / "b.ipynb").write_text("{}")
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(os.fspath(path)) or real_open(path, *a, **k))
+    assert sandbox.read_untrusted(tmp_path / "a.ipynb", 1000) == (None, "not a regular file")
+    assert sandbox.read_untrusted(tmp_path / "b.ipynb", 1000) == (b"{}", "")
+    assert opened == [str(tmp_path / "b.ipynb")]

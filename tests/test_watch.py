@@ -173,3 +173,35 @@ def test_file_watch_leaves_the_import_system_s_own_look_ups_alone(tmp_path):
     import json
 
     assert json.loads(out) == [f"listed {added}", f"listed {entry}"]
+
+
+def test_what_torch_and_the_checks_change_themselves_is_no_replaced_code():
+    """An honest answer cell that runs its check (vit_edu.checks keeps the passes in an alias of judge.PASSED),
+    sets torch's default dtype (torch reassigns torch.Storage) or imports torch._dynamo (through
+    torch.use_deterministic_algorithms; it wraps torch.manual_seed) replaced nothing; a look-alike wrapper did."""
+    script = textwrap.dedent("""
+        import functools, json, sys, types
+        sys.path.insert(0, "tests")
+        import torch
+        from vit_edu.checks import check_patchify
+        from vit_edu.classroom import watch
+        import exercise_solutions
+        namespace = {}
+        exec("import torch\\nfrom einops import rearrange\\n" + dict(exercise_solutions.EXERCISES)["patchify"], namespace)
+        snapshot = watch.Integrity()
+        check_patchify(namespace["patchify"])
+        torch.set_default_dtype(torch.float64)
+        torch.use_deterministic_algorithms(True)
+        honest = snapshot.changed()
+        seed = torch.manual_seed
+        torch.manual_seed = functools.wraps(torch.random.manual_seed)(lambda s: None)
+        wrapper = snapshot.changed()
+        cells = tuple(types.CellType(lambda s: None) if n == "fn" else c  # torch's code around another function
+                      for n, c in zip(seed.__code__.co_freevars, seed.__closure__))
+        torch.manual_seed = types.FunctionType(seed.__code__, seed.__globals__, "manual_seed", None, cells)
+        print(json.dumps([honest, wrapper, snapshot.changed(), seed.__wrapped__ is torch.random.manual_seed]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    import json
+
+    assert json.loads(out.splitlines()[-1]) == [[], ["torch.manual_seed"], ["torch.manual_seed"], True]

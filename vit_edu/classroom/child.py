@@ -123,7 +123,8 @@ def _warm_up_modules() -> List[str]:
 
 
 def _workout() -> None:
-    """Typical probe work on tiny tensors (see :func:`_warm_up_modules`)."""
+    """Typical probe work on tiny tensors, and a figure where the setup cells import pyplot (see
+    :func:`_warm_up_modules`)."""
     import torch
     import torch.nn.functional as F
     from einops import rearrange, reduce, repeat
@@ -154,6 +155,16 @@ def _workout() -> None:
         torch.save({"t": t.detach(), "g": grads[0]}, buf)
         buf.seek(0)
         torch.load(buf, weights_only=True)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:  # the setup cells import it: what a first figure imports lazily (html, ...) too
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], label="x")
+        ax.imshow(x.detach()[0, 0].numpy())
+        ax.set_title("x")
+        ax.legend()
+        fig.savefig(io.BytesIO(), format="png")
+        plt.show()
+        plt.close(fig)
 
 
 class CellTimeLimit(BaseException):

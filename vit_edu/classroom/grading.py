@@ -111,11 +111,9 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
                 message = f"not reached: {stopped}"
             else:
                 message = _memory_note(f"{ex.expr}: {_text(missing[ex.name])}", limits.memory_mb)
-        elif died:
+        else:  # also a process that ended by itself (os._exit(0) in an answer cell): where it was
             where = f" (during {running})" if running else ""
-            message = f"not graded: {died}{where}"
-        else:
-            message = "not graded: the notebook's process ended before this check"
+            message = "not graded: " + (died or "the notebook's process ended before this check") + where
         message = "; ".join([m for m in [message] + notes if m])
         flags = "; ".join(common + exercise_flags(record, ex.name))
         rows.append(_row(student, ref.name, ex.name, passed, ex.points if passed else 0.0, ex.points, message, flags))
@@ -275,8 +273,8 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         state = {}
     suspects: Dict[str, int] = {k: int(v) for k, v in (state.get("suspects") or {}).items()}
     crashed = list(state.get("running") or [])
-    for s in crashed:  # the grader was killed while these ran
-        suspects[s] = suspects.get(s, 0) + (2 if len(crashed) == 1 else 1)
+    for s in crashed:  # the grader was killed while these ran (perhaps by a power cut): each is retried alone
+        suspects[s] = suspects.get(s, 0) + 1
     if shard is not None and state.get("shard") not in (None, list(shard)) and not force:
         raise ValueError(f"{folder} holds the grades of shard {state['shard'][0]}/{state['shard'][1]}, not "
                          f"{shard[0]}/{shard[1]}; use another --out per shard")

@@ -228,16 +228,21 @@ CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 1 << 14, 1 << 18
 NEVER_HIDDEN = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
                 "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var", "/home", "/mnt", "/media", "/snap"}
+USER_ROOTS = {"/home", "/root", "/srv", "/mnt", "/media"}  # never hidden, but their folders can be
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # a fresh, empty one per notebook
 WORK = "/tmp/vit_edu_work"  # where the scratch copy appears inside the notebook's own view of the files
 
 
 def needed_paths(resolve: bool = True) -> List[str]:
-    """The folders a notebook's imports read: the Python installation (stdlib, site-packages) and vit_edu
-    (``resolve``: with symbolic links resolved; else as Python names them)."""
+    """The folders a notebook's imports read: the Python installation (stdlib, site-packages, the user's own
+    of ``pip install --user`` where Python reads it) and vit_edu (``resolve``: with symbolic links resolved; else
+    as Python names them)."""
+    import site
     import sysconfig
 
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[1])}
+    if site.ENABLE_USER_SITE:
+        paths.add(site.getusersitepackages())
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         try:
             paths.add(sysconfig.get_paths()[key])
@@ -272,7 +277,10 @@ def _isolate(job: dict) -> str:
         if os.path.isdir(path):
             keep[os.path.realpath(path)] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     scratch_fd = os.open(job["scratch"], os.O_RDONLY | os.O_DIRECTORY)
-    covers = sorted({os.path.realpath(h) for h in job.get("hide", [])} | set(PRIVATE_TMP), key=len)
+    hide = {os.path.realpath(h) for h in job.get("hide", [])}
+    for folder in hide & USER_ROOTS:  # submissions (or the grader's folder) right in /home or /srv: its folders
+        hide |= {entry.path for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False)}
+    covers = sorted(hide | set(PRIVATE_TMP), key=len)
     covered: List[str] = []
     for target in covers:
         if target in NEVER_HIDDEN or any(target == k or target.startswith(k + "/") for k in keep):

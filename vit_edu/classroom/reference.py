@@ -31,6 +31,8 @@ from .sandbox import one_line
 DEFAULT_REFERENCE = "assignments/student"
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024  # a submitted notebook larger than this is not read (clear its outputs)
 MAX_ENTRIES = 20_000  # files and folders looked at for a student's notebooks (the sandbox's file count, too)
+MAX_NOTEBOOKS = 100  # notebook files read per student (11 handed out, a few copies): what the grader keeps in memory
+MAX_ANSWER_CHARS = 2_000_000  # of answer code per notebook (an answer is a few kB; kept until it runs)
 
 
 def _label(name: str) -> str:
@@ -200,7 +202,7 @@ def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Opt
     if data is None:
         return None, f"the file is {problem}"
     try:
-        nb = json.loads(data.decode("utf-8"))
+        nb = json.loads(data)  # bytes: UTF-8 with or without a BOM (Notepad's), UTF-16 and UTF-32 as JSON allows
     except (ValueError, RecursionError) as err:
         return None, f"not a notebook (invalid JSON: {one_line(err, 120)})"
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
@@ -219,7 +221,10 @@ def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Opt
         if isinstance(grade_id, str) and isinstance(source, str):
             answers.setdefault(grade_id, []).append(source)
     if not answers and reference:
-        return _answers_by_position(nb["cells"], reference), ""
+        answers = _answers_by_position(nb["cells"], reference)
+    size = sum(len(source) for sources in answers.values() for source in sources)
+    if size > MAX_ANSWER_CHARS:
+        return None, f"its answer cells hold {size:,} characters of code, more than the {MAX_ANSWER_CHARS:,} allowed"
     return answers, ""
 
 
@@ -311,6 +316,10 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
     out = Assignment()
     by_name = {nb.name: nb for nb in reference}
     files = notebook_files(student_dir)
+    if len(files) > MAX_NOTEBOOKS:  # a folder of a thousand copies must not fill the grader's memory
+        out.notes.append((_label(files[MAX_NOTEBOOKS].relative_to(student_dir).as_posix()),
+                          f"not read, nor the {len(files) - MAX_NOTEBOOKS - 1} after it: over {MAX_NOTEBOOKS} notebooks"))
+        files = files[:MAX_NOTEBOOKS]
     read = {p: read_answers(p, reference) for p in files}
     label = {p: _label(p.relative_to(student_dir).as_posix()) for p in files}
     candidates: Dict[str, List[Path]] = {}

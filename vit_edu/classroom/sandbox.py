@@ -123,15 +123,22 @@ def privileged() -> bool:
 
 
 # =============================================================================================== grader side
-def copy_folder(src: Path, dst: Path, max_bytes: int = 200 * 1024 * 1024) -> List[str]:
+def copy_folder(src: Path, dst: Path, max_bytes: int = 200 * 1024 * 1024, max_entries: int = 20_000) -> List[str]:
     """Copy the regular files and folders of ``src`` into the new folder ``dst``; returns notes on what was left
-    out: links and special files (a FIFO would block the copy; a link could point anywhere), and everything
-    past ``max_bytes`` in all."""
+    out: links and special files (a FIFO would block the copy; a link could point anywhere), everything past
+    ``max_bytes`` in all, and everything past ``max_entries`` files and folders (the grader copies before each
+    notebook, so a folder of a million empty files would stall the class)."""
     notes: List[str] = []
-    total = 0
+    total = entries = 0
     dst.mkdir(mode=0o700)
     for root, dirs, files in os.walk(src, followlinks=False):
         rel = Path(root).relative_to(src)
+        if entries + len(dirs) + len(files) > max_entries:  # the first ones up to the cap, nothing after
+            if entries < max_entries:
+                notes.append(f"{rel}: partly copied, and nothing after it (over {max_entries} files and folders)")
+            dirs[:] = dirs[: max_entries - entries]
+            files = files[: max_entries - entries - len(dirs)]
+        entries += len(dirs) + len(files)
         for d in list(dirs):
             st = os.lstat(Path(root) / d)
             if rel == Path(".") and d.startswith(RESERVED_PREFIX):
@@ -171,9 +178,12 @@ def copy_folder(src: Path, dst: Path, max_bytes: int = 200 * 1024 * 1024) -> Lis
 
 def read_untrusted(path: Path, max_bytes: int) -> Tuple[Optional[bytes], str]:
     """(content, "") of a file the student's code could have replaced, or (None, why not): no link, no FIFO,
-    nothing bigger than ``max_bytes``."""
+    nothing bigger than ``max_bytes``. A device is never opened (a tar extracted as root can hold one named
+    ``x.ipynb``, and opening some acts: a watchdog reboots the machine)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None, "not a regular file"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         return None, "missing"
     except OSError as err:
@@ -459,7 +469,7 @@ class Sandbox:
         scratch = self.workdir / f"run{self._count}"
         results = self.workdir / f"run{self._count}.out"
         results.mkdir(mode=0o700)
-        notes = copy_folder(student_dir, scratch)
+        notes = copy_folder(student_dir, scratch, max_entries=self.limits.files)
         copied_bytes, copied_files = folder_size(scratch, skip=())
         lim = self.limits
         # The cells go through a file, not through the server: whatever passes through the server's memory
@@ -518,8 +528,9 @@ class Sandbox:
             elif code == SETUP_FAILED:
                 reason = (f"the sandbox could not be set up "
                           f"({output_tail(run.results / OUTPUT, 1) or self.server.log_tail()})")
-            elif code == RUN_FAILED:
-                reason = f"the notebook's process failed ({output_tail(run.results / OUTPUT, 1)})"
+            elif code == RUN_FAILED:  # no output when the answers closed the grader's files (its output too)
+                tail = output_tail(run.results / OUTPUT, 1) or "its answer cells closed or broke the files it writes"
+                reason = f"the notebook's process failed ({tail})"
             elif code is not None and code < 0:
                 try:
                     name = signal.Signals(-code).name

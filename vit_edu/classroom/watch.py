@@ -37,6 +37,7 @@ WATCHED_MODULES = ("builtins", "torch", "torch._C", "torch.nn.functional", "torc
 # The grader's own modules: their constant data (tables, patterns, messages) is compared too.
 GRADER_PREFIXES = ("vit_edu.checks", "vit_edu.classroom.")
 MUTABLE_BY_DESIGN = {"PASSED", "_GUARD_LOG"}  # state the checks themselves change while they run
+SET_BY_TORCH = {"torch.Storage"}  # what torch's own setters reassign (set_default_dtype): no code a probe runs
 MAX_NOTED = 20
 
 
@@ -89,6 +90,10 @@ class Integrity:
         self.entries: List[Tuple[Any, str, Any, str]] = []
         self.data: List[Tuple[Any, str, str, str]] = []
         names = sorted(n for n in list(sys.modules) if n == "vit_edu" or n.startswith("vit_edu."))
+        self.mutable = {id(v) for n in names for a, v in vars(sys.modules[n]).items()  # and their aliases
+                        if a in MUTABLE_BY_DESIGN and isinstance(v, (dict, list, set))}
+        compiled = sys.modules.get("torch._compile")
+        self.torch_wrapper = compiled._disable_dynamo(len) if compiled is not None else None  # made before any answer
         for name in [*WATCHED_MODULES, *names]:
             module = sys.modules.get(name)
             if module is not None:
@@ -98,9 +103,9 @@ class Integrity:
         grader = name.startswith(GRADER_PREFIXES)
         space = vars(module)
         for attr, value in list(space.items()):
-            if attr.startswith("__") and attr != "__import__" or attr in MUTABLE_BY_DESIGN:
-                continue
             where = f"{name}.{attr}"
+            if attr.startswith("__") and attr != "__import__" or id(value) in self.mutable or where in SET_BY_TORCH:
+                continue
             if _is_code_like(value):
                 self._object(space, attr, value, where)
                 if isinstance(value, type) and getattr(value, "__module__", None) == name and \
@@ -149,7 +154,8 @@ class Integrity:
         out: List[str] = []
         get = self._get
         for space, attr, ref, where in self.entries:
-            if get(space, attr) is not ref:
+            value = get(space, attr)
+            if value is not ref and not self._wrapped_by_torch(value, ref):
                 out.append(where)
                 if len(out) >= limit:
                     return out
@@ -160,6 +166,19 @@ class Integrity:
                 if len(out) >= limit:
                     return out
         return out
+
+    def _wrapped_by_torch(self, value: Any, ref: Any) -> bool:
+        """torch._dynamo, once imported (by torch.compile, torch.use_deterministic_algorithms), wraps
+        ``torch.manual_seed`` in torch's own ``_disable_dynamo``: the snapshot's function in torch's wrapper (its
+        code, its module, around that very function) is no replacement."""
+        made = self.torch_wrapper
+        if made is None or type(value) is not type(made) or value.__code__ is not made.__code__ or \
+                value.__globals__ is not made.__globals__:
+            return False
+        try:
+            return dict(zip(value.__code__.co_freevars, value.__closure__ or ()))["fn"].cell_contents is ref
+        except (KeyError, ValueError):  # a look-alike without torch's closure
+            return False
 
 
 # ============================================================================================ files
