@@ -569,3 +569,181 @@ def test_patch_canvas_puts_each_patch_in_its_tile():
     assert (canvas[4:6] == 1.0).all() and (canvas[:, 4:6] == 1.0).all()  # white gaps
     with pytest.raises(ValueError, match="divisible"):
         viz.patch_canvas(image, 5)
+
+
+# ------------------------------------------------------------------------------- bad input, said clearly
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    kw = dict(image_size=(8, 16), patch_size=(2, 8), dim=16, depth=2, heads=2, mlp_dim=32, num_classes=3)
+    return vit_edu.VisionTransformer(**{**kw, **overrides})
+
+
+def test_attention_must_be_softmax_probabilities():
+    att = random_attention(layers=2, batch=1, heads=2, tokens=5)
+    with_nan = [att[0].clone(), att[1]]
+    with_nan[0][0, 1, 2, 3] = float("nan")
+    scores = [torch.randn(1, 2, 5, 5) for _ in range(2)]  # before the softmax
+    unnormalised = [a * 2 for a in att]
+    for fn in (analysis.attention_rollout, lambda a: analysis.cls_attention_maps(a, (2, 2)),
+               lambda a: analysis.mean_attention_distance(a, (2, 2), 4)):
+        with pytest.raises(ValueError, match=r"attentions\[0\] has non-finite values"):
+            fn(with_nan)
+        for bad in (scores, unnormalised):
+            with pytest.raises(ValueError, match=r"attentions\[0\] must hold attention probabilities"):
+                fn(bad)
+    # a bfloat16 softmax rounds its rows, and is still accepted
+    r = analysis.attention_rollout([a.to(torch.bfloat16) for a in random_attention(2, 1, 2, 50)])
+    assert r.dtype == torch.bfloat16
+
+
+def test_mean_attention_distance_refuses_an_empty_batch_and_a_transposed_mask():
+    with pytest.raises(ValueError, match="empty batch"):
+        analysis.mean_attention_distance(random_attention(1, 0, 2, 7), (2, 3), 4)  # not a silent nan
+    att = random_attention(1, 1, 2, 7)
+    analysis.mean_attention_distance(att, (2, 3), 4, query_mask=torch.ones(1, 2, 3))
+    with pytest.raises(ValueError, match=r"query_mask must have shape \[1, 6\] or \[1, 2, 3\].*got \(1, 3, 2\)"):
+        analysis.mean_attention_distance(att, (2, 3), 4, query_mask=torch.ones(1, 3, 2))
+
+
+def test_localization_refuses_a_map_without_mass_or_with_nan():
+    masks = torch.zeros(2, 8, 8)
+    masks[:, :4] = 1
+    maps = torch.rand(2, 2, 2)
+    maps[1] = 0  # no attention at all is not "all attention off the object" (ratio 0)
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\] sums to 0"):
+        analysis.attention_localization(maps, masks, 4)
+    with pytest.raises(ValueError, match="non-finite"):
+        analysis.attention_localization(torch.full((2, 2, 2), float("nan")), masks, 4)
+    masks[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="masks has non-finite"):
+        analysis.attention_localization(torch.rand(2, 2, 2), masks, 4)
+    analysis.attention_localization(torch.rand(2, 2, 2), masks > 0.5, 4)  # bool masks are fine
+
+
+def test_nan_in_similarity_or_ranks_is_never_a_number():
+    with pytest.raises(ValueError, match="sim has non-finite"):  # was a Spearman of 0.0
+        analysis.similarity_distance_correlation(torch.full((2, 2, 2, 2), float("nan")))
+    pos = torch.randn(1, 5, 8)
+    pos[0, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match="pos_embed has non-finite"):
+        analysis.pos_embed_similarity(pos, (2, 2))
+    x = torch.tensor([1.0, float("nan"), 0.5, 2.0])
+    np.testing.assert_array_equal(analysis.rankdata(x).numpy(), stats.rankdata(x.numpy()))  # all nan, as scipy
+
+
+def test_patch_embedding_components_only_directions_with_variance():
+    w = torch.randn(4, 3, 2, 2)  # 4 filters, centred: at most 3 directions carry variance
+    comps, ratio = analysis.patch_embedding_components(w, num_components=3)
+    assert comps.shape == (3, 3, 2, 2)
+    torch.testing.assert_close(ratio.sum(), torch.tensor(1.0))
+    for k in (4, True, 2.0):
+        with pytest.raises(ValueError, match=r"num_components must be an int in 1\.\.3"):
+            analysis.patch_embedding_components(w, num_components=k)
+    with pytest.raises(ValueError, match=r"num_components must be an int in 1\.\.0"):
+        analysis.patch_embedding_components(torch.randn(1, 3, 2, 2), num_components=1)  # one filter: no variance
+
+
+def test_attention_distance_summary_refuses_empty_or_nan():
+    with pytest.raises(ValueError, match="non-empty"):
+        analysis.attention_distance_summary(torch.zeros(0, 2), 1.0)
+    with pytest.raises(ValueError, match="distances has non-finite"):
+        analysis.attention_distance_summary(torch.tensor([[1.0, float("nan")]]), 1.0)
+
+
+def test_what_the_model_learned_reads_a_linear_embedding_with_its_own_patch():
+    model = tiny_model(patch_embed="linear")  # patch (2, 8): 48 features, which also read as a 4x4x3 patch
+    images, masks = torch.randn(2, 3, 8, 16), torch.rand(2, 8, 16) > 0.5
+    out = analysis.what_the_model_learned(model, images, masks, num_components=4)
+    w = rearrange(model.patch_embed.proj.weight.detach(), "d (p1 p2 c) -> d c p1 p2", p1=2, p2=8, c=3)
+    components, ratio = analysis.patch_embedding_components(w, num_components=4)  # as a conv filter, by hand
+    assert out["smoothness"] == pytest.approx(analysis.filter_smoothness(components))
+    assert out["variance_top"] == pytest.approx(float(ratio.sum()))
+
+
+def test_what_the_model_learned_on_a_hybrid_and_other_image_sizes():
+    hybrid = tiny_model(hybrid_layers=(1,), patch_size=1, image_size=(8, 16))  # one token = 4x4 input pixels
+    images, masks = torch.randn(2, 3, 8, 16), torch.rand(2, 8, 16) > 0.5
+    out = analysis.what_the_model_learned(hybrid, images, masks)
+    with torch.no_grad():
+        _, att = hybrid.eval()(images, return_attention=True)
+    expected = analysis.mean_attention_distance(att, (2, 4), 4) / analysis.uniform_attention_distance((2, 4), 4)
+    torch.testing.assert_close(out["distance"]["ratio"], expected)  # in input pixels, not feature-map pixels
+    assert math.isnan(out["smoothness"]) and math.isnan(out["variance_top"])  # 1x1 filters on CNN features
+    dynamic = tiny_model(dynamic_img_size=True)
+    out = analysis.what_the_model_learned(dynamic, torch.randn(2, 3, 16, 32), torch.rand(2, 16, 32) > 0.5, 4)
+    assert out["distance"]["ratio"].shape == (2, 2) and math.isfinite(out["localization"])
+    with pytest.raises(ValueError, match=r"images must be a non-empty batch \[B, C, H, W\], got \(0, 3, 8, 16\)"):
+        analysis.what_the_model_learned(dynamic, torch.randn(0, 3, 8, 16), torch.zeros(0, 8, 16))
+    with pytest.raises(ValueError, match=r"masks must have shape \(2, 8, 16\)"):
+        analysis.what_the_model_learned(dynamic, images, torch.zeros(2, 16, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_attention_on_a_gpu_stays_there():
+    att = [a.cuda() for a in random_attention(2, 1, 2, 7)]
+    assert analysis.attention_rollout(att).device.type == "cuda"
+    assert analysis.mean_attention_distance(att, (2, 3), 4, query_mask=torch.ones(1, 6)).device.type == "cuda"
+
+
+def test_save_figure_refuses_names_that_leave_the_figures_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path / "figures"))
+    fig = plt.figure()
+    for name in ["sub/fig", str(tmp_path / "elsewhere"), "../escape", "", ".png"]:
+        with pytest.raises(ValueError, match="name must be a plain file name"):
+            viz.save_figure(fig, name)
+    with pytest.raises(ValueError, match="writes PNG files"):
+        viz.save_figure(fig, "fig.pdf")  # was fig.pdf.png
+    with pytest.raises(TypeError, match="pass ax.figure"):
+        viz.save_figure(fig.gca(), "fig")
+    assert viz.save_figure(fig, "Fig.PNG").is_file()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["Fig.PNG"]
+
+
+def test_eight_bit_images_are_scaled_not_clipped_white():
+    grey = np.full((4, 4, 3), 51, dtype=np.uint8)  # as np.asarray(PIL image) gives it
+    np.testing.assert_allclose(viz.to_numpy_image(grey), 0.2)
+    np.testing.assert_allclose(viz.to_numpy_image(torch.from_numpy(grey).permute(2, 0, 1)), 0.2)
+
+
+def test_attention_plots_refuse_a_layer_out_of_range_or_another_image(nano_attention):
+    _, images, att = nano_attention  # 2 layers, grid 8x8, images 32x32
+    assert "Layer 2 of 2" in viz.plot_attention_heads(images[0], att, 8, layer=-1)._suptitle.get_text()
+    for layer in (2, -3):  # was wrapped round silently: layer=2 drew layer 1
+        with pytest.raises(ValueError, match=r"layer must be an int in 0\.\.1"):
+            viz.plot_attention_heads(images[0], att, 8, layer=layer)
+    for plot in (viz.plot_attention_heads, viz.plot_attention_layers):
+        with pytest.raises(ValueError, match="the image is 36x36 pixels"):
+            plot(torch.rand(3, 36, 36), att, 8)
+    maps = analysis.rollout_cls_map(att, 8)
+    with pytest.raises(ValueError, match="the image is 36x36 pixels"):
+        viz.plot_rollout(torch.rand(2, 3, 36, 36), maps)
+
+
+def test_plots_refuse_empty_or_short_inputs():
+    with pytest.raises(ValueError, match="nothing to draw"):
+        viz.show_images(torch.zeros(0, 3, 8, 8))
+    with pytest.raises(ValueError, match="nothing to draw"):
+        viz.plot_rollout(torch.zeros(0, 3, 8, 8), torch.zeros(0, 2, 2))
+    with pytest.raises(ValueError, match="got 2 images but 1 titles"):
+        viz.plot_rollout(torch.rand(2, 3, 8, 8), torch.rand(2, 2, 2), titles=["a"])
+    with pytest.raises(ValueError, match="non-finite"):
+        viz.plot_rollout(torch.rand(1, 3, 8, 8), torch.full((1, 2, 2), float("nan")))
+    comps, ratio = torch.randn(4, 3, 2, 2), torch.full((2,), 0.1)
+    with pytest.raises(ValueError, match="variance_ratio must have a share for each of the 4 components"):
+        viz.plot_patch_components(comps, variance_ratio=ratio)
+    sim = analysis.pos_embed_similarity(torch.randn(4, 8), (2, 2), num_prefix_tokens=0)
+    with pytest.raises(ValueError, match="variance_ratio must have a share for each of the 4 components"):
+        viz.plot_figure7(comps, sim, torch.rand(2, 2), 1.0, variance_ratio=ratio)
+
+
+def test_num_prefix_tokens_must_be_a_count():
+    att = random_attention(1, 1, 2, 5)
+    for bad in (1.0, True, -1):  # 1.0 was a TypeError about slice indices; True passed as 1
+        with pytest.raises(ValueError, match="num_prefix_tokens must be an int >= 0"):
+            analysis.cls_attention_maps(att, (2, 2), bad)
+
+
+def test_mean_attention_distance_of_half_precision_attention_keeps_float32_precision():
+    att = [a.to(torch.bfloat16) for a in random_attention(2, 2, 3, 13)]
+    d = analysis.mean_attention_distance(att, (3, 4), 4)  # was rounded to bfloat16: heads tied at one value
+    torch.testing.assert_close(d, analysis.mean_attention_distance([a.float() for a in att], (3, 4), 4))

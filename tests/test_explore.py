@@ -266,3 +266,66 @@ def test_bad_input_says_what_was_expected_and_what_came(course) -> None:
         explore(model, x, head=4)
     with pytest.raises(TypeError, match="model must be a vit_edu VisionTransformer"):
         explore(torch.nn.Linear(2, 2), x)
+
+
+def tiny_model(**overrides):
+    import vit_edu
+
+    torch.manual_seed(0)
+    kw = dict(image_size=(8, 12), patch_size=4, dim=16, depth=2, heads=2, mlp_dim=32, num_classes=3)
+    return vit_edu.VisionTransformer(**{**kw, **overrides})
+
+
+def test_a_grey_model_is_explored_with_its_image_drawn_grey(tmp_path) -> None:
+    from PIL import Image
+
+    model = tiny_model(in_channels=1)
+    x = torch.rand(2, 1, 8, 12) * 2 - 1  # normalized with the course's 0.5 / 0.5, one channel
+    explorer = explore(model, x, interactive=False)  # was: "display must have shape [2, 1, 8, 12]"
+    view = explorer.view
+    assert view.image.shape == (8, 12, 3)
+    grey = (x[0, 0] * 0.5 + 0.5).clamp(0, 1)  # [8, 12]
+    np.testing.assert_allclose(view.image, grey[..., None].expand(8, 12, 3).numpy(), atol=1e-6)
+    assert explorer.figure.png()[:4] == b"\x89PNG"
+    Image.fromarray(np.full((5, 7, 3), 102, dtype=np.uint8)).save(tmp_path / "mine.png")  # an RGB file
+    index = explorer.data.add_image(tmp_path / "mine.png")
+    assert explorer.data.inputs[index].shape == (1, 8, 12)
+    np.testing.assert_allclose(explorer.data.display[index], 0.4, atol=1e-6)
+
+
+def test_a_bfloat16_model_is_explored() -> None:
+    model = tiny_model().to(torch.bfloat16)
+    view = explore(model, torch.randn(1, 3, 8, 12), interactive=False).view  # was: unsupported ScalarType BFloat16
+    assert view.patch_map.dtype == np.float32 and view.rollout.sum() == pytest.approx(1.0, abs=1e-5)
+    assert view.patch_map.sum() + view.cls_share == pytest.approx(1.0, abs=2e-2)  # a bfloat16 softmax row
+
+
+def test_pictures_and_normalization_are_checked_before_they_are_drawn() -> None:
+    model, x = tiny_model(), torch.randn(2, 3, 8, 12)
+    with pytest.raises(ValueError, match="images has non-finite values"):
+        explore(model, torch.full((1, 3, 8, 12), float("nan")))
+    with pytest.raises(ValueError, match=r"display must be in \[0, 1\].*got values in \[200, 200\]"):
+        explore(model, x, display=torch.full((2, 3, 8, 12), 200.0))  # was drawn all white
+    with pytest.raises(ValueError, match=r"mean must have one value per input channel \(3\), got \(0.4, 0.5\)"):
+        explore(model, x, mean=(0.4, 0.5))
+    with pytest.raises(ValueError, match="std must be positive"):
+        explore(model, x, std=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="cache_size must be an int >= 0"):
+        ExplorerData(model, x, cache_size=-1)
+    data = ExplorerData(model, x)
+    with pytest.raises(ValueError, match=r"image must be in \[0, 1\]"):
+        data.add_image(torch.randn(3, 8, 12) * 3)  # a normalized image: was clamped and explored silently
+    with pytest.raises(ValueError, match=r"image must have shape \[1, 3, 8, 12\].*got \(2, 3, 8, 12\)"):
+        data.add_image(torch.rand(2, 3, 8, 12))  # was: the first kept, the second dropped
+    assert len(data) == 2
+
+
+def test_a_model_without_class_token_names_no_class_token() -> None:
+    explorer = explore(tiny_model(class_token=False, pool="mean"), torch.randn(1, 3, 8, 12), interactive=False)
+    titles = [explorer.figure.ax_rollout.get_title(), explorer.figure.ax_patch.get_title()]
+    summary = explorer.data.summary(explorer.view)
+    assert "class token" not in titles[0] + titles[1] + summary  # was "rollout of the class token", "class token 0.00"
+    assert titles[0].startswith("rollout of the mean query")
+    with_cls = explore(tiny_model(), torch.randn(1, 3, 8, 12), interactive=False)
+    assert with_cls.figure.ax_rollout.get_title() == "rollout of the class token"
+    assert "to the class token" in with_cls.data.summary(with_cls.view)

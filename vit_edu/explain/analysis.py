@@ -61,14 +61,37 @@ def _stack_attentions(attentions: Sequence[torch.Tensor], detach: bool = True) -
             )
         if not torch.is_floating_point(a):
             raise TypeError(f"attentions[{i}] must be floating point, got dtype {a.dtype}")
+        _check_probabilities(a.detach(), f"attentions[{i}]")
     return torch.stack([a.detach() if detach else a for a in attentions])  # [L, B, H, T, T]
+
+
+def _check_probabilities(a: torch.Tensor, name: str) -> None:
+    """Attention rows are softmax outputs: finite, non-negative, each summing to 1 (within 0.02, for bfloat16).
+    Scores before the softmax, or NaN from a diverged model, would otherwise give a plausible-looking map."""
+    if a.numel() == 0:
+        return
+    if not torch.isfinite(a).all():
+        raise ValueError(f"{name} has non-finite values (nan or inf); attention must be softmax probabilities")
+    row_sums = a.sum(dim=-1, dtype=torch.float64)
+    tol = 0.02  # loose: bfloat16 rounds each weight by up to 0.4 %; scores or a forgotten division are far off
+    if a.min() < 0 or (row_sums - 1).abs().max() > tol:
+        raise ValueError(
+            f"{name} must hold attention probabilities (every row >= 0 and summing to 1, a softmax output), "
+            f"got values in [{float(a.min()):.3g}, {float(a.max()):.3g}] and row sums in "
+            f"[{float(row_sums.min()):.3g}, {float(row_sums.max()):.3g}]; scores before the softmax?"
+        )
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} has non-finite values (nan or inf)")
 
 
 def _check_tokens(num_tokens: int, grid_size: Size2, num_prefix_tokens: int) -> Tuple[int, int]:
     """T must equal prefix + gh * gw; returns the grid as a pair."""
     gh, gw = to_2tuple(grid_size, "grid_size")
-    if num_prefix_tokens < 0:
-        raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be an int >= 0 (1 with a class token, 0 without), got {num_prefix_tokens!r}")
     expected = num_prefix_tokens + gh * gw
     if num_tokens != expected:
         raise ValueError(
@@ -109,7 +132,7 @@ def attention_rollout(
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     L, B, H, T, _ = stacked.shape
     stacked = stacked.to(torch.float64)  # long products of small numbers: keep precision
-    eye = torch.eye(T, dtype=stacked.dtype)
+    eye = torch.eye(T, dtype=stacked.dtype, device=stacked.device)  # a GPU model's attention stays there
     rollout = eye.expand(B, T, T)
     for layer in range(L):  # first layer first
         if head_fusion == "mean":
@@ -216,25 +239,30 @@ def mean_attention_distance(
     ``query_mask`` [B, gh, gw] or [B, N] (bool or non-negative weights) averages over the chosen query
     patches only, e.g. those on the object (``object_patches``) or those on the background: who asks
     matters, since the paper's average over all queries is dominated by whatever covers most of the image.
+    Returned in the attentions' dtype, or float32 for half-precision attention.
     """
     stacked = _stack_attentions(attentions).to(torch.float64)  # [L, B, H, T, T]
-    _check_tokens(stacked.shape[-1], grid_size, num_prefix_tokens)
-    centers = patch_centers(grid_size, patch_size)  # [N, 2]
+    gh, gw = _check_tokens(stacked.shape[-1], grid_size, num_prefix_tokens)
+    if stacked.shape[1] == 0:
+        raise ValueError("mean_attention_distance needs attention of at least one image, got an empty batch (B=0)")
+    centers = patch_centers(grid_size, patch_size).to(stacked.device)  # [N, 2]
     dist = torch.cdist(centers, centers)  # [N, N] Euclidean, pixels
     a = stacked[..., num_prefix_tokens:, num_prefix_tokens:]  # [L, B, H, N, N] patch -> patch
     a = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     per_query = (a * dist).sum(dim=-1)  # [L, B, H, N]
+    # float32 at least: in bfloat16 (3 significant digits) the heads of a layer would tie at the same distance
+    out_dtype = torch.promote_types(attentions[0].dtype, torch.float32)
     if query_mask is None:
-        return per_query.mean(dim=(1, 3)).to(attentions[0].dtype)  # [L, H]
+        return per_query.mean(dim=(1, 3)).to(out_dtype)  # [L, H]
     B, N = per_query.shape[1], per_query.shape[-1]
-    if not isinstance(query_mask, torch.Tensor) or query_mask.numel() != B * N or query_mask.shape[0] != B:
+    if not isinstance(query_mask, torch.Tensor) or tuple(query_mask.shape) not in ((B, N), (B, gh, gw)):
         shape = tuple(query_mask.shape) if isinstance(query_mask, torch.Tensor) else type(query_mask).__name__
-        raise ValueError(f"query_mask must have shape [{B}, {N}] or [{B}, gh, gw] (one weight per query patch), got {shape}")
-    w = query_mask.detach().reshape(B, N).to(torch.float64)
-    if (w < 0).any() or not w.sum() > 0:
-        raise ValueError("query_mask must be non-negative and select at least one query patch")
+        raise ValueError(f"query_mask must have shape [{B}, {N}] or [{B}, {gh}, {gw}] (one weight per query patch), got {shape}")
+    w = query_mask.detach().reshape(B, N).to(per_query.device, torch.float64)
+    if not torch.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+        raise ValueError("query_mask must be finite, non-negative and select at least one query patch")
     w = rearrange(w, "b n -> 1 b 1 n")
-    return ((per_query * w).sum(dim=(1, 3)) / w.sum(dim=(1, 3))).to(attentions[0].dtype)  # [L, H]
+    return ((per_query * w).sum(dim=(1, 3)) / w.sum(dim=(1, 3))).to(out_dtype)  # [L, H]
 
 
 # ------------------------------------------------------------------------------------- position embedding
@@ -262,6 +290,7 @@ def pos_embed_similarity(pos_embed: torch.Tensor, grid_size: Size2, num_prefix_t
             f"pos_embed has {x.shape[0]} rows; expected {n} (grid {gh}x{gw}) or {n + num_prefix_tokens} "
             f"(with {num_prefix_tokens} prefix tokens)"
         )
+    _check_finite(x, "pos_embed")
     x = F.normalize(x.to(torch.float64), dim=-1)  # unit rows: dot product = cosine
     sim = x @ x.T  # [N, N]
     return rearrange(sim, "(a b) (c d) -> a b c d", a=gh, b=gw, c=gh, d=gw).float()
@@ -274,9 +303,12 @@ def grid_distances(grid_size: Size2) -> torch.Tensor:
 
 
 def rankdata(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n of a 1-D tensor, ties get the average of their ranks (scipy's ``rankdata`` 'average')."""
+    """Ranks 1..n of a 1-D tensor, ties get the average of their ranks (scipy's ``rankdata`` 'average');
+    all ``nan`` if there is a ``nan``, as scipy's default."""
     if x.ndim != 1:
         raise ValueError(f"rankdata expects a 1-D tensor, got shape {tuple(x.shape)}")
+    if torch.is_floating_point(x) and x.isnan().any():  # as scipy: a nan has no rank, and then neither has the rest
+        return torch.full(x.shape, float("nan"), dtype=torch.float64)
     values, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
     last_rank = counts.cumsum(0).to(torch.float64)  # rank of the last copy of each distinct value
     average_rank = last_rank - (counts.to(torch.float64) - 1) / 2  # mean of first..last
@@ -299,6 +331,7 @@ def similarity_distance_correlation(sim: torch.Tensor) -> Dict[str, float]:
     if not isinstance(sim, torch.Tensor) or sim.ndim != 4 or sim.shape[:2] != sim.shape[2:]:
         shape = tuple(sim.shape) if isinstance(sim, torch.Tensor) else type(sim).__name__
         raise ValueError(f"sim must have shape [gh, gw, gh, gw] (from pos_embed_similarity), got {shape}")
+    _check_finite(sim.detach(), "sim")
     gh, gw = sim.shape[:2]
     s = rearrange(sim.detach().to(torch.float64), "a b c d -> (a b) (c d)")  # [N, N]
     d = grid_distances((gh, gw))  # [N, N]
@@ -352,9 +385,10 @@ def patch_embedding_components(
         to_images = lambda v: rearrange(v, "k (p1 p2 c) -> k c p1 p2", c=C, p1=ph, p2=pw)  # noqa: E731
     else:
         raise ValueError(f"proj_weight must be a Conv2d weight [D, C, P, P] or a Linear weight [D, P*P*C], got {tuple(w.shape)}")
-    max_k = min(flat.shape)
-    if not 1 <= num_components <= max_k:
-        raise ValueError(f"num_components must be in 1..{max_k} (min of D={flat.shape[0]} and P*P*C={flat.shape[1]}), got {num_components}")
+    max_k = min(flat.shape[0] - 1, flat.shape[1])  # centring the D filters leaves at most D - 1 directions
+    if isinstance(num_components, bool) or not isinstance(num_components, int) or not 1 <= num_components <= max_k:
+        raise ValueError(f"num_components must be an int in 1..{max_k} (min of D-1={flat.shape[0] - 1} and "
+                         f"P*P*C={flat.shape[1]}), got {num_components!r}")
     centered = flat - flat.mean(dim=0, keepdim=True)  # [D, F]
     _, s, vh = torch.linalg.svd(centered, full_matrices=False)  # vh: [min(D, F), F]
     components = vh[:num_components]  # [k, F], unit vectors
@@ -392,9 +426,10 @@ def attention_distance_summary(distances: torch.Tensor, uniform_distance: float)
     patches), the most local head of the first layer (``first_layer_min``), the mean over heads per layer
     (``layer_mean`` [L]) and whether that mean rises from the first layer to the last (``rising``).
     """
-    if not isinstance(distances, torch.Tensor) or distances.ndim != 2:
+    if not isinstance(distances, torch.Tensor) or distances.ndim != 2 or distances.numel() == 0:
         shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
-        raise ValueError(f"distances must be a [layers, heads] tensor (from mean_attention_distance), got {shape}")
+        raise ValueError(f"distances must be a non-empty [layers, heads] tensor (from mean_attention_distance), got {shape}")
+    _check_finite(distances.detach(), "distances")
     if not uniform_distance > 0:
         raise ValueError(f"uniform_distance must be > 0, got {uniform_distance}")
     ratio = distances.detach().to(torch.float64) / uniform_distance
@@ -418,25 +453,41 @@ def what_the_model_learned(model: nn.Module, images: torch.Tensor, masks: torch.
     ``distance`` (``attention_distance_summary``: Fig. 7 right, relative to uniform attention),
     ``localization`` (mean mass of the class token's attention rollout on the object over the object's
     share of patches), ``smoothness`` of the top ``num_components`` principal components of the patch
-    filters and the ``variance_top`` they explain (Fig. 7 left).
+    filters and the ``variance_top`` they explain (Fig. 7 left; ``nan`` for a hybrid, whose projection sees CNN
+    features, as ``spearman`` is without a position embedding). Distances are in input pixels and the grid is
+    the images' own, so a hybrid and a model with ``dynamic_img_size`` (images of another size) work too.
     """
-    config = model.config
-    grid, patch = config.grid_size, config.patch_size
+    config, embed = model.config, model.patch_embed
+    patch = tuple(embed.patch_size)  # one token's patch in input pixels (the hybrid's: backbone stride x P)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty batch [B, C, H, W], got {shape}")
+    B, _, H, W = images.shape
+    if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (B, H, W):
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must have shape {(B, H, W)} (one per image, the images' size), got {shape}")
+    grid = (H // patch[0], W // patch[1])  # the images' grid: another size than the table's with dynamic_img_size
     prefix = 1 if config.class_token else 0
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        _, attentions = model(images, return_attention=True)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            _, attentions = model(images, return_attention=True)
+    finally:
+        model.train(was_training)
     distances = mean_attention_distance(attentions, grid, patch, prefix)
     out: Dict[str, object] = {
         "distance": attention_distance_summary(distances, uniform_attention_distance(grid, patch)),
         "localization": attention_localization(rollout_cls_map(attentions, grid, prefix), masks, patch)["mean"],
     }
     pos = getattr(model, "pos_embed", None)
-    out["spearman"] = (similarity_distance_correlation(pos_embed_similarity(pos, grid, prefix))["spearman"]
+    out["spearman"] = (similarity_distance_correlation(pos_embed_similarity(pos, embed.grid_size, prefix))["spearman"]
                        if isinstance(pos, torch.Tensor) else float("nan"))
-    components, ratio = patch_embedding_components(model.patch_embed.proj, num_components=num_components)
+    if config.hybrid_layers is not None:  # the projection's filters see CNN features, not image pixels
+        out["smoothness"] = out["variance_top"] = float("nan")
+        return out
+    components, ratio = patch_embedding_components(embed.proj, num_components=num_components,
+                                                   patch_size=config.patch_size, in_channels=config.in_channels)
     out["smoothness"] = filter_smoothness(components)
     out["variance_top"] = float(ratio.sum())
     return out
@@ -453,6 +504,7 @@ def object_patches(masks: torch.Tensor, patch_size: Size2) -> torch.Tensor:
     if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or masks.shape[1] % ph or masks.shape[2] % pw:
         shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
         raise ValueError(f"masks must have shape [B, H, W] with H, W multiples of the patch size {(ph, pw)}, got {shape}")
+    _check_finite(masks.detach(), "masks")  # a nan pixel would count as background, silently
     inside = (masks.detach().to(torch.float64) > 0.5).to(torch.float64)  # [B, H, W]
     coverage = F.avg_pool2d(inside[:, None], kernel_size=(ph, pw))[:, 0]  # [B, gh, gw] pixel share per patch
     obj = coverage >= 0.5
@@ -485,8 +537,12 @@ def attention_localization(attention_map: torch.Tensor, masks: torch.Tensor, pat
     if tuple(masks.shape) != expected:
         raise ValueError(f"masks must have shape {expected} (map {tuple(attention_map.shape)} x patch {(ph, pw)}), got {tuple(masks.shape)}")
     m = attention_map.detach().to(torch.float64)
+    _check_finite(m, "attention_map")
     if (m < 0).any():
         raise ValueError("attention_map must be non-negative")
+    empty = (m.flatten(1).sum(dim=1) <= 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_map of image(s) {empty} sums to 0: no attention to place on the object")
     obj = object_patches(masks, (ph, pw)).to(torch.float64)  # [B, gh, gw]
     object_share = obj.flatten(1).mean(dim=1)  # [B]
     mass_on_object = (m * obj).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp_min(1e-300)  # [B]

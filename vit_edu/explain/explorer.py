@@ -116,12 +116,14 @@ class ExplorerData:
         self.channels = int(config.in_channels)
         self.layers, self.heads = int(config.depth), int(config.heads)
         self.prefix = 1 if config.class_token else 0
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean = self._per_channel(mean, "mean")
+        self.std = self._per_channel(std, "std")
+        if not (self.std > 0).all():
+            raise ValueError(f"std must be positive, got {tuple(self.std.flatten().tolist())}")
         self.inputs = self._check_images(images, "images")
         if display is None:
             display = (self.inputs * self.std + self.mean).clamp(0, 1)
-        display = self._check_images(display, "display", batch=len(self.inputs))
+        display = self._check_images(display, "display", batch=len(self.inputs), shown=True)
         self.display: List[np.ndarray] = [self._to_hwc(d) for d in display]
         self.labels: List[Optional[int]] = [None] * len(self.inputs) if labels is None else [int(v) for v in labels]
         self.own: List[bool] = [False] * len(self.inputs)  # a learner's own image, added later
@@ -132,12 +134,24 @@ class ExplorerData:
         self.pos_sim = (analysis.pos_embed_similarity(pos, self.grid, self.prefix).numpy()
                         if isinstance(pos, torch.Tensor) else None)  # [gh, gw, gh, gw]
         self.uniform_distance = analysis.uniform_attention_distance(self.grid, self.patch)
-        self.cache_size = int(cache_size)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an int >= 0 (images whose attention is kept), got {cache_size!r}")
+        self.cache_size = cache_size
         self._cache: "OrderedDict[int, _Cached]" = OrderedDict()
         self.forward_calls = 0
 
     # ------------------------------------------------------------------------------------------ inputs
-    def _check_images(self, images: object, name: str, batch: Optional[int] = None) -> torch.Tensor:
+    def _per_channel(self, values: Sequence[float], name: str) -> torch.Tensor:
+        """One value per input channel as [C, 1, 1]: C values, or one (or all alike, as the course's) for every channel."""
+        v = torch.as_tensor(values, dtype=torch.float64).flatten()  # float64: the message quotes it as given
+        if len(v) != self.channels and not (len(v) >= 1 and (v == v[0]).all()):
+            raise ValueError(f"{name} must have one value per input channel ({self.channels}), got {tuple(v.tolist())}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} must be finite, got {tuple(v.tolist())}")
+        return (v if len(v) == self.channels else v[:1].repeat(self.channels)).view(-1, 1, 1).float()
+
+    def _check_images(self, images: object, name: str, batch: Optional[int] = None, shown: bool = False) -> torch.Tensor:
+        """[B, C, H, W] (or one [C, H, W]) at the model's size, floating point and finite; ``shown``: in [0, 1]."""
         C, (H, W) = self.channels, self.image_size
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor [B, {C}, {H}, {W}], got {type(images).__name__}")
@@ -150,11 +164,19 @@ class ExplorerData:
                              f"got {tuple(images.shape)}")
         if not torch.is_floating_point(x):
             raise TypeError(f"{name} must be floating point (scale 8-bit images: x.float() / 255), got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} has non-finite values (nan or inf)")
+        if shown and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+            raise ValueError(f"{name} must be in [0, 1] (the picture to show, not normalized), "
+                             f"got values in [{float(x.min()):.3g}, {float(x.max()):.3g}]")
         return x.float()
 
     @staticmethod
     def _to_hwc(image: torch.Tensor) -> np.ndarray:
-        return image.permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float64)
+        """[C, H, W] -> [H, W, 3] in [0, 1]: a grey image (C = 1) is drawn as RGB."""
+        if image.shape[0] not in (1, 3):
+            raise ValueError(f"cannot draw a {image.shape[0]}-channel image: pass display [B, 3, H, W] in [0, 1]")
+        return image.expand(3, -1, -1).permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float64)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -163,8 +185,9 @@ class ExplorerData:
         """Add the learner's own image: a file (resized to the model's image size) or a tensor [C, H, W] in
         [0, 1]. Returns its index."""
         if isinstance(source, (str, Path)):
-            source = load_image(source, self.image_size)
-        shown = self._check_images(source, "image")[0].clamp(0, 1)
+            source = load_image(source, self.image_size)  # RGB
+            source = source.mean(dim=0, keepdim=True) if self.channels == 1 else source
+        shown = self._check_images(source, "image", batch=1, shown=True)[0].clamp(0, 1)
         self.inputs = torch.cat([self.inputs, ((shown - self.mean) / self.std)[None]])
         self.display.append(self._to_hwc(shown))
         self.labels.append(label)
@@ -183,10 +206,12 @@ class ExplorerData:
         self.model.eval()
         try:
             with torch.no_grad():
-                logits, attentions = self.model(self.inputs[index:index + 1], return_attention=True)
+                device = next(self.model.parameters()).device
+                logits, attentions = self.model(self.inputs[index:index + 1].to(device), return_attention=True)
         finally:
             self.model.train(was_training)
         self.forward_calls += 1
+        attentions = [a.float().cpu() for a in attentions]  # a bfloat16 or GPU model's: numpy needs float32 on CPU
         entry = _Cached(
             attention=torch.stack([a[0] for a in attentions]).float(),  # [L, heads, T, T]
             rollout=analysis.rollout_cls_map(attentions, self.grid, self.prefix)[0].numpy(),
@@ -244,8 +269,8 @@ class ExplorerData:
         s, m = view.selection, view.patch_map
         r, c = np.unravel_index(int(np.argmax(m)), m.shape)
         return (f"{view.caption} · patch (row {s.row}, col {s.col}) · layer {s.layer + 1}, head {s.head + 1}: "
-                f"most attention to patch (row {r}, col {c}), {100 * m[r, c]:.0f} %; "
-                f"to the class token {100 * view.cls_share:.0f} %")
+                f"most attention to patch (row {r}, col {c}), {100 * m[r, c]:.0f} %"
+                + (f"; to the class token {100 * view.cls_share:.0f} %" if self.prefix else ""))
 
 
 def load_image(path: Union[str, Path], image_size: Tuple[int, int]) -> torch.Tensor:
@@ -296,7 +321,8 @@ class ExplorerFigure:
             if ax is not self.ax_rollout:  # the rollout is the class token's, not the patch's
                 self.boxes.append(ax.add_patch(Rectangle((0, 0), data.patch[1], data.patch[0], fill=False,
                                                          edgecolor="cyan", linewidth=2)))
-        self.ax_rollout.set_title("rollout of the class token", fontsize=9)
+        self.ax_rollout.set_title("rollout of the class token" if data.prefix else "rollout of the mean query\n"
+                                  "(the classifier reads the mean of the tokens)", fontsize=9)
         self.ax_pos.set_title("no position embedding" if data.pos_sim is None else
                               "E_pos similarity to the patch\n(cosine: -1 blue, 1 red)", fontsize=9)
         self._init_distance()
@@ -349,7 +375,8 @@ class ExplorerFigure:
             box.set_xy((s.col * d.patch[1], s.row * d.patch[0]))
         self.ax_image.set_title(view.caption.replace(", predicted", "\npredicted"), fontsize=9)
         self.ax_patch.set_title(f"patch ({s.row}, {s.col}), layer {s.layer + 1}, head {s.head + 1}\n"
-                                f"max {view.patch_map.max():.2f}, class token {view.cls_share:.2f}", fontsize=9)
+                                f"max {view.patch_map.max():.2f}"
+                                + (f", class token {view.cls_share:.2f}" if d.prefix else ""), fontsize=9)
         for h, dots in enumerate(self.dots):
             dots.set_offsets(np.column_stack([np.arange(1, d.layers + 1), view.distances[:, h]]))
         layer, _, distance = view.highlight

@@ -33,9 +33,21 @@ def figures_dir(create: bool = True) -> Path:
 
 
 def save_figure(fig: Optional[plt.Figure], name: str, dpi: int = 100) -> Path:
-    """Save ``fig`` (default: the current figure) as figures_dir()/<name>.png (a stable name); returns the path."""
+    """Save ``fig`` (default: the current figure) as figures_dir()/<name>.png (a stable name); returns the path.
+
+    ``name`` is a plain file name (no folder, ".png" optional): every figure lands in the one figures folder.
+    """
     fig = fig if fig is not None else plt.gcf()
-    if not name.endswith(".png"):
+    if not isinstance(fig, plt.Figure):
+        hint = " (an Axes: pass ax.figure)" if isinstance(fig, plt.Axes) else ""
+        raise TypeError(f"fig must be a matplotlib Figure or None (the current figure), got {type(fig).__name__}{hint}")
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise ValueError(f"name must be a plain file name such as '07_rollout' (no folder: figures go to "
+                         f"{figures_dir(create=False)}), got {name!r}")
+    stem, dot, ext = name.rpartition(".")
+    if dot and stem and ext.lower() in fig.canvas.get_supported_filetypes() and ext.lower() != "png":
+        raise ValueError(f"save_figure writes PNG files; name {name!r} asks for .{ext}: leave the extension out")
+    if not name.lower().endswith(".png"):
         name += ".png"
     path = figures_dir() / name
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
@@ -56,13 +68,15 @@ MASK_COLOR = "cyan"
 def to_numpy_image(image: ImageLike) -> np.ndarray:
     """One image as a float numpy array [H, W, 3] (or [H, W] for grey) clipped to [0, 1].
 
-    Accepts [C, H, W] / [1, C, H, W] tensors or arrays, and [H, W, C] / [H, W] arrays or tensors.
+    Accepts [C, H, W] / [1, C, H, W] tensors or arrays, and [H, W, C] / [H, W] arrays or tensors; 8-bit images
+    (uint8, 0..255, as PIL gives them) are scaled to [0, 1].
     """
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().float().numpy()
+        image = image.detach().cpu()
+        image = image.numpy() if image.dtype == torch.uint8 else image.float().numpy()
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a torch.Tensor or numpy array, got {type(image).__name__}")
-    x = image.astype(np.float64)
+    x = image.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
@@ -121,6 +135,8 @@ def _overlay(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, alpha: float = 0
 
 
 def _grid(n: int, ncols: int, tile: float = 1.6, extra_h: float = 0.0):
+    if n < 1:
+        raise ValueError("nothing to draw: got 0 images (an empty batch or list)")
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, tile * nrows + extra_h), squeeze=False)
@@ -152,6 +168,14 @@ def show_images(images, labels=None, class_names: Union[Sequence[str], None] = N
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _check_on_grid(image: np.ndarray, grid: Tuple[int, int], what: str) -> None:
+    """A map on a gh x gw grid belongs to an image that the grid cuts into whole patches; else it is another image."""
+    H, W = image.shape[:2]
+    if H % grid[0] or W % grid[1]:
+        raise ValueError(f"the image is {H}x{W} pixels, which a {grid[0]}x{grid[1]} grid of patches does not cut "
+                         f"into whole patches: {what} belong to an image of another size (pass the image they come from)")
 
 
 def _patch_grid(image: ImageLike, patch_size) -> Tuple[np.ndarray, Tuple[int, int], Tuple[int, int]]:
@@ -202,8 +226,11 @@ def plot_attention_heads(image: ImageLike, attentions: Sequence[torch.Tensor], g
     """
     maps = analysis.cls_attention_maps(attentions, grid_size, num_prefix_tokens)  # [B, L, H, gh, gw]
     L, heads = maps.shape[1], maps.shape[2]
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
+        raise ValueError(f"layer must be an int in 0..{L - 1} (counted from 0; -1 is the last) for {L} layers, got {layer!r}")
     layer_idx = layer % L
     im = to_numpy_image(image)
+    _check_on_grid(im, maps.shape[-2:], "the attention maps")
     up = analysis.upsample_map(maps[index, layer_idx], im.shape[:2]).numpy()  # [heads, H, W]
     ncols = heads + 1
     fig, axes = plt.subplots(1, ncols, figsize=(2.0 * ncols + 0.8, 2.5), squeeze=False, layout="constrained")
@@ -224,6 +251,7 @@ def plot_attention_layers(image: ImageLike, attentions: Sequence[torch.Tensor], 
     maps = analysis.cls_attention_maps(attentions, grid_size, num_prefix_tokens)  # [B, L, H, gh, gw]
     L, heads = maps.shape[1], maps.shape[2]
     im = to_numpy_image(image)
+    _check_on_grid(im, maps.shape[-2:], "the attention maps")
     up = analysis.upsample_map(maps[index].flatten(0, 1), im.shape[:2]).numpy().reshape(L, heads, *im.shape[:2])
     fig, axes = plt.subplots(L, heads, figsize=(1.6 * heads + 1.0, 1.6 * L + 0.5), squeeze=False, layout="constrained")
     for l in range(L):
@@ -249,7 +277,17 @@ def plot_rollout(images, rollout_maps: torch.Tensor, masks=None, alpha: float = 
     if not isinstance(rollout_maps, torch.Tensor) or rollout_maps.ndim != 3 or rollout_maps.shape[0] != len(ims):
         shape = tuple(rollout_maps.shape) if isinstance(rollout_maps, torch.Tensor) else type(rollout_maps).__name__
         raise ValueError(f"rollout_maps must have shape [{len(ims)}, gh, gw] (one per image), got {shape}")
+    if not ims:
+        raise ValueError("nothing to draw: got 0 images (an empty batch or list)")
+    if titles is not None and len(titles) != len(ims):
+        raise ValueError(f"got {len(ims)} images but {len(titles)} titles")
+    if not torch.isfinite(rollout_maps).all():
+        raise ValueError("rollout_maps has non-finite values (nan or inf)")
     H, W = ims[0].shape[:2]
+    for im in ims:
+        if im.shape[:2] != (H, W):
+            raise ValueError(f"all images must have the same size, got {(H, W)} and {im.shape[:2]}")
+        _check_on_grid(im, rollout_maps.shape[-2:], "the rollout maps")
     up = analysis.upsample_map(rollout_maps, (H, W)).numpy()  # [B, H, W]
     ratios = None
     if masks is not None:
@@ -395,6 +433,7 @@ def plot_patch_components(components: torch.Tensor, ncols: int = 7,
         shape = tuple(components.shape) if isinstance(components, torch.Tensor) else type(components).__name__
         raise ValueError(f"components must have shape [k, C, P, P] (from patch_embedding_components), got {shape}")
     k = components.shape[0]
+    _check_variance_ratio(variance_ratio, k)
     fig, axes = _grid(k, ncols, tile=tile, extra_h=0.6)
     for i in range(k):
         _imshow(axes.flat[i], _component_tile(components[i]), interpolation="nearest")
@@ -403,6 +442,12 @@ def plot_patch_components(components: torch.Tensor, ncols: int = 7,
     fig.suptitle(f"{title}\n(mid-grey = 0; the sign of a component is arbitrary)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _check_variance_ratio(variance_ratio: Optional[torch.Tensor], k: int) -> None:
+    """One explained-variance share per component drawn (from ``analysis.patch_embedding_components``)."""
+    if variance_ratio is not None and len(variance_ratio) < k:
+        raise ValueError(f"variance_ratio must have a share for each of the {k} components drawn, got {len(variance_ratio)}")
 
 
 def _component_tile(component: torch.Tensor) -> np.ndarray:
@@ -452,6 +497,7 @@ def plot_figure7(components: torch.Tensor, sim: torch.Tensor, distances: torch.T
     k = min(num_components, components.shape[0])
     if k < 1 or ncols < 1:
         raise ValueError(f"need num_components >= 1 and ncols >= 1, got {num_components} and {ncols}")
+    _check_variance_ratio(variance_ratio, k)
     ncols = min(ncols, k)
     nrows = math.ceil(k / ncols)
     tiles = [_component_tile(components[i]) for i in range(k)]
