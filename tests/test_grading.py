@@ -140,6 +140,8 @@ SLEEP = "import time\ntime.sleep(1000)"
 MEMORY = "big = torch.ones(2**30)  # 4 GB"
 PACKAGE_ANSWER = "import vit_edu.patch_embed\npatchify = vit_edu.patch_embed.patchify"
 SUBCLASS_ANSWER = "import vit_edu.block\nclass MLP(vit_edu.block.Mlp):\n    pass"
+TABLE_ANSWER = ("from vit_edu.checks import CHECKS\n"  # the check's own right answer, taken from its table
+                "def attention(q, k, v):\n    return CHECKS['attention'].reference(None, q, k, v)")
 FORGED_PROBE = '''import vit_edu.classroom.engine as e
 _real = e._probe_case
 def _forged(ex, obj, case, index, seed):
@@ -290,7 +292,7 @@ def graded(tmp_path_factory):
         students.update(_root_attacks(victim, ROOT))
     students["kai_canary"] = {"a.ipynb": submission("a.ipynb", {"patchify": _canary(ROOT)})}
     students["abe_package"] = {"a.ipynb": submission("a.ipynb", {"patchify": PACKAGE_ANSWER}),
-                               "b.ipynb": submission("b.ipynb", {"mlp": SUBCLASS_ANSWER})}
+                               "b.ipynb": submission("b.ipynb", {"mlp": SUBCLASS_ANSWER, "attention": TABLE_ANSWER})}
     students["bea_forged_probe"] = {"a.ipynb": submission("a.ipynb", {"patchify": _attack(FORGED_PROBE)})}
     students["cal_wrapped"] = {"a.ipynb": submission("a.ipynb", {"patchify": _attack(WRAPPED)})}
     students["dee_peeks"] = {"a.ipynb": submission("a.ipynb", {"patchify": _peek(ref) + "\n" + HONEST_A})}
@@ -387,7 +389,8 @@ def test_answers_that_reach_vit_edu_or_other_files_are_flagged(graded):
     assert "ran vit_edu's own implementation of this exercise: vit_edu.patch_embed.patchify" in \
         abe[("a.ipynb", "patchify")]["flags"]
     assert "vit_edu.block.Mlp.forward" in abe[("b.ipynb", "mlp")]["flags"]
-    assert not abe[("b.ipynb", "attention")]["flags"]  # the student's own attention: nothing to say
+    assert "ran vit_edu's own implementation of this exercise: vit_edu.classroom.exercises_build._attention_reference" in \
+        abe[("b.ipynb", "attention")]["flags"]  # the grader's own right answer, called from the answer
     for student, replaced in (("bea_forged_probe", "vit_edu.classroom.engine._probe_case"),
                               ("cal_wrapped", "vit_edu.patch_embed.patchify")):
         row = graded["by"][student][("a.ipynb", "patchify")]

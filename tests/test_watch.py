@@ -205,3 +205,48 @@ def test_what_torch_and_the_checks_change_themselves_is_no_replaced_code():
     import json
 
     assert json.loads(out.splitlines()[-1]) == [[], ["torch.manual_seed"], ["torch.manual_seed"], True]
+
+
+def _answer(source: str, namespace: dict) -> None:
+    """Run ``source`` as an answer cell runs in the grader: compiled from a "<...>" name, not from a file."""
+    exec(compile(source, "<answer cell>", "exec"), namespace)  # noqa: S102 - the test's own code
+
+
+def test_an_answer_that_calls_the_checks_own_right_answer_is_noted():
+    """The exercise tables hold a right answer for every exercise (exercises_build.linear, lin, mha, ...): an
+    answer that calls them is the package's implementation by another name. The probe's own use of the tables
+    (cases, guards) is not the answer's, and an honest answer of every exercise is noted for nothing."""
+    import math
+    import sys as _sys
+
+    import torch.nn.functional as F
+    from einops import rearrange, reduce, repeat
+    from torch import nn
+
+    from vit_edu import checks
+
+    _sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from exercise_solutions import EXERCISES
+
+    grader = watch.grader_functions()
+    assert {"vit_edu.classroom.exercises_build.mha", "vit_edu.classroom.exercises_look.mad",
+            "vit_edu.checks.probe"} <= set(grader.values())
+    for name, solution in EXERCISES:
+        namespace = {"torch": torch, "nn": nn, "F": F, "math": math, "rearrange": rearrange, "reduce": reduce,
+                     "repeat": repeat}
+        _answer(solution, namespace)
+        obj = namespace[checks.CHECKS[name].call.split("(")[0]]
+        codes = watch.implementation_codes(checks.CHECKS[name].package)
+        with watch.package_calls(codes, grader) as report:
+            checks.probe(name, obj, 0)
+        assert report == {"calls": [], "unwatched": False}, name
+
+    namespace = {"torch": torch}
+    _answer("from vit_edu.classroom import exercises_build as eb\n"
+            "def project(x):\n"
+            "    return eb.lin(x, (torch.eye(x.shape[-1]), None))\n", namespace)
+    with watch.package_calls({}, grader) as report:
+        namespace["project"](torch.randn(2, 3))
+        from vit_edu.classroom.exercises_build import lin  # the test's own call (from a file): not an answer's
+        lin(torch.randn(2, 3), (torch.eye(3), None))
+    assert report == {"calls": ["vit_edu.classroom.exercises_build.lin"], "unwatched": False}

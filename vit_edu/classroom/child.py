@@ -308,7 +308,8 @@ def _child(job: dict, close: Sequence[int]) -> None:
 
         outside: List[str] = []
         watches = {"integrity": watch.Integrity(), "outside": outside,
-                   "package": {n: watch.implementation_codes(ex.package) for n, ex in checks.CHECKS.items()}}
+                   "package": {n: watch.implementation_codes(ex.package) for n, ex in checks.CHECKS.items()},
+                   "grader": watch.grader_functions()}
         watch.watch_files([scratch, *allowed], outside)
     except BaseException as err:  # noqa: BLE001 - the sandbox could not be set up: say why, run nothing
         try:
@@ -407,7 +408,7 @@ def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
                 continue
             calls: Dict[str, Any] = {"calls": [], "unwatched": False}
             try:
-                with package_calls(watches["package"].get(step["check"], {})) as calls:
+                with package_calls(watches["package"].get(step["check"], {}), watches["grader"]) as calls:
                     observations = timed(probe, step["check"], obj, int(job["seed"]))
                 if replaced(name):
                     continue

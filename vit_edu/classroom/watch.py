@@ -15,7 +15,9 @@ Three watches are set up in the sandboxed child after its imports and before the
 * **the package's own implementation** (:func:`package_calls`): while an exercise's probe runs, a profile
   function notes every call of the package's implementation of that exercise (``Exercise.package``), e.g. an
   answer ``patchify = vit_edu.patchify`` or a ``MultiHeadAttention`` that subclasses ``vit_edu.Attention``,
-  in the probe's thread and in threads started through ``threading`` meanwhile (:func:`thread_starts`).
+  and every function of the grader's own modules an answer calls (:func:`grader_functions`: the tables hold a
+  right answer of every exercise), in the probe's thread and in threads started through ``threading``
+  meanwhile (:func:`thread_starts`).
 
 The watches report; only the first one withholds marks (its records could be forged). A student who sets out
 to blind the later two from inside the process can (they live in the same memory): the report says so when the
@@ -300,14 +302,41 @@ def thread_starts(start: Profile) -> Iterator[Dict[str, bool]]:
 
 
 # ============================================================================================ package calls
+def grader_functions() -> Dict[Any, str]:
+    """{code: dotted name} of the functions an answer could import from the grader's own modules (the exercise
+    tables hold a right answer of every exercise: ``exercises_build.mha``, ``lin``, ...)."""
+    codes: Dict[Any, str] = {}
+    for name, module in list(sys.modules.items()):
+        if name.startswith(GRADER_PREFIXES):
+            for attr, value in list(vars(module).items()):
+                code = getattr(value, "__code__", None)
+                if code is not None and getattr(value, "__module__", None) == name:
+                    codes[code] = f"{name}.{attr}"
+    checks = sys.modules.get("vit_edu.checks")
+    for ex in getattr(checks, "CHECKS", {}).values():  # the tables' lambdas: reference=lambda ctx, images, P: ...
+        for field, value in vars(ex).items():
+            code = getattr(value, "__code__", None)
+            if code is not None:
+                codes.setdefault(code, f"vit_edu.checks.CHECKS[{ex.name!r}].{field}")
+    return codes
+
+
+def _from_answer(frame: Any) -> bool:
+    """Whether ``frame`` runs code compiled from a notebook cell (or exec'd from one): "<...>", not a file."""
+    name = frame.f_code.co_filename if frame is not None else ""
+    return name.startswith("<") and not name.startswith("<frozen")
+
+
 @contextmanager
-def package_calls(codes: Dict[Any, str]) -> Iterator[Dict[str, Any]]:
-    """While inside: note which of ``codes`` start running, in this thread and in the threads started meanwhile
+def package_calls(codes: Dict[Any, str], grader: Optional[Dict[Any, str]] = None) -> Iterator[Dict[str, Any]]:
+    """While inside: note which of ``codes`` start running, and which of the ``grader``'s functions
+    (:func:`grader_functions`) an answer calls itself, in this thread and in the threads started meanwhile
     (yields {"calls": [...], "unwatched": bool}). Threads started before (a pool warmed in an answer cell) or
     through ``_thread`` directly are not watched."""
+    grader = grader or {}
     seen: Dict[str, None] = {}
     report: Dict[str, Any] = {"calls": [], "unwatched": False}
-    if not codes:
+    if not codes and not grader:
         yield report
         return
     live = [True]
@@ -316,7 +345,10 @@ def package_calls(codes: Dict[Any, str]) -> Iterator[Dict[str, Any]]:
         if not live[0]:  # a thread started during the probe that outlives it: the watch leaves it
             sys.setprofile(None)
         elif event == "call":
-            name = codes.get(frame.f_code)
+            code = frame.f_code
+            name = codes.get(code)
+            if name is None and code in grader and _from_answer(frame.f_back):
+                name = grader[code]
             if name is not None:
                 seen[name] = None
 
