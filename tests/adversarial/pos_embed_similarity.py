@@ -107,6 +107,14 @@ def mistake_no_value_error(pos_embed, grid_size):
     return rearrange(x @ x.T, "(a b) (c d) -> a b c d", a=gh, c=gh)
 
 
+def mistake_value_error_only_for_too_many_rows(pos_embed, grid_size):
+    gh, gw = grid_size
+    if pos_embed.shape[0] > gh * gw + 1:
+        raise ValueError(f"pos_embed has {pos_embed.shape[0]} rows, more than {gh * gw + 1}")
+    x = F.normalize(pos_embed[-gh * gw:], dim=-1)  # too few rows: einops fails, not the contract's ValueError
+    return rearrange(x @ x.T, "(a b) (c d) -> a b c d", a=gh, c=gh)
+
+
 def mistake_euclidean_distance(pos_embed, grid_size):
     gh, gw = grid_size
     x = _rows(pos_embed, grid_size)
@@ -158,6 +166,7 @@ MISTAKES = [
     (mistake_last_row_dropped, "class token"),
     (mistake_always_drop_first, "class token"),
     (mistake_no_value_error, "ValueError"),
+    (mistake_value_error_only_for_too_many_rows, "ValueError"),
     (mistake_euclidean_distance, "distance"),
     (mistake_flat, "shape"),
     (mistake_in_place, "in place"),

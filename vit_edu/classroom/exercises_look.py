@@ -257,6 +257,8 @@ def _pes_cases() -> List[Case]:
         Case((torch.randn(1 + 2 * 3, 6, dtype=torch.float64), (2, 3))),  # the dtype follows the input
         Case((torch.randn(3 * 4 + 2, 8), (3, 4)), raises="ValueError",
              why="pos_embed has 14 rows but a 3x4 grid needs 12 (no class token) or 13 (with it)"),
+        Case((torch.randn(3 * 4 - 1, 8), (3, 4)), raises="ValueError",
+             why="pos_embed has 11 rows but a 3x4 grid needs 12 (no class token) or 13 (with it)"),
         Case((torch.randn(1 + 2 * 3, 5), (2, 3)), grad=True),
     ]
     # an embedding whose rows are far from unit length, with a common direction: the normalisations matter
