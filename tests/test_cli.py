@@ -318,3 +318,197 @@ def test_seeds_are_refused_on_fixed_datasets(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "--seed 5 picks the generated shapes images (shapes only)" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------- evaluate and demo: what they score
+def _nano_model(num_classes: int = 8):
+    import vit_edu
+
+    return vit_edu.create_model("vit_nano_patch4_32", num_classes=num_classes)
+
+
+def test_demo_refuses_a_seed_its_model_trained_on(tmp_path, capsys) -> None:
+    """The shipped run drew epoch 1's training images from seed 0: demo --seed 0 would call them "fresh" test
+    images. Refused as evaluate refuses it, before any figure (or its folder) is written."""
+    from vit_edu.training.data import EPOCH_SEED_STRIDE, SHAPES_DEFAULT_SEEDS
+
+    figures = tmp_path / "figures"
+    for epoch in (0, 2):
+        seed = SHAPES_DEFAULT_SEEDS["train"] + EPOCH_SEED_STRIDE * epoch  # the shipped run has no --data-seed
+        assert main(["demo", "--seed", str(seed), "--n", "20", "--images", "2", "--figures-dir", str(figures)]) == 2
+        err = capsys.readouterr().err
+        assert f"--seed {seed}:" in err and f"(its epoch {epoch + 1})" in err and "the default" in err
+        assert len(err.strip().splitlines()) == 1 and not figures.exists()
+        assert os.environ.get("VIT_EDU_FIGURES") != str(figures)  # in-process: the environment is left alone
+
+
+def test_demo_titles_say_which_class_is_predicted_and_which_is_true(tmp_path, capsys, monkeypatch) -> None:
+    """A wrong prediction's title names the prediction and, marked as such, the true class (a bare "triangle
+    (crescent)" reads either way). The head is rolled so that every confident prediction is wrong."""
+    import torch
+
+    from vit_edu import training
+    from vit_edu.explain import viz
+
+    real_model, real_plot, seen = training.pretrained_course_model, viz.plot_rollout, []
+
+    def rolled(*args, **kwargs):
+        model, info = real_model(*args, **kwargs)
+        with torch.no_grad():  # output k now says what output k-1 said: class c is predicted as class c+1
+            model.head.weight.copy_(model.head.weight.roll(1, 0))
+            model.head.bias.copy_(model.head.bias.roll(1, 0))
+        return model, info
+
+    monkeypatch.setattr(training, "pretrained_course_model", rolled)
+    monkeypatch.setattr(viz, "plot_rollout", lambda *a, **kw: seen.append(kw["titles"]) or real_plot(*a, **kw))
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))
+    assert main(["demo", "--n", "20", "--images", "4", "--figures-dir", str(tmp_path)]) == 0
+    labels = re.search(r"\(labels: ([^)]*)\)", capsys.readouterr().out).group(1).split(", ")
+    (titles,) = seen
+    wrong = [t for t in titles if not t.endswith(" (ok)")]
+    assert wrong and all(t.endswith(f" (true: {y})") for t, y in zip(titles, labels) if t in wrong), titles
+
+
+def test_demo_caps_the_rollout_figure(tmp_path, capsys) -> None:
+    """--images 400 drew a 8-minute, 80,000-pixel-wide strip: the columns are capped, before any work."""
+    from vit_edu.__main__ import DEMO_MAX_IMAGES
+
+    figures = tmp_path / "figures"
+    assert main(["demo", "--n", "400", "--images", str(DEMO_MAX_IMAGES + 1), "--figures-dir", str(figures)]) == 2
+    err = capsys.readouterr().err
+    assert f"--images must be in [1, {DEMO_MAX_IMAGES}]" in err and f"got {DEMO_MAX_IMAGES + 1}" in err
+    assert not figures.exists()
+
+
+def test_demo_help_names_the_figures_folder_it_writes(tmp_path, monkeypatch) -> None:
+    """Not "figures/": in the repository the figures go to build/figures/, and $VIT_EDU_FIGURES comes first."""
+    import argparse
+
+    from vit_edu.explain import viz
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    demo = sub.choices["demo"]
+    text = next(a.help for a in demo._actions if "--figures-dir" in a.option_strings)
+    assert "$VIT_EDU_FIGURES" in text and "build/figures/" in text and "figures/ in the current folder" in text
+    assert "see --figures-dir" in demo.description
+    monkeypatch.delenv("VIT_EDU_FIGURES", raising=False)
+    monkeypatch.chdir(REPO)
+    assert viz.figures_dir(create=False) == REPO / "build" / "figures"
+    monkeypatch.chdir(tmp_path)
+    assert viz.figures_dir(create=False) == tmp_path.resolve() / "figures"
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path / "elsewhere"))
+    assert viz.figures_dir(create=False) == tmp_path / "elsewhere"
+
+
+def test_evaluate_says_when_a_file_records_no_training_settings(tmp_path, capsys) -> None:
+    """An export or checkpoint saved without its run's settings (palette, clutter, seeds, classes) is drawn with
+    the data's defaults: evaluate says so on stderr instead of scoring it silently on maybe other images."""
+    from vit_edu.training import export_safetensors, save_checkpoint
+    from vit_edu.training.data import SHAPE_CLASSES
+
+    model = _nano_model()
+    bare = [export_safetensors(model, tmp_path / "bare.safetensors"), save_checkpoint(tmp_path / "bare.pt", model)]
+    for path in bare:
+        assert main(["evaluate", "--checkpoint", str(path), "--n", "8"]) == 0
+        out, err = capsys.readouterr()
+        assert f"{path} records no training settings (palette, clutter, seeds, classes)" in err
+        assert "(8 images, seed 1)" in out
+    recorded = tmp_path / "recorded.safetensors"
+    export_safetensors(model, recorded, {"classes": list(SHAPE_CLASSES),
+                                         "train_config": {"dataset": "shapes", "model": "vit_nano_patch4_32"}})
+    assert main(["evaluate", "--checkpoint", str(recorded), "--n", "8"]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
+def test_evaluate_refuses_shapes_for_a_run_on_another_dataset(tmp_path, capsys) -> None:
+    """A run recorded as trained on a fixed dataset is not scored on the default shapes (even when its file does
+    not list its classes and its outputs happen to number eight); the error gives the command for its own data."""
+    from vit_edu.training import TrainConfig, export_safetensors
+
+    train = TrainConfig(dataset="imagefolder", data_root="my images", model="vit_nano_patch4_32").to_dict()
+    unlisted = export_safetensors(_nano_model(8), tmp_path / "unlisted.safetensors", {"train_config": train})
+    listed = export_safetensors(_nano_model(2), tmp_path / "listed.safetensors",
+                                {"train_config": train, "classes": ["cat", "dog"]})
+    for path in (unlisted, listed):
+        assert main(["evaluate", "--checkpoint", str(path), "--n", "8"]) == 2
+        err = capsys.readouterr().err
+        assert f"{path} was trained on imagefolder, not on shapes" in err
+        assert f"python -m vit_edu evaluate imagefolder --data-root 'my images' --checkpoint {path}" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_scores_some_of_a_models_classes(capsys) -> None:
+    """--classes circle,square on the eight-class shipped model (as its help offers): only those shapes are
+    drawn, and each is scored against all eight outputs (label = the model's index of its class)."""
+    import torch
+
+    from vit_edu.training import data, pretrained_course_model
+
+    assert main(["evaluate", "--classes", "square,circle", "--n", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "(40 images of square, circle only, seed 1)" in out
+    printed = float(re.search(r"accuracy (\d\.\d{4})", out).group(1))
+    model, info = pretrained_course_model()
+    ds = data.ShapesDataset(n=40, seed=1, classes=["square", "circle"], palette=info["palette"])
+    with torch.no_grad():
+        predicted = model(torch.stack([ds[i][0] for i in range(len(ds))])).argmax(-1)
+    truth = torch.tensor([info["classes"].index(ds.classes[int(y)]) for y in ds.labels])
+    assert printed == pytest.approx((predicted == truth).float().mean().item(), abs=1e-4)
+    assert main(["evaluate", "--classes", "circle,banana"]) == 2  # still: only shapes it knows
+    assert "banana" in capsys.readouterr().err
+
+
+def test_evaluate_names_a_checkpoint_under_an_export_name(tmp_path, capsys) -> None:
+    """A .pt checkpoint renamed .safetensors is named as such, not guessed "damaged or cut short"."""
+    from vit_edu.training import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "model.safetensors", _nano_model())
+    assert main(["evaluate", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is a torch.save file (a .pt training checkpoint?) under a .safetensors name" in err
+    assert "cut short" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_says_when_an_imagefolder_is_not_the_runs(tmp_path, capsys, monkeypatch) -> None:
+    """An imagefolder is its folder: a run trained on images/ and evaluated without --data-root reads data/, maybe
+    other pictures of the same class names. evaluate says so (and not when the folder is given)."""
+    import numpy as np
+    from PIL import Image
+
+    from vit_edu.training import TrainConfig, export_safetensors
+
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((32, 32, 3), 60 * (c + i), np.uint8)).save(folder / f"{i}.png")
+    train = TrainConfig(dataset="imagefolder", data_root="images", model="vit_nano_patch4_32").to_dict()
+    export = export_safetensors(_nano_model(2), tmp_path / "pets.safetensors",
+                                {"train_config": train, "classes": ["cat", "dog"]})
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "imagefolder", "--checkpoint", str(export)]) == 0
+    out, err = capsys.readouterr()
+    assert "on imagefolder test (4 images)" in out
+    assert "was trained on the imagefolder under images; this evaluates it on the one under data" in err
+    assert main(["evaluate", "imagefolder", "--checkpoint", str(export), "--data-root", "data"]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
+def test_evaluate_image_size_help_states_the_checkpoints_size(tmp_path, capsys) -> None:
+    """evaluate draws a checkpoint's images at the size it was built for (not train's "32 for shapes"): a model
+    built for 48x48 images is evaluated on 48x48 images without --image-size, as the help now says."""
+    import argparse
+
+    import vit_edu
+    from vit_edu.training import TrainConfig, export_safetensors
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = next(a.help for a in sub.choices["evaluate"]._actions if "--image-size" in a.option_strings)
+    assert "(default: the size the checkpoint was built for" in text and "32 for shapes" not in text
+    model = vit_edu.create_model("vit_nano_patch4_32", num_classes=8, image_size=48)
+    train = TrainConfig(model="vit_nano_patch4_32", image_size=48).to_dict()
+    path = export_safetensors(model, tmp_path / "big.safetensors", {"train_config": train})
+    assert main(["evaluate", "--checkpoint", str(path), "--n", "8"]) == 0, capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(path), "--n", "8", "--image-size", "32"]) == 2
+    assert "was built for 48x48 images" in capsys.readouterr().err

@@ -149,3 +149,20 @@ def test_the_shown_commands_run_as_written(tmp_path):
     assert (repo / "my.safetensors").is_file() and (home / "vit-handout" / ".vit_edu_handout").is_file()
     assert (repo / "grades.csv").is_file() and (home / "vit-course" / "nbgrader_config.py").is_file()
     assert len(ran) >= 15, ran
+
+
+def test_every_shown_evaluate_and_demo_command_parses():
+    """The evaluate and demo lines of README.md and docs/*.md (docs/training.md shows more of them than the README)
+    use flags the commands have: a flag renamed or removed fails here, not in a newcomer's shell."""
+    import shlex
+
+    from vit_edu.__main__ import build_parser
+
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    shown = [c for f in files for c in shown_commands(f) if re.match(r"python -m vit_edu (evaluate|demo)\b", c)]
+    assert len(shown) >= 5, shown
+    for command in shown:
+        try:
+            build_parser().parse_args(shlex.split(command)[3:])
+        except SystemExit:
+            pytest.fail(f"{command!r} (shown in the docs) is refused by the command line's parser")

@@ -32,8 +32,11 @@ INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 DEMO_SEED = 2024
+DEMO_MAX_IMAGES = 16  # columns of the rollout figure: more make an unreadable strip (and take minutes to draw)
 FIGURE_BYTES = 2 * 2**20  # room the demo's two figures need, at most (each PNG is some 100 KiB)
 DATA_FIELDS = ("dataset", "data_root", "download", "image_size", "device", "num_workers")  # train and evaluate
+EVALUATE_HELP = {"image_size": "draw or resize the images to this size (default: the size the checkpoint was built "
+                               "for; another size only for a model with dynamic_img_size)"}  # not train's default
 
 
 # ================================================================================================ flags
@@ -86,15 +89,16 @@ def path_arg(text: str) -> str:
     return text
 
 
-def _add_field(p: argparse.ArgumentParser, name: str) -> None:
-    """One flag, built from the TrainConfig field: its name, help, choices, and the default in words.
+def _add_field(p: argparse.ArgumentParser, name: str, help: Optional[str] = None) -> None:
+    """One flag, built from the TrainConfig field: its name, help, choices, and the default in words (``help``:
+    another command's own text, where the flag means something else there).
 
     Every flag defaults to None ("not given"), so train_config_from_args can tell a flag left out (the
     config's default, or the checkpoint's value with --resume) from one given."""
     from .training.config import default_text, default_value
 
     meta = _meta(name)
-    text = f"{meta['help']} (default: {default_text(name)})".replace("%", "%%")
+    text = (help or f"{meta['help']} (default: {default_text(name)})").replace("%", "%%")
     if name == "model_overrides":  # --dropout sets model_overrides["dropout"]
         p.add_argument(meta["flag"], dest="dropout", type=float, default=None, help=text)
         return
@@ -138,10 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint (default: the shipped one)",
                        description="Evaluate a .pt checkpoint or .safetensors export on a dataset split.")
     for name in DATA_FIELDS:
-        _add_field(e, name)
+        _add_field(e, name, EVALUATE_HELP.get(name))
     e.add_argument("--classes", type=_comma_list, default=None,
                    help="shapes only: draw only these shapes, e.g. circle,square (default: the classes the "
-                        "checkpoint was trained on, all eight for the shipped model)")
+                        "checkpoint was trained on, all eight for the shipped model); some of its classes are "
+                        "scored against all of its outputs")
     e.add_argument("--checkpoint", default=None, type=path_arg,
                    help="a .pt or .safetensors file (default: the shipped course model)")
     e.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
@@ -155,11 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a one-minute tour: evaluate the shipped model and draw what it attends to",
                        description="Loads the shipped checkpoint, evaluates it on a fresh shapes test set and "
-                                   "writes attention-rollout and position-embedding figures into figures/.")
+                                   "writes attention-rollout and position-embedding figures into the figures "
+                                   "folder (see --figures-dir).")
     d.add_argument("--n", type=int, default=1000, help="test images to evaluate (default: 1000)")
     d.add_argument("--seed", type=int, default=DEMO_SEED, help=f"seed of the fresh test set (default: {DEMO_SEED})")
-    d.add_argument("--images", type=int, default=6, help="images in the rollout figure (default: 6)")
-    d.add_argument("--figures-dir", default=None, type=path_arg, help="where to write the figures (default: figures/)")
+    d.add_argument("--images", type=int, default=6,
+                   help=f"images in the rollout figure, one column each (default: 6, at most {DEMO_MAX_IMAGES})")
+    d.add_argument("--figures-dir", default=None, type=path_arg,
+                   help="where to write the figures (default: $VIT_EDU_FIGURES if set, else build/figures/ when run "
+                        "in the repository's root or notebooks/ folder, else figures/ in the current folder)")
 
     sub.add_parser("assignments", add_help=False,
                    help="write the nbgrader metadata and the student copies of the notebooks (see: assignments --help)")
@@ -332,33 +341,44 @@ def _load_for_eval(checkpoint: Optional[str], device):
     return model, checkpoint, stored_classes(checkpoint), train if isinstance(train, dict) else None
 
 
-def _shapes_data(args: argparse.Namespace, source: str, classes: Optional[List[str]], train: Optional[dict]) -> dict:
+def _shapes_data(args: argparse.Namespace, source: str, classes: Optional[List[str]], train: Optional[dict],
+                 default_seed: Optional[int] = None) -> dict:
     """get_dataset's settings for shapes: those of the run (classes, palette, clutter, its own test seed and size),
-    so the accuracy is of the task it learned; a test seed whose images it trained on is refused."""
+    so the accuracy is of the task it learned; a test seed whose images it trained on is refused. A file that
+    records no run is drawn with the data's defaults, and a note says so. ``default_seed``: the command's own
+    default --seed, if it has one (demo)."""
     from .training import TrainConfig, data
     from .training.loaders import shapes_seeds, trained_on_seed
 
+    command = "demo" if default_seed is not None else "evaluate"
     train = train or {}
     run = None
     if train.get("dataset") == "shapes":
         try:
             run = TrainConfig.from_dict(train)
         except (TypeError, ValueError) as err:
-            print(f"vit_edu evaluate: note: {source}'s recorded training settings are unreadable ({one_line(err)}); "
-                  f"its training seeds are unknown, so the data's default seed and size are used", file=sys.stderr)
+            print(f"vit_edu {command}: note: {source}'s recorded training settings are unreadable "
+                  f"({one_line(err)}); its training seeds are unknown, so the data's default seed and size are used",
+                  file=sys.stderr)
+    elif not train:  # an export or checkpoint saved without its run's settings (export_safetensors(model, path))
+        print(f"vit_edu {command}: note: {source} records no training settings (palette, clutter, seeds"
+              f"{'' if classes else ', classes'}); drawing the shapes data's defaults, which may not be the images "
+              f"it was trained on", file=sys.stderr)
     train_seed, test_seed = shapes_seeds(run) if run else (data.SHAPES_DEFAULT_SEEDS[s] for s in ("train", "test"))
     seed = args.seed if args.seed is not None else (test_seed if args.split == "test" else train_seed)
     epoch = trained_on_seed(run, seed) if run and args.split == "test" else None
     if epoch is not None:
+        also = ", the default" if default_seed is None else f"; or {default_seed}, the default"
         raise ValueError(f"--seed {seed}: {source} was trained on the images of seed {seed} (its epoch {epoch + 1}), "
                          f"so they are no test set; expected a seed it never trained on, e.g. {test_seed} (its run's "
-                         f"test seed, the default)")
+                         f"test seed{also})")
     n = args.n if args.n is not None or run is None else getattr(run, f"n_{args.split}")
     return dict(seed=seed, n=n, classes=args.classes if args.classes is not None else classes,
                 palette=train.get("palette", "colour"), clutter=train.get("clutter", 0))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
     from torch.utils.data import DataLoader
 
     from .training import check_classes_match, data, evaluate, resolve_device
@@ -387,20 +407,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          f"(and has no dynamic_img_size); leave --image-size out")
     kw = dict(split=args.split, root=args.data_root or default_value("data_root"), download=bool(args.download),
               image_size=args.image_size or size[0], n=args.n)
+    trained_on = (train or {}).get("dataset")
     foreign = classes is not None and not set(classes) <= set(data.SHAPE_CLASSES)
-    if name == "shapes" and args.classes is None and foreign:
-        raise ValueError(f"{source} was trained on classes {classes}, not on shapes; evaluate it on its own dataset "
-                         f"(e.g. imagefolder --data-root ...)")
+    known = trained_on not in (None, "shapes")  # a run on a fixed dataset
+    if name == "shapes" and args.classes is None and (foreign or (known and args.dataset is None)):
+        own = (f"{trained_on} --data-root {shlex.quote(str(train.get('data_root')))}" if known
+               else "imagefolder --data-root ...")
+        raise ValueError(f"{source} was trained on {trained_on if known else f'classes {classes}'}, not on shapes; "
+                         f"evaluate it on its own dataset, e.g. python -m vit_edu evaluate {own} "
+                         f"--checkpoint {shlex.quote(source)}")
     if name == "shapes":  # drawn as the run drew its own: its classes, palette, clutter, test seed and size
         kw.update(_shapes_data(args, source, classes, train))
+    elif name == "imagefolder" == trained_on and args.data_root is None and train.get("data_root") != kw["root"]:
+        print(f"vit_edu evaluate: note: {source} was trained on the imagefolder under {train.get('data_root')}; this "
+              f"evaluates it on the one under {kw['root']} (the default --data-root)", file=sys.stderr)
     elif args.classes is not None:
         raise ValueError(f"--classes picks shapes of the generated data; {name!r} has its own classes")
     ds = data.get_dataset(name, **kw)
+    subset = classes is not None and args.classes is not None and set(args.classes) <= set(classes)
+    if subset and list(args.classes) != list(classes):  # some of its classes: labels are the model's outputs
+        ds.labels = torch.tensor([classes.index(c) for c in ds.classes])[ds.labels]
+        ds.classes = list(classes)
     check_classes_match(model, classes, data.dataset_info(ds)["classes"], source, f"{name} {args.split}")
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers or 0)
     t0 = time.monotonic()
     m = evaluate(model, loader, device)
     drawn = f", seed {kw['seed']}" if "seed" in kw else ""  # only generated data has a seed
+    if subset and list(args.classes) != list(classes):
+        drawn = f" of {', '.join(args.classes)} only{drawn}"
     print(f"{source} on {name} {args.split} ({len(ds)} images{drawn}): loss {m['loss']:.4f}  accuracy {m['acc']:.4f} "
           f"({m['acc'] * 100:.2f} %)  [{time.monotonic() - t0:.1f} s]")
     return 0
@@ -411,7 +445,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .fileio import check_space, check_writable_dir
 
     _check_ranges(args, {"n": ("--n", 1, None, "test images to evaluate"), "seed": ("--seed", 0, "MAX_SEED"),
-                         "images": ("--images", 1, None, "images in the rollout figure")})
+                         "images": ("--images", 1, DEMO_MAX_IMAGES, "images in the rollout figure")})
     if args.images > args.n:
         raise ValueError(f"--images {args.images}: the rollout figure shows some of the --n {args.n} test images; "
                          f"expected --images <= --n")
@@ -429,15 +463,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_space([(figures, FIGURE_BYTES, "--figures-dir" if args.figures_dir else "figures folder")])
     from .training import COURSE_CHECKPOINT, data, evaluate, pretrained_course_model
 
-    if args.figures_dir:
-        os.environ["VIT_EDU_FIGURES"] = args.figures_dir
     t0 = time.monotonic()
     torch.manual_seed(0)
     model, info = pretrained_course_model()
+    # its own test data (palette, clutter, classes), as evaluate draws it; a seed it trained on is refused
+    asked = argparse.Namespace(seed=args.seed, split="test", n=args.n, classes=None)
+    drawn = _shapes_data(asked, COURSE_CHECKPOINT.name, info.get("classes"), info.get("train_config"), DEMO_SEED)
     print(f"loaded {COURSE_CHECKPOINT.name}: {model.num_parameters() / 1e6:.2f}M parameters, classes "
           f"{', '.join(info['classes'])}; test accuracy at export {info.get('test_acc', float('nan')):.4f}")
-    ds = data.ShapesDataset(n=args.n, image_size=model.config.image_size[0], seed=args.seed, return_mask=True,
-                            palette=info["palette"])
+    ds = data.ShapesDataset(image_size=model.config.image_size[0], return_mask=True, **drawn)
     m = evaluate(model, DataLoader(ds, batch_size=250))
     print(f"accuracy on {args.n} fresh shapes images (seed {args.seed}): {m['acc'] * 100:.2f} %  (loss {m['loss']:.4f})")
 
@@ -450,8 +484,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     grid = model.config.grid_size
     maps = analysis.rollout_cls_map(attentions, grid)  # [k, gh, gw]
     loc = analysis.attention_localization(maps, masks, model.config.patch_size[0])
+    if args.figures_dir:  # save_figure writes there (set only now: a refusal above leaves the environment alone)
+        os.environ["VIT_EDU_FIGURES"] = args.figures_dir
     written = []
-    titles = [f"{ds.classes[int(p)]} ({'ok' if p == y else ds.classes[int(y)]})"
+    titles = [f"{ds.classes[int(p)]} ({'ok' if p == y else 'true: ' + ds.classes[int(y)]})"  # predicted (truth)
               for p, y in zip(logits.argmax(-1), labels)]
     fig = viz.plot_rollout(data.denormalize(images), maps, masks=masks, titles=titles)
     written.append(viz.save_figure(fig, "demo_attention_rollout"))
