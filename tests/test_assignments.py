@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -442,18 +443,55 @@ def test_handout_carries_the_docs_its_notebooks_cite(tmp_path):
         handout.handout(tmp_path / "handout2", src)
 
 
+def test_handout_refuses_a_cited_doc_that_holds_an_answer(tmp_path):
+    line = next(l for l in (ROOT / "docs" / "training.md").read_text().split("\n") if l.startswith("# "))
+    nb = _course_nb(f"def patchify(images, patch_size):\n    ### BEGIN SOLUTION\n    {line}\n    return images\n"
+                    f"    ### END SOLUTION")  # the answer holds a line of the doc the notebook cites
+    nb.cells[2].source += "\n\nHow the recipe was found: docs/training.md."
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(nb, src / "01_a.ipynb")
+    with pytest.raises(ValueError, match=r"docs/training.md, line \d+: .* is a solution line of 01_a.ipynb"):
+        handout.handout(tmp_path / "handout", src)
+    assert not (tmp_path / "handout").exists()
+
+
+def test_handout_carries_only_the_package_files_git_tracks(tmp_path, monkeypatch):
+    """A teacher's untracked scratch in vit_edu/ (their own answers, say) stays home."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    (repo / "vit_edu" / "assets").mkdir(parents=True)
+    for name in ("pyproject.toml", "requirements.txt", "vit_edu/__init__.py", "vit_edu/assets/w.bin"):
+        (repo / name).write_text("x = 1\n")
+    for args in (["init", "-q"], ["add", "."]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    (repo / "vit_edu" / "my_answers.py").write_text("SECRET = 1\n")  # not added to git
+    monkeypatch.setattr(handout, "PACKAGE_DIR", repo / "vit_edu")
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_nb("print(1)"), src / "01_a.ipynb")
+    out = handout.handout(tmp_path / "handout", src)
+    assert sorted(p.relative_to(out / "vit_edu").as_posix() for p in (out / "vit_edu").rglob("*") if p.is_file()) \
+        == ["__init__.py", "assets/w.bin"]
+
+
 def test_handout_of_the_course_imports_on_its_own(tmp_path):
     """The real course: every notebook, no solution line, and the handout's own vit_edu is the one imported."""
     out = tmp_path / "handout"
     handout.handout(out, NOTEBOOKS)
     _assert_handout(out, NOTEBOOKS)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = "import vit_edu, vit_edu.checks; print(vit_edu.__file__); print(' '.join(vit_edu.checks.CHECKS))"
+    env.pop("VIT_EDU_FIGURES", None)  # as on a student's machine
+    code = ("import vit_edu, vit_edu.checks; from vit_edu.explain import viz; print(vit_edu.__file__); "
+            "print(viz.figures_dir(create=False)); print(' '.join(vit_edu.checks.CHECKS))")
     run = subprocess.run([sys.executable, "-c", code], cwd=out / "notebooks", env=dict(env, PYTHONPATH=str(out)),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    where, checks = run.stdout.split("\n", 1)
+    where, figures, checks = run.stdout.split("\n", 2)
     assert Path(where).resolve() == (out / "vit_edu" / "__init__.py").resolve()
+    figures = Path(figures).resolve().relative_to(out.resolve()).as_posix()  # the README says where figures go
+    assert f"Figures the notebooks draw go to `{figures}/`" in (out / "README.md").read_text()
     missing = {ex.check for _, ex in assignments.course_exercises(NOTEBOOKS)} - set(checks.split())
     assert not missing, f"checks the notebooks call but the handout's vit_edu.checks lacks: {sorted(missing)}"
 
@@ -469,3 +507,158 @@ def test_figures_go_next_to_the_notebook_or_to_build_in_the_repository(tmp_path,
         assert (ROOT / "build") .name in (ROOT / ".gitignore").read_text().split("/\n")
     monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path / "env"))
     assert viz.figures_dir() == tmp_path / "env"
+
+
+# ------------------------------------------------------------------------------------------ a teacher's own edits
+def _run_assignments(tmp_path, nb, capsys):
+    """`python -m vit_edu assignments` on one teacher notebook: (exit status, stderr, teacher file unchanged?)."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    nbformat.write(nb, src / "01_a.ipynb")
+    before = (src / "01_a.ipynb").read_bytes()
+    capsys.readouterr()
+    rc = assignments.main(["--src", str(src), "--out", str(out)])
+    return rc, capsys.readouterr().err, (src / "01_a.ipynb").read_bytes() == before and not out.exists()
+
+
+SECRET_DEMO = "print(1)\n{b}\nSECRET = 42\n{e}"  # a demonstration cell: no check follows it
+
+
+@pytest.mark.parametrize("begin, end, line", [
+    ("## BEGIN SOLUTION", "## END SOLUTION", 2),
+    ("###BEGIN SOLUTION", "###END SOLUTION", 2),
+    ("### BEGIN SOLUTION", "### END SOLUTION  # done", 4),
+    ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS", 2),
+])
+def test_misspelt_markers_are_refused_naming_the_line(tmp_path, capsys, begin, end, line):
+    """nbgrader reads any line holding 'BEGIN SOLUTION' as a marker; the course refused none of these and copied
+    SECRET to the students as it stood."""
+    nb = _course_nb(extra=[SECRET_DEMO.format(b=begin, e=end)])
+    rc, err, untouched = _run_assignments(tmp_path, nb, capsys)
+    assert rc == 2 and untouched, err
+    assert f"01_a.ipynb, cell 6, line {line}: " in err and "is not a marker of this course" in err
+
+
+def test_a_solution_region_in_a_raw_cell_is_refused(tmp_path, capsys):
+    nb = _course_nb()
+    nb.cells.append(nbformat.v4.new_raw_cell("### BEGIN SOLUTION\nSECRET = 42\n### END SOLUTION"))
+    rc, err, untouched = _run_assignments(tmp_path, nb, capsys)
+    assert rc == 2 and untouched and "01_a.ipynb, cell 6: a solution region in a raw cell" in err
+
+
+def test_solution_text_in_cell_metadata_is_refused(tmp_path, capsys):
+    nb = _course_nb()
+    nb.cells[3].metadata["teacher_note"] = "p = patch_size"  # a solution line outside the cell's source
+    rc, err, untouched = _run_assignments(tmp_path, nb, capsys)
+    assert rc == 2 and untouched and "01_a.ipynb, cell 3: the student copy still holds a solution line" in err
+    assert assignments.leaked_lines(nb, make_student_notebook(nb)) == ["p = patch_size"]
+
+
+def test_student_copy_drops_widget_state_and_the_answers_attachments():
+    nb = _nb("x = 1", markdown="![fig](attachment:figure.png)\n### BEGIN SOLUTION\n![](attachment:answer.png)\n"
+                               "### END SOLUTION")
+    nb.cells[0].attachments = {"figure.png": {"image/png": "AAAA"}, "answer.png": {"image/png": "BBBB"}}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"w": {"value": "0.93"}}}}
+    student = make_student_notebook(nb)
+    assert list(student.cells[0].attachments) == ["figure.png"] and "widgets" not in student.metadata
+    nbformat.validate(student)
+
+
+@pytest.mark.parametrize("answer, message", [
+    ("### BEGIN SOLUTION\ndef patchify(images, patch_size):\n    return images\n### END SOLUTION",
+     "a solution region outside a function body"),
+    ("class Patches:\n    ### BEGIN SOLUTION\n    size = 4\n    ### END SOLUTION",
+     "a solution region outside a function body"),
+    ("def patchify(images, patch_size):\n    return (\n        ### BEGIN SOLUTION\n        images\n"
+     "        ### END SOLUTION\n    )", "the student copy of this answer cell is not valid Python"),
+    (SOLVED + "\nexample = patchify(torch.zeros(1, 3, 4, 4), 2)", "patchify(...) is called when the cell runs"),
+])
+def test_an_answer_stub_that_would_break_later_cells_is_refused(tmp_path, capsys, answer, message):
+    """A stub raising when the cell runs (not when called) leaves `patchify` undefined: every later cell fails."""
+    rc, err, untouched = _run_assignments(tmp_path, _course_nb(answer), capsys)
+    assert rc == 2 and untouched and "01_a.ipynb, cell 3" in err and message in err
+
+
+def test_an_answer_cell_with_magics_is_not_judged_as_python():
+    nb = _course_nb("%config InlineBackend.figure_format = 'png'\n" + SOLVED)
+    assert [ex.key for ex in find_exercises(nb, "01_a.ipynb")] == ["patchify"]
+
+
+def test_an_unknown_check_is_refused(tmp_path, capsys):
+    nb = _course_nb(check="from vit_edu.checks import check_patchfy\ncheck_patchfy(patchify)")
+    rc, err, untouched = _run_assignments(tmp_path, nb, capsys)
+    assert rc == 2 and untouched
+    assert "01_a.ipynb, cell 4: check_patchfy(...) is not a check of vit_edu.checks; did you mean check_patchify?" \
+        in err
+
+
+def test_nothing_is_written_when_the_student_copies_cannot_be(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    before = (src / "01_a.ipynb").read_bytes()
+    (tmp_path / "out").write_text("a file, not a folder")
+    assert assignments.main(["--src", str(src), "--out", str(tmp_path / "out")]) != 0
+    assert (src / "01_a.ipynb").read_bytes() == before  # the teacher notebook did not get its metadata either
+    # an experiment's unpaired marker is found before the teacher notebooks change too
+    nb = _course_nb(extra=["### BEGIN SOLUTION\nprint('run')"])
+    nb.cells[6:6] = [nbformat.v4.new_markdown_cell("**Experiment 1.A (1 point, graded by hand): run**\n\n"
+                                                   "- (1 point) runs")]
+    nb.cells.append(nbformat.v4.new_markdown_cell("### BEGIN SOLUTION\nit ran\n### END SOLUTION"))
+    (tmp_path / "b").mkdir()
+    rc, err, untouched = _run_assignments(tmp_path / "b", nb, capsys)
+    assert rc == 2 and untouched and "01_a.ipynb, cell 7: '### BEGIN SOLUTION' at line 1 has no matching" in err
+
+
+def test_nbgrader_course_writes_nothing_when_a_notebook_is_broken(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    nbformat.write(_course_nb(statement="**Exercise 1: `patchify`**"), src / "02_b.ipynb")
+    course = tmp_path / "course"
+    assert assignments.main(["--src", str(src), "--nbgrader-course", str(course)]) == 2
+    assert "02_b.ipynb, cell 2: 'Exercise 1' states no points" in capsys.readouterr().err
+    assert not course.exists()
+
+
+def test_a_grade_id_renamed_by_hand_is_named_when_replaced(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    nb = add_nbgrader_metadata(_course_nb())
+    nb.cells[4].metadata["nbgrader"]["grade_id"] = "my_patchify_test"
+    nb.cells[5].metadata["nbgrader"] = dict(ANSWER_META, grade_id="old_answer")  # a demonstration cell now
+    nbformat.write(nb, src / "01_a.ipynb")
+    assert assignments.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 01_a.ipynb, cell 4: grade_id 'my_patchify_test' becomes 'patchify_check'" in out
+    assert "note: 01_a.ipynb, cell 5: grade_id 'old_answer' is removed (not an exercise cell)" in out
+    assert nbformat.read(src / "01_a.ipynb", as_version=4).cells[4].metadata["nbgrader"] == CHECK_META
+    assert assignments.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 0
+    assert "note:" not in capsys.readouterr().out  # a second run: nothing to say
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", "{}", '{"cells": 5}'])
+def test_a_file_that_is_no_notebook_is_named(tmp_path, capsys, text):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "01_a.ipynb").write_text(text)
+    assert assignments.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 2
+    assert "error: 01_a.ipynb: not a readable notebook (" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_folder_without_notebooks_keeps_the_copies(tmp_path, capsys):
+    """A wrong --src used to mirror an empty folder: every student copy in --out was deleted."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    assert assignments.main(["--src", str(src), "--out", str(out)]) == 0
+    (tmp_path / "empty").mkdir()
+    assert assignments.main(["--src", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert f"no notebooks in {tmp_path / 'empty'}" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["01_a.ipynb"]
+
+
+def test_handout_readme_table_keeps_a_title_with_a_bar_in_one_cell():
+    (ex,) = find_exercises(_course_nb(statement="**Exercise 1 (2 points): `x | y`**"), "01_a.ipynb")
+    assert "| 01_a.ipynb | 1: `x \\| y` | 2 |" in handout.student_readme([("01_a.ipynb", ex)], ["01_a.ipynb"])

@@ -50,3 +50,7 @@ def test_stub_copy_runs_with_errors_only_in_check_cells(path: Path, tmp_path: Pa
     for cell in checks:  # and each check cell fails for the reason a student should read: not implemented
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         assert errors, f"{path.name}: a check cell passed on the stub: {cell.source[:80]}"
+        # not an ImportError (a misspelt check) or a NameError (an answer cell that raised before defining it)
+        assert errors[0].get("ename") == "CheckError" and "not implemented yet" in errors[0].get("evalue", ""), \
+            f"{path.name}: a check cell fails on the stub for another reason: {errors[0].get('ename')}: " \
+            f"{errors[0].get('evalue', '')[:200]}\n    {cell.source[:80]}"

@@ -57,13 +57,14 @@ def main(argv: list) -> int:
         print("nbgrader-check skipped: nbgrader is not installed next to vit_edu (pip install nbgrader)")
         return 0
     sys.path.insert(0, str(ROOT))
-    from vit_edu.classroom import assignments
+    from vit_edu.classroom import assignments, handout
 
     names = argv or DEFAULT
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vit_edu_nbgrader_") as tmp:
         course = Path(tmp) / "course"
         assignments.nbgrader_course(course, ROOT / "notebooks", names)
+        handed_out = handout.handout(Path(tmp) / "handout", ROOT / "notebooks")  # what students get, as built
         print(f"nbgrader {nbgrader.__version__}, course in {course}")
         expected = {}
         failures: list = []
@@ -79,10 +80,13 @@ def main(argv: list) -> int:
             leaked = sorted(p.name for p in release.parent.iterdir() if p.name != release.name)
             if leaked:
                 failures.append((name, f"generate_assignment released more than the notebook: {leaked}"))
+            solution = assignments.leaked_lines(teacher, nbformat.read(release, as_version=4), name)
+            if solution:
+                failures.append((name, f"nbgrader's release holds solution lines: {solution[:3]}"))
             all_answers = {g for ex in exercises for i, g in ex.grade_ids().items() if i != ex.check_cell}
             first = {g for i, g in exercises[0].grade_ids().items() if i != exercises[0].check_cell}
             total = sum(ex.points for ex in exercises)
-            handout_copy = assignments.make_student_notebook(teacher, teacher_path.name)  # = the handout's notebook
+            handout_copy = nbformat.read(handed_out / "notebooks" / teacher_path.name, as_version=4)
             edited = nbformat.read(release, as_version=4)  # check cells replaced by a printed pass line
             for ex in exercises:
                 edited.cells[ex.check_cell].source = f"print('✓ check_{ex.check} passed (5 cases)')"

@@ -29,7 +29,9 @@ so the numbering of the course stays the same.
 
 from __future__ import annotations
 
+import ast
 import copy
+import difflib
 import re
 import shutil
 import sys
@@ -62,6 +64,9 @@ EXPERIMENT_RE = re.compile(r"^[#>*\s\d.]*Experiment\s+(\d+(?:\.\w+)*)\s*\((\d+(?
 RUBRIC_RE = re.compile(r"^\s*[-*]\s*\((\d+(?:\.\d+)?)\s+points?\)\s*(.+)$", re.M)  # "- (1 point) criterion"
 EXPERIMENT_STUB = ("# YOUR CODE HERE (your experiment; graded by hand with the written answer below)",)
 EXPERIMENT_PREFIX = "experiment_"  # grade_ids of experiment cells; `grade` never runs them
+# nbgrader reads any line holding these words as a marker: one that is not exactly BEGIN/END is refused, never
+# copied to students as it stands (nbgrader's hidden tests are not supported: the grader draws its own cases)
+NEAR_MARKER_RE = re.compile(r"(BEGIN|END) (SOLUTION|HIDDEN TESTS)")
 
 
 # ================================================================================================ markers
@@ -85,6 +90,10 @@ def _strip_solution(source: str, where: str, stub: Sequence[str] = STUB) -> Tupl
             if not inside:
                 raise ValueError(f"{where}: '{END}' at line {i} without a matching '{BEGIN}'")
             inside = False
+        elif NEAR_MARKER_RE.search(line):
+            raise ValueError(f"{where}, line {i}: {marker[:80]!r} is not a marker of this course; expected "
+                             f"'{BEGIN}' or '{END}' alone on its line (nbgrader would read it as a marker; "
+                             f"hidden tests are not supported: they would reach the students)")
         elif inside:
             removed.append(line)
         else:
@@ -102,19 +111,41 @@ def solution_lines(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[
     """Every line inside a solution region of ``nb`` (what must not reach a student)."""
     lines: List[str] = []
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type in ("code", "markdown"):
-            lines += _strip_solution(cell.source, f"{name}, cell {index}")[1]
+        lines += _strip_solution(cell.source, f"{name}, cell {index}")[1]
     return lines
+
+
+def _strings(value) -> List[str]:
+    """Every string inside ``value`` (a cell or metadata: source, outputs, metadata, attachments)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k) + _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def leaked_lines(source_nb: nbformat.NotebookNode, student_nb: nbformat.NotebookNode,
                  name: str = "<notebook>") -> List[str]:
-    """Solution lines of ``source_nb`` found in ``student_nb`` (a line the source also has outside any
-    region, such as ``return x``, is not a leak)."""
-    solution = {l.strip() for l in solution_lines(source_nb, name) if l.strip()}
-    outside = {l.strip() for c in source_nb.cells for l in _strip_solution(c.source, name)[0].split("\n")}
-    secret = solution - outside
-    return [l for c in student_nb.cells for l in c.source.split("\n") if l.strip() in secret]
+    """Solution lines of ``source_nb`` found anywhere in ``student_nb``: a cell's source, outputs, metadata or
+    attachments, the notebook's metadata (a line the source also has outside any region, such as ``return x``,
+    is not a leak)."""
+    return [line for _, line in _leaks(source_nb, student_nb, name)]
+
+
+def secret_lines(nb: nbformat.NotebookNode, name: str = "<notebook>") -> set:
+    """The stripped lines that only ``nb``'s solution regions hold: none of them may reach a student."""
+    solution = {l.strip() for l in solution_lines(nb, name) if l.strip()}
+    return solution - {l.strip() for c in nb.cells for l in _strip_solution(c.source, name)[0].split("\n")}
+
+
+def _leaks(source_nb: nbformat.NotebookNode, student_nb: nbformat.NotebookNode, name: str) -> List[Tuple[str, str]]:
+    """(where, line) of every solution line of ``source_nb`` in ``student_nb``; where: 'cell N' or 'notebook'."""
+    secret = secret_lines(source_nb, name)
+    places = [(f"cell {i}", c) for i, c in enumerate(student_nb.cells)] + [("notebook", student_nb.metadata)]
+    return [(where, l) for where, part in places for s in _strings(part) for l in s.split("\n")
+            if l.strip() in secret]
 
 
 def has_exercises(nb: nbformat.NotebookNode) -> bool:
@@ -250,6 +281,54 @@ def _experiment_cells(nb: nbformat.NotebookNode) -> set:
     return {j for start, end, _ in _experiment_spans(nb) for j in range(start + 1, end)}
 
 
+def _check_stub(source: str, where: str) -> None:
+    """The student's version of an answer cell must run: valid Python whose stub raises only when its function is
+    called (a stub raising at the top of the cell, or in a class body, would leave the names undefined and break
+    every later cell that uses them)."""
+    stub = _strip_solution(source, where)[0]
+    try:
+        tree = ast.parse(stub)
+    except SyntaxError as e:
+        try:
+            ast.parse(source)
+        except SyntaxError:
+            return  # not plain Python (IPython magics): the teacher's own cell is not ours to judge
+        raise ValueError(f"{where}: the student copy of this answer cell is not valid Python ({e.msg}, line "
+                         f"{e.lineno}: {(e.text or '').strip()!r}); a solution region must hold whole statements")
+
+    def at_top(node: ast.AST) -> List[ast.AST]:  # nodes that run when the cell runs (not inside a def)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return []
+        return [node] + [n for child in ast.iter_child_nodes(node) for n in at_top(child)]
+
+    lines = stub.split("\n")
+
+    def is_stub(node: ast.AST) -> bool:
+        return isinstance(node, ast.Raise) and lines[node.lineno - 1].strip() == STUB[1]
+
+    stubbed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+               and any(is_stub(r) for r in ast.walk(n))}
+    for node in at_top(tree):
+        if is_stub(node):
+            raise ValueError(f"{where}: a solution region outside a function body: its stub '{STUB[1]}' would "
+                             f"raise when the cell runs (line {node.lineno} of the student copy), leaving the "
+                             f"cell's names undefined for the cells after it; put the region inside a def")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in stubbed:
+            raise ValueError(f"{where}, line {node.lineno}: {node.func.id}(...) is called when the cell runs; in the "
+                             f"student copy it raises NotImplementedError there and the names after it stay "
+                             f"undefined; call it in the check cell or in a later cell (through passed_or)")
+
+
+def _check_known(check: str, where: str) -> None:
+    from ..checks import CHECKS  # made from the exercise tables
+
+    if check not in CHECKS:
+        near = difflib.get_close_matches(check, CHECKS, n=1)
+        hint = f"did you mean check_{near[0]}? " if near else ""
+        raise ValueError(f"{where}: check_{check}(...) is not a check of vit_edu.checks; {hint}expected one of "
+                         f"vit_edu.checks.CHECKS (in the student copy it would fail with an ImportError)")
+
+
 def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[Exercise]:
     """The exercises of ``nb`` in order; ValueError naming the notebook and cell when the layout is broken
     (an answer without a check cell, a check without an answer, a statement without points, ...)."""
@@ -260,19 +339,20 @@ def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[
     in_experiment = _experiment_cells(nb)
     for i, cell in enumerate(nb.cells):
         where = f"{name}, cell {i}"
+        _strip_solution(cell.source, where)  # unpaired or misspelt markers: a clear error here already
         if i in in_experiment:
             continue  # find_experiments reads these
-        if cell.cell_type == "markdown" and _has_region(cell.source):
-            raise ValueError(f"{where}: a solution region in a markdown cell (a written answer) cannot be autograded; "
-                             f"ask for code followed by a check cell")
+        if cell.cell_type != "code" and _has_region(cell.source):
+            raise ValueError(f"{where}: a solution region in a {cell.cell_type} cell (a written answer) cannot be "
+                             f"autograded; ask for code followed by a check cell")
         if cell.cell_type != "code":
             continue
-        _strip_solution(cell.source, where)  # unpaired markers: a clear error here already
         calls = CHECK_CALL_RE.findall(cell.source)
         if _has_region(cell.source):
             if calls:
                 raise ValueError(f"{where}: a solution region and a call of check_{calls[0]}(...) in one cell; "
                                  f"the check goes in its own cell after the answer cell")
+            _check_stub(cell.source, where)
             pending.append(i)
             continue
         if not calls:
@@ -281,6 +361,7 @@ def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[
             raise ValueError(f"{where}: {len(calls)} check calls ({', '.join('check_' + c for c in calls)}); "
                              f"one check per cell")
         check = calls[0]
+        _check_known(check, where)
         if not pending:
             since = f"since the check cell {last_check}" if last_check >= 0 else "above it"
             raise ValueError(f"{where}: check_{check}(...) has no answer cell (a code cell with '{BEGIN}') {since}")
@@ -367,6 +448,20 @@ def metadata_problems(nb: nbformat.NotebookNode, name: str = "<notebook>") -> Li
     return problems
 
 
+def renamed_grade_ids(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[str]:
+    """One line per cell whose grade_id the next write replaces (set by hand, or the layout changed)."""
+    expected = expected_metadata(nb, name)
+    notes = []
+    for index, cell in enumerate(nb.cells):
+        have = (cell.metadata.get("nbgrader") or {}).get("grade_id")
+        want = expected.get(index, {}).get("grade_id")
+        if have is not None and have != want:
+            what = f"becomes {want!r}" if want else "is removed (not an exercise cell)"
+            notes.append(f"{name}, cell {index}: grade_id {have!r} {what}: grade ids come from the check names and "
+                         f"the layout; nbgrader's gradebook sees a new cell")
+    return notes
+
+
 def _text(nb: nbformat.NotebookNode) -> str:
     text = nbformat.writes(nb)
     return text if text.endswith("\n") else text + "\n"
@@ -377,7 +472,8 @@ def write_metadata(src_dir: "str | Path" = DEFAULT_SRC) -> List[Path]:
     the cells' ``nbgrader`` entries change); returns the rewritten paths. Idempotent."""
     updates = []  # all notebooks first: a broken one stops the run before anything is written
     for path in _sources(Path(src_dir)):
-        nb = nbformat.read(path, as_version=4)
+        nb = _read(path)
+        _student_text(nb, path.name)  # its student copy can be made (no solution left in it)
         if metadata_problems(nb, path.name):
             updates.append((path, _text(add_nbgrader_metadata(nb, path.name))))
     for path, text in updates:
@@ -396,6 +492,7 @@ def make_student_notebook(nb: nbformat.NotebookNode, name: str = "<notebook>") -
     if not isinstance(nb, nbformat.NotebookNode):
         raise TypeError(f"make_student_notebook expects an nbformat NotebookNode, got {type(nb).__name__}")
     student = copy.deepcopy(nb)
+    student.metadata.pop("widgets", None)  # the teacher's widget state: outputs, as nbconvert's clear-output does
     for index, cell in enumerate(student.cells):
         grader = cell.metadata.get("nbgrader", {})
         if grader.get("solution"):
@@ -403,9 +500,11 @@ def make_student_notebook(nb: nbformat.NotebookNode, name: str = "<notebook>") -
         elif grader.get("grade") or grader.get("locked"):
             cell.metadata["deletable"] = False
             cell.metadata["editable"] = False
-        if cell.cell_type == "markdown":  # a written answer, as nbgrader does
+        if cell.cell_type != "code":  # a written answer, as nbgrader does
             cell.source = _strip_solution(cell.source, f"{name}, cell {index}", TEXT_STUB)[0]
-        if cell.cell_type != "code":
+            for key in list(cell.get("attachments", {})):  # a picture the removed answer showed goes with it
+                if f"attachment:{key}" not in cell.source:
+                    del cell.attachments[key]
             continue
         experiment = str(grader.get("grade_id", "")).startswith(EXPERIMENT_PREFIX)
         cell.source = _strip_solution(cell.source, f"{name}, cell {index}",
@@ -417,8 +516,24 @@ def make_student_notebook(nb: nbformat.NotebookNode, name: str = "<notebook>") -
 
 
 def _render(path: Path) -> str:
-    nb = nbformat.read(path, as_version=4)
-    return _text(make_student_notebook(add_nbgrader_metadata(nb, path.name), path.name))
+    return _student_text(_read(path), path.name)
+
+
+def _student_text(nb: nbformat.NotebookNode, name: str) -> str:
+    """The student copy of teacher notebook ``nb`` as written; ValueError naming the cell if any solution text is
+    left in it (a source, an output, metadata, an attachment, the notebook's metadata)."""
+    student = make_student_notebook(add_nbgrader_metadata(nb, name), name)
+    leaks = _leaks(nb, student, name)
+    if leaks:
+        where, line = leaks[0]
+        raise ValueError(f"{name}, {where}: the student copy still holds a solution line ({line.strip()[:80]!r}, "
+                         f"{len(leaks)} in all); expected every solution inside '{BEGIN}' / '{END}' and none in "
+                         f"metadata or attachments")
+    text = _text(student)
+    if NEAR_MARKER_RE.search(text):  # a marker left in metadata, say
+        raise ValueError(f"{name}: the student copy still holds {NEAR_MARKER_RE.search(text).group(0)!r}; expected "
+                         f"none (a marker outside a cell's source?)")
+    return text
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -426,9 +541,24 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _sources(src_dir: Path) -> List[Path]:
+    """The teacher notebooks of ``src_dir``; an error for a folder without any (the copies would all go)."""
     if not src_dir.is_dir():
         raise FileNotFoundError(f"source folder not found: {src_dir}")
-    return sorted(p for p in src_dir.glob("*.ipynb") if not p.name.startswith("."))
+    paths = sorted(p for p in src_dir.glob("*.ipynb") if not p.name.startswith("."))
+    if not paths:
+        raise FileNotFoundError(f"no notebooks in {src_dir}; expected the teacher notebooks (*.ipynb), e.g. "
+                                f"--src {DEFAULT_SRC}")
+    return paths
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    """The notebook at ``path``; a ValueError naming it when it is not one."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except (ValueError, TypeError, AttributeError, KeyError, nbformat.ValidationError) as e:
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise ValueError(f"{path.name}: not a readable notebook ({type(e).__name__}: {first}); expected a Jupyter "
+                         f"notebook file (nbformat 4)") from e
 
 
 def render_all(src_dir: "str | Path" = DEFAULT_SRC) -> Dict[str, str]:
@@ -466,7 +596,7 @@ def stale(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAULT_O
     out = Path(out_dir)
     problems = []
     for path in _sources(Path(src_dir)):
-        problems += metadata_problems(nbformat.read(path, as_version=4), path.name)
+        problems += metadata_problems(_read(path), path.name)
     rendered = render_all(src_dir)
     for name, text in rendered.items():
         path = out / name
@@ -483,7 +613,7 @@ def course_exercises(src_dir: "str | Path" = DEFAULT_SRC) -> List[Tuple[str, Exe
     """(notebook file name, exercise) for every exercise of the course, in order."""
     found = []
     for path in _sources(Path(src_dir)):
-        found += [(path.name, ex) for ex in find_exercises(nbformat.read(path, as_version=4), path.name)]
+        found += [(path.name, ex) for ex in find_exercises(_read(path), path.name)]
     return found
 
 
@@ -529,18 +659,18 @@ def nbgrader_course(course_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SR
             raise FileNotFoundError(f"no notebook {', '.join(sorted(unknown))} in {src_dir} "
                                     f"(have: {', '.join(p.stem for p in paths)})")
         paths = [p for p in paths if p.stem in wanted]
-    course.mkdir(parents=True, exist_ok=True)
-    written = []
+    texts = {}  # every notebook first: a broken one stops the run before anything is written
+    for path in paths:
+        nb = _read(path)
+        _student_text(nb, path.name)
+        texts[course / "source" / path.stem / path.name] = _text(add_nbgrader_metadata(nb, path.name))
+    check_writable_dir(course, "nbgrader course folder")
     config = course / "nbgrader_config.py"
     if not config.exists():
-        _write_atomic(config, NBGRADER_CONFIG)
-        written.append(config)
-    for path in paths:
-        nb = add_nbgrader_metadata(nbformat.read(path, as_version=4), path.name)
-        target = course / "source" / path.stem / path.name
-        _write_atomic(target, _text(nb))
-        written.append(target)
-    return written
+        texts = {config: NBGRADER_CONFIG, **texts}
+    for target, text in texts.items():
+        _write_atomic(target, text)
+    return list(texts)
 
 
 def _points(value: float) -> str:
@@ -582,16 +712,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             print(f"nbgrader metadata in {args.src} and student notebooks in {args.out} are up to date")
             return 0
+        check_writable_dir(Path(args.out), "student copies folder (--out)")  # before the notebooks change
+        notes = [n for p in _sources(Path(args.src)) for n in renamed_grade_ids(_read(p), p.name)]
         changed = write_metadata(args.src)
         paths = generate(args.src, args.out)
         exercises = course_exercises(args.src)
     except (OSError, ValueError) as e:  # OSError: also an unwritable or full --out, found up front
         print(f"vit_edu assignments: error: {error_line(e)}", file=sys.stderr)
         return exit_status(e)
-    n_ex = sum(has_exercises(nbformat.read(Path(args.src) / p.name, as_version=4)) for p in paths)
+    n_ex = sum(has_exercises(_read(Path(args.src) / p.name)) for p in paths)
     print(f"nbgrader metadata: {len(exercises)} exercises, {_points(sum(ex.points for _, ex in exercises))} points; "
           f"rewrote {len(changed)} teacher notebook(s)")
     print(f"wrote {len(paths)} student notebooks ({n_ex} with exercises) to {args.out}")
+    for note in notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -8,18 +8,18 @@ beside ``OUT_DIR`` and renamed into place, so a failure leaves no half-written h
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import nbformat
-
 from .._startup import OneLineParser
 from ..fileio import build_folder, check_space, check_writable_dir, error_line, exit_status, folder_bytes
-from .assignments import (BEGIN, DEFAULT_SRC, END, PACKAGE_DIR, Exercise, _points, _sources, _text, _write_atomic,
-                          add_nbgrader_metadata, course_exercises, leaked_lines, make_student_notebook)
+from .assignments import (DEFAULT_SRC, PACKAGE_DIR, Exercise, _points, _read, _render, _sources, _write_atomic,
+                          course_exercises, secret_lines)
 
 HANDOUT_MARKER = ".vit_edu_handout"  # marks a folder made by `handout`, the only kind --force replaces
 
@@ -99,7 +99,7 @@ Total: {total} points.
 ## What to hand in
 
 Your notebooks from `notebooks/`, under their names (e.g. `01_patch_embedding.ipynb`), where your teacher
-says. Figures the notebooks draw go to `figures/`; they are not graded.
+says. Figures the notebooks draw go to `build/figures/`; they are not graded.
 
 The package `vit_edu/` contains the reference implementation of every piece (the checks need it); your
 teacher says whether you may read it. Copying it into your answers passes the checks but teaches nothing.
@@ -137,6 +137,26 @@ HANDOUT_IGNORE = ("__pycache__", "*.pyc", "*.pyo", ".*", "*.egg-info", "*~")
 CITED_FILE = re.compile(r"(?<![\w/.])((?:docs|figures)/[\w.-]+\.(?:md|png))")
 
 
+def package_files() -> List[Path]:
+    """The files of vit_edu/ a handout carries: those git tracks in a checkout (a teacher's untracked scratch, say
+    ``vit_edu/my_answers.py``, stays home), else every file but caches and hidden ones."""
+    root = PACKAGE_DIR.parent
+    try:
+        run = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--", PACKAGE_DIR.name], capture_output=True,
+                             text=True, timeout=60)
+        tracked = [root / f for f in run.stdout.split("\0") if f] if run.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        tracked = []
+    if tracked:
+        return sorted(p for p in tracked if p.is_file())
+    ignore = shutil.ignore_patterns(*HANDOUT_IGNORE)
+    files = []
+    for folder, dirs, names in os.walk(PACKAGE_DIR):
+        dirs[:] = [d for d in dirs if not ignore(folder, [d])]
+        files += [Path(folder) / n for n in names if not ignore(folder, [n])]
+    return sorted(files)
+
+
 def cited_files(texts: Sequence[str]) -> List[str]:
     """The repository files (docs/*.md, figures/*.png) the notebooks' texts name, sorted."""
     return sorted({m.group(1) for text in texts for m in CITED_FILE.finditer(text)})
@@ -144,7 +164,8 @@ def cited_files(texts: Sequence[str]) -> List[str]:
 
 def student_readme(exercises: Sequence[Tuple[str, Exercise]], notebooks: Sequence[str]) -> str:
     """The handout's README.md: install, where to write, how checks work, the exercises with their points."""
-    table = "\n".join(f"| {nb} | {ex.number}: {ex.title} | {_points(ex.points)} |" for nb, ex in exercises)
+    rows = [(nb, ex.number, ex.title.replace("|", "\\|"), _points(ex.points)) for nb, ex in exercises]  # '|' ends a cell
+    table = "\n".join(f"| {nb} | {number}: {title} | {points} |" for nb, number, title, points in rows)
     return STUDENT_README.format(first=notebooks[0], first_stem=Path(notebooks[0]).stem,
                                  last=Path(notebooks[-1]).stem, table=table,
                                  total=_points(sum(ex.points for _, ex in exercises)))
@@ -181,23 +202,19 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
     if out == root or out in root.parents:
         raise ValueError(f"{out} holds the repository; choose another folder")
     sources = _sources(src)
-    if not sources:
-        raise FileNotFoundError(f"no notebooks in {src}")
-    students = {}
-    for path in sources:
-        teacher = nbformat.read(path, as_version=4)
-        student = make_student_notebook(add_nbgrader_metadata(teacher, path.name), path.name)
-        text = _text(student)
-        leaks = leaked_lines(teacher, student, path.name)
-        if leaks or BEGIN in text or END in text:
-            raise AssertionError(f"{path.name}: the student copy still holds solution lines: {leaks[:3]}")
-        students[path.name] = text
+    students = {path.name: _render(path) for path in sources}  # ValueError naming the cell if a solution is left
     exercises = course_exercises(src)
     cited = cited_files(students.values())
     missing = [name for name in cited if not (root / name).is_file()]
     if missing:
         raise FileNotFoundError(f"the notebooks point to {', '.join(missing)}, which {root} does not have; "
                                 f"expected every cited file to exist so the handout can carry it")
+    secrets = {line: p.name for p in sources for line in secret_lines(_read(p), p.name)}
+    for name in (n for n in cited if n.endswith(".md")):  # the docs travel with the handout: no answer in them
+        for number, line in enumerate((root / name).read_text(encoding="utf-8").split("\n"), start=1):
+            if line.strip() in secrets:
+                raise ValueError(f"{name}, line {number}: {line.strip()[:80]!r} is a solution line of "
+                                 f"{secrets[line.strip()]}; the handout carries {name}, so expected no answer in it")
 
     check_writable_dir(out, "handout folder")
     check_writable_dir(out.parent, f"handout folder {out}: the folder it goes in,")
@@ -207,7 +224,10 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
     def build(tmp: Path) -> None:
         for name, text in students.items():
             _write_atomic(tmp / "notebooks" / name, text)
-        shutil.copytree(PACKAGE_DIR, tmp / "vit_edu", ignore=shutil.ignore_patterns(*HANDOUT_IGNORE))
+        for path in package_files():
+            target = tmp / "vit_edu" / path.relative_to(PACKAGE_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
         for name in ("pyproject.toml", "requirements.txt", *cited):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, tmp / name)
