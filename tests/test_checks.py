@@ -436,6 +436,8 @@ ATTENTION_MUTANTS = {
     r"wrong out: the 1/sqrt\(d\) scale is missing":
         lambda q, k, v: (_attn(scale=lambda d: 1.0)(q, k, v)[0], attention(q, k, v)[1]),
     r"scale uses the number of heads": lambda q, k, v: _attn(scale=lambda d: q.shape[1] ** -0.5)(q, k, v),
+    r"wrong weights: the weights are returned transposed \(keys as rows\)":
+        lambda q, k, v: (attention(q, k, v)[0], attention(q, k, v)[1].transpose(-2, -1)),
 }
 
 
@@ -502,7 +504,8 @@ class ReturnsTuple(MultiHeadAttention):
 
 
 class NoQkvBias(MultiHeadAttention):
-    """Correct: qkv without bias is still the same map once the weights are copied."""
+    """Wrong: the contract's qkv has a bias (the cell after the check copies it into nn.MultiheadAttention and
+    loads the state into vit_edu.Attention, which a qkv without one breaks)."""
 
     def __init__(self, dim, heads):
         super().__init__(dim, heads)
@@ -533,8 +536,10 @@ def test_multi_head_attention_mutants(module, message):
         checks.check_multi_head_attention(module)
 
 
-def test_multi_head_attention_without_qkv_bias_passes():
-    checks.check_multi_head_attention(NoQkvBias)
+def test_layers_without_the_contracts_bias_are_rejected():
+    """A layer the contract gives a bias (here qkv; the adversarial sets hold fc1, fc2, proj) passed without one."""
+    with pytest.raises(CheckError, match=r"`self.qkv` should be nn.Linear\(32, 96\) with a bias"):
+        checks.check_multi_head_attention(NoQkvBias)
 
 
 # ----------------------------------------------------------------------------------------- 6 MLP mutants

@@ -156,7 +156,13 @@ def scale_after_softmax(q, k, v):
     return w @ v, w
 
 
+def weights_keys_as_rows(q, k, v):
+    w = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    return w @ v, w.mT  # "key j's column": out is right, the weights are returned the other way round
+
+
 MISTAKES = [
+    (weights_keys_as_rows, "returned transposed"),
     (no_scale, "1/sqrt(d) scale is missing"),
     (scale_1_over_d, "1/d instead of 1/sqrt(d)"),
     (softmax_queries, "wrong axis"),

@@ -297,7 +297,14 @@ class TorchMultiheadAttention(Standard):
         return x + self.mlp(self.norm2(x))
 
 
+class NormsWithoutBias(Standard):  # the contract's norms have their own gamma AND beta
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6, bias=False), nn.LayerNorm(dim, eps=1e-6, bias=False)
+
+
 MISTAKES = [
+    (NormsWithoutBias, "no bias (beta)"),
     (TorchMultiheadAttention, "`self.attn.qkv`"),
     (MlpResidualOfInput, "adds the block input x"),
     (Norm1Twice, "norm1 is used for both sublayers"),

@@ -166,6 +166,12 @@ def returns_numpy_array(step, total_steps, warmup_steps, base_lr):
     return np.array(correct_branches(step, total_steps, warmup_steps, base_lr))  # a 0-d array
 
 
+def int_zero_after_the_end(step, total_steps, warmup_steps, base_lr):
+    if step >= total_steps:
+        return 0  # an int, not the contract's float
+    return correct_branches(step, total_steps, warmup_steps, base_lr)
+
+
 def reaches_zero_one_step_early(step, total_steps, warmup_steps, base_lr):
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -177,6 +183,7 @@ MISTAKES = [
     (reaches_zero_one_step_early, "warmup_steps - 1"),
     (returns_numpy_float32, "Python float"),
     (returns_numpy_array, "Python float"),
+    (int_zero_after_the_end, "Python float, got the int"),
     (forgets_the_half, "1/2 is missing"),
     (sin_instead_of_cos, "sin instead of cos"),
     (cos_in_degrees, "radians"),

@@ -135,6 +135,15 @@ class UnusedBias(_Base):
         return F.linear(F.gelu(self.fc1(x)), self.fc2.weight)
 
 
+class NoBiasInFc2(_Base):  # the contract's fc2 has a bias; without one the weights do not load into vit_edu.Mlp
+    def __init__(self, dim, hidden_dim):
+        super().__init__(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class FrozenFirstLayer(_Base):
     def __init__(self, dim, hidden_dim):
         super().__init__(dim, hidden_dim)
@@ -154,6 +163,7 @@ class SequentialNamedLayers(nn.Module):
 
 
 MISTAKES = [
+    (NoBiasInFc2, "with a bias"),
     (ReLU, "ReLU"),
     (NoActivation, "activation is missing"),
     (SiLU, "SiLU"),

@@ -83,13 +83,13 @@ class HeadLoop(nn.Module):
         return self.proj(torch.cat(outs, dim=-1))
 
 
-class LazyNoBias(nn.Module):
+class LazyLinears(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
         if dim % heads:
             raise ValueError("dim must be a multiple of heads")
         self.heads = heads
-        self.qkv = nn.LazyLinear(3 * dim, bias=False)
+        self.qkv = nn.LazyLinear(3 * dim)
         self.proj = nn.LazyLinear(dim)
         self.attn_drop = nn.Dropout(0.1)
 
@@ -114,7 +114,7 @@ class HeadsIntoBatch(nn.Module):
         w = torch.bmm(q * d ** -0.5, k.transpose(1, 2)).softmax(-1)
         return self.proj(torch.bmm(w, v).reshape(B, self.h, N, d).permute(0, 2, 1, 3).reshape(B, N, D))
 
-CORRECT = [EinopsMHA, ViewTranspose, ChunkEinsum, HeadLoop, LazyNoBias, HeadsIntoBatch]
+CORRECT = [EinopsMHA, ViewTranspose, ChunkEinsum, HeadLoop, LazyLinears, HeadsIntoBatch]
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
@@ -256,6 +256,15 @@ class ProjWithoutBias(_Base):
         return self.merge(_softmax_attention(*self.split(x))) @ self.proj.weight.T
 
 
+class QkvBiasFalse(_Base):  # the contract's qkv has a bias (qkv_bias=False is another model)
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+
+    def forward(self, x):
+        return self.proj(self.merge(_softmax_attention(*self.split(x))))
+
+
 class ProjUntransposed(_Base):
     def forward(self, x):
         return self.merge(_softmax_attention(*self.split(x))) @ self.proj.weight + self.proj.bias
@@ -268,6 +277,7 @@ class HeadCountAsHeadSize(_Base):
 
 
 MISTAKES = [
+    (QkvBiasFalse, "with a bias"),
     (HeadCountAsHeadSize, "head size are swapped"),
     (ProjWithoutBias, "bias of self.proj"),
     (ProjUntransposed, "untransposed"),

@@ -201,7 +201,17 @@ class ConvWithoutBiasUse(_Conv):
         return rearrange(y, "b d h w -> b (h w) d")
 
 
+class ConvBiasFalse(_Conv):  # the contract's proj holds E and b
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__(image_size, patch_size, in_channels, dim)
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=False)
+
+    def forward(self, images):
+        return rearrange(self.proj(images), "b d h w -> b (h w) d")
+
+
 MISTAKES = [
+    (ConvBiasFalse, "with a bias"),
     (ColumnMajor, "column-major"),
     (ReshapeNoTranspose, "mixes features and positions"),
     (FlattenOnly, "transpose(1, 2)"),

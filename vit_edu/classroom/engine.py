@@ -103,7 +103,7 @@ class Exercise:
     # the package's own implementation of this exercise (dotted names; a class stands for its methods): the grader
     # flags an answer whose check runs it (vit_edu.classroom.watch); () where the package has none
     package: Tuple[str, ...] = ()
-    # the contract asks for a Python float: a numpy scalar that is no float (np.float32, a 0-d array) is named
+    # the contract asks for a Python float: an int or a numpy scalar that is no float (np.float32, 0-d array) is named
     python_float: bool = False
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)

@@ -122,6 +122,9 @@ def norm_params(ctx: Ctx, name: str, D: int) -> Tuple[torch.Tensor, Optional[tor
     if tuple(w.shape) != (D,) or (b is not None and tuple(b.shape) != (D,)):
         raise ContractError(f"`self.{name}` should be nn.LayerNorm({D}, eps=1e-6), got a weight of shape "
                             f"{list(w.shape)}")
+    if b is None:
+        raise ContractError(f"`self.{name}` has no bias (beta) of its own; the contract's LayerNorm has a weight and a "
+                            f"bias: nn.LayerNorm(dim, eps=1e-6), not bias=False")
     return w, b
 
 

@@ -24,7 +24,7 @@ PATCHIFY = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
 # ------------------------------------------------------------------------------------------------ helpers
 def linear(ctx: Ctx, name: str, n_in: int, n_out: int, hint: str = "", alt: str = ""
            ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(weight, bias) of the student's ``self.<name>``, an nn.Linear(n_in, n_out) by contract (bias optional)."""
+    """(weight, bias) of the student's ``self.<name>``, an nn.Linear(n_in, n_out) with its bias by contract."""
     w, b = ctx.param(f"{name}.weight"), ctx.param(f"{name}.bias")
     want = f"nn.Linear({n_in}, {n_out}){hint}{alt}"
     if w is None:
@@ -35,7 +35,12 @@ def linear(ctx: Ctx, name: str, n_in: int, n_out: int, hint: str = "", alt: str 
     if tuple(w.shape) != (n_out, n_in) or (b is not None and tuple(b.shape) != (n_out,)):
         got = f"nn.Linear({w.shape[1]}, {w.shape[0]})" if w.ndim == 2 else f"a weight of shape {list(w.shape)}"
         raise ContractError(f"`self.{name}` should be {want}, got {got}")
+    if b is None:
+        raise ContractError(_NO_BIAS.format(name=name, want=f"nn.Linear({n_in}, {n_out})"))
     return w, b
+
+
+_NO_BIAS = "`self.{name}` should be {want} with a bias (bias=True, the default), as the contract asks; it has none"
 
 
 def lin(x: torch.Tensor, wb: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> torch.Tensor:
@@ -167,6 +172,8 @@ def _patch_proj(ctx: Ctx) -> Tuple[torch.Tensor, Optional[torch.Tensor], str, Op
             raise ContractError(f"{ctx.exercise.title} has no attribute `proj`; the exercise asks for "
                                 f"`self.proj` = {want}")
         raise ContractError(f"`self.proj` should be {want}; it has no parameter `weight`")
+    if b is None:
+        raise ContractError(_NO_BIAS.format(name="proj", want=want))
     if w.ndim == 4 and tuple(w.shape) == (D, C, P, P):
         return w, b, "conv", None
     if w.ndim == 2 and tuple(w.shape) == (D, P * P * C):
@@ -371,6 +378,8 @@ def _attention_mutants(ctx: Ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     out: List[Mutant] = [(msg, lambda m=make: (m() @ v, m())) for msg, make in attention_weight_mutants(q, k)]
     out += [
         ("out uses the transposed weights: out = weights @ v", lambda: (exp_w.transpose(-2, -1) @ v, None)),
+        ("the weights are returned transposed (keys as rows); row i is query i's attention over the keys, summing "
+         "to 1: return the softmax itself", lambda: (exp_out, exp_w.transpose(-2, -1))),
         ("out is weights @ k; it must be weights @ v", lambda: (exp_w @ k, None)),
         ("out is weights @ q; it must be weights @ v", lambda: (exp_w @ q, None)),
         ("the weights returned are the logits q @ k^T / sqrt(d) before the softmax; return the softmax",

@@ -328,6 +328,9 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
     if ex.python_float and numpy_number(rec["output"]):
         raise _Fail(f"{ex.title} should return a Python float, got a {numpy_number(rec['output'])}: float(x) or "
                     f"x.item() makes one\n  inputs: {label}")
+    if ex.python_float and isinstance(got, int) and not isinstance(got, bool):
+        raise _Fail(f"{ex.title} should return a Python float, got the int {got}: write {got}.0, or float(...)"
+                    f"\n  inputs: {label}")
     if ex.diagnose is not None:
         msg = ex.diagnose(ctx, got if not isinstance(got, (_Observed, _Seq)) else _unwrap(got), *case.args)
         if msg:
