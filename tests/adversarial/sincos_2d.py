@@ -154,6 +154,12 @@ def no_value_error(grid_h, grid_w, dim):
     return _table(grid_h, grid_w, 4 * k)[:, :dim] if dim >= 4 else torch.zeros(grid_h * grid_w, dim)
 
 
+def value_error_only_for_an_odd_half(grid_h, grid_w, dim):
+    if (dim // 2) % 2:  # 10 and 6 raise, 9 does not: it returns a table of 8 features
+        raise ValueError(f"dim // 2 must be even, got dim={dim}")
+    return _table(grid_h, grid_w, dim // 4 * 4)
+
+
 def temperature_1000(grid_h, grid_w, dim):
     _need4(dim)
     return _table(grid_h, grid_w, dim, temp=1000.0)
@@ -178,5 +184,6 @@ MISTAKES = [
     (float64_table, "float32"),
     (batch_dimension, "shape"),
     (no_value_error, "ValueError"),
+    (value_error_only_for_an_odd_half, "ValueError"),
     (temperature_1000, "10000"),
 ]

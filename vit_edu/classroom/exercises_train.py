@@ -255,6 +255,7 @@ def _sincos_cases() -> List[Case]:
     side = _randint(5, 9)
     cases.append(Case((side, side, 64)))  # a square grid, larger positions
     cases.append(Case((3, 4, 10), raises="ValueError", why="dim=10 is not divisible by 4 (the exercise asks for it)"))
+    cases.append(Case((3, 4, 9), raises="ValueError", why="dim=9 is not divisible by 4 (the exercise asks for it)"))
     return cases
 
 
