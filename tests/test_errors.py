@@ -475,7 +475,7 @@ CLI_CASES = [
     ("export-under-a-file", ["train", "--export", "{a_file}/w.safetensors"],
      r"export file \(--export\) .*w.safetensors cannot be written: .*a_file is a file, not a folder"),
     ("export-not-safetensors", ["train", "--export", "{out}/w.pt"], r"--export expects a path ending in .safetensors"),
-    ("demo-images-0", ["demo", "--images", "0"], r"--images must be >= 1 \(images in the rollout figure\), got 0"),
+    ("demo-images-0", ["demo", "--images", "0"], r"--images must be in \[1, 16\] \(images in the rollout figure\), got 0"),
     ("demo-n-0", ["demo", "--n", "0"], r"--n must be >= 1 \(test images to evaluate\), got 0"),
     ("demo-figures-dir-file", ["demo", "--figures-dir", "{a_file}"], r"--figures-dir .*a_file is a file; expected a folder"),
     ("demo-figures-dir-under-file", ["demo", "--figures-dir", "{a_file}/figs"], r"cannot be created: .*a_file is a file"),
@@ -1028,3 +1028,25 @@ def test_atomic_write_keeps_links_and_special_files(tmp_path) -> None:
     with pytest.raises(OSError, match=r"export file .*pipe is not a regular file"):  # asked before the work
         vit_edu.fileio.check_writable_file(fifo, "export file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "pipe", "store"]  # no temp file left
+
+
+def test_a_hybrid_refuses_a_patch_embedding_it_would_ignore() -> None:
+    """hybrid_layers with patch_embed='linear' was accepted and silently built the hybrid's Conv2d embedding."""
+    with pytest.raises(ValueError, match=r"patch_embed='linear' does not apply to a hybrid \(hybrid_layers=\(1,\)\)"):
+        get_config("vit_hybrid_s4_32", patch_embed="linear")
+    assert get_config("vit_hybrid_s4_32", patch_embed="conv").hybrid_layers == (1,)
+
+
+def test_config_notes_that_a_checkpoint_could_not_read_back_are_refused(tmp_path) -> None:
+    """extra={'data': Path(...)} was accepted; the checkpoint saved, then torch.load(weights_only=True) refused it."""
+    import json
+    from pathlib import Path
+
+    for bad, where in [(Path("data"), r"PosixPath|WindowsPath"), (np.float32(1.0), r"float32 .* at extra\['v'\]"),
+                       ([1, np.int64(2)], r"extra\['v'\]\[1\]"), ({1: "a"}, r"key 1 \(int, not str\)")]:
+        with pytest.raises(TypeError, match=where):
+            ViTConfig(**SMALL, extra={"v": bad})
+    cfg = ViTConfig(**SMALL, extra={"v": {"a": [1, 2.5, None, True, "x"]}})
+    torch.save({"config": cfg.to_dict()}, tmp_path / "c.pt")
+    back = torch.load(tmp_path / "c.pt", weights_only=True)["config"]
+    assert ViTConfig.from_dict(json.loads(json.dumps(back))) == cfg

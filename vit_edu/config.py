@@ -77,6 +77,24 @@ def _check_field_types(config: "ViTConfig") -> None:
         raise TypeError(f"representation_size must be None or a positive int, got {type(rep).__name__} {rep!r}")
     if not isinstance(config.extra, dict):
         raise TypeError(f"extra must be a dict, got {type(config.extra).__name__} {config.extra!r}")
+    where = _not_plain(config.extra, "extra")
+    if where:  # torch.save would write it, and torch.load(weights_only=True) then refuse the checkpoint
+        raise TypeError(f"extra must hold plain values (str, int, float, bool, None, and lists and dicts of them) so "
+                        f"a checkpoint reads back with weights_only=True and as JSON; got {where}")
+
+
+def _not_plain(value, where: str) -> str:
+    """'' if ``value`` is JSON-like (exact built-in types: a NumPy float is not one), else where and what it is."""
+    if type(value) in (str, int, float, bool, type(None)):
+        return ""
+    if type(value) in (list, tuple):
+        return next((w for i, v in enumerate(value) if (w := _not_plain(v, f"{where}[{i}]"))), "")
+    if type(value) is dict:
+        bad_key = next((k for k in value if type(k) is not str), None)
+        if bad_key is not None:
+            return f"the key {bad_key!r} ({type(bad_key).__name__}, not str) in {where}"
+        return next((w for k, v in value.items() if (w := _not_plain(v, f"{where}[{k!r}]"))), "")
+    return f"{type(value).__name__} {value!r} at {where}"
 
 
 @dataclass
@@ -142,6 +160,10 @@ class ViTConfig:
             raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
         if self.patch_embed not in PATCH_EMBEDS:
             raise ValueError(f"patch_embed must be one of {PATCH_EMBEDS}, got {self.patch_embed!r}")
+        if self.hybrid_layers is not None and self.patch_embed != "conv":  # build_patch_embed would ignore it
+            raise ValueError(f"patch_embed={self.patch_embed!r} does not apply to a hybrid (hybrid_layers="
+                             f"{self.hybrid_layers}): its tokens come from the CNN feature map through a Conv2d; "
+                             "leave patch_embed='conv'")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("pool='cls' needs class_token=True; use pool='mean' for a model without a class token")
         for name in ("dropout", "attn_dropout", "drop_path"):

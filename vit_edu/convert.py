@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -100,8 +101,16 @@ def config_from_timm(tm: nn.Module) -> ViTConfig:
                         f"{name} (it needs no conversion; copy.deepcopy(model) copies it)")
     if name != "VisionTransformer" or not module.startswith("timm") or not hasattr(tm, "blocks"):
         raise TypeError(f"from_timm expects a timm.models.vision_transformer.VisionTransformer, got {module}.{name}")
+    blocks = sorted({type(b).__name__ for b in tm.blocks} - {"Block"})  # ResPostBlock: same names, post-norm
+    if blocks:
+        raise ValueError(f"this timm model uses features vit_edu does not implement: {', '.join(blocks)} blocks "
+                         f"(vit_edu's are timm's pre-norm Block: x + attn(norm1(x)), then x + mlp(norm2(x)))")
     blk = tm.blocks[0]
     unsupported = {
+        f"{type(blk.attn).__name__} attention": type(blk.attn).__name__ != "Attention",
+        f"{type(blk.mlp).__name__} MLP": type(blk.mlp).__name__ != "Mlp",
+        "average pooling over the class token too (pool_include_prefix=True)":
+            getattr(tm, "pool_include_prefix", False) and tm.global_pool == "avg" and tm.cls_token is not None,
         "register tokens": getattr(tm, "num_reg_tokens", 0) > 0,
         "no_embed_class": getattr(tm, "no_embed_class", False),
         "attention pooling": getattr(tm, "attn_pool", None) is not None,
@@ -119,6 +128,10 @@ def config_from_timm(tm: nn.Module) -> ViTConfig:
     if bad:
         raise ValueError(f"this timm model uses features vit_edu does not implement: {', '.join(bad)}")
     hybrid = hasattr(tm.patch_embed, "backbone")
+    if hybrid and _timm_backbone_problem(tm.patch_embed.backbone):
+        raise ValueError(f"this timm hybrid's CNN differs from vit_edu's ResNet (timm's ResNetV2 of Bottleneck "
+                         f"blocks, StdConv2dSame with eps 1e-8, GroupNorm(32, eps 1e-5)): "
+                         f"{_timm_backbone_problem(tm.patch_embed.backbone)}")
     norm = tm.norm if not _is_identity(tm.norm) else tm.fc_norm
     kw = dict(
         image_size=tuple(tm.patch_embed.img_size),
@@ -136,12 +149,57 @@ def config_from_timm(tm: nn.Module) -> ViTConfig:
         norm_eps=float(norm.eps) if hasattr(norm, "eps") else 1e-6,
         fc_norm=not _is_identity(tm.fc_norm),
         dynamic_img_size=bool(getattr(tm, "dynamic_img_size", False)),
+        **_timm_rates(tm),
         extra={"source": "timm"},
     )
     if hybrid:
         kw["hybrid_layers"] = tuple(len(s.blocks) for s in tm.patch_embed.backbone.stages)
         kw["patch_size"] = tuple(tm.patch_embed.patch_size)
     return ViTConfig(**kw)
+
+
+def _rate(m) -> float:
+    """The rate of a Dropout, DropPath or PatchDropout; 0 for the Identity timm puts in place of a rate of 0."""
+    for name in ("p", "drop_prob", "prob"):
+        if isinstance(getattr(m, name, None), (int, float)):
+            return float(getattr(m, name))
+    return 0.0
+
+
+def _timm_rates(tm: nn.Module) -> dict:
+    """timm's dropout and stochastic-depth rates as ViTConfig fields, so a converted model trains as the original.
+
+    Rates vit_edu has no place for (head and patch dropout, a position dropout other than the blocks') are
+    named in a warning: the logits in eval mode are the same, training is not.
+    """
+    blk = tm.blocks[0]
+    rates = dict(dropout=_rate(blk.attn.proj_drop), attn_dropout=_rate(blk.attn.attn_drop),
+                 drop_path=_rate(tm.blocks[-1].drop_path1))  # the last block's: the rate rises from 0 to it
+    pos = _rate(getattr(tm, "pos_drop", None))
+    lost = {"head dropout (drop_rate)": _rate(getattr(tm, "head_drop", None)),
+            "patch dropout (patch_drop_rate)": _rate(getattr(tm, "patch_drop", None)),
+            "position dropout other than proj_drop_rate (pos_drop_rate)": pos if pos != rates["dropout"] else 0}
+    lost = [f"{k} = {v}" for k, v in lost.items() if v]
+    if lost:  # stacklevel: the caller of from_timm
+        warnings.warn(f"vit_edu has no {'; no '.join(lost)}: the converted model trains without it (its logits "
+                      f"in eval mode are the same); its dropout is {rates['dropout']}", UserWarning, stacklevel=4)
+    return rates
+
+
+def _timm_backbone_problem(bb: nn.Module) -> str:
+    """What makes a timm hybrid's backbone compute otherwise than vit_edu's ResNetBackbone, or ''."""
+    if type(bb).__name__ != "ResNetV2" or not hasattr(bb, "stages"):
+        return f"its backbone is a {type(bb).__name__}, not a ResNetV2 with stages"
+    convs = [m for m in bb.modules() if isinstance(m, nn.Conv2d)]
+    if any(type(m).__name__ != "StdConv2dSame" or getattr(m, "eps", None) != 1e-8 for m in convs) \
+            or type(getattr(bb.stem, "pool", None)).__name__ != "MaxPool2dSame":
+        return "its convolutions or max-pool do not pad like TensorFlow's 'SAME' with StdConv eps 1e-8 " \
+               "(padding_same=False?)"
+    if any(type(b).__name__ != "Bottleneck" for s in bb.stages for b in s.blocks):
+        return "its blocks are not post-activation Bottlenecks (preact=True?)"
+    if any(m.num_groups != 32 or m.eps != 1e-5 for m in bb.modules() if isinstance(m, nn.GroupNorm)):
+        return "its GroupNorms are not GroupNorm(32, eps=1e-5)"
+    return ""
 
 
 def from_timm(tm: nn.Module) -> VisionTransformer:
@@ -152,8 +210,13 @@ def from_timm(tm: nn.Module) -> VisionTransformer:
 
 
 def to_timm_state_dict(model: VisionTransformer) -> StateDict:
-    """vit_edu -> timm names (they are the same names; linear patch embeddings are reshaped to conv form)."""
+    """vit_edu -> timm names (they are the same names; linear patch embeddings are reshaped to conv form).
+
+    A fixed sin-cos table comes along as ``pos_embed``, for a timm model with ``pos_embed="learn"`` (timm has no
+    sin-cos option; with ``pos_embed="none"`` it would load the rest and compute without positions)."""
     sd = dict(model.state_dict())
+    if model.config.pos_embedding == "sincos2d":  # a buffer left out of state_dict: timm holds it as a learned table
+        sd["pos_embed"] = model.pos_embed.detach().clone()
     w = sd.get("patch_embed.proj.weight")
     if w is not None and w.ndim == 2:  # LinearPatchEmbed: [D, (p1 p2 c)] -> [D, c, p1, p2]
         p1, p2 = model.patch_embed.patch_size
@@ -250,6 +313,7 @@ def config_from_torchvision(tv: nn.Module) -> ViTConfig:
         num_classes=tv.num_classes, dim=tv.hidden_dim, depth=len(tv.encoder.layers),
         heads=layer0.self_attention.num_heads, mlp_dim=tv.mlp_dim, class_token=True, pool="cls",
         representation_size=tv.representation_size, norm_eps=float(tv.encoder.ln.eps),
+        dropout=float(getattr(tv, "dropout", 0.0)), attn_dropout=float(getattr(tv, "attention_dropout", 0.0)),
         extra={"source": "torchvision"},
     )
 
@@ -370,8 +434,8 @@ def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = No
 
     For users with internet: save ``timm.create_model(name, pretrained=True).state_dict()`` (or a
     torchvision ``vit_b_16(weights=...)``'s) and load the file here with the matching timm name, e.g.
-    ``load_state_dict_file('vit_b_16.pth', 'vit_base_patch16_224')``. ``num_classes`` and
-    ``representation_size`` are read from the file unless given.
+    ``load_state_dict_file('vit_b_16.pth', 'vit_base_patch16_224')``. ``num_classes`` (0 for a file without a
+    head) and ``representation_size`` are read from the file unless given.
     """
     if isinstance(model_name, ViTConfig) and config is None:  # load_state_dict_file(path, config)
         model_name, config = None, model_name
@@ -384,9 +448,8 @@ def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = No
     if detect_format(sd) == "torchvision":
         sd = torchvision_to_vit_edu_state_dict(sd)
     if config is None:
-        head = sd.get("head.weight")
-        if head is not None:
-            overrides.setdefault("num_classes", head.shape[0])
+        head = sd.get("head.weight")  # a file without one: a feature extractor (timm's num_classes=0)
+        overrides.setdefault("num_classes", head.shape[0] if head is not None else 0)
         if "pre_logits.0.weight" in sd:
             overrides.setdefault("representation_size", sd["pre_logits.0.weight"].shape[0])
         config = get_config(model_name, **overrides)
