@@ -276,7 +276,23 @@ class HeadCountAsHeadSize(_Base):
         return self.proj(self.merge(_softmax_attention(q, k, v)))
 
 
+class ScaleAsBuffer(EinopsMHA):  # right values; the buffer is an unexpected key when loaded into vit_edu.Attention
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.register_buffer("scale", torch.tensor((dim // heads) ** -0.5))
+
+
+class ScaleAsPlainAttribute(EinopsMHA):  # right: not in the state_dict, so it loads
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.scale = (dim // heads) ** -0.5
+        self.register_buffer("unsaved", torch.zeros(1), persistent=False)
+
+
+CORRECT.append(ScaleAsPlainAttribute)
+
 MISTAKES = [
+    (ScaleAsBuffer, "load_state_dict"),
     (QkvBiasFalse, "with a bias"),
     (HeadCountAsHeadSize, "head size are swapped"),
     (ProjWithoutBias, "bias of self.proj"),

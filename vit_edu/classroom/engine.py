@@ -105,6 +105,9 @@ class Exercise:
     package: Tuple[str, ...] = ()
     # the contract asks for a Python float: an int or a numpy scalar that is no float (np.float32, 0-d array) is named
     python_float: bool = False
+    # module kind: the package class (dotted name) the cells after the check load the student's weights into by
+    # name (load_state_dict, strict), built from the case's init: its state_dict keys are part of the contract
+    loads_into: Optional[str] = None
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)
     grad_view: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None  # what of a gradient is compared
@@ -430,7 +433,8 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
         rec["module"].update(
             params={n: p.detach().clone() for n, p in module.named_parameters()}, aliases=aliases,
             requires_grad={n: bool(p.requires_grad) for n, p in module.named_parameters()},
-            submodules={n: type(m).__name__ for n, m in module.named_modules() if n})
+            submodules={n: type(m).__name__ for n, m in module.named_modules() if n},
+            state_keys=[str(k) for k in module.state_dict()])
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
     watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
     items = {n: list(a) for n, a in zip(names, args) if isinstance(a, list)}  # a list argument keeps its items

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from dataclasses import dataclass
@@ -352,6 +353,24 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
 
     if case.grad:
         _judge_grad(ex, ctx, case, rec, outs, label)
+    if ex.loads_into is not None and index == 0:
+        _judge_state_keys(ex, case, _get(rec, "module", dict), label)
+
+
+def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str) -> None:
+    """The names of the module's parameters and buffers are what the cells after the check load by."""
+    where, _, name = ex.loads_into.rpartition(".")
+    ref = getattr(importlib.import_module(where), name)(*case.init)
+    want, got = set(ref.state_dict()), {str(k) for k in _get(mod, "state_keys", list)}
+    if got != want:
+        missing, extra = sorted(want - got), sorted(got - want)
+        parts = ([f"missing {', '.join(missing[:6])}"] if missing else []) + \
+                ([f"unexpected {', '.join(extra[:6])}"] if extra else [])
+        raise _Fail(f"the values are right, but the cells after this check load your weights into "
+                    f"{ex.loads_into.replace('vit_edu.block.', 'vit_edu.').replace('vit_edu.attention.', 'vit_edu.')} "
+                    f"by name (load_state_dict), so the names of its parameters and buffers are part of the "
+                    f"contract: {'; '.join(parts)} (a LayerNorm's are weight and bias; a buffer you do not need "
+                    f"to save: register_buffer(..., persistent=False) or a plain attribute)\n  inputs: {label}")
 
 
 def _judge_own_case(ex: Exercise, case: Case, rec: Dict[str, Any], index: int, seed: int, label: str,
