@@ -242,3 +242,11 @@ def test_the_readme_architecture_names_every_module():
     assert not gone, f"README's Architecture names modules that do not exist: {gone}"
     stated = re.search(r"the (\d+) exercises as tables", drawing)
     assert stated and int(stated.group(1)) == len(vit_edu.checks.CHECKS)
+
+
+def test_no_module_is_over_700_lines():
+    """A teacher who audits a piece reads one module of at most 700 lines (issue: the lesson outweighs the
+    machinery)."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 700}
+    assert not long, long
