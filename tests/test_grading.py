@@ -1468,3 +1468,109 @@ def test_a_device_or_fifo_named_like_a_notebook_is_never_opened(tmp_path, monkey
     assert sandbox.read_untrusted(tmp_path / "a.ipynb", 1000) == (None, "not a regular file")
     assert sandbox.read_untrusted(tmp_path / "b.ipynb", 1000) == (b"{}", "")
     assert opened == [str(tmp_path / "b.ipynb")]
+
+
+def test_a_notebook_without_metadata_keeps_its_answers_when_other_cells_were_edited(tmp_path):
+    """An editor dropped the nbgrader metadata of a notebook whose student also did what the course asks
+    elsewhere (wrote a prediction, an experiment: here the demonstration cell edited), added a helper cell above
+    an answer and a scratch cell at the end. The check cells still line up: every answer is found, the helper
+    runs in the answer's place; a notebook whose check cell was changed matches nothing."""
+    ref = reference_folder(tmp_path / "reference")
+    refs = reference.load_reference(ref)
+    nb = submission("b.ipynb")
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+    demo = next(i for i, c in enumerate(nb.cells) if c.source.startswith("print("))
+    nb.cells[demo].source = "my_prediction = 3"
+    answer = next(i for i, c in enumerate(nb.cells) if c.source == SOLUTIONS["mlp"])
+    nb.cells.insert(answer, nbformat.v4.new_code_cell("def helper():\n    return 1"))
+    nb.cells.append(nbformat.v4.new_code_cell("print('scratch')"))
+    nbformat.write(nb, tmp_path / "b.ipynb")
+    answers, problem = reference.read_answers(tmp_path / "b.ipynb", refs)
+    assert problem == "" and answers == {"attention_answer": [SOLUTIONS["attention"]],
+                                         "mlp_answer": ["def helper():\n    return 1", SOLUTIONS["mlp"]]}
+    check = next(c for c in nb.cells if c.source.startswith("from vit_edu.checks import check_mlp"))
+    check.source = "check_mlp(MLP)"
+    nbformat.write(nb, tmp_path / "b.ipynb")
+    assert reference.read_answers(tmp_path / "b.ipynb", refs) == ({}, "")
+
+
+def test_a_helper_in_a_cell_the_grader_does_not_run_is_named_in_the_message(tmp_path):
+    """A student defined a helper in a cell added above the answer (it ran in Jupyter). The grader runs only the
+    answer cells, so the check fails on a NameError; the message says where the name is and what to do."""
+    ref = reference_folder(tmp_path / "reference")
+    nb = submission("a.ipynb", {"patchify": "def patchify(images, patch_size):\n    return _cut(images, patch_size)"})
+    answer = next(i for i, c in enumerate(nb.cells) if "_cut(images" in c.source)
+    nb.cells.insert(answer, nbformat.v4.new_code_cell(
+        "from einops import rearrange as _r\n\ndef _cut(images, p):\n"
+        "    return _r(images, 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)', p1=p, p2=p)"))
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "subs" / "ann" / "a.ipynb")
+    retyped = submission("b.ipynb")  # an answer cell deleted (Colab lets one) and typed again in a new cell
+    next(c for c in retyped.cells if c.source == SOLUTIONS["mlp"]).metadata.pop("nbgrader")
+    (tmp_path / "subs" / "bo").mkdir()
+    nbformat.write(retyped, tmp_path / "subs" / "bo" / "b.ipynb")
+    rows = grading.grade(tmp_path / "subs", tmp_path / "g.csv", reference_dir=ref, timeout=TIMEOUT,
+                         memory_mb=MEMORY_MB, verbose=False)
+    ann = next(r for r in rows if r["exercise"] == "patchify" and r["student"] == "ann")
+    bo = next(r for r in rows if r["exercise"] == "mlp" and r["student"] == "bo")
+    assert not ann["passed"] and "name '_cut' is not defined" in ann["message"]
+    assert ann["message"].endswith("_cut is defined in a cell that is no answer cell, which the grader does not run: "
+                                   "move it into the answer cell")
+    mlp = OBJECT["mlp"]
+    assert not bo["passed"] and bo["message"].startswith(f"{mlp} is not defined (no answer cell to run)")
+    assert bo["message"].endswith(f"{mlp} is defined in a cell that is no answer cell, which the grader does not "
+                                  f"run: move it into the answer cell")
+    assert reference._defined_elsewhere([nb.cells[answer], {"cell_type": "code", "source": [
+        "import os.path, numpy as np\n", "x: int = 1\n", "y == 2\n", "from a.b import (c as d,\n"]}]) == {
+        "_r", "_cut", "os", "np", "x", "d"}
+
+
+def test_a_zipped_submission_is_named_with_what_to_do(tmp_path):
+    """An LMS hands in a student's zip as it was uploaded: the grader opens no archive, but says so (the rows of
+    that student, and the refusal when no folder holds a notebook) instead of only 'notebook missing'."""
+    ref = reference_folder(tmp_path / "reference")
+    refs = reference.load_reference(ref)
+    moodle = tmp_path / "subs" / "Doe, Jane_12345_assignsubmission_file_"
+    moodle.mkdir(parents=True)
+    with zipfile.ZipFile(moodle / "Notebooks.ZIP", "w") as z:
+        z.writestr("a.ipynb", nbformat.writes(submission("a.ipynb")))
+    assert reference.match_notebooks(moodle, refs).notes == [
+        ("Notebooks.ZIP", "an archive, not opened: extract it into the student's folder and grade again")]
+    with pytest.raises(ValueError, match=r"holds a notebook; .*; 1 hold archives \(.zip, .*\): extract them first"):
+        grading.grade(tmp_path / "subs", tmp_path / "g.csv", reference_dir=ref, verbose=False)
+
+
+def test_a_module_installed_but_unreadable_in_the_sandbox_says_what_to_do():
+    """Where Python lies in a folder other users cannot read (a pyenv under /root), an answer's import of a module
+    the grader did not preload fails in the sandbox only; the row says so and what to change. A module that is
+    not installed, or a submodule that does not exist, gets no such note."""
+    import logging.config  # noqa: F401 - in sys.modules, as in the grader
+
+    ref = reference.RefNotebook("a.ipynb", [], [reference.RefExercise("a.ipynb", "patchify", "patchify", 1, "patchify",
+                                                                  ("patchify_answer",))], ["patchify_answer"], [])
+    outcome = sandbox.Outcome("k", 0, None, 0.1)
+    messages = []
+    for module in ("logging.config", "surely_not_installed_anywhere", "vit_edu.no_such_module"):
+        record = {"cells": [{"label": "answer cell patchify_answer",
+                             "error": f"ModuleNotFoundError: No module named '{module}'"}],
+                  "missing": {"patchify": "NameError: name 'patchify' is not defined"}}
+        result = sandbox.Result("k", outcome, record, "", [])
+        (row,) = grading.judge_notebook("s", ref, {"patchify_answer": ["x"]}, result, 0, sandbox.Limits())
+        messages.append(row["message"])
+    assert messages[0].endswith("; logging.config is installed here but the sandbox user cannot read it: let other "
+                                "users read it (chmod -R o+rX on Python's folders) and grade again")
+    assert [m.endswith("'") for m in messages[1:]] == [True, True]
+
+
+def test_a_notebook_too_large_for_its_outputs_says_how_to_shrink_it(tmp_path, monkeypatch):
+    """A training notebook saved with its logs and pictures can pass the size limit; its row says to clear
+    the outputs (what the answers never need) and grade again."""
+    ref = reference_folder(tmp_path / "reference")
+    nb = submission("a.ipynb")
+    nb.cells[-1].outputs = [nbformat.v4.new_output("stream", text="loss 0.1\n" * 2000)]
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    monkeypatch.setattr(reference, "MAX_NOTEBOOK_BYTES", 10_000)
+    answers, problem = reference.read_answers(tmp_path / "a.ipynb", reference.load_reference(ref))
+    assert answers is None and problem.endswith(
+        "over the limit of 10000; clear its outputs (jupyter nbconvert --clear-output --inplace FILE) and grade again")

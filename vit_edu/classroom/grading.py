@@ -41,9 +41,11 @@ This module schedules and judges; what is graded is read by :mod:`.reference`, t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import sys
@@ -56,8 +58,8 @@ from .. import checks
 from .._startup import OneLineParser
 from ..fileio import _pid_alive, check_writable_file
 from . import sandbox, shards
-from .reference import (DEFAULT_REFERENCE, RefNotebook, _label, fingerprint, job_steps, load_reference,
-                        match_notebooks, notebook_files, submission_hash)
+from .reference import (ARCHIVES, DEFAULT_REFERENCE, RefNotebook, _label, fingerprint, job_steps,
+                        load_reference, match_notebooks, notebook_files, submission_hash)
 from .report import (COLUMNS, _csv_rows, _encodable, _printable, _row, _text, _write_combined, _write_csv,
                      _write_json, exercise_flags, format_table, notebook_flags, read_student_csv, student_csv,
                      student_labels, students_dir, summary_path, write_results)
@@ -71,6 +73,19 @@ def _memory_note(text: str, memory_mb: int) -> str:
     if "MemoryError" in text or "can't allocate memory" in text or "not enough memory" in text:
         return f"{text} (memory limit {memory_mb} MB)"
     return text
+
+
+def _unreadable_modules(message: str) -> List[str]:
+    """The modules a message says were not found in the sandbox though the grader finds them (looked up only
+    where the parent package is imported already: that imports nothing)."""
+    found = []
+    for name in re.findall(r"No module named '([\w.]+)'", message):
+        try:
+            if name.rpartition(".")[0] in ("", *sys.modules) and importlib.util.find_spec(name) is not None:
+                found.append(name)
+        except (ImportError, ValueError):
+            pass
+    return found
 
 
 def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]], result: "sandbox.Result",
@@ -114,6 +129,12 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
         else:  # also a process that ended by itself (os._exit(0) in an answer cell): where it was
             where = f" (during {running})" if running else ""
             message = "not graded: " + (died or "the notebook's process ended before this check") + where
+        unrun = [n for n in re.findall(r"(?:name '|^)(\w+)'? is not defined", message)
+                 if n in getattr(answers, "elsewhere", ())]
+        notes += [f"{unrun[0]} is defined in a cell that is no answer cell, which the grader does not run: move it "
+                  f"into the answer cell"] if unrun else []
+        notes += [f"{m} is installed here but the sandbox user cannot read it: let other users read it (chmod -R "
+                  f"o+rX on Python's folders) and grade again" for m in _unreadable_modules(message)[:1]]
         message = "; ".join([m for m in [message] + notes if m])
         flags = "; ".join(common + exercise_flags(record, ex.name))
         rows.append(_row(student, ref.name, ex.name, passed, ex.points if passed else 0.0, ex.points, message, flags))
@@ -244,8 +265,10 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
                          f"but no student folders with notebooks; expected one folder per student: "
                          f"{root}/<student>/*.ipynb")
     if students and not with_notebooks:
+        zipped = sum(bool(notebook_files(s, ARCHIVES)) for s in students)
         raise ValueError(f"none of the {len(students)} student folders in {root} holds a notebook; expected "
-                         f"{root}/<student>/*.ipynb (or in a subfolder of <student>)")
+                         f"{root}/<student>/*.ipynb (or in a subfolder of <student>)" + (
+                             f"; {zipped} hold archives ({', '.join(ARCHIVES)}): extract them first" if zipped else ""))
     state_path = folder / STATE_FILE
     state = _load_state(state_path)
     fp = fingerprint(reference)

@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import itertools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -63,6 +65,7 @@ class RefNotebook:
     imports: List[str]  # modules the setup cells import (preloaded in the sandbox server)
     stubs: Dict[str, str] = field(default_factory=dict)  # answer grade_id -> the handed-out stub's source
     code_cells: List[str] = field(default_factory=list)  # every code cell's source, in order
+    checks: List[int] = field(default_factory=list)  # the check cells' places in code_cells
 
 
 def _check_call(source: str, where: str) -> Tuple[str, str]:
@@ -113,6 +116,7 @@ def load_reference_notebook(path: Path) -> RefNotebook:
     pending: List[str] = []
     stubs: Dict[str, str] = {}
     code_cells: List[str] = [c.source for c in nb.cells if c.cell_type == "code"]
+    checks_at: List[int] = []
     for index, cell in enumerate(nb.cells):
         where = f"reference {name}, cell {index}"
         meta = cell.get("metadata", {})
@@ -152,6 +156,7 @@ def load_reference_notebook(path: Path) -> RefNotebook:
             if any(e.name == ex_name for e in exercises):
                 raise ValueError(f"{where}: two check cells with grade_id {grade_id!r}")
             exercises.append(RefExercise(name, ex_name, check, points, expr, tuple(pending)))
+            checks_at.append(sum(c.cell_type == "code" for c in nb.cells[:index]))
             pending = []
             steps.append({"kind": "check", "name": ex_name, "check": check, "expr": expr,
                           "label": f"check cell {grade_id}"})
@@ -162,7 +167,8 @@ def load_reference_notebook(path: Path) -> RefNotebook:
                 continue  # not a check call (e.g. a comment mentioning one)
             raise ValueError(f"{where}: a check cell without nbgrader metadata; regenerate the reference with "
                              f"`python -m vit_edu assignments` (it writes the metadata from the exercise statements)")
-    return RefNotebook(name, steps, exercises, answer_ids, list(dict.fromkeys(imports)), stubs, code_cells)
+    return RefNotebook(name, steps, exercises, answer_ids, list(dict.fromkeys(imports)), stubs, code_cells,
+                       checks_at)
 
 
 def load_reference(reference_dir: "str | Path") -> List[RefNotebook]:
@@ -199,15 +205,16 @@ def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Opt
     if path.is_symlink():
         return None, "a link, not a notebook file"
     data, problem = sandbox.read_untrusted(path, MAX_NOTEBOOK_BYTES)
-    if data is None:
-        return None, f"the file is {problem}"
+    if data is None:  # too large: most often outputs (images, logs) that the answers do not need
+        return None, f"the file is {problem}" + ("; clear its outputs (jupyter nbconvert --clear-output --inplace "
+                                                 "FILE) and grade again" if "over the limit" in problem else "")
     try:
         nb = json.loads(data)  # bytes: UTF-8 with or without a BOM (Notepad's), UTF-16 and UTF-32 as JSON allows
     except (ValueError, RecursionError) as err:
         return None, f"not a notebook (invalid JSON: {one_line(err, 120)})"
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         return None, "not a notebook (no list of cells)"
-    answers: Dict[str, List[str]] = {}
+    answers = Answers()
     for cell in nb["cells"]:
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
@@ -221,16 +228,50 @@ def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Opt
         if isinstance(grade_id, str) and isinstance(source, str):
             answers.setdefault(grade_id, []).append(source)
     if not answers and reference:
-        answers = _answers_by_position(nb["cells"], reference)
+        answers = Answers(_answers_by_position(nb["cells"], reference))
+    elif answers:  # for the judge's hint on a NameError: what the cells the grader does not run define
+        answers.elsewhere = tuple(sorted(_defined_elsewhere(nb["cells"])))
     size = sum(len(source) for sources in answers.values() for source in sources)
     if size > MAX_ANSWER_CHARS:
         return None, f"its answer cells hold {size:,} characters of code, more than the {MAX_ANSWER_CHARS:,} allowed"
     return answers, ""
 
 
+class Answers(dict):
+    """read_answers' {grade_id: [sources]}; ``elsewhere``: the names the notebook's other code cells define."""
+
+    elsewhere: Tuple[str, ...] = ()
+
+
+_DEFINES = re.compile(r"^(?:(?:async\s+)?def|class)\s+(\w+)|^(\w+)\s*(?::[^=\n]*)?=(?!=)"
+                      r"|^(?:from\s+[\w.]+\s+)?import\s+\(?([\w., \t]+)", re.M)
+
+
+def _defined_elsewhere(cells: list) -> set:
+    """Names that the code cells which are no answer (a helper cell the student added) define at their top level:
+    ``def``, ``class``, ``name =``, imports; at most 1000 (a hint, not a parse)."""
+    names: set = set()
+    for cell in cells:
+        meta = cell.get("metadata") if isinstance(cell, dict) else None
+        grader = meta.get("nbgrader") if isinstance(meta, dict) else None
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code" or (
+                isinstance(grader, dict) and grader.get("solution") is True):
+            continue
+        source = cell.get("source", "")
+        source = "".join(x for x in source if isinstance(x, str)) if isinstance(source, list) else source
+        for match in _DEFINES.finditer(source if isinstance(source, str) else ""):
+            imported = [part.split()[-1].split(".")[0] for part in (match.group(3) or "").split(",") if part.split()]
+            names.update([n for n in (match.group(1), match.group(2)) if n] + imported)
+            if len(names) >= 1000:
+                return names
+    return names
+
+
 def _answers_by_position(cells: list, reference: Sequence[RefNotebook]) -> Dict[str, List[str]]:
     """The answers of a notebook without nbgrader metadata, where its code cells line up with a reference
-    notebook's: the same count, and every cell that is not an answer the same source as handed out."""
+    notebook's: every check cell found unchanged (the anchors), the cells between them aligned with the handed-out
+    ones (:class:`difflib.SequenceMatcher`). A prediction or an experiment the student filled in, or a cell added
+    elsewhere, moves no answer; cells added beside one answer (a helper cell above it) run in its place."""
     code = []
     for cell in cells:
         if isinstance(cell, dict) and cell.get("cell_type") == "code":
@@ -238,13 +279,23 @@ def _answers_by_position(cells: list, reference: Sequence[RefNotebook]) -> Dict[
             source = "".join(source) if isinstance(source, list) and all(isinstance(x, str) for x in source) else source
             code.append(source if isinstance(source, str) else "")
     for ref in reference:
-        if not ref.stubs or len(code) != len(ref.code_cells):
-            continue
         positions = {i: gid for gid, stub in ref.stubs.items() for i, src in enumerate(ref.code_cells) if src == stub}
-        if len(positions) != len(ref.stubs):
-            continue  # two answers with the same stub: positions are ambiguous
-        if all(i in positions or code[i].strip() == ref.code_cells[i].strip() for i in range(len(code))):
-            return {gid: [code[i]] for i, gid in positions.items()}
+        if not ref.stubs or len(positions) != len(ref.stubs) or len(code) > 2 * len(ref.code_cells) + 50:
+            continue  # two answers with the same stub: positions are ambiguous; or too many cells to align
+        blocks = difflib.SequenceMatcher(None, [c.strip() for c in ref.code_cells], [c.strip() for c in code],
+                                         autojunk=False).get_opcodes()
+        kept = {i for tag, i1, i2, _, _ in blocks if tag == "equal" for i in range(i1, i2)}
+        if not all(i in kept for i in ref.checks):
+            continue
+        answers: Dict[str, List[str]] = {}
+        for tag, i1, i2, j1, j2 in blocks:
+            mine = [i for i in range(i1, i2) if i in positions]
+            if i2 - i1 == j2 - j1:
+                answers.update({positions[i]: [code[j1 + i - i1]] for i in mine})
+            elif len(mine) == 1 and j2 - j1 > i2 - i1:  # the cells added here belong to the one answer
+                answers[positions[mine[0]]] = code[j1 + mine[0] - i1: j2 - (i2 - 1 - mine[0])]
+        if answers:
+            return answers
     return {}
 
 
@@ -274,12 +325,15 @@ def _canonical(name: str) -> str:
     return name[: -len(".ipynb")] + ".ipynb" if _is_notebook(name) else name
 
 
-def notebook_files(student_dir: Path) -> List[Path]:
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")  # a zipped submission the teacher must extract
+
+
+def notebook_files(student_dir: Path, suffixes: Tuple[str, ...] = (".ipynb",)) -> List[Path]:
     """The student's notebooks: names ending in .ipynb in any case, at the top of the folder and in its subfolders
     at any depth (a zipped folder extracted one level down), those at the top first. Hidden files and folders
     (Jupyter's .ipynb_checkpoints), __MACOSX and links to folders are not entered (a link could point anywhere);
     at most MAX_ENTRIES entries are looked at, so a folder of a million files costs no more than the sandbox
-    would copy."""
+    would copy. ``suffixes``: other files to find (:data:`ARCHIVES`)."""
     found: List[Path] = []
     folders = [student_dir]
     budget = MAX_ENTRIES
@@ -294,7 +348,7 @@ def notebook_files(student_dir: Path) -> List[Path]:
         for entry in entries:
             if entry.name.startswith(".") or entry.name == "__MACOSX":
                 continue  # hidden, and a Mac zip's resource forks (__MACOSX/._x.ipynb): no student's notebook
-            if _is_notebook(entry.name):
+            if entry.name.lower().endswith(suffixes):
                 found.append(Path(entry.path))
             try:
                 is_folder = entry.is_dir(follow_symlinks=False)
@@ -320,6 +374,8 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
         out.notes.append((_label(files[MAX_NOTEBOOKS].relative_to(student_dir).as_posix()),
                           f"not read, nor the {len(files) - MAX_NOTEBOOKS - 1} after it: over {MAX_NOTEBOOKS} notebooks"))
         files = files[:MAX_NOTEBOOKS]
+    out.notes += [(_label(a.relative_to(student_dir).as_posix()), "an archive, not opened: extract it into the "
+                   "student's folder and grade again") for a in notebook_files(student_dir, ARCHIVES)[:10]]
     read = {p: read_answers(p, reference) for p in files}
     label = {p: _label(p.relative_to(student_dir).as_posix()) for p in files}
     candidates: Dict[str, List[Path]] = {}
