@@ -885,19 +885,23 @@ def test_sigint_at_a_random_moment_is_one_line(tmp_path, delay) -> None:
 
 # ============================================================================================ classroom
 def test_a_handout_that_fails_half_way_leaves_nothing(tmp_path, capsys, monkeypatch) -> None:
-    """A full disk, then Ctrl-C, while the handout is copied: no folder (not even a temporary one), one line."""
+    """A full disk, then Ctrl-C, while the handout is copied (half of the package's files written): no folder (not
+    even a temporary one), one line."""
     src, out = _tiny_course(tmp_path), tmp_path / "handout"
-    real = shutil.copytree
+    real = shutil.copy2
     for fault, status, words in ((OSError(errno.ENOSPC, "No space left on device"), 1, "No space left on device"),
                                  (KeyboardInterrupt(), 130, "interrupted")):
-        def failing(*args, fault=fault, **kwargs):
-            real(*args, **kwargs)
-            raise fault
+        calls = []
 
-        monkeypatch.setattr(shutil, "copytree", failing)
+        def failing(*args, fault=fault, calls=calls, **kwargs):
+            calls.append(real(*args, **kwargs))
+            if len(calls) == 10:
+                raise fault
+
+        monkeypatch.setattr(shutil, "copy2", failing)
         code, lines, stdout, err = _run_cli(["handout", str(out), "--src", str(src)], capsys, monkeypatch)
         assert code == status and len(lines) == 1 and "Traceback" not in err and words in lines[0], err
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["course"]
+        assert len(calls) == 10 and sorted(p.name for p in tmp_path.iterdir()) == ["course"]
     monkeypatch.undo()
     assert main(["handout", str(out), "--src", str(src)]) == 0 and (out / "notebooks" / "01_a.ipynb").is_file()
 
