@@ -747,3 +747,30 @@ def test_mean_attention_distance_of_half_precision_attention_keeps_float32_preci
     att = [a.to(torch.bfloat16) for a in random_attention(2, 2, 3, 13)]
     d = analysis.mean_attention_distance(att, (3, 4), 4)  # was rounded to bfloat16: heads tied at one value
     torch.testing.assert_close(d, analysis.mean_attention_distance([a.float() for a in att], (3, 4), 4))
+
+
+def test_save_figure_keeps_the_previous_picture_when_drawing_fails(tmp_path, monkeypatch):
+    """A run stopped while a PNG is written leaves the old picture whole and no temporary file; the bytes are the
+    ones matplotlib writes to a path."""
+    import matplotlib.pyplot as plt
+
+    from vit_edu.explain import viz
+
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    path = viz.save_figure(fig, "line")
+    fig.savefig(tmp_path / "direct.png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    assert path.read_bytes() == (tmp_path / "direct.png").read_bytes()
+    before = path.read_bytes()
+
+    def half_then_stop(f, **kwargs):
+        f.write(before[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fig, "savefig", half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        viz.save_figure(fig, "line")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.png", "line.png"]
+    plt.close(fig)

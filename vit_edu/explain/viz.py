@@ -13,6 +13,7 @@ import torch
 
 from . import analysis
 from ..config import to_2tuple
+from ..fileio import atomic_write
 
 
 def figures_dir(create: bool = True) -> Path:
@@ -50,7 +51,9 @@ def save_figure(fig: Optional[plt.Figure], name: str, dpi: int = 100) -> Path:
     if not name.lower().endswith(".png"):
         name += ".png"
     path = figures_dir() / name
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    # through a temporary file: a run stopped while drawing leaves the previous picture, never half a PNG
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight",
+                                             metadata={"Software": None}), "wb")
     return path
 
 
