@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import re
 import warnings
-import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import ViTConfig
-from .fileio import looks_like_safetensors
+from .fileio import looks_like_safetensors, looks_like_torch_save
 from .models import download_timm_model, get_config
 from .vit import VisionTransformer
 
@@ -391,11 +390,6 @@ def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safete
                          f"({type(err).__name__}: {_first_line(err)})") from None
 
 
-def _is_zip(path: str) -> bool:
-    """torch.save's format (a zip archive); False for anything that is not a regular file."""
-    return os.path.isfile(path) and zipfile.is_zipfile(path)
-
-
 def read_state_dict(path: str | os.PathLike) -> StateDict:
     """Read a ``.safetensors`` file or a ``torch.save`` file of tensors (never unpickling code), told apart by
     their bytes, whatever the file's name.
@@ -406,7 +400,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
-    if looks_like_safetensors(path) or (path.endswith(".safetensors") and not _is_zip(path)):
+    if looks_like_safetensors(path) or (path.endswith(".safetensors") and not looks_like_torch_save(path)):
         return load_safetensors_checked(path, "a .safetensors file of weights")[0]
     obj = torch_load_checked(path, "a state_dict saved with torch.save (a dict of tensors)")
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers

@@ -287,6 +287,17 @@ def looks_like_safetensors(path: PathLike) -> bool:
         return False
 
 
+def looks_like_torch_save(path: PathLike) -> bool:
+    """Whether the file at ``path`` begins as torch.save's format does (a zip archive), whatever its name."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def describe_file(path: PathLike) -> str:
     """A few words on what a file holds, judged from its first bytes (for "expected ..., got ..." messages)."""
     p = Path(path)

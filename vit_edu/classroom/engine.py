@@ -105,7 +105,7 @@ class Exercise:
     package: Tuple[str, ...] = ()
     # the contract asks for a Python float: an int or a numpy scalar that is no float (np.float32, 0-d array) is named
     python_float: bool = False
-    # module kind: the package class (dotted name) the cells after the check load the student's weights into by
+    # module kind: the package class (its public name, e.g. "vit_edu.Block") the cells after the check load the student's weights into by
     # name (load_state_dict, strict), built from the case's init: its state_dict keys are part of the contract
     loads_into: Optional[str] = None
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause

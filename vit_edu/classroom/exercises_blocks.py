@@ -78,7 +78,7 @@ def _mlp_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
 
 MLP_EX = Exercise(
     name="mlp",
-    package=("vit_edu.block.Mlp",), loads_into="vit_edu.block.Mlp",
+    package=("vit_edu.block.Mlp",), loads_into="vit_edu.Mlp",
     kind="module", call="MLP(dim, hidden_dim)", forward="forward(x)",
     cases=_mlp_cases, reference=_mlp_reference, accept=[_mlp_tanh], mutants=_mlp_mutants,
     shape_hint=_same_shape_hint,
@@ -294,7 +294,7 @@ def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
 
 ENCODER_BLOCK_EX = Exercise(
     name="encoder_block",
-    package=("vit_edu.block.Block",), loads_into="vit_edu.block.Block",
+    package=("vit_edu.block.Block",), loads_into="vit_edu.Block",
     kind="module", call="EncoderBlock(dim, heads, mlp_dim)", forward="forward(x)",
     cases=_block_cases, reference=_block_reference, accept=[_block_tanh], mutants=_block_mutants,
     diagnose=_block_diagnose, probe_extra=_sub_outputs, shape_hint=_same_shape_hint,

@@ -523,7 +523,7 @@ def _same_shape_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], x: torch.Tensor) -
 
 MULTI_HEAD_ATTENTION_EX = Exercise(
     name="multi_head_attention",
-    package=("vit_edu.attention.Attention",), loads_into="vit_edu.attention.Attention",
+    package=("vit_edu.attention.Attention",), loads_into="vit_edu.Attention",
     kind="module", call="MultiHeadAttention(dim, heads)", forward="forward(x)",
     cases=_mha_cases, reference=_mha_reference, mutants=_mha_mutants, shape_hint=_same_shape_hint,
     doc="""Check ``class MultiHeadAttention(nn.Module)``: ``__init__(self, dim, heads)``, forward [B, N, D] -> [B, N, D].

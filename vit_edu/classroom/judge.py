@@ -367,7 +367,7 @@ def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str)
         parts = ([f"missing {', '.join(missing[:6])}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra[:6])}"] if extra else [])
         raise _Fail(f"the values are right, but the cells after this check load your weights into "
-                    f"{ex.loads_into.replace('vit_edu.block.', 'vit_edu.').replace('vit_edu.attention.', 'vit_edu.')} "
+                    f"{ex.loads_into} "
                     f"by name (load_state_dict), so the names of its parameters and buffers are part of the "
                     f"contract: {'; '.join(parts)} (a LayerNorm's are weight and bias; a buffer you do not need "
                     f"to save: register_buffer(..., persistent=False) or a plain attribute)\n  inputs: {label}")

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import ViTConfig
 from ..convert import load_checked, load_safetensors_checked, torch_load_checked
-from ..fileio import atomic_write, looks_like_safetensors
+from ..fileio import atomic_write, looks_like_safetensors, looks_like_torch_save
 from ..vit import VisionTransformer
 from .config import MAX_EPOCHS, TrainConfig, model_field
 from .distributed import unwrap
@@ -367,7 +367,7 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Visi
         raise FileNotFoundError(f"model file not found: {path}; expected a .pt training checkpoint or a "
                                 f".safetensors export")
     if path.suffix == ".safetensors":
-        if _starts_as_zip(path):  # torch.save's format: a checkpoint under an export's name
+        if looks_like_torch_save(path):  # torch.save's format: a checkpoint under an export's name
             raise ValueError(f"{path} is a torch.save file (a .pt training checkpoint?) under a .safetensors name; "
                              f"expected a .safetensors export. To load a checkpoint, give it a name that ends in .pt")
         state, meta = load_safetensors_checked(path, "a .safetensors export written by vit_edu")
@@ -386,14 +386,6 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Visi
     model = VisionTransformer(config)
     load_checked(model, state, source=str(path))
     return model.to(device).eval()
-
-
-def _starts_as_zip(path: Path) -> bool:
-    """The file begins as a zip archive does (torch.save's format) and is no safetensors file."""
-    if not path.is_file() or looks_like_safetensors(path):
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
 
 
 def pretrained_course_model(device: Union[str, torch.device] = "cpu") -> Tuple[VisionTransformer, dict]:
