@@ -11,6 +11,10 @@ Layout: one folder per student, holding that student's notebooks::
         alice/01_patch_embedding.ipynb  03_multi_head_attention.ipynb ...
         bob/01_patch_embedding.ipynb ...
 
+or a Canvas bulk download, every file loose in the one folder and named
+``<lastfirst>[_LATE]_<userid>_<submissionid>_<file>``: each student is then ``<lastfirst>_<userid>``, graded on a
+private copy of their files (:func:`.reference.lms_download`).
+
 What is graded comes from the reference notebooks only (the handed-out copies, ``assignments/student``):
 their nbgrader metadata names the exercises (check cells: ``"grade": true``, ``"points"``, grade_id
 ``<name>_check``, containing ``check_<name>(<object>)``), the answer cells (``"solution": true``, grade_id
@@ -50,6 +54,7 @@ import secrets
 import stat
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -58,8 +63,9 @@ from .. import checks
 from .._startup import OneLineParser
 from ..fileio import _pid_alive, check_writable_file
 from . import sandbox, shards
-from .reference import (ARCHIVES, DEFAULT_REFERENCE, RefNotebook, _label, fingerprint, job_steps,
-                        load_reference, match_notebooks, notebook_files, submission_hash)
+from .reference import (ARCHIVES, DEFAULT_REFERENCE, RefNotebook, _label, fingerprint, job_steps, lms_download,
+                        load_reference, match_notebooks, no_submission, notebook_files, stage_lms_download,
+                        submission_hash)
 from .report import (COLUMNS, _csv_rows, _encodable, _printable, _row, _text, _write_combined, _write_csv,
                      _write_json, exercise_flags, format_table, notebook_flags, read_student_csv, student_csv,
                      student_labels, students_dir, summary_path, write_results)
@@ -247,7 +253,20 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if links:  # a link to notebooks/ or to another student's folder is nobody's own work
         print(f"warning: not following {len(links)} symbolic link(s) in {root}: {', '.join(links[:3])}"
               f"{', ...' if len(links) > 3 else ''}; a student's folder must be a real folder", file=sys.stderr)
-    students = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    given, lms = root, lms_download(root, reference)
+    if lms:  # a Canvas download: one folder per student, made in a private temporary folder (gone with ``staged``)
+        staged = tempfile.TemporaryDirectory(prefix="vit_edu_lms_")
+        root = Path(staged.name)
+        stage_lms_download(lms, root)
+        if verbose:
+            print(f"{given} is a Canvas download: {len(lms)} students, each named <lastfirst>_<userid>", flush=True)
+    students = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not no_submission(p.name)
+                      and p.resolve() not in (folder.resolve(), reference_folder.resolve()))  # the grader's own
+    if not students and not list(root.glob("*.ipynb")):  # say why, rather than "nothing left to grade"
+        zipped = sorted(_label(p.name) for p in root.iterdir() if p.name.lower().endswith(ARCHIVES))
+        raise ValueError(f"{root} holds no student folder; expected {root}/<student>/*.ipynb or the files of a "
+                         f"Canvas download" + (f"; it holds {', '.join(zipped[:3])}: extract it there first"
+                                               if zipped else ""))
     label_of = student_labels(students)  # of the whole class, so that every shard names a student alike
     for s in students:
         if label_of[s] != _label(s.name):
@@ -329,7 +348,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
             print(format_table(rows, names, reference, detail))
             print(f"nothing left to grade (--force regrades everybody); wrote {out} and {summary_path(out)}")
         return rows
-    for warning in _environment_warnings(root):
+    for warning in _environment_warnings(given):
         print(warning, file=sys.stderr)
     if verbose:
         print(f"grading {len(todo)} student(s) with seed {seed} (--seed {seed} repeats these checks)", flush=True)
@@ -341,7 +360,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the judge's tensors are small; the cores go to the children
     package_parent = Path(__file__).resolve().parents[2]
-    hide = [root, reference_folder, out.resolve().parent, folder, Path.cwd()]
+    hide = [given, root, reference_folder, out.resolve().parent, folder, Path.cwd()]
     if (package_parent / "pyproject.toml").is_file():  # a source checkout: teacher notebooks, tests, .git
         hide.append(package_parent)
     box = sandbox.Sandbox(limits, slots=jobs, preload=preload, hide=hide)
@@ -590,7 +609,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prog="python -m vit_edu grade",
         description="Grade submissions/<student>/*.ipynb against the reference notebooks: each notebook's answer "
                     "cells run in a sandboxed process, the checks' verdicts are made outside it.")
-    parser.add_argument("submissions", nargs="?", help="folder with one sub-folder of notebooks per student")
+    parser.add_argument("submissions", nargs="?",
+                        help="folder with one sub-folder of notebooks per student, or the files of a Canvas download")
     parser.add_argument("--out", default="grades.csv",
                         help="per-exercise CSV (default: grades.csv); totals go to grades_summary.csv and each "
                              "student's rows to grades/<student>.csv as soon as that student is done")

@@ -35,6 +35,10 @@ MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024  # a submitted notebook larger than this i
 MAX_ENTRIES = 20_000  # files and folders looked at for a student's notebooks (the sandbox's file count, too)
 MAX_NOTEBOOKS = 100  # notebook files read per student (11 handed out, a few copies): what the grader keeps in memory
 MAX_ANSWER_CHARS = 2_000_000  # of answer code per notebook (an answer is a few kB; kept until it runs)
+# JSON values per notebook, counted as its commas and brackets: each is a Python object once read (an empty {} is
+# 64 bytes: 64 MB of them took 1.4 GB and 4 s to read), and a notebook of 11 exercises has a few thousand
+MAX_JSON_VALUES = 2_000_000
+CLEAR_OUTPUTS = "clear its outputs (jupyter nbconvert --clear-output --inplace FILE) and grade again"
 
 
 def _label(name: str) -> str:
@@ -206,12 +210,19 @@ def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Opt
         return None, "a link, not a notebook file"
     data, problem = sandbox.read_untrusted(path, MAX_NOTEBOOK_BYTES)
     if data is None:  # too large: most often outputs (images, logs) that the answers do not need
-        return None, f"the file is {problem}" + ("; clear its outputs (jupyter nbconvert --clear-output --inplace "
-                                                 "FILE) and grade again" if "over the limit" in problem else "")
+        return None, f"the file is {problem}" + (f"; {CLEAR_OUTPUTS}" if "over the limit" in problem else "")
+    values = data.count(b",") + data.count(b"[") + data.count(b"{")
+    if values > MAX_JSON_VALUES:  # checked before reading: its objects would fill the grader's memory
+        return None, f"it holds over {MAX_JSON_VALUES:,} JSON values (commas and brackets), most often outputs; " \
+                     f"{CLEAR_OUTPUTS}"
     try:
         nb = json.loads(data)  # bytes: UTF-8 with or without a BOM (Notepad's), UTF-16 and UTF-32 as JSON allows
     except (ValueError, RecursionError) as err:
         return None, f"not a notebook (invalid JSON: {one_line(err, 120)})"
+    if isinstance(nb, dict) and "cells" not in nb and isinstance(nb.get("nbformat"), int) and nb["nbformat"] < 4:
+        nb, problem = _upgraded(nb)
+        if nb is None:
+            return None, problem
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         return None, "not a notebook (no list of cells)"
     answers = Answers()
@@ -235,6 +246,35 @@ def read_answers(path: Path, reference: Sequence[RefNotebook] = ()) -> Tuple[Opt
     if size > MAX_ANSWER_CHARS:
         return None, f"its answer cells hold {size:,} characters of code, more than the {MAX_ANSWER_CHARS:,} allowed"
     return answers, ""
+
+
+def _upgraded(nb: dict) -> Tuple[Optional[dict], str]:
+    """(the notebook as nbformat 4, "") of an nbformat-3 notebook (IPython 3, old Jupyter and some editors save
+    it), converted by nbformat itself; (None, what to do) for one it cannot convert. Only what the grader reads
+    (each code cell's input and metadata) is handed to nbformat, as a valid nbformat-3 document: its conversion
+    validates first, and a student's malformed file must not flood the grader's log."""
+    convert = "open it in Jupyter and save it again, which writes nbformat 4, or run `jupyter nbconvert --to " \
+              "notebook --nbformat 4 FILE`, and grade again"
+    worksheets = nb.get("worksheets")
+    if nb["nbformat"] != 3 or not isinstance(worksheets, list):
+        return None, f"an nbformat-{nb['nbformat']} notebook, which the grader does not read: {convert}"
+    cells = []
+    for sheet in worksheets:
+        listed = sheet.get("cells") if isinstance(sheet, dict) else None
+        for cell in listed if isinstance(listed, list) else []:
+            if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+                continue  # markdown and heading cells hold no answer
+            source, meta = cell.get("input", ""), cell.get("metadata")
+            if isinstance(source, list) and all(isinstance(s, str) for s in source):
+                source = "".join(source)
+            cells.append({"cell_type": "code", "language": "python", "outputs": [],
+                          "input": source if isinstance(source, str) else "",
+                          "metadata": meta if isinstance(meta, dict) else {}})
+    try:
+        return nbformat.convert(nbformat.from_dict({"nbformat": 3, "nbformat_minor": 0, "metadata": {},
+                                                    "worksheets": [{"cells": cells}]}), 4), ""
+    except Exception as err:  # noqa: BLE001 - whatever nbformat makes of it, this student's file alone is refused
+        return None, f"an nbformat-3 notebook nbformat cannot convert ({type(err).__name__}): {convert}"
 
 
 class Answers(dict):
@@ -316,6 +356,12 @@ def _worked_on(answers: Optional[Dict[str, List[str]]], ref: RefNotebook) -> int
                if any(source.strip() != ref.stubs.get(gid, "").strip() for source in answers.get(gid, [])))
 
 
+def no_submission(name: str) -> bool:
+    """Hidden files and folders (Jupyter's .ipynb_checkpoints) and __MACOSX, the resource forks a Mac zip adds
+    (__MACOSX/._x.ipynb): nobody's work, in a student's folder or beside the students' folders."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _is_notebook(name: str) -> bool:
     return name.lower().endswith(".ipynb")
 
@@ -346,8 +392,8 @@ def notebook_files(student_dir: Path, suffixes: Tuple[str, ...] = (".ipynb",)) -
             continue  # an unreadable subfolder holds nothing we can grade
         budget -= len(entries)
         for entry in entries:
-            if entry.name.startswith(".") or entry.name == "__MACOSX":
-                continue  # hidden, and a Mac zip's resource forks (__MACOSX/._x.ipynb): no student's notebook
+            if no_submission(entry.name):
+                continue
             if entry.name.lower().endswith(suffixes):
                 found.append(Path(entry.path))
             try:
@@ -381,14 +427,15 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
     candidates: Dict[str, List[Path]] = {}
     for p in files:
         answers, problem = read[p]
-        if _canonical(p.name) in by_name:
-            candidates.setdefault(_canonical(p.name), []).append(p)
+        overlap = sorted(((len(set(answers or ()) & set(nb.answer_ids)), nb.name) for nb in reference), reverse=True)
+        best, ref_name = overlap[0] if overlap else (0, "")
+        named = _canonical(p.name)
+        if named in by_name and (best == 0 or set(answers or ()) & set(by_name[named].answer_ids)):
+            candidates.setdefault(named, []).append(p)  # by its name, unless its answers are all another notebook's
             continue
         if answers is None:
             out.notes.append((label[p], f"not in the reference and unreadable ({problem}): not graded"))
             continue
-        overlap = sorted(((len(set(answers) & set(nb.answer_ids)), nb.name) for nb in reference), reverse=True)
-        best, ref_name = overlap[0] if overlap else (0, "")
         if best == 0:
             out.notes.append((label[p], "extra notebook: not in the reference, not graded"))
         else:
@@ -404,7 +451,8 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
                 how = [] if q.parent == student_dir else ["found in a subfolder"]
                 if q.name != ref_name:
                     suffix = q.name[-len(".ipynb"):]
-                    how.append(f"its suffix is {suffix}" if _canonical(q.name) == ref_name else "renamed")
+                    how.append(f"its suffix is {suffix}" if _canonical(q.name) == ref_name else
+                               "its answer cells are this notebook's" if _canonical(q.name) in by_name else "renamed")
                 if how and top in read:
                     how[-1] += (f"; {_label(ref_name)} {'beside it' if q.parent == student_dir else 'at the top'} "
                                 + ("cannot be read" if read[top][0] is None else "has fewer answers worked on"))
@@ -422,6 +470,67 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
                     what = f"as many answers worked on; {label[chosen]} is graded"
                 out.notes.append((label[q], f"duplicate of {ref_name} ({what}): not graded"))
     return out
+
+
+# ============================================================================================ LMS downloads
+CANVAS = re.compile(r"(?P<name>[^_]*)_(?:LATE_)?(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)", re.S)
+_RESUBMITTED = re.compile(r"-\d+(?=\.ipynb$)", re.I)  # Canvas's mark on a file name handed in again
+
+
+def lms_download(root: Path, reference: Sequence[RefNotebook]) -> Dict[str, List[Tuple[Path, str]]]:
+    """The loose files of a Canvas bulk download, all in ``root`` and named ``<lastfirst>_<userid>_<submissionid>_
+    <file name>`` (``<lastfirst>_LATE_<userid>_...`` when late), grouped per student: {"<lastfirst>_<userid>":
+    [(file, name to grade it under)]}. That name is the file's own, without the ``-1``, ``-2`` Canvas adds to a
+    name handed in again where the rest names a reference notebook (and unless another of the student's files has
+    it). {} when no loose notebook is named so; ValueError listing what was found when the layout is ambiguous:
+    such notebooks beside student folders holding notebooks or beside loose notebooks named otherwise, or one user
+    id under two names."""
+    loose = sorted(p for p in root.iterdir() if not no_submission(p.name) and not p.is_symlink() and p.is_file())
+    canvas = {p: CANVAS.fullmatch(p.name) for p in loose if CANVAS.fullmatch(p.name)}
+    if not any(_is_notebook(p.name) for p in canvas):
+        return {}
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not no_submission(p.name)
+               and notebook_files(p)]
+    others = [p for p in loose if _is_notebook(p.name) and p not in canvas]
+    names: Dict[str, set] = {}
+    for m in canvas.values():
+        names.setdefault(m["user"], set()).add(m["name"])
+    twice = {user: sorted(n) for user, n in names.items() if len(n) > 1}
+
+    def listed(paths: Sequence[Path]) -> str:
+        return ", ".join(_label(p.name) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+    if folders or others or twice:
+        found = (f"{len(folders)} student folder(s) with notebooks ({listed(folders)})" if folders else
+                 f"{len(others)} notebook(s) named otherwise ({listed(others)})" if others else
+                 "; ".join(f"user id {u} named {' and '.join(map(_label, n))}" for u, n in list(twice.items())[:3]))
+        raise ValueError(f"{root} mixes layouts: {len(canvas)} file(s) named as in a Canvas download "
+                         f"(<lastfirst>_<userid>_<submissionid>_<file>, e.g. {_label(next(iter(canvas)).name)}) and "
+                         f"{found}; expected either one folder per student ({root}/<student>/*.ipynb) or only the "
+                         f"files of one Canvas download")
+    references = {nb.name for nb in reference}
+    groups: Dict[str, List[Tuple[Path, str]]] = {}
+    for path, m in canvas.items():
+        files = groups.setdefault(f"{m['name']}_{m['user']}", [])
+        taken = {name for _, name in files}
+        plain = _RESUBMITTED.sub("", m["file"])
+        choices = ([plain] if _canonical(plain) in references else []) + [m["file"], f"{m['submission']}_{m['file']}"]
+        files.append((path, next(c for c in choices if c not in taken and c not in (".", ".."))))
+    return groups
+
+
+def stage_lms_download(groups: Dict[str, List[Tuple[Path, str]]], into: Path) -> None:
+    """Copy :func:`lms_download`'s files into one folder per student under ``into``. A notebook over
+    MAX_NOTEBOOK_BYTES is cut just past that size (it is refused as too large, with what to do, as in a folder);
+    another file that large is not copied."""
+    for student, files in groups.items():
+        (into / student).mkdir(mode=0o700)
+        for src, name in files:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read(MAX_NOTEBOOK_BYTES + 1)
+            if len(data) <= MAX_NOTEBOOK_BYTES or _is_notebook(name):
+                (into / student / name).write_bytes(data)
 
 
 def submission_hash(student_dir: Path) -> str:

@@ -14,6 +14,8 @@ import csv
 import hashlib
 import json
 import os
+import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,17 +34,25 @@ def _digest(raw: bytes) -> str:
     return hashlib.sha1(raw).hexdigest()[:8]
 
 
+def _alike(label: str) -> str:
+    """What a name reads as: case, Unicode's two spellings of one letter (a Mac zip writes é as e + ◌́) and its
+    compatibility forms (ﬁ, fullwidth letters) aside."""
+    return unicodedata.normalize("NFKC", label).casefold()
+
+
 def student_labels(folders: Sequence[Path]) -> Dict[Path, str]:
     """Each student folder's name in the rows, one per folder: its printable label (:func:`.reference._label`),
     with ``~`` and a digest of the folder's own bytes where two folders would read alike (b'eve\\xff' and a folder
-    literally named 'eve\\xff'; 'Ann' and 'ann' on a file system that ignores case). The same folders give the
-    same names in every run and every shard (a folder's name depends only on the folders that read alike)."""
+    literally named 'eve\\xff'; 'Ann' and 'ann' on a file system that ignores case; 'José' spelt both ways), or
+    where a folder is named like another's label with its digest. The same folders give the same names in every
+    run and every shard (a folder's name depends only on the folders that read alike)."""
     labels = {f: _label(f.name) for f in folders}
-    seen: Dict[str, int] = {}
-    for label in labels.values():
-        seen[label.casefold()] = seen.get(label.casefold(), 0) + 1
-    return {f: label if seen[label.casefold()] == 1 else f"{label}~{_digest(os.fsencode(f.name))}"
-            for f, label in labels.items()}
+    named = dict(labels)
+    for first in (True, False):  # then once more: 'Ann~<digest>' may be a folder's own name
+        seen = Counter(_alike(label) for label in named.values())
+        named = {f: label if seen[_alike(label)] == 1 or (not first and label != labels[f])
+                 else f"{labels[f]}~{_digest(os.fsencode(f.name))}" for f, label in named.items()}
+    return named
 
 
 def student_csv(folder: Path, student: str) -> Path:
