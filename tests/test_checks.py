@@ -677,8 +677,21 @@ def _vit(cls="front", pos=True, norm=True, pool="cls", blocks=True):
             x = blk(x)
         if norm:
             x = model.norm(x)
-        return model.head(x[:, 0] if pool == "cls" else x.mean(1))
+        return model.head(x[:, 0] if pool == "cls" else x[:, 1] if pool == "first_patch" else x.mean(1))
     return f
+
+
+def _vit_in_training_mode(model, images):
+    model.train()  # the model arrives in eval mode; its dropout is now on
+    return _vit()(model, images)
+
+
+def _vit_norm_before_the_blocks_too(model, images):
+    x = model.patch_embed(images)
+    x = model.norm(torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], 1) + model.pos_embed)
+    for blk in model.blocks:
+        x = blk(x)
+    return model.head(model.norm(x)[:, 0])
 
 
 @pytest.mark.parametrize("fn, message", [
@@ -688,6 +701,9 @@ def _vit(cls="front", pos=True, norm=True, pool="cls", blocks=True):
     (_vit(norm=False), "the final LayerNorm model.norm is missing"),
     (_vit(pool="mean"), "the logits come from the mean of all tokens"),
     (_vit(blocks=False), "the blocks are skipped"),
+    (_vit(pool="first_patch"), r"the logits come from x\[:, 1\], the first patch token"),
+    (_vit_norm_before_the_blocks_too, "model.norm is also applied to the embeddings before the blocks"),
+    (_vit_in_training_mode, "two calls on the same input give different answers"),
     (lambda model, images: model(images), r"vit_forward called model\(\.\.\.\)"),
     (lambda model, images: model.head(model.forward_features(images)[:, 0]), r"called model.forward_features"),
     (lambda model, images: torch.cat([model.cls_token, model.patch_embed(images)], 1),  # [1, 1, D] for a batch
@@ -879,6 +895,53 @@ def test_the_other_normalisations_count_as_library_calls():
             checks.check_layer_norm(answer)
 
 
+def test_a_library_norm_inside_scripted_code_is_named():
+    """torch.jit.script'ed code runs F.layer_norm without a Python-level call; the kernel it reaches
+    (aten::native_layer_norm) is named instead, as is a kernel called through torch.ops."""
+    import warnings
+
+    def scripted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.layer_norm(x, [x.shape[-1]], weight, bias, eps)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated, and still works
+        compiled = torch.jit.script(scripted)
+
+    def through_script(x, weight, bias, eps):
+        return compiled(x, weight, bias, float(eps))
+
+    def through_the_kernel(x, weight, bias, eps):
+        return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)[0]
+
+    for answer in (through_script, through_the_kernel):
+        with pytest.raises(CheckError, match=r"calls torch\.ops\.aten\.native_layer_norm, which this exercise asks"):
+            checks.check_layer_norm(answer)
+    assert not torch._C._len_torch_dispatch_stack()  # the dispatch watch is gone with the check
+
+
+def test_a_result_kept_from_an_earlier_call_is_named():
+    """Each case is a fresh module or a first call of its shapes: a result stored on self, or cached by the
+    shapes, is right there. A further call on other inputs of the same shapes (the batch reversed) shows it."""
+    class KeepsItsOutput(MultiHeadAttention):
+        def forward(self, x):
+            if getattr(self, "kept", None) is None or self.kept.shape != x.shape:
+                self.kept = super().forward(x)
+            return self.kept
+
+    kept = {}
+
+    def cached_by_shape(tokens, cls_token, pos_embed):
+        return kept.setdefault(tokens.shape, add_cls_and_pos(tokens, cls_token, pos_embed))
+
+    message = (r"a second call on other inputs of the same shapes \(the batch in reverse order\) gave the very "
+               r"answer of the first call")
+    with pytest.raises(CheckError, match=message):
+        checks.check_multi_head_attention(KeepsItsOutput)
+    with pytest.raises(CheckError, match=message):
+        checks.check_cls_and_pos(cached_by_shape)
+    checks.check_cls_and_pos(lambda t, c, p: add_cls_and_pos(t.contiguous(), c, p))  # a right answer still passes
+
+
 def test_a_list_argument_changed_by_the_answer_is_named():
     """attention_rollout gets a list: reversing it in place gives the right rollout on the first call (and the
     wrong one on the second, once reversed back), which is the list edit, not randomness."""
@@ -904,6 +967,21 @@ def test_a_decay_that_reaches_zero_one_step_early_is_named():
 
     with pytest.raises(CheckError, match="the decay divides by total_steps - warmup_steps - 1"):
         checks.check_lr_schedule(early)
+
+
+@pytest.mark.parametrize("warm_div, warm_end, message", [
+    (1, 0, r"the warm-up divides by warmup_steps \+ 1"),
+    (0, 1, r"step warmup_steps is still taken as warm-up \(step <= warmup_steps\)"),
+])
+def test_a_warm_up_off_by_one_is_named(warm_div, warm_end, message):
+    def off_by_one(step, total_steps, warmup_steps, base_lr):
+        if warmup_steps and step < warmup_steps + warm_end:
+            return base_lr * (step + 1) / (warmup_steps + warm_div)
+        t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+    with pytest.raises(CheckError, match=message):
+        checks.check_lr_schedule(off_by_one)
 
 
 def test_bottleneck_names_the_weight_standardization_eps_of_timm():

@@ -82,3 +82,42 @@ def test_resize_pos_embed_reference_is_the_package(old, new):
     torch.manual_seed(3)
     pos = torch.randn(1, 1 + old[0] * old[1], 6)
     torch.testing.assert_close(rpe(pos, new, old), resize_pos_embed(pos, new, old), rtol=1e-5, atol=1e-5)
+
+
+def test_mean_attention_distance_names_a_table_kept_from_another_patch_size():
+    """A distance table cached by grid_size alone is right on the first call of each grid; a case repeats the
+    first case's grid with another patch size, and the message names the patch size the table was made for."""
+    from vit_edu.checks import CheckError, check_mean_attention_distance
+
+    first_patch_size = {}
+
+    def table_kept_by_grid(attn, grid_size, patch_size):
+        kept = first_patch_size.setdefault(tuple(grid_size), patch_size)  # the table of the grid's first call
+        return mad(attn, grid_size, kept)
+
+    with pytest.raises(CheckError, match=r"the distances are those of an earlier call on this grid with "
+                                         r"patch_size=4: a distance table kept across calls"):
+        check_mean_attention_distance(table_kept_by_grid)
+
+
+@pytest.mark.parametrize("name", ["mean_attention_distance", "pos_embed_similarity", "resize_pos_embed", "rollout"])
+def test_float64_inputs_are_checked_and_kept(name):
+    """The contracts of rollout and the analysis exercises keep the input's dtype: each check has a float64 case,
+    its reference answers in float64 there, and an answer that computes in float32 is named."""
+    from vit_edu import checks
+    from vit_edu.checks import CHECKS, CheckError
+
+    ex = CHECKS[name]
+    f64 = [c for c in engine.build_cases(ex, seed=0) if c.raises is None and any(
+        getattr(t, "dtype", None) == torch.float64 for a in c.args for t in (a if isinstance(a, list) else [a]))]
+    assert f64, f"{name}: no float64 case"
+    with torch.no_grad():
+        assert ex.reference(engine.Ctx(ex, f64[0], 0, 0), *f64[0].args).dtype == torch.float64
+
+    def in_float32(*args):  # the package's answer, computed on float32 copies of the inputs
+        args = [[t.float() for t in a] if isinstance(a, list) else a.float() if torch.is_tensor(a) else a
+                for a in args]
+        return ex.reference(None, *args)
+
+    with pytest.raises(CheckError, match=r"has dtype float32; it should keep the input's dtype float64"):
+        getattr(checks, f"check_{name}")(in_float32)

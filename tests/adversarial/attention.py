@@ -181,3 +181,22 @@ MISTAKES = [
     (returns_logits, "before the softmax"),
     (scale_after_softmax, "after the softmax"),
 ]
+
+
+def flattened_with_view(q, k, v):
+    # .view needs contiguous memory: q, k, v split into heads by a multi-head attention are transposed views
+    B, H, N, d = q.shape
+    qf, kf, vf = (t.view(B * H, N, d) for t in (q, k, v))
+    w = torch.bmm(qf, kf.transpose(1, 2)).mul(d ** -0.5).softmax(-1)
+    return torch.bmm(w, vf).view(B, H, N, d), w.view(B, H, N, N)
+
+
+def contiguous_then_view(q, k, v):
+    B, H, N, d = q.shape
+    qf, kf, vf = (t.contiguous().view(B * H, N, d) for t in (q, k, v))
+    w = torch.bmm(qf, kf.transpose(1, 2)).mul(d ** -0.5).softmax(-1)
+    return torch.bmm(w, vf).view(B, H, N, d), w.view(B, H, N, N)
+
+
+CORRECT.append(contiguous_then_view)
+MISTAKES.append((flattened_with_view, "not contiguous"))

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from vit_edu.hybrid import StdConv2dSame
 
@@ -368,3 +369,45 @@ MISTAKES = [
     (MistakeFloat64, "dtype"),
     (MistakeConvBias, "bias"),
 ]
+
+
+# weight standardization as a parametrization (torch.nn.utils.parametrize): the weights are then stored as
+# conv1.parametrizations.weight.original, and conv1.weight is computed from them
+class _Standardize(nn.Module):
+    def forward(self, w):
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return (w - mean) / torch.sqrt(var + 1e-8)
+
+
+class _SameConv(nn.Conv2d):
+    def forward(self, x):
+        return F.conv2d(_same_pad(x, self.kernel_size[0], self.stride[0]), self.weight, None, self.stride)
+
+
+def _parametrized_conv(c_in, c_out, k, stride=1):
+    conv = _SameConv(c_in, c_out, k, stride=stride, bias=False)
+    parametrize.register_parametrization(conv, "weight", _Standardize())
+    return conv
+
+
+class CorrectParametrized(nn.Module):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        mid = out_channels // 4
+        self.conv1, self.norm1 = _parametrized_conv(in_channels, mid, 1), nn.GroupNorm(32, mid)
+        self.conv2, self.norm2 = _parametrized_conv(mid, mid, 3, stride), nn.GroupNorm(32, mid)
+        self.conv3, self.norm3 = _parametrized_conv(mid, out_channels, 1), nn.GroupNorm(32, out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Module()
+            self.downsample.conv = _parametrized_conv(in_channels, out_channels, 1, stride)
+            self.downsample.norm = nn.GroupNorm(32, out_channels)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample.norm(self.downsample.conv(x))
+        h = F.relu(self.norm1(self.conv1(x)))
+        h = F.relu(self.norm2(self.conv2(h)))
+        return F.relu(self.norm3(self.conv3(h)) + shortcut)
+
+
+CORRECT.append(CorrectParametrized)

@@ -119,3 +119,16 @@ MISTAKES = [
     (first_image_only, "expand"),
     (pos_cls_only, "patch tokens"),
 ]
+
+
+_SEQUENCES = {}
+
+
+def kept_by_shape(tokens, cls_token, pos_embed):
+    # the first call's sequence, cached by the input's shape and returned for every later input of that shape
+    if tokens.shape not in _SEQUENCES:
+        _SEQUENCES[tokens.shape] = torch.cat([cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + pos_embed
+    return _SEQUENCES[tokens.shape]
+
+
+MISTAKES.append((kept_by_shape, "earlier call"))

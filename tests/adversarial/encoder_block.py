@@ -348,3 +348,27 @@ MISTAKES = [
     (UnscaledAttention, "self.attn"),
     (ReluMlp, "self.mlp"),
 ]
+
+
+class InPlaceResiduals(Standard):
+    """The residuals added in place to the sublayers' fresh outputs (never to the input)."""
+
+    def forward(self, x):
+        h = self.attn(self.norm1(x))
+        h += x
+        out = self.mlp(self.norm2(h))
+        out += h
+        return out
+
+
+class KeepsFirstOutput(Standard):
+    """Stores its output on self and returns it again for any input of the same shape."""
+
+    def forward(self, x):
+        if getattr(self, "kept", None) is None or self.kept.shape != x.shape:
+            self.kept = super().forward(x)
+        return self.kept
+
+
+CORRECT.append(InPlaceResiduals)
+MISTAKES.append((KeepsFirstOutput, "earlier call"))

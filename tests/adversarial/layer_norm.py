@@ -1,5 +1,7 @@
 """Adversarial set for check_layer_norm (notebook 04): other correct styles and usual mistakes."""
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from einops import reduce
@@ -169,7 +171,41 @@ def rms_norm_of_centred(x, weight, bias, eps):
     return F.rms_norm(x - x.mean(-1, keepdim=True), x.shape[-1:], weight, eps) + bias
 
 
+# the library's LayerNorm reached without a Python-level call: scripted code, the kernel through torch.ops
+def _scripted_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, [x.shape[-1]], weight, bias, eps)
+
+
+def scripted_layer_norm(x, weight, bias, eps):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated, and still works
+        scripted = torch.jit.script(_scripted_layer_norm)
+    return scripted(x, weight, bias, float(eps))
+
+
+def scripted_batch_norm_module(x, weight, bias, eps):
+    rows = x.reshape(-1, x.shape[-1]).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        norm = torch.jit.script(torch.nn.BatchNorm1d(rows.shape[0], eps=eps, affine=False, dtype=x.dtype))
+    return norm(rows).T.reshape(x.shape) * weight + bias
+
+
+def aten_native_layer_norm(x, weight, bias, eps):
+    return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)[0]
+
+
+def aten_batch_norm_legit(x, weight, bias, eps):
+    rows = x.reshape(-1, x.shape[-1]).T.contiguous()
+    out = torch.ops.aten._native_batch_norm_legit(rows, None, None, True, 0.1, eps)[0]
+    return out.T.reshape(x.shape) * weight + bias
+
+
 MISTAKES = [
+    (scripted_layer_norm, "native_layer_norm"),
+    (scripted_batch_norm_module, "batch_norm"),
+    (aten_native_layer_norm, "native_layer_norm"),
+    (aten_batch_norm_legit, "batch_norm"),
     (group_norm_one_group, "group_norm"),
     (instance_norm_rows, "instance_norm"),
     (batch_norm_transposed, "batch_norm"),
@@ -191,3 +227,34 @@ MISTAKES = [
     (all_non_batch_axes, "axis"),
     (default_eps, "eps"),
 ]
+
+
+def correct_out_buffer_in_place(x, weight, bias, eps):
+    # in-place operations on a fresh tensor of the answer's own
+    centred = x - x.mean(-1, keepdim=True)
+    var = centred.pow(2).mean(-1, keepdim=True)
+    out = torch.empty_like(x)
+    out.copy_(centred)
+    out.mul_(torch.rsqrt(var + eps))
+    return out * weight + bias
+
+
+def correct_non_contiguous_view(x, weight, bias, eps):
+    t = x.transpose(0, -1)  # features first, a non-contiguous view
+    mu = t.mean(0, keepdim=True)
+    var = t.var(0, keepdim=True, correction=0)
+    return ((t - mu) / (var + eps).sqrt()).transpose(0, -1) * weight + bias
+
+
+_STATS = {}
+
+
+def statistics_kept_by_shape(x, weight, bias, eps):
+    if x.shape not in _STATS:  # the first input's statistics, reused for every later input of its shape
+        _STATS[x.shape] = (x.mean(-1, keepdim=True).detach(), x.var(-1, keepdim=True, unbiased=False).detach())
+    mu, var = _STATS[x.shape]
+    return (x - mu) / torch.sqrt(var + eps) * weight + bias
+
+
+CORRECT += [correct_out_buffer_in_place, correct_non_contiguous_view]
+MISTAKES.append((statistics_kept_by_shape, "earlier call"))

@@ -202,3 +202,29 @@ MISTAKES = [
     (no_warmup, "warm-up"),
     (decays_to_floor, "decay to 0"),
 ]
+
+
+# off by one at the end of the warm-up
+def warmup_divides_by_one_more(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return base_lr * (step + 1) / (warmup_steps + 1)  # never quite reaches base_lr
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+def warmup_through_its_end(step, total_steps, warmup_steps, base_lr):
+    if warmup_steps and step <= warmup_steps:  # step warmup_steps gets (warmup_steps + 1) / warmup_steps of base_lr
+        return base_lr * (step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return 0.5 * base_lr * (1 + math.cos(math.pi * t))
+
+
+def correct_through_a_float64_tensor(step, total_steps, warmup_steps, base_lr):
+    if step < warmup_steps:
+        return float(torch.tensor(base_lr * (step + 1) / warmup_steps, dtype=torch.float64))
+    t = torch.tensor(min(1.0, (step - warmup_steps) / (total_steps - warmup_steps)), dtype=torch.float64)
+    return (0.5 * base_lr * (1 + torch.cos(math.pi * t))).item()
+
+
+CORRECT.append(correct_through_a_float64_tensor)
+MISTAKES += [(warmup_divides_by_one_more, "warmup_steps + 1"), (warmup_through_its_end, "step <= warmup_steps")]

@@ -265,3 +265,50 @@ MISTAKES = [
     (mistake_last_token_dropped, "class token"),
     (mistake_transposed, "transpos"),
 ]
+
+
+def correct_float64_inside(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    centres = torch.stack([r.flatten(), c.flatten()], -1).double() * patch_size
+    a = attn[:, :, 1:, 1:].double()
+    a = a / a.sum(-1, keepdim=True)
+    return (a * torch.cdist(centres, centres)).sum(-1).mean(dim=(0, 2)).to(attn.dtype)
+
+
+def mistake_float32_inside(attn, grid_size, patch_size):
+    return correct_float64_inside(attn.float(), grid_size, patch_size)  # float64 maps come back as float32
+
+
+_TABLES = {}
+
+
+def mistake_table_kept_by_grid(attn, grid_size, patch_size):
+    # a distance table cached by grid_size alone: a later call with another patch_size reuses the old one
+    gh, gw = grid_size
+    if tuple(grid_size) not in _TABLES:
+        r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        centres = torch.stack([r.flatten(), c.flatten()], -1).double() * patch_size
+        _TABLES[tuple(grid_size)] = torch.cdist(centres, centres)
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _TABLES[tuple(grid_size)].to(attn.dtype)).sum(-1).mean(dim=(0, 2))
+
+
+CORRECT.append(correct_float64_inside)
+MISTAKES += [(mistake_float32_inside, "dtype"), (mistake_table_kept_by_grid, "earlier call")]
+
+
+def correct_python_loops(attn, grid_size, patch_size):
+    gh, gw = grid_size
+    n = gh * gw
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    total = attn.new_zeros(attn.shape[1])
+    for i in range(n):
+        for j in range(n):
+            total = total + a[:, :, i, j].sum(0) * patch_size * math.hypot(i // gw - j // gw, i % gw - j % gw)
+    return total / (attn.shape[0] * n)
+
+
+CORRECT.append(correct_python_loops)

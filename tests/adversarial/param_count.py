@@ -162,3 +162,20 @@ MISTAKES = [
     (no_value_error, "ValueError"),
     (depth_once, "depth"),
 ]
+
+
+def correct_torch_layers_on_meta(image_size, patch_size, in_channels, dim, depth, mlp_dim, num_classes):
+    # the model's layers built on the meta device (shapes only), plus the class token and the position embedding
+    if image_size % patch_size:
+        raise ValueError(f"patch_size={patch_size} does not divide image_size={image_size}")
+    n = (image_size // patch_size) ** 2
+    with torch.device("meta"):
+        layers = [nn.Conv2d(in_channels, dim, patch_size, patch_size), nn.LayerNorm(dim),
+                  nn.Linear(dim, num_classes)]
+        for _ in range(depth):
+            layers += [nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim),
+                       nn.LayerNorm(dim), nn.Linear(dim, mlp_dim), nn.Linear(mlp_dim, dim)]
+    return sum(p.numel() for layer in layers for p in layer.parameters()) + dim + (n + 1) * dim
+
+
+CORRECT.append(correct_torch_layers_on_meta)

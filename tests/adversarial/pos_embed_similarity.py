@@ -175,3 +175,17 @@ MISTAKES = [
     (mistake_absolute, "absolute"),
     (mistake_swapped_grid, "shape"),
 ]
+
+
+def correct_float64_inside(pos_embed, grid_size):
+    gh, gw = grid_size
+    u = F.normalize(_rows(pos_embed, grid_size).double(), dim=-1)
+    return (u @ u.T).reshape(gh, gw, gh, gw).to(pos_embed.dtype)
+
+
+def mistake_float32_inside(pos_embed, grid_size):
+    return correct_float64_inside(pos_embed.float(), grid_size)  # a float64 table comes back as float32
+
+
+CORRECT.append(correct_float64_inside)
+MISTAKES.append((mistake_float32_inside, "dtype"))

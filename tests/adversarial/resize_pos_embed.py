@@ -156,3 +156,20 @@ MISTAKES = [
     (mistake_in_place, "in place"),
     (mistake_no_batch_axis, "batch axis"),
 ]
+
+
+def correct_float64_inside(pos_embed, new_grid, old_grid):
+    h, w = old_grid
+    D = pos_embed.shape[-1]
+    img = pos_embed[:, 1:].double().reshape(1, h, w, D).permute(0, 3, 1, 2)
+    img = F.interpolate(img, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
+    grid = img.permute(0, 2, 3, 1).reshape(1, -1, D).to(pos_embed.dtype)
+    return torch.cat([pos_embed[:, :1], grid], dim=1)
+
+
+def mistake_float32_inside(pos_embed, new_grid, old_grid):
+    return correct_float64_inside(pos_embed.float(), new_grid, old_grid)  # float64 comes back as float32
+
+
+CORRECT.append(correct_float64_inside)
+MISTAKES.append((mistake_float32_inside, "dtype"))

@@ -204,3 +204,45 @@ MISTAKES = [
 for _name, _f in list(globals().items()):
     if callable(_f) and getattr(_f, "__name__", "") == "f":
         _f.__name__ = _name
+
+
+# float64: the contract keeps the input's dtype
+def float64_inside(attentions):
+    r = None
+    for attn in attentions:
+        a = attn.double().mean(1)
+        a = a + torch.eye(a.shape[-1], dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+    return r.to(attentions[0].dtype)
+
+
+def identity_per_head(attentions):
+    # mean_heads(A + I) = mean_heads(A) + I; bmm instead of @
+    r = None
+    for attn in attentions:
+        a = (attn + torch.eye(attn.shape[-1], dtype=attn.dtype)).mean(1)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else torch.bmm(a, r)
+    return r
+
+
+def float32_inside(attentions):
+    return float64_inside([a.float() for a in attentions])  # float64 maps come back as float32
+
+
+CORRECT += [float64_inside, identity_per_head]
+MISTAKES.append((float32_inside, "dtype"))
+
+
+def in_place_on_fresh_tensors(attentions):
+    r = None
+    for attn in attentions:
+        a = attn.mean(1)  # a new tensor: editing it in place leaves the caller's maps alone
+        a.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        a.div_(a.sum(-1, keepdim=True))
+        r = a if r is None else a @ r
+    return r
+
+
+CORRECT.append(in_place_on_fresh_tensors)

@@ -279,3 +279,16 @@ MISTAKES = [
     (clips_gradients, "clip"),
     (returns_nothing, "return"),
 ]
+
+
+def correct_model_zero_grad_summed_loss(model, images, labels, optimizer):
+    # model.zero_grad() clears the same gradients; the summed loss over the batch size is the mean
+    model.train()
+    model.zero_grad(set_to_none=False)
+    loss = F.cross_entropy(model(images), labels, reduction="sum") / labels.numel()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+CORRECT.append(correct_model_zero_grad_summed_loss)

@@ -209,3 +209,39 @@ MISTAKES = [
     (detached_tokens, "gradient"),
     (edits_pos_embed, "in place"),
 ]
+
+
+def one_image_at_a_time(model, images):
+    logits = []
+    for image in images:  # a batch of one per image, concatenated
+        z = torch.cat([model.cls_token, model.patch_embed(image[None])], dim=1) + model.pos_embed
+        for blk in model.blocks:
+            z = blk(z)
+        logits.append(model.head(model.norm(z)[:, 0]))
+    return torch.cat(logits)
+
+
+def first_patch_token(model, images):
+    x = model.patch_embed(images)
+    x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embed
+    for blk in model.blocks:
+        x = blk(x)
+    return model.head(model.norm(x)[:, 1])  # off by one: the class token is index 0
+
+
+def norm_before_the_blocks_too(model, images):
+    x = model.patch_embed(images)
+    x = model.norm(torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embed)
+    for blk in model.blocks:
+        x = blk(x)
+    return model.head(model.norm(x)[:, 0])
+
+
+def switches_to_training(model, images):
+    model.train()  # the model arrived in eval mode: its dropout is now on
+    return standard(model, images)
+
+
+CORRECT.append(one_image_at_a_time)
+MISTAKES += [(first_patch_token, "x[:, 1]"), (norm_before_the_blocks_too, "before the blocks"),
+             (switches_to_training, "dropout")]

@@ -2,8 +2,9 @@
 
 * :func:`probe` runs the student's function or class on the exercise's cases and records plain
   observations (tensors, numbers, strings): the output, its dtype and device, the inputs after the call
-  (in-place edits), a second eval-mode call (dropout left on), one backward pass (input and parameter
-  gradients by name). It never decides anything, so it can run in the student's process.
+  (in-place edits), a second eval-mode call (dropout left on), a call on other inputs of the same shapes (a
+  result kept from the first call), one backward pass (input and parameter gradients by name). It never
+  decides anything, so it can run in the student's process.
 * :func:`vit_edu.classroom.judge.judge` (:mod:`.judge`) rebuilds the same cases from the seed, computes the
   reference itself and compares. It never calls student code and treats the observations as untrusted data
   (a string where a tensor should be is a failure, not a crash). When the answer is wrong it computes the
@@ -31,6 +32,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .watch import thread_starts
 
@@ -159,7 +161,12 @@ class Ctx:
         self.shared: List[Tuple[str, str]] = []
 
     def param(self, name: str) -> Optional[torch.Tensor]:
-        """The student's parameter ``name`` (e.g. "qkv.weight"), or None if there is none."""
+        """The student's parameter ``name`` (e.g. "qkv.weight"), or None if there is none. A parametrized one
+        (torch.nn.utils.parametrize: "conv1.parametrizations.weight.original") answers to its plain name."""
+        if name not in self.params and name not in self.aliases:
+            base, _, leaf = name.rpartition(".")
+            original = f"{base + '.' if base else ''}parametrizations.{leaf}.original"
+            name = original if original in self.params or original in self.aliases else name
         self.used.append(name)
         if name in self.params:
             return self.params[name]
@@ -178,6 +185,14 @@ class Ctx:
             if n.startswith(prefix + "."):
                 out[n[len(prefix) + 1:]] = n
         return {k: self.param(n) for k, n in out.items()}  # type: ignore[misc]
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name as the contract spells it: "conv1.parametrizations.weight.original" is "conv1.weight"."""
+    head, sep, rest = name.partition("parametrizations.")
+    if sep and (not head or head.endswith(".")) and rest.endswith(".original") and rest.count(".") == 1:
+        return head + rest[: -len(".original")]
+    return name
 
 
 # ----------------------------------------------------------------------------------------- random numbers
@@ -305,6 +320,21 @@ def _grad_leaves(args: Sequence[Any], names: Sequence[str]) -> List[Tuple[str, t
             and (t.requires_grad or t.is_leaf)]
 
 
+def other_inputs(args: Sequence[Any]) -> Optional[Tuple[Any, ...]]:
+    """The case's arguments with every batch in reverse order (tensors and lists of tensors whose first axis
+    has two or more entries; the rest as given): other inputs of the same shapes, still valid ones (attention
+    rows stay distributions), for a call that shows a result kept from the first call. None where nothing
+    changes (no batch to reverse)."""
+    def flip(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] >= 2:
+            return a.detach().flip(0)
+        if isinstance(a, list) and a and all(isinstance(t, torch.Tensor) for t in a):
+            return [flip(t) for t in a]
+        return a
+    out = tuple(flip(a) for a in args)
+    return out if any(o is not a for o, a in zip(out, args)) else None
+
+
 def _outputs_of(value: Any, n: int) -> List[Any]:
     if n == 1:
         return [value]
@@ -336,37 +366,60 @@ def probe(ex: Exercise, obj: Any, seed: int = 0) -> Dict[str, Any]:
 class _Watch(torch.overrides.TorchFunctionMode):
     """Records which of ``names`` the code inside calls: every torch function call passes through the mode,
     however the student reached the function (F.layer_norm, an alias, nn.LayerNorm's forward,
-    torch.ops.aten.layer_norm.default: names are compared without the overload). A mode holds for one thread,
-    so each thread started through ``threading`` while inside gets a copy that records into the same set."""
+    torch.ops.aten.layer_norm.default: names are compared without the overload). Code that Python never sees
+    call by call (a torch.jit.script'ed or compiled function) still reaches the dispatcher: a dispatch mode,
+    :class:`_DeepWatch`, records the kernels it runs (``native_layer_norm``) into ``deep``, which counts when the
+    function mode saw nothing. A mode holds for one thread, so each thread started through ``threading`` while
+    inside gets copies of both that record into the same sets."""
 
-    def __init__(self, names: Sequence[str], seen: Optional[set] = None, live: Optional[List[bool]] = None) -> None:
+    def __init__(self, names: Sequence[str], seen: Optional[set] = None, live: Optional[List[bool]] = None,
+                 deep: Optional[set] = None) -> None:
         super().__init__()
         self.names = set(names)
         self.seen = set() if seen is None else seen
+        self.deep = set() if deep is None else deep
         self.live = [True] if live is None else live  # shared with the copies: they stop recording with it
         self._threads: Optional[ContextManager[Any]] = None
+        self._dispatch: Optional["_DeepWatch"] = None
+
+    @property
+    def calls(self) -> List[str]:
+        """What was called, by the names the student's code used (else the kernels that ran)."""
+        return sorted(self.seen or self.deep)
 
     def __enter__(self) -> "_Watch":
         self.live[0] = True
         self._threads = thread_starts(self._enter_in_thread)
         self._threads.__enter__()
         try:
+            self._dispatch = _DeepWatch(self)
+            self._dispatch.__enter__()
             return super().__enter__()
         except BaseException:
-            self._threads.__exit__(None, None, None)
+            self._exit_inner()
             raise
 
     def __exit__(self, *exc: Any) -> None:
         try:
             super().__exit__(*exc)
         finally:
-            self.live[0] = False
+            self._exit_inner()
+
+    def _exit_inner(self) -> None:
+        self.live[0] = False
+        try:
+            if self._dispatch is not None:
+                self._dispatch.__exit__(None, None, None)
+        finally:
+            self._dispatch = None
             if self._threads is not None:
                 self._threads.__exit__(None, None, None)
 
     def _enter_in_thread(self, frame: Any, event: str, arg: Any) -> None:
-        """In a new thread: a copy stays on that thread's mode stack (it records nothing once the probe is over)."""
-        torch.overrides.TorchFunctionMode.__enter__(_Watch(self.names, self.seen, self.live))
+        """In a new thread: copies stay on that thread's mode stacks (they record nothing once the probe is over)."""
+        copy = _Watch(self.names, self.seen, self.live, self.deep)
+        _DeepWatch(copy).__enter__()
+        torch.overrides.TorchFunctionMode.__enter__(copy)
 
     @staticmethod
     def _called(func: Any) -> Tuple[str, str]:
@@ -383,6 +436,22 @@ class _Watch(torch.overrides.TorchFunctionMode):
             base, shown = self._called(func)
             if base in self.names:
                 self.seen.add(shown)
+        return func(*args, **(kwargs or {}))
+
+
+class _DeepWatch(TorchDispatchMode):
+    """The dispatcher's side of a :class:`_Watch`: the aten kernels that run, whoever called them."""
+
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        w = self.watch
+        if w.live[0]:
+            base, shown = w._called(func)
+            if base in w.names:
+                w.deep.add(shown)
         return func(*args, **(kwargs or {}))
 
 
@@ -458,11 +527,16 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
             if index == 0:  # a second call: dropout left active in eval mode gives another answer
                 with torch.no_grad():
                     rec["output2"] = record_value(_call(target, args, {}))
+                    other = other_inputs(args)
+                    if other is not None:  # a third, on other inputs: an answer kept from the first call shows
+                        third: Dict[str, Any] = {"error": None}
+                        value = _call(target, other, third)
+                        rec["output3"] = third if third["error"] is not None else {"output": record_value(value)}
         if case.grad and rec["error"] is None:
             rec["grad"] = _backward(ex, target, leaves, out, seed, index)
     rec["guard"] = dict(guarded or {})
     if ex.forbidden:
-        rec["forbidden_calls"] = sorted(watch.seen)
+        rec["forbidden_calls"] = watch.calls
     if ex.probe_extra is not None and rec["error"] is None:
         try:
             with torch.no_grad():

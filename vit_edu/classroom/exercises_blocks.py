@@ -309,8 +309,8 @@ ENCODER_BLOCK_EX = Exercise(
 
 
 # ----------------------------------------------------------------------------------------- 8 ViT forward
-_VIT_CONFIGS = [
-    (dict(image_size=16, patch_size=4, num_classes=5, dim=32, depth=2, heads=4, mlp_dim=64), 2),
+_VIT_CONFIGS = [  # the first with dropout (the model arrives in eval mode: an answer that switches it on shows)
+    (dict(image_size=16, patch_size=4, num_classes=5, dim=32, depth=2, heads=4, mlp_dim=64, dropout=0.1), 2),
     (dict(image_size=(8, 16), patch_size=4, num_classes=3, dim=24, depth=3, heads=2, mlp_dim=32,
           patch_embed="linear"), 1),
     (dict(image_size=8, patch_size=2, in_channels=1, num_classes=4, dim=16, depth=1, heads=1, mlp_dim=16,
@@ -404,6 +404,8 @@ def _vit_run(model: Any, images: torch.Tensor, cls: str = "front", pos: str = "a
     p = model.pos_embed
     if cls == "front":
         x = torch.cat([c, t], 1) + (p if pos == "all" else 0)
+        if norm == "also_first":
+            x = model.norm(x)
         if pos == "before_cls":
             x = torch.cat([c, t + p[:, 1:]], 1)
         elif pos == "first":
@@ -420,9 +422,10 @@ def _vit_run(model: Any, images: torch.Tensor, cls: str = "front", pos: str = "a
             x = model.norm(x)
     if pos == "after":
         x = x + p
-    if norm is True:
+    if norm in (True, "also_first"):
         x = model.norm(x)
-    pooled = {"cls": x[:, 0], "last": x[:, -1], "mean": x.mean(1), "mean_patches": x[:, 1:].mean(1)}[pool]
+    pooled = {"cls": x[:, 0], "last": x[:, -1], "mean": x.mean(1), "mean_patches": x[:, 1:].mean(1),
+              "first_patch": x[:, 1]}[pool]
     return model.head(pooled)
 
 
@@ -454,6 +457,10 @@ def _vit_mutants(ctx: Ctx, model: Any, images: torch.Tensor) -> List[Mutant]:
         ("the logits come from the mean of the patch tokens; this model classifies from the class token: "
          "model.head(x[:, 0])", run(pool="mean_patches")),
         ("the logits come from the last token x[:, -1]; the class token is x[:, 0]", run(pool="last")),
+        ("the logits come from x[:, 1], the first patch token; the class token is x[:, 0] (index 0, in front)",
+         run(pool="first_patch")),
+        ("model.norm is also applied to the embeddings before the blocks; it is the final norm only (each block "
+         "normalises its own input with norm1 and norm2)", run(norm="also_first")),
         ("the final LayerNorm is missing and the logits come from the mean of the tokens; use "
          "model.head(model.norm(x)[:, 0])", run(norm=False, pool="mean")),
         ("only the first block is applied; run them all: for blk in model.blocks: x = blk(x)", run(blocks=[0])),

@@ -329,11 +329,17 @@ CLS_AND_POS_EX = Exercise(
 
 # ------------------------------------------------------------------------------------------ 4 attention
 def _attention_cases() -> List[Case]:
-    def case(B: int, H: int, N: int, d: int, dtype: torch.dtype = torch.float32, grad: bool = False) -> Case:
-        return Case(tuple(torch.randn(B, H, N, d, dtype=dtype) for _ in range(3)), grad=grad,
+    def case(B: int, H: int, N: int, d: int, dtype: torch.dtype = torch.float32, grad: bool = False,
+             split: bool = False) -> Case:
+        # split: q, k, v as a multi-head attention makes them, [B, N, H, d] with the heads moved forward (a
+        # transposed view, not contiguous in memory: .view(B * H, N, d) fails on it, .reshape works)
+        make = (lambda: torch.randn(B, N, H, d, dtype=dtype).transpose(1, 2)) if split else \
+            (lambda: torch.randn(B, H, N, d, dtype=dtype))
+        return Case(tuple(make() for _ in range(3)), grad=grad,
                     label=f"q, k, v each {[B, H, N, d]} ([B, heads, N, d])" + ("" if dtype == torch.float32
-                                                                                 else f" {str(dtype)[6:]}"))
-    return [case(2, 4, 6, 8), case(1, 1, 5, 16), case(3, 2, 7, 4), case(1, 3, 4, 32),
+                                                                                 else f" {str(dtype)[6:]}")
+                    + (", heads split from the features (not contiguous in memory)" if split else ""))
+    return [case(2, 4, 6, 8), case(1, 1, 5, 16), case(3, 2, 7, 4), case(2, 3, 4, 32, split=True),
             case(2, 2, 3, 5, torch.float64), case(2, 2, 5, 3, grad=True)]
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .engine import Case, ContractError, Ctx, Exercise, Mutant, along_rows
+from .engine import Case, ContractError, Ctx, Exercise, Mutant, along_rows, plain_name
 
 
 # ------------------------------------------------------------------------------ 7.2 mean attention distance
@@ -115,7 +115,9 @@ def _mad_mutants(ctx: Ctx, attn: torch.Tensor, grid_size: Tuple[int, int], patch
          "and the images", m(queries="sum", reduce_over=(0, 2))),
         ("the per-query distances are summed over the images and the query patches; take the mean over both",
          lambda: mad(attn, grid_size, patch_size, reduce_over=(0, 2)) * attn.shape[0] * (attn.shape[-1] - 1)),
-    ]
+    ] + ([(f"the distances are those of an earlier call on this grid with patch_size={ctx.meta['earlier_patch_size']}: "
+           f"a distance table kept across calls (a cache keyed by grid_size alone) must depend on patch_size too",
+           lambda: mad(attn, grid_size, ctx.meta["earlier_patch_size"]))] if "earlier_patch_size" in ctx.meta else [])
 
 
 def _mad_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], attn: torch.Tensor, grid_size: Any, patch_size: Any
@@ -146,7 +148,8 @@ def _mad_cases() -> List[Case]:
         Case((attn(2, 3, 3, 4), (3, 4), 4)),
         Case((attn(1, 2, 2, 5), (2, 5), 3)),  # batch 1
         Case((attn(2, 1, 5, 3, boost=2.0), (5, 3), 5)),  # one head
-        Case((attn(3, 4, 4, 4), (4, 4), 2)),
+        # the first case's grid with another patch size: a distance table kept from it (keyed by the grid) shows
+        Case((attn(3, 4, 3, 4), (3, 4), 2), meta={"earlier_patch_size": 4}),
         Case((attn(2, 2, 2, 3, torch.float64), (2, 3), 4)),  # the dtype follows the input
         Case((attn(2, 2, 3, 3), (3, 3), 4), grad=True),
     ]
@@ -479,7 +482,7 @@ def _bottleneck_params(ctx: Ctx) -> Dict[str, torch.Tensor]:
     if project:
         want.update({"downsample.conv.weight": (c_out, c_in, 1, 1), "downsample.norm.weight": (c_out,),
                      "downsample.norm.bias": (c_out,)})
-    names = set(ctx.params) | set(ctx.aliases)
+    names = {plain_name(n) for n in list(ctx.params) + list(ctx.aliases)}
     sig = f"Bottleneck({c_in}, {c_out}, stride={stride})"
     biases = sorted(n for n in names if n.endswith(".bias") and n.rsplit(".", 2)[-2].startswith("conv"))
     if biases:

@@ -22,10 +22,11 @@ from .judge import Malformed, numpy_number, parse_record
 
 # ====================================================================================== 06 lr_schedule
 def _lr(step: int, total: int, warmup: int, base: float, *, from_zero: bool = False, no_warmup: bool = False,
-        span: str = "decay", clamp: bool = True, shape: str = "cosine", floor: float = 0.0) -> float:
+        span: str = "decay", clamp: bool = True, shape: str = "cosine", floor: float = 0.0, warm_div: int = 0,
+        warm_end: int = 0) -> float:
     """The learning rate of one step, with switchable mistakes; the defaults give the contract's schedule."""
-    if step < warmup and not no_warmup:
-        return base * (step if from_zero else step + 1) / warmup
+    if step < warmup + warm_end and warmup > 0 and not no_warmup:
+        return base * (step if from_zero else step + 1) / (warmup + warm_div)
     if span == "decay":
         t = (step - warmup) / (total - warmup)
     else:  # over all steps, warm-up included
@@ -64,6 +65,10 @@ def _lr_mutants(ctx: Ctx, step: int, total: int, warmup: int, base: float) -> Li
     return [
         ("the warm-up starts at 0: step t gets base_lr * (t + 1) / warmup_steps (use step + 1), so the first step "
          "already learns and step warmup_steps - 1 reaches base_lr", m(from_zero=True)),
+        ("the warm-up divides by warmup_steps + 1; it divides by warmup_steps, base_lr * (step + 1) / warmup_steps, "
+         "so that its last step (warmup_steps - 1) reaches base_lr", m(warm_div=1)),
+        ("step warmup_steps is still taken as warm-up (step <= warmup_steps); the warm-up is step < warmup_steps, "
+         "and step warmup_steps starts the cosine at base_lr", m(warm_end=1)),
         ("the result is the schedule's factor (between 0 and 1); multiply it by base_lr",
          lambda: _lr(step, total, warmup, 1.0)),
         ("total_steps and warmup_steps are swapped; the argument order is warmup_cosine_lr(step, total_steps, "

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .engine import (FORMAT, Case, CheckError, ContractError, Ctx, Exercise, Verdict, _grad_leaves, _leaves,
-                     build_cases, param_value, probe, upstream)
+                     build_cases, other_inputs, param_value, probe, upstream)
 
 
 # ------------------------------------------------------------------------------------------------- judge
@@ -205,6 +205,10 @@ _CAUSES = [  # (pattern in a torch error message, what usually causes it)
     (r"expected scalar type|same dtype|found (Float|Double)|dtype.*(Float|Double)",
      "tensors of two dtypes meet (float64 from NumPy or from torch.tensor/zeros/eye without dtype=); make new "
      "tensors with dtype=x.dtype (or x.new_zeros)"),
+    (r"view size is not compatible with input tensor's size and stride",
+     "a tensor is not contiguous in memory (a transposed or permuted view: after .transpose or .permute, or q, k, "
+     "v split into heads as a multi-head attention does): .view() cannot merge its axes; use .reshape() (or "
+     ".contiguous().view())"),
     (r"numpy\(\) on Tensor that requires grad",
      "the computation leaves torch (.numpy()), so no gradient can flow back; stay in torch"),
 ]
@@ -351,10 +355,32 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
                 raise _Fail(f"the {ex.outputs[k]} is on device {o.device}; it should be on the input's device "
                             f"{e.device}\n  inputs: {label}")
 
+    if isinstance(rec.get("output3"), dict):
+        _judge_other_inputs(ex, ctx, case, rec["output3"], outs, label)
     if case.grad:
         _judge_grad(ex, ctx, case, rec, outs, label)
     if ex.loads_into is not None and index == 0:
         _judge_state_keys(ex, case, _get(rec, "module", dict), label)
+
+
+def _judge_other_inputs(ex: Exercise, ctx: Ctx, case: Case, third: Dict[str, Any], first: List[Any],
+                        label: str) -> None:
+    """A call on other inputs of the same shapes (engine.other_inputs: the batch reversed) gets their own
+    answer: nothing of the first call's may be kept (a cache keyed by the shapes, an output stored in forward)."""
+    other = other_inputs(case.args)
+    if other is None:
+        raise Malformed("a call on other inputs where the case has none")
+    again = "a second call on other inputs of the same shapes (the batch in reverse order)"
+    if third.get("error") is not None:
+        raise _Fail(_raised(ex, again, third["error"], label))
+    got = _split_outputs(ex, parse_record(_get(third, "output", dict)), label)
+    want = _reference(ex, ctx, other, label, ctx.meta.get("accepted", ex.reference))
+    if all(_same(_unwrap(g), w, ex.rtol, ex.atol) for g, w in zip(got, want)):
+        return
+    kept = all(_identical(_unwrap(g), _unwrap(f)) for g, f in zip(got, first))
+    raise _Fail(f"{again} gave {'the very answer of the first call' if kept else 'a wrong answer'}: something is "
+                f"kept from an earlier call (a cache keyed by the shapes, a tensor stored on self in forward); "
+                f"compute each answer from its own call's inputs\n  inputs: {label}")
 
 
 def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str) -> None:
