@@ -512,3 +512,33 @@ def test_evaluate_image_size_help_states_the_checkpoints_size(tmp_path, capsys) 
     assert main(["evaluate", "--checkpoint", str(path), "--n", "8"]) == 0, capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(path), "--n", "8", "--image-size", "32"]) == 2
     assert "was built for 48x48 images" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_run_with_its_checkpoint_whole_and_named(tmp_path) -> None:
+    """`kill` (SIGTERM, how batch systems end a job) during training: one line that names the last checkpoint and
+    the command that continues it, status 143, no temp file left; the checkpoint loads and resumes."""
+    import signal
+
+    from vit_edu.training import load_checkpoint
+
+    out = tmp_path / "run dir"  # a path with a space: the printed command quotes it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("VIT_EDU_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vit_edu", "train", "--model", "vit_nano_patch4_32", "--epochs",
+                             "500", "--batch-size", "32", "--n-train", "64", "--n-test", "32", "--no-progress",
+                             "--device", "cpu", "--time-budget", "0", "--out-dir", str(out)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # epoch 2 printed: epoch 1's checkpoint is on disk
+            if line.startswith("epoch  2.00/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    last = out / "last.pt"
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().splitlines() == [f"vit_edu train: terminated (SIGTERM); the last saved state of the run is in "
+                                        f"{last}; continue with: python -m vit_edu train --resume '{last}'"], err
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
+    assert 1 <= load_checkpoint(last)["epoch"] < 500

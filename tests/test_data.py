@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import struct
 from pathlib import Path
 from urllib.error import URLError
@@ -662,6 +663,22 @@ def test_missing_dataset_says_where_and_how(tmp_path, name, folder):
         get_dataset(name, "train", root=tmp_path)
     message = str(info.value)
     assert str(tmp_path / folder) in message and "download=True" in message
+
+
+@pytest.mark.parametrize("name, folder, files", [
+    ("cifar10", "cifar-10-batches-py", ["data_batch_1"]),
+    ("mnist", "MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                            "t10k-labels-idx1-ubyte"])])
+def test_a_damaged_dataset_is_not_called_missing(tmp_path, name, folder, files):
+    """Files that are there but cut short (an interrupted extraction): one ValueError naming the folder, saying that
+    it is damaged (not "not found") and how to fetch it again, whatever torchvision's reader raised."""
+    for file in files:
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / file).write_bytes(b"\x00\x00\x08\x03\x00\x00")  # a header, cut short
+    with pytest.raises(ValueError, match=rf"{name}: {re.escape(str(tmp_path / folder))} holds files, but they are "
+                                         rf"incomplete or damaged \(torchvision said: \w+: .*\); delete .* and fetch "
+                                         rf"it again: pass download=True"):
+        get_dataset(name, "train", root=tmp_path)
 
 
 @pytest.mark.parametrize("name, cls", [("cifar10", "CIFAR10"), ("mnist", "MNIST")])

@@ -453,6 +453,9 @@ CLI_CASES = [
     ("model-unknown", ["train", "--model", "vit_gigantic"], r"unknown model 'vit_gigantic'; expected a preset name"),
     ("dataset-unknown", ["train", "nope"], r"unknown dataset 'nope'; known: shapes"),
     ("threads-0", ["train", "--threads", "0"], r"--threads must be >= 1, got 0"),
+    ("threads-huge", ["train", "--threads", "100000"], r"--threads \(TrainConfig.threads\) must be an int in \[1, 1024\]"),
+    ("data-root-is-a-file", ["train", "imagefolder", "--data-root", "{a_file}"],
+     r"imagefolder: .*a_file is a file; expected a folder \(--data-root\) that holds train/<class name>/"),
     # sizes this machine cannot hold, refused before anything is allocated
     ("image-size-huge", ["train", "--image-size", "100000", "--n-train", "64"],
      r"shapes images of 100000x100000 need [\d,.]+ GiB, more than this machine's"),

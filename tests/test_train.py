@@ -487,3 +487,13 @@ def test_a_run_refused_after_the_lock_leaves_no_empty_folders(tmp_path, capsys) 
     (tmp_path / "mine").mkdir()  # there before the run: kept
     code, out, err = _cli(["train", *flags, "--out-dir", str(tmp_path / "mine")], capsys)
     assert code == 2 and (tmp_path / "mine").is_dir()
+
+
+def test_a_run_diverged_by_the_position_embeddings_lr_names_that_flag(tmp_path: Path) -> None:
+    """--pos-lr-scale far too high: the position embedding's group diverges, not the one --lr steps; the message
+    names that flag and that group's rate too, not only the 2e-3 of --lr."""
+    config = tiny_config(tmp_path, pos_embed_lr_scale=1e30, lr=2e-3, warmup_steps=0, save_checkpoints=False)
+    with pytest.raises(T.TrainingDiverged, match=r"at learning rate \d\.\d\de-03; the run diverged, most likely "
+                                                 r"because the learning rate is too high \(lower --lr, or "
+                                                 r"--pos-lr-scale: the position embedding's rate is \d\.\d\de\+27\)"):
+        fit(config, log=quiet)

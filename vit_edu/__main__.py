@@ -1,12 +1,12 @@
 """The command line: ``python -m vit_edu <command>`` (also installed as ``vit-edu``).
 
     python -m vit_edu train                  # the default run: fit(TrainConfig()), its defaults listed by --help
-    python -m vit_edu evaluate               # the shipped checkpoint on a fresh test set
+    python -m vit_edu evaluate               # the shipped checkpoint on its own test set
     python -m vit_edu demo                   # evaluate + draw attention rollout and position-embedding figures
     torchrun --nproc_per_node=2 -m vit_edu train    # the same run on two processes (DistributedDataParallel)
     python -m vit_edu assignments ...        # nbgrader metadata + student copies (vit_edu.classroom.assignments)
     python -m vit_edu handout OUT_DIR        # what students get: student notebooks, the package, a README
-    python -m vit_edu grade ...              # grade a student's notebook (vit_edu.classroom.grading)
+    python -m vit_edu grade ...              # grade a class's submissions (vit_edu.classroom.grading)
 
 The ``train`` flags are built from the fields of ``vit_edu.training.TrainConfig`` (name, help, default), so
 the command line and ``fit(TrainConfig())`` cannot drift apart.
@@ -20,15 +20,44 @@ import re
 import shlex
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 from ._startup import OneLineParser, started
 from .fileio import OutputError  # the standard library only: a fast start
 
 # Errors a user can cause (a missing dataset, a bad flag value, an output folder that cannot take the result):
-# one line on stderr, exit 2, no traceback. Other OSErrors (a disk filling up mid-run) exit 1, Ctrl-C 130.
+# one line on stderr, exit 2, no traceback. Other OSErrors (a disk filling up mid-run) exit 1, Ctrl-C 130,
+# SIGTERM 143.
 USER_ERRORS = (FileNotFoundError, ValueError, TypeError, NotADirectoryError, IsADirectoryError, PermissionError)
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM, what a shell reports for `kill`
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system ending a job) while a command runs: it stops as after Ctrl-C (a write in
+    progress cleaned up, the last checkpoint whole and named with the command that continues it), instead of the
+    process ending without a word."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` for the block, where it would end the process at once (its default)."""
+    import signal
+    import threading
+
+    catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if catch:
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        if catch:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 DEMO_SEED = 2024
@@ -175,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("handout", add_help=False,
                    help="write the student handout: notebooks without solutions, the package, a README "
                         "(see: handout --help)")
-    sub.add_parser("grade", add_help=False, help="grade a student's notebook (see: grade --help)")
+    sub.add_parser("grade", add_help=False, help="grade a class's submissions (see: grade --help)")
     return parser
 
 
@@ -539,6 +568,9 @@ def _report(command: str, err: BaseException) -> int:
     hint = getattr(err, "vit_edu_hint", None)
     tail = f"; {hint}" if hint else ""
     prog = f"vit_edu {command}".strip()
+    if isinstance(err, Terminated):
+        print(f"{prog}: terminated (SIGTERM){tail}", file=sys.stderr)
+        return TERMINATED
     if isinstance(err, KeyboardInterrupt):
         print(f"{prog}: interrupted{tail}", file=sys.stderr)
         return INTERRUPTED
@@ -576,13 +608,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        if args.command == "train":
-            return cmd_train(args, argv)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "demo":
-            return cmd_demo(args)
-    except KeyboardInterrupt as err:  # Ctrl-C at any moment: one line, status 130
+        with _sigterm_stops():
+            if args.command == "train":
+                return cmd_train(args, argv)
+            if args.command == "evaluate":
+                return cmd_evaluate(args)
+            if args.command == "demo":
+                return cmd_demo(args)
+    except KeyboardInterrupt as err:  # Ctrl-C at any moment: one line, status 130 (SIGTERM: 143)
         return _report(command or "", err)
     except (OSError, MemoryError, RuntimeError, ValueError, TypeError) as err:
         if os.environ.get("VIT_EDU_DEBUG") or (isinstance(err, RuntimeError) and not _out_of_memory(err)

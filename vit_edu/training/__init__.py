@@ -2,7 +2,8 @@
 
 * :mod:`.config`: :class:`TrainConfig`, every setting of a run and the one place its defaults live (the
   command line's ``train`` flags are built from it);
-* :mod:`.data`: the generated shapes and the real datasets;
+* :mod:`.data`: the generated shapes and the real datasets (:mod:`.imagefolder`: which files of an image folder
+  a run reads, and the image loader);
 * :mod:`.loaders`: a TrainConfig's datasets and the DataLoaders training uses (same batches after a resume);
 * :mod:`.loop`: optimizer, warm-up + cosine schedule, loss, one epoch, :func:`evaluate`, :func:`fit`;
 * :mod:`.checkpoint`: checkpoints that resume exactly, safetensors exports, :func:`load_model`, the shipped

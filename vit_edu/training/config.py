@@ -182,11 +182,11 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"TrainConfig.{name} must be {'None or ' if optional else ''}an int >= {minimum}, "
                                  f"got {value!r}")
-        for name, top in (("seed", MAX_SEED), ("data_seed", MAX_SEED), ("num_workers", MAX_WORKERS),
-                          ("threads", MAX_THREADS)):  # NumPy, and the per-epoch seeds built on it, take 32 bits
+        for name, low, top in (("seed", 0, MAX_SEED), ("data_seed", 0, MAX_SEED), ("num_workers", 0, MAX_WORKERS),
+                               ("threads", 1, MAX_THREADS)):  # NumPy, and the per-epoch seeds built on it, take 32 bits
             value = getattr(self, name)
             if value is not None and value > top:
-                raise ValueError(f"TrainConfig.{name} must be an int in [0, {top}], got {value!r}")
+                raise ValueError(f"TrainConfig.{name} must be an int in [{low}, {top}], got {value!r}")
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size < MIN_IMAGE_SIZE):
             raise ValueError(f"TrainConfig.image_size must be None or an int >= {MIN_IMAGE_SIZE}, "

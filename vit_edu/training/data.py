@@ -9,8 +9,9 @@ sdf > 0 outside, |sdf| = distance to the edge in pixels. A whole batch is one te
 class, no loop over pixels or images, so the 20,000 images of a training epoch take about a second
 (``python benchmarks/train_speed.py --data`` times it).
 
-Real data (CIFAR-10, MNIST, Fashion-MNIST, an ImageFolder tree) go through torchvision with the same
-normalization, so a model trained here sees inputs in the same range whatever the source.
+Real data (CIFAR-10, MNIST, Fashion-MNIST, an image folder tree: :mod:`.imagefolder` chooses its files) go
+through torchvision's transforms with the same normalization, so a model trained here sees inputs in the same range
+whatever the source.
 
 """
 
@@ -18,15 +19,16 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
+
+from .imagefolder import imagefolder_dataset, load_image_checked  # noqa: F401 - load_image_checked: data's name too
 
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "crescent", "star")
 MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -482,7 +484,14 @@ def _torchvision_dataset(name: str, split: str, root: Path, image_size: Optional
     manual = _MANUAL[name].format(root=root)
     try:
         return cls(str(root), train=(split == "train"), transform=transform, download=download)
-    except (URLError, OSError, RuntimeError) as err:
+    except (URLError, OSError, RuntimeError, ValueError, IndexError, EOFError) as err:
+        present = where.is_dir() and any(where.iterdir())
+        if isinstance(err, (ValueError, IndexError, EOFError)) or (present and not download):  # there, not readable
+            raise ValueError(
+                f"{name}: {where} holds files, but they are incomplete or damaged (torchvision said: "
+                f"{type(err).__name__}: {err}); delete {where} and fetch it again: pass download=True (or --download "
+                f"on the command line), or download {manual}"
+            ) from err
         if not download:
             raise FileNotFoundError(
                 f"{name} not found: looked in {where}. Pass download=True (or --download on the command line) "
@@ -492,82 +501,6 @@ def _torchvision_dataset(name: str, split: str, root: Path, image_size: Optional
             f"Downloading {name} to {root} failed: {type(err).__name__}: {err}. If this machine is offline, "
             f"download {manual}, then call again with download=False."
         ) from err
-
-
-def _visible_classes(directory: str) -> Tuple[List[str], Dict[str, int]]:
-    """ImageFolder's classes without hidden folders (a Jupyter .ipynb_checkpoints folder is not a class)."""
-    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-    return classes, {c: i for i, c in enumerate(classes)}
-
-
-def _imagefolder_dataset(split: str, root: Path, image_size: Optional[int], augment: bool) -> Dataset:
-    """torchvision's ImageFolder over root/split, checked up front: at least two class folders, and every
-    image decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
-    from torchvision.datasets import ImageFolder
-
-    class VisibleImageFolder(ImageFolder):
-        def find_classes(self, directory: str) -> Tuple[List[str], Dict[str, int]]:
-            return _visible_classes(directory)
-
-    folder = root / split
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"imagefolder: {folder} does not exist; expected the layout {root}/{split}/<class name>/*.jpg|png"
-        )
-    if not any(p.is_dir() for p in folder.iterdir()):
-        raise FileNotFoundError(f"imagefolder: {folder} has no class folders; expected {folder}/<class name>/*.jpg|png")
-    size = image_size or 32
-    transform = _tv_transform("imagefolder", split, size, augment)
-    hidden = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("."))
-    if hidden:  # .ipynb_checkpoints, .DS_Store folders, .git: never a class
-        print(f"imagefolder: ignoring hidden folder(s) in {folder}: {', '.join(hidden)}", file=sys.stderr)
-    try:
-        ds = VisibleImageFolder(str(folder), transform=transform, loader=load_image_checked)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"imagefolder: no images found under {folder}/<class name>/ ({err})"
-        ) from err
-    if len(ds.classes) < 2:  # one class: every prediction is right and training reports "100 %"
-        raise ValueError(f"imagefolder: {folder} has {len(ds.classes)} class folder {ds.classes}; expected at "
-                         f"least two classes, {folder}/<class name>/*.jpg|png")
-    for path, _ in ds.samples:  # decode every image now: a corrupt file fails here, named, not mid-epoch
-        load_image_checked(path)
-    return ds
-
-
-def _to_rgb8(image):
-    """8-bit RGB from any PIL mode. 16-bit and 32-bit grey ("I;16", "I", "F") are scaled from their bit depth to
-    0-255: PIL's own convert("RGB") clips them at 255, so a 16-bit photo would arrive all white."""
-    import numpy as np
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255) else 255.0
-        if image.mode == "F":
-            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
-        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image_checked(path: str):
-    """ImageFolder's loader (PIL, converted to RGB) whose failure is one ValueError naming the file."""
-    from PIL import Image
-
-    try:
-        with open(path, "rb") as f:
-            image = Image.open(f)
-            image.load()  # decodes all the pixel data
-            return _to_rgb8(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        lines = str(err).splitlines()
-        got = ("a file in no image format PIL knows" if isinstance(err, Image.UnidentifiedImageError)
-               else f"{type(err).__name__}: {lines[0] if lines else ''}")
-        raise ValueError(f"imagefolder: cannot decode image {path}: expected an image file PIL can read, "
-                         f"got {got}") from None
 
 
 def get_dataset(
@@ -633,7 +566,7 @@ def get_dataset(
         raise ValueError(f"seed= draws generated images (shapes only); {name} is a fixed dataset (and its n-example "
                          f"subset a fixed one)")
     if name == "imagefolder":
-        ds = _imagefolder_dataset(split, root, image_size, augment)
+        ds = imagefolder_dataset(split, root, _tv_transform("imagefolder", split, image_size or 32, augment))
     else:
         ds = _torchvision_dataset(name, split, root, image_size, augment, download)
     if n is None:

@@ -8,6 +8,7 @@ special, so the training loop has no "if distributed" branches of its own.
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -110,8 +111,22 @@ def wrap(model: nn.Module, world_size: int, device: torch.device) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The VisionTransformer inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The VisionTransformer inside its wrappers: DistributedDataParallel (or DataParallel) and torch.compile's
+    module, nested in any order and any number. A checkpoint or export of a wrapped model then holds the model's
+    own names, not "module._orig_mod.blocks..." that nothing else would load."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif _is_compiled(model):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is what torch.compile returns (torch._dynamo is imported by then: no import here)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
 
 
 def barrier(world_size: int) -> None:

@@ -7,6 +7,7 @@ process gets its share. (Apart from :mod:`.data` because the config reads the da
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Optional, Tuple
 
 import torch
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from .config import TrainConfig
 from .data import EPOCH_SEED_STRIDE, SHAPES_DEFAULT_SEEDS, dataset_info, get_dataset
+from .imagefolder import check_apart
 
 
 def shapes_seeds(config: TrainConfig) -> Tuple[int, int]:
@@ -57,8 +59,13 @@ def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
                          f"expected at least two classes to learn to tell apart")
     test_classes = dataset_info(test_ds)["classes"]
     if list(test_classes) != list(info["classes"]):  # label k must mean the same class in both splits
+        nfc = [sorted(unicodedata.normalize("NFC", c) for c in names) for names in (test_classes, info["classes"])]
+        how = ("; they differ only in how accented letters are encoded (Unicode NFC and NFD, e.g. a copy made on "
+               "macOS): rename the folders of one split") if nfc[0] == nfc[1] else ""
         raise ValueError(f"{config.dataset}: the test split's classes {test_classes} differ from the train "
-                         f"split's {info['classes']}; expected the same class folders in both")
+                         f"split's {info['classes']}; expected the same class folders in both{how}")
+    if config.dataset == "imagefolder":
+        check_apart(train_ds, test_ds)
     return train_ds, test_ds, info
 
 

@@ -126,6 +126,14 @@ class TrainingDiverged(ValueError):
     A ValueError because it is the user's setting that caused it: the command line prints it as one line."""
 
 
+def _too_high(scheduler: Any) -> str:
+    """Which learning rate to lower: --lr, and --pos-lr-scale when the position embedding's group steps faster."""
+    lrs = scheduler.get_last_lr()
+    pos = (f", or --pos-lr-scale: the position embedding's rate is {lrs[2]:.2e}"
+           if len(lrs) == 3 and lrs[2] > lrs[0] else "")  # build_optimizer's third group
+    return f"the learning rate is too high (lower --lr{pos})"
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
                     criterion: nn.Module, device: torch.device, grad_clip: float = 1.0,
                     deadline: Optional[float] = None, progress: Optional[bool] = None,
@@ -156,9 +164,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             bar.close()
             raise TrainingDiverged(
                 f"{desc}, step {step}: the training loss is {loss.item()} at learning rate "
-                f"{scheduler.get_last_lr()[0]:.2e}; the run diverged, most likely because the learning rate is too "
-                f"high (lower --lr). Nothing of this epoch was saved: the last checkpoint, "
-                f"if any, is from before it")
+                f"{scheduler.get_last_lr()[0]:.2e}; the run diverged, most likely because {_too_high(scheduler)}. "
+                f"Nothing of this epoch was saved: the last checkpoint, if any, is from before it")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over the processes here
         if grad_clip > 0:
@@ -177,8 +184,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     broken = [name for name, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
     if broken:  # a finite loss can still leave an infinite weight behind; never save or evaluate it
         raise TrainingDiverged(f"{desc}: {len(broken)} weight tensors hold NaN or infinite values after the epoch "
-                               f"(first: {broken[0]}); the run diverged, most likely because the learning rate is "
-                               f"too high (lower --lr). Nothing of this epoch was saved")
+                               f"(first: {broken[0]}); the run diverged, most likely because {_too_high(scheduler)}. "
+                               f"Nothing of this epoch was saved")
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
     return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped,
             "batches": trained, "rng": rng}

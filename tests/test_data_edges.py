@@ -1,0 +1,204 @@
+"""Image folders as users really have them, and models as users really wrap them.
+
+Image folders: hidden files and folders (macOS, Jupyter), files whose names are not of images, links that lead to
+a folder twice or from the test split into the train split, EXIF-rotated and transparent images, a --data-root that
+is a file, nested folders, upper-case extensions and unicode class names. Models: a checkpoint or export of a model
+in DistributedDataParallel and torch.compile, nested in either order, holds the model's own names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit_edu.training import TrainConfig
+from vit_edu.training.data import get_dataset
+from vit_edu.training.data import load_image_checked
+from vit_edu.training.loaders import build_datasets
+
+
+def _save(path: Path, seed: int = 0, size=(8, 8), **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **kw)
+    return path
+
+
+def _folder(root: Path, layout=None) -> Path:
+    """root/<split>/<class>/<i>.png; layout = {split: {class: count}} (default: two classes, both splits)."""
+    layout = layout or {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1}}
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            for i in range(count):
+                _save(root / split / name / f"{i}.png", seed=hash((split, name, i)) % 1000)
+    return root
+
+
+def _files(ds) -> list:
+    return [(Path(p).relative_to(Path(ds.root)).as_posix(), y) for p, y in ds.samples]
+
+
+def test_hidden_files_and_folders_are_no_data(tmp_path):
+    """macOS's ._photo.png (metadata, no picture) and .DS_Store, a Jupyter .ipynb_checkpoints copy inside a class
+    folder and a __MACOSX folder beside the classes are neither images nor classes, at any depth."""
+    root = _folder(tmp_path / "data")
+    (root / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 80)  # AppleDouble: not a PNG
+    (root / "train" / "a" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    _save(root / "train" / "a" / ".ipynb_checkpoints" / "0-checkpoint.png")  # a copy: would count twice
+    _save(root / "train" / "__MACOSX" / "a" / "0.png")
+    ds = get_dataset("imagefolder", "train", root=root)
+    assert ds.classes == ["a", "b"]
+    assert _files(ds) == [("a/0.png", 0), ("a/1.png", 0), ("b/0.png", 1), ("b/1.png", 1)]
+
+
+def test_files_left_out_for_their_names_are_said(tmp_path, capsys):
+    """A .gif or .txt in a class folder is not read: stderr names it, so no image is lost unsaid; .JPG counts."""
+    root = _folder(tmp_path / "data")
+    _save(root / "train" / "b" / "photo.gif", format="GIF")
+    _save(root / "train" / "b" / "upper.JPG", format="JPEG")
+    (root / "train" / "a" / "notes.txt").write_text("a note")
+    ds = get_dataset("imagefolder", "train", root=root)
+    assert ("b/upper.JPG", 1) in _files(ds) and len(ds) == 5
+    err = capsys.readouterr().err
+    assert "skipping 2 file(s)" in err and "photo.gif" in err and "notes.txt" in err and "upper.JPG" not in err
+
+
+def test_nested_folders_unicode_names_and_the_test_splits_class_indices(tmp_path):
+    """Images in sub-folders of a class belong to it; unicode class names work; a test split whose folders were
+    made in another order, with a nested folder, gets the same index per class name as the train split."""
+    root = tmp_path / "data"
+    for name in ("zèbre", "ábaco", "b"):
+        _save(root / "train" / name / "deep" / "er" / "0.png")
+        _save(root / "train" / name / "1.png")
+    for name in ("b", "zèbre", "ábaco"):  # created in another order
+        _save(root / "test" / name / "nested" / "0.png")
+    config = TrainConfig(dataset="imagefolder", data_root=str(root), n_train=None, n_test=None)
+    train, test, info = build_datasets(config)
+    assert info["classes"] == sorted(["zèbre", "ábaco", "b"])
+    index = {name: i for i, name in enumerate(info["classes"])}
+    assert {Path(p).relative_to(root / "test").parts[0]: y for p, y in test.samples} == index
+    assert sorted(y for _, y in train.samples) == sorted(list(index.values()) * 2)
+
+
+@pytest.mark.parametrize("link, target", [("train/a/loop", ".."), ("train/a/more", "../b")])
+def test_a_folder_reached_twice_through_a_link_is_refused(tmp_path, link, target):
+    """A link to a class folder's parent (a loop) or to another class folder: its images would be read twice,
+    those of class b also as class a. Refused, naming the link; a link to a folder outside the split is fine."""
+    root = _folder(tmp_path / "data")
+    os.symlink(target, root / link)
+    with pytest.raises(ValueError, match=r"imagefolder: .*/train/a/(loop|more) leads through a link to .*/train(/b)?, "
+                                         r"a folder read already: its images would be read twice"):
+        get_dataset("imagefolder", "train", root=root)
+    os.remove(root / link)
+    outside = _save(tmp_path / "elsewhere" / "x.png").parent
+    os.symlink(outside, root / "train" / "a" / "linked")
+    assert ("a/linked/x.png", 0) in _files(get_dataset("imagefolder", "train", root=root))
+
+
+@pytest.mark.parametrize("shared", ["test", "test/a"])
+def test_a_test_split_that_holds_training_images_is_refused(tmp_path, shared):
+    """test/ (or one of its class folders) a link into train/: the test accuracy would be the training accuracy."""
+    root = _folder(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"b": 1}})
+    if shared == "test/a":
+        os.symlink(root / "train" / "a", root / "test" / "a")
+    else:
+        import shutil
+
+        shutil.rmtree(root / "test")
+        os.symlink(root / "train", root / "test")
+    config = TrainConfig(dataset="imagefolder", data_root=str(root), n_train=None, n_test=None)
+    with pytest.raises(ValueError, match=r"imagefolder: [24] of the [34] test images are training images too \(e.g. "
+                                         r".*test/a/0.png is the file .*train/a/0.png\)"):
+        build_datasets(config)
+
+
+def test_images_arrive_upright(tmp_path):
+    """A phone's portrait (pixels stored on their side, EXIF orientation 6) arrives as a viewer shows it."""
+    stored = np.zeros((4, 8, 3), dtype=np.uint8)  # 8 wide, 4 high; the left half white
+    stored[:, :4] = 255
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    image.save(tmp_path / "portrait.jpg", exif=exif.tobytes(), quality=100)
+    upright = np.asarray(load_image_checked(str(tmp_path / "portrait.jpg")))
+    assert upright.shape == (8, 4, 3)  # 4 wide, 8 high
+    assert upright[:3].mean() > 200 and upright[5:].mean() < 50  # the left half turned to the top
+
+
+def test_what_transparent_pixels_store_is_never_seen(tmp_path):
+    """Transparent pixels (here storing pure red) arrive as the grey that normalizes to 0, opaque ones as stored."""
+    rgba = np.zeros((6, 6, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red everywhere, ...
+    rgba[2:4, 2:4] = [0, 0, 255, 255]  # ... but only a blue square is opaque
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba, "RGBA").convert("LA").save(tmp_path / "la.png")
+    for name in ("rgba.png", "la.png"):
+        rgb = np.asarray(load_image_checked(str(tmp_path / name))).astype(int)
+        assert (rgb[0, 0] == 128).all(), name
+        assert not (rgb[2:4, 2:4] == 128).all(), name  # the opaque square keeps its own value
+    assert (np.asarray(load_image_checked(str(tmp_path / "rgba.png")))[2, 2] == [0, 0, 255]).all()
+
+
+def test_a_data_root_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(NotADirectoryError, match=r"imagefolder: .*data.zip is a file; expected a folder "
+                                                 r"\(--data-root\) that holds train/<class name>/"):
+        get_dataset("imagefolder", "train", root=tmp_path / "data.zip")
+
+
+# ------------------------------------------------------------------------------------------ wrapped models
+def test_a_wrapped_models_checkpoint_and_export_hold_its_own_names(tmp_path):
+    """DistributedDataParallel and torch.compile nest in either order (keys "module._orig_mod." or
+    "_orig_mod.module."); unwrap takes every layer off, so the files load into a plain model."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from vit_edu import create_model
+    from vit_edu.training import export_safetensors, load_checkpoint, load_model, save_checkpoint, unwrap
+
+    model = create_model("vit_nano_patch4_32", num_classes=3)
+    names = list(model.state_dict())
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        wrapped = {"ddp(compile)": DDP(torch.compile(model)), "compile(ddp)": torch.compile(DDP(model)),
+                   "dataparallel(compile(ddp))": torch.nn.DataParallel(torch.compile(DDP(model)))}
+        for how, outer in wrapped.items():
+            assert unwrap(outer) is model, how
+            assert any(k.startswith(("module.", "_orig_mod.")) for k in outer.state_dict()), how  # the wrapper's names
+            save_checkpoint(tmp_path / f"{how}.pt", outer)
+            assert list(load_checkpoint(tmp_path / f"{how}.pt")["model"]) == names, how
+            export_safetensors(outer, tmp_path / f"{how}.safetensors")
+            for path in (tmp_path / f"{how}.pt", tmp_path / f"{how}.safetensors"):
+                loaded = load_model(path)
+                assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items()), path
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_image_folder_loads_in_spawned_workers(tmp_path):
+    """DataLoader workers started by "spawn" (macOS's and Windows' default, --workers N) unpickle the dataset: its
+    class must be importable by name, not one made inside a function."""
+    ds = get_dataset("imagefolder", "train", root=_folder(tmp_path / "data"), image_size=8)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_class_names_that_differ_only_in_their_unicode_form_are_explained(tmp_path):
+    """"café" typed on Linux (NFC: é is one code point) and copied from macOS (NFD: e + a combining accent) look
+    alike but are other names: the refusal says why the two lists it prints look the same."""
+    import unicodedata
+
+    root = tmp_path / "data"
+    for split, form in (("train", "NFC"), ("test", "NFD")):
+        for name in ("café", "thé"):
+            _save(root / split / unicodedata.normalize(form, name) / "0.png")
+    config = TrainConfig(dataset="imagefolder", data_root=str(root), n_train=None, n_test=None)
+    with pytest.raises(ValueError, match=r"differ from the train split's .*; expected the same class folders in both; "
+                                         r"they differ only in how accented letters are encoded \(Unicode NFC and NFD"):
+        build_datasets(config)

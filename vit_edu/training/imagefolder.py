@@ -1,0 +1,194 @@
+"""Image folders (``root/<split>/<class name>/<image>``): which files a run reads, checked before any work, and the
+one image loader (any PIL mode to upright 8-bit RGB; a file it cannot read is one ValueError naming the file).
+
+The classes, files and order are torchvision ImageFolder's (class folders sorted by name, their images at any
+depth, sorted by path), with these exceptions:
+
+* hidden entries are no data: a folder such as ``.ipynb_checkpoints`` (Jupyter's copies of the images beside it),
+  ``.git`` or macOS's ``__MACOSX``, and a file such as ``.DS_Store`` or ``._photo.jpg`` (macOS's metadata, not a
+  picture) are left out at every depth;
+* a file whose name is not an image's (``.gif``, ``.heic``, ``.txt``) is left out, and said on stderr;
+* a folder reached twice through a link (a link to its own parent, or to another class's folder) is refused: its
+  images would be read twice, some of them under the wrong class.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from torch.utils.data import Dataset
+
+# The file names torchvision's ImageFolder takes for images (any case: .JPG too).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# The mid-grey that normalizes to 0 (MEAN 0.5): the transparent parts of an image are this, as the padding of the
+# augmentation is, never the colour a file happens to store under them.
+TRANSPARENT_GROUND = (128, 128, 128)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _visible_classes(directory: str) -> Tuple[List[str], Dict[str, int]]:
+    """ImageFolder's classes without hidden folders (a Jupyter .ipynb_checkpoints folder is not a class)."""
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
+    if not classes:
+        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
+def image_files(folder: str, class_to_idx: Dict[str, int], extensions: Tuple[str, ...]
+                ) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """(samples, skipped): (path, class index) of every image under ``folder/<class>/`` at any depth, in
+    torchvision's order (class, folder path, file name), and the files left out because their names are not of
+    images. Links to folders are followed, but a folder reached twice is a ValueError naming the link."""
+    samples: List[Tuple[str, int]] = []
+    skipped: List[str] = []
+    top = os.path.realpath(folder)
+    seen = {top: folder}  # real path -> the path it was first reached by
+    for name in sorted(class_to_idx):
+        walked = []
+        for where, folders, files in os.walk(os.path.join(folder, name), followlinks=True):
+            real = os.path.realpath(where)
+            if real in seen:  # name the path that goes through a link (the other one may be the folder itself)
+                direct = os.path.join(top, os.path.relpath(where, folder)) == real
+                raise ValueError(f"imagefolder: {seen[real] if direct else where} leads through a link to {real}, a "
+                                 f"folder read already: its images would be read twice, or under another class; "
+                                 f"expected every folder once under {folder}: remove the link, or copy the images")
+            seen[real] = where
+            folders[:] = sorted(f for f in folders if not _hidden(f))
+            walked.append((where, [f for f in files if not _hidden(f)]))
+        for where, files in sorted(walked):
+            for file in sorted(files):
+                path = os.path.join(where, file)
+                if file.lower().endswith(extensions):
+                    samples.append((path, class_to_idx[name]))
+                else:
+                    skipped.append(path)
+    return samples, skipped
+
+
+class ImageFolderDataset(Dataset):
+    """(transform(image), class index) of the images under ``root/<class name>/``, with torchvision ImageFolder's
+    attributes (root, classes, class_to_idx, samples, targets). A class of this module, not one made inside a
+    function: DataLoader workers started by "spawn" (the default on macOS and Windows) unpickle it by its name."""
+
+    def __init__(self, root: str, classes: List[str], samples: List[Tuple[str, int]],
+                 transform: Optional[Callable] = None) -> None:
+        self.root, self.classes, self.samples, self.transform = root, list(classes), samples, transform
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [target for _, target in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        image = load_image_checked(path)
+        return (self.transform(image) if self.transform is not None else image), target
+
+
+def imagefolder_dataset(split: str, root: Path, transform: Optional[Callable] = None) -> ImageFolderDataset:
+    """The images under root/split, checked up front: at least two class folders with images, and every image
+    decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
+    folder = root / split
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"imagefolder: {root} is a file; expected a folder (--data-root) that holds "
+                                 f"{split}/<class name>/*.jpg|png")
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"imagefolder: {folder} does not exist; expected the layout {root}/{split}/<class name>/*.jpg|png"
+        )
+    if not any(p.is_dir() for p in folder.iterdir()):
+        raise FileNotFoundError(f"imagefolder: {folder} has no class folders; expected {folder}/<class name>/*.jpg|png")
+    hidden = sorted(p.name for p in folder.iterdir() if p.is_dir() and _hidden(p.name))
+    if hidden:  # .ipynb_checkpoints, .git, __MACOSX: never a class
+        print(f"imagefolder: ignoring hidden folder(s) in {folder}: {', '.join(hidden)}", file=sys.stderr)
+    try:
+        classes, class_to_idx = _visible_classes(str(folder))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"imagefolder: no images found under {folder}/<class name>/ ({err})") from None
+    samples, skipped = image_files(str(folder), class_to_idx, IMAGE_EXTENSIONS)
+    if skipped:  # no image of the run is lost unsaid
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        print(f"imagefolder: skipping {len(skipped)} file(s) under {folder} whose names are not of images "
+              f"({', '.join(IMAGE_EXTENSIONS)}): {shown}", file=sys.stderr)
+    found = {index for _, index in samples}
+    empty = [name for name in classes if class_to_idx[name] not in found]
+    if empty:
+        raise FileNotFoundError(f"imagefolder: no images found under {folder}/<class name>/ (class folder(s) "
+                                f"{', '.join(empty)} hold no image files: {', '.join(IMAGE_EXTENSIONS)})")
+    if len(classes) < 2:  # one class: every prediction is right and training reports "100 %"
+        raise ValueError(f"imagefolder: {folder} has {len(classes)} class folder {classes}; expected at "
+                         f"least two classes, {folder}/<class name>/*.jpg|png")
+    for path, _ in samples:  # decode every image now: a corrupt file fails here, named, not mid-epoch
+        load_image_checked(path)
+    return ImageFolderDataset(str(folder), classes, samples, transform)
+
+
+def check_apart(train, test) -> None:
+    """Refuse a test split that holds files of the train split (test/ a link to train/, a class folder linked into
+    both): its accuracy would be measured on images the model was trained on. ``train``, ``test``: the datasets of
+    :func:`imagefolder_dataset`, or Subsets of them."""
+    def files(ds) -> Dict[str, str]:
+        while not hasattr(ds, "samples") and hasattr(ds, "dataset"):
+            ds = ds.dataset
+        return {os.path.realpath(path): path for path, _ in ds.samples}
+
+    train_files, test_files = files(train), files(test)
+    shared = sorted(set(train_files) & set(test_files))
+    if shared:
+        raise ValueError(f"imagefolder: {len(shared)} of the {len(test_files)} test images are training images too "
+                         f"(e.g. {test_files[shared[0]]} is the file {train_files[shared[0]]}); expected test images "
+                         f"the model never trains on, or its test accuracy measures memory, not learning")
+
+
+def _to_rgb8(image):
+    """8-bit RGB from any PIL mode. 16-bit and 32-bit grey ("I;16", "I", "F") are scaled from their bit depth to
+    0-255: PIL's own convert("RGB") clips them at 255, so a 16-bit photo would arrive all white. Transparent parts
+    are laid over TRANSPARENT_GROUND: convert("RGB") alone would show whatever colour is stored under them."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255) else 255.0
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, TRANSPARENT_GROUND + (255,)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _upright(image):
+    """The image as a viewer shows it: turned by its EXIF orientation (a phone stores portraits on their side). A
+    damaged EXIF block leaves the pixels as stored."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, TypeError, KeyError, SyntaxError, ZeroDivisionError):
+        return image
+
+
+def load_image_checked(path: str):
+    """ImageFolder's loader (PIL, upright, converted to RGB) whose failure is one ValueError naming the file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()  # decodes all the pixel data
+            return _to_rgb8(_upright(image))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        lines = str(err).splitlines()
+        got = ("a file in no image format PIL knows" if isinstance(err, Image.UnidentifiedImageError)
+               else f"{type(err).__name__}: {lines[0] if lines else ''}")
+        raise ValueError(f"imagefolder: cannot decode image {path}: expected an image file PIL can read, "
+                         f"got {got}") from None
