@@ -774,3 +774,88 @@ def test_save_figure_keeps_the_previous_picture_when_drawing_fails(tmp_path, mon
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["direct.png", "line.png"]
     plt.close(fig)
+
+
+def test_maps_of_a_mean_pool_model_with_a_class_token_are_of_the_patch_tokens_the_head_averages():
+    """pool="mean" with a class token (timm's global_pool="avg"): the head averages the patch tokens and never
+    reads the class token, so a map of what it reads is the mean of the patch tokens' rows (before:
+    what_the_model_learned measured the class token's rollout, a row no logit depends on)."""
+    gh, gw = 2, 3
+    att = random_attention(layers=2, batch=2, heads=2, tokens=1 + gh * gw)
+    maps = analysis.cls_attention_maps(att, (gh, gw), 1, pool="mean")
+    for b, l, h, i, j in itertools.product(range(2), range(2), range(2), range(gh), range(gw)):
+        column = [float(att[l][b, h, 1 + q, 1 + i * gw + j]) for q in range(gh * gw)]  # every patch query
+        assert float(maps[b, l, h, i, j]) == pytest.approx(sum(column) / len(column))
+    rollout = analysis.attention_rollout(att)
+    row = rollout[:, 1:, 1:].mean(dim=1)
+    mean_map = analysis.rollout_cls_map(att, (gh, gw), 1, pool="mean")
+    torch.testing.assert_close(mean_map.flatten(1), row / row.sum(dim=1, keepdim=True))
+    assert not torch.allclose(mean_map, analysis.rollout_cls_map(att, (gh, gw), 1))  # not the class token's row
+    with pytest.raises(ValueError, match=r"pool='cls' reads the class token's row, but num_prefix_tokens=0"):
+        analysis.rollout_cls_map(random_attention(1, 1, 2, gh * gw), (gh, gw), 0, pool="cls")
+    with pytest.raises(ValueError, match=r"pool must be one of \('cls', 'mean'\).*got 'avg'"):
+        analysis.cls_attention_maps(att, (gh, gw), pool="avg")
+    model = tiny_model(pool="mean")  # the class token is kept; the head reads the patches' mean
+    images, masks = torch.randn(2, 3, 8, 16), torch.rand(2, 8, 16) > 0.5
+    with torch.no_grad():
+        _, attentions = model.eval()(images, return_attention=True)
+    out = analysis.what_the_model_learned(model, images, masks)
+    of = {pool: analysis.attention_localization(analysis.rollout_cls_map(attentions, (4, 2), 1, pool=pool), masks,
+                                                (2, 8))["mean"] for pool in ("cls", "mean")}
+    assert out["localization"] == pytest.approx(of["mean"]) and of["mean"] != pytest.approx(of["cls"])
+
+
+def test_what_the_model_learned_names_a_nan_image_and_a_model_that_is_not_a_vit():
+    """A NaN pixel was reported as "attentions[0] has non-finite values ... must be softmax probabilities" (the
+    attention blamed for the input), a model without a config as an AttributeError, and a model with NaN
+    weights after its last attention was measured without a word."""
+    images, masks = torch.randn(2, 3, 8, 16), torch.rand(2, 8, 16) > 0.5
+    images[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"^images has non-finite values \(nan or inf\)$"):
+        analysis.what_the_model_learned(tiny_model(), images, masks)
+    with pytest.raises(TypeError, match=r"model must be a vit_edu VisionTransformer .* got Linear"):
+        analysis.what_the_model_learned(torch.nn.Linear(2, 2), images, masks)
+    diverged = tiny_model()
+    with torch.no_grad():  # after the last attention: the maps were measured as if nothing were wrong
+        diverged.blocks[-1].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"the model's weights hold NaN or infinite values in 1 tensors "
+                                         r"\(blocks\.1\.mlp\.fc1\.weight\): a diverged training run\?"):
+        analysis.what_the_model_learned(diverged, images.nan_to_num(), masks)
+
+
+def test_attention_plots_of_a_mean_pool_model_draw_and_name_the_patch_tokens_mean(nano_attention):
+    """With pool="mean" the plots draw the patch tokens' mean row and say so (the same attention with a class
+    token was drawn as the class token's and titled so)."""
+    _, images, att = nano_attention
+    fig = viz.plot_attention_layers(images[0], att, (8, 8), pool="mean")
+    assert fig._suptitle.get_text() == "Mean-query attention per layer and head"
+    fig = viz.plot_attention_heads(images[0], att, (8, 8), layer=0, pool="mean")
+    assert fig._suptitle.get_text() == "Layer 1 of 2: attention of the mean query to each patch"
+    drawn = fig.axes[1].images[-1].get_array()  # head 1's overlay, upsampled and min-max scaled
+    expected = analysis.upsample_map(att[0][0, 0, 1:, 1:].mean(dim=0).reshape(8, 8), (32, 32)).numpy()
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(np.asarray(drawn), expected, atol=1e-5)
+    assert viz.plot_attention_layers(images[0], att, (8, 8))._suptitle.get_text() == \
+        "Class-token attention per layer and head"
+
+
+def test_what_the_model_learned_measures_a_training_model_in_eval_mode_and_leaves_it_training():
+    """Dropout would change the maps from call to call: the measurements are of the eval-mode model (a guard;
+    this held before too)."""
+    model = tiny_model(dropout=0.5, attn_dropout=0.5, drop_path=0.5).train()
+    images, masks = torch.randn(2, 3, 8, 16), torch.rand(2, 8, 16) > 0.5
+    first = analysis.what_the_model_learned(model, images, masks)
+    assert model.training
+    again = analysis.what_the_model_learned(model.eval(), images, masks)
+    assert first["localization"] == again["localization"]
+    torch.testing.assert_close(first["distance"]["ratio"], again["distance"]["ratio"], rtol=0, atol=0)
+
+
+def test_pos_embed_similarity_of_a_float64_table_stays_float64():
+    """float64 in, float64 out (as the exercise's contract asks of students); other dtypes give float32."""
+    pe = torch.randn(1, 1 + 6, 5, dtype=torch.float64)
+    sim = analysis.pos_embed_similarity(pe, (2, 3))
+    assert sim.dtype == torch.float64
+    x = torch.nn.functional.normalize(pe[0, 1:], dim=-1)
+    torch.testing.assert_close(sim.reshape(6, 6), x @ x.T, rtol=0, atol=1e-12)
+    assert analysis.pos_embed_similarity(pe.half(), (2, 3)).dtype == torch.float32

@@ -474,3 +474,98 @@ def test_from_timm_refuses_blocks_and_pooling_it_does_not_compute(perturb, kw, f
 def test_pool_include_prefix_without_a_class_token_still_converts(perturb) -> None:
     tm = small_timm(perturb, global_pool="avg", class_token=False, pool_include_prefix=True)
     compare_timm(tm, torch.randn(2, 3, 32, 32))
+
+
+# --------------------------------------------------------------------- wrapped models, timm options (red team 3)
+
+
+def _ddp(module: torch.nn.Module, tmp_path) -> torch.nn.Module:
+    """A real single-process DistributedDataParallel wrapper (gloo on CPU, rendezvous through a file)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    return torch.nn.parallel.DistributedDataParallel(module)
+
+
+def test_state_dicts_of_ddp_and_torch_compile_load_in_either_order(perturb, tmp_path) -> None:
+    """DDP(torch.compile(m)) saves "module._orig_mod." names and torch.compile(DDP(m)) "_orig_mod.module.": both
+    load (before, the second was refused as unexpected keys); any other prefix is named, with the fix."""
+    import torch.distributed as dist
+
+    tm = perturb(TimmViT(**NANO_TIMM)).eval()
+    try:
+        wrapped = {"ddp_of_compiled": _ddp(torch.compile(tm), tmp_path), "compiled_ddp": torch.compile(_ddp(tm, tmp_path))}
+        saved = {name: w.state_dict() for name, w in wrapped.items()}
+    finally:
+        dist.destroy_process_group()
+    assert next(iter(saved["compiled_ddp"])).startswith("_orig_mod.module.")  # the wrappers' own names, not made up
+    x = torch.randn(2, 3, 32, 32)
+    for name, sd in saved.items():
+        torch.save(sd, tmp_path / f"{name}.pth")
+        with torch.no_grad():
+            assert_same_logits(load_state_dict_file(tmp_path / f"{name}.pth", "vit_nano_patch4_32").eval()(x), tm(x))
+            assert_same_logits(load_checked(vit_edu.create_model("vit_nano_patch4_32"), sd).eval()(x), tm(x))
+    own = tm.state_dict()
+    with pytest.raises(ValueError, match=r"every key starts with 'backbone\.', a prefix vit_edu does not take off"):
+        load_checked(vit_edu.create_model("vit_nano_patch4_32"), {"module.backbone." + k: v for k, v in own.items()})
+    with pytest.raises(ValueError, match=r"two tensors named 'cls_token' once the wrapper prefixes"):
+        load_checked(vit_edu.create_model("vit_nano_patch4_32"), {**own, "module.cls_token": own["cls_token"]})
+
+
+def test_from_timm_refuses_dynamic_img_pad_where_it_pads(perturb) -> None:
+    """timm's dynamic_img_pad with dynamic_img_size zero-pads a 34x30 image to 36x32 (9x8 tokens), which vit_edu
+    does not compute: refused by name (before, it converted, and the model refused such images only when run).
+    Alone, timm takes only its own image size (a multiple of the patch), so padding never acts: it converts."""
+    with pytest.raises(ValueError, match=r"does not implement: dynamic_img_pad=True with dynamic_img_size=True"):
+        from_timm(small_timm(perturb, dynamic_img_pad=True, dynamic_img_size=True))
+    model = compare_timm(small_timm(perturb, dynamic_img_pad=True), torch.randn(2, 3, 32, 32))
+    assert not model.config.dynamic_img_size
+
+
+def test_conversions_keep_the_dtype_and_mode_of_the_source(perturb) -> None:
+    """A float64 reference converts to a float64 model with float64 logits (before: a float32 copy, its weights
+    rounded, 1e-7 off where float64 agrees to 1e-12); an eval-mode source gives an eval-mode model."""
+    tm = small_timm(perturb).double()
+    tv = small_torchvision(perturb).double().eval()
+    for source, convert in ((tm, from_timm), (tv, from_torchvision)):
+        model = convert(source)
+        assert next(model.parameters()).dtype == torch.float64 and not model.training
+        x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        with torch.no_grad():
+            diff = (model(x) - source(x)).abs().max().item()
+        assert diff <= 1e-12, f"max abs diff {diff:.3e} in float64"
+    assert from_timm(small_timm(perturb).train()).training
+
+
+def test_a_state_dict_for_another_image_size_or_class_count_is_refused_with_the_way_out(perturb) -> None:
+    """The two mismatches of the same architecture used otherwise each name their fix (before: the shapes only),
+    and the fix named works: the model then computes as timm's at that size with the same weights."""
+    tm = small_timm(perturb, num_classes=7)
+    with pytest.raises(ValueError, match=r"head\.weight: expected \(10, 64\), got \(7, 64\).*\n  head: weights for "
+                                         r"another number of classes\? Build the model with their num_classes"):
+        load_checked(vit_edu.create_model("vit_nano_patch4_32"), tm.state_dict())
+    sd = small_timm(perturb).state_dict()
+    bigger = vit_edu.create_model("vit_nano_patch4_32", image_size=48)
+    with pytest.raises(ValueError, match=r"pos_embed: expected \(1, 145, 64\), got \(1, 65, 64\)\n.*another image "
+                                         r"size\? .*resize_pos_embed\(sd\['pos_embed'\], new_grid, old_grid"):
+        load_checked(bigger, sd)
+    sd["pos_embed"] = vit_edu.pos_embed.resize_pos_embed(sd["pos_embed"], (12, 12), (8, 8), 1)
+    model = load_checked(bigger, sd).eval()
+    reference = TimmViT(**{**NANO_TIMM, "img_size": 48}).eval()
+    reference.load_state_dict(sd)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert_same_logits(model(x), reference(x))
+
+
+def test_a_weights_file_with_an_unknown_prefix_names_it(perturb, tmp_path) -> None:
+    """A file of a model kept inside another ("backbone.blocks...") was "unrecognised" with no word of why."""
+    sd = small_timm(perturb).state_dict()
+    torch.save({"backbone." + k: v for k, v in sd.items()}, tmp_path / "nested.pth")
+    with pytest.raises(ValueError, match=r"unrecognised state_dict: .*; every key starts with 'backbone\.', a prefix "
+                                         r"vit_edu does not take off .*removeprefix\('backbone\.'\)"):
+        load_state_dict_file(tmp_path / "nested.pth", "vit_nano_patch4_32")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "linear.pth")  # not a ViT: no prefix to name
+    with pytest.raises(ValueError, match=r"unrecognised state_dict: .*got keys like bias, weight$"):
+        load_state_dict_file(tmp_path / "linear.pth", "vit_nano_patch4_32")

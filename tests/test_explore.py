@@ -329,3 +329,28 @@ def test_a_model_without_class_token_names_no_class_token() -> None:
     with_cls = explore(tiny_model(), torch.randn(1, 3, 8, 12), interactive=False)
     assert with_cls.figure.ax_rollout.get_title() == "rollout of the class token"
     assert "to the class token" in with_cls.data.summary(with_cls.view)
+
+
+def test_a_mean_pool_model_with_a_class_token_shows_the_rollout_its_head_reads() -> None:
+    """Its head averages the patch tokens: the rollout shown is theirs (before: the class token's, titled so)."""
+    from vit_edu.explain import analysis
+
+    model, x = tiny_model(pool="mean"), torch.randn(1, 3, 8, 12)
+    explorer = explore(model, x, interactive=False)
+    with torch.no_grad():
+        _, attentions = model(x, return_attention=True)
+    expected = analysis.rollout_cls_map(attentions, (2, 3), 1, pool="mean")[0].numpy()
+    np.testing.assert_allclose(explorer.view.rollout, expected, atol=1e-6)
+    assert not np.allclose(expected, analysis.rollout_cls_map(attentions, (2, 3), 1)[0].numpy(), atol=1e-6)
+    assert explorer.figure.ax_rollout.get_title().startswith("rollout of the mean query")
+    assert "to the class token" in explorer.data.summary(explorer.view)  # the patch's own row still has one
+
+
+def test_a_model_with_nan_weights_is_refused_before_it_is_explored() -> None:
+    """A diverged model was explored as any other, its caption naming a "prediction" read off non-finite logits
+    (NaN logits have argmax 0)."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"weights hold NaN or infinite values in 1 tensors \(head\.weight\)"):
+        explore(model, torch.randn(1, 3, 8, 12), interactive=False)

@@ -608,3 +608,11 @@ def test_the_hybrids_resnet_checks_its_layers() -> None:
             vit_edu.HybridEmbed(64, 1, layers=layers)
     with pytest.raises(TypeError, match=r"from_dict expects a dict of fields, got str"):
         ViTConfig.from_dict("vit_nano_patch4_32")  # was "unknown ViTConfig fields ['2', '3', '4', ...]"
+
+
+def test_resize_pos_embed_names_what_it_needs_for_something_not_a_tensor() -> None:
+    """A NumPy table (from a file read with NumPy) was an AttributeError deep inside; now the type is named."""
+    table = torch.randn(1, 17, 8)
+    with pytest.raises(TypeError, match=r"pos_embed must be a torch\.Tensor \[1, tokens, D\], got ndarray"):
+        resize_pos_embed(table.numpy(), (2, 2))
+    assert resize_pos_embed(table, (2, 2)).shape == (1, 5, 8)

@@ -41,6 +41,49 @@ def _fmt(keys: list, limit: int = 8) -> str:
     return ", ".join(map(str, keys[:limit])) + more
 
 
+# the prefixes wrappers put before a model's own names: DistributedDataParallel and DataParallel "module.",
+# torch.compile "_orig_mod."; nested in either order (DDP(torch.compile(m)): "module._orig_mod.", and
+# torch.compile(DDP(m)): "_orig_mod.module.")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor], expected: Optional[Mapping] = None,
+                           source: str = "state_dict") -> StateDict:
+    """The state_dict with every wrapper prefix (``WRAPPER_PREFIXES``, any number, any order) taken off its keys.
+
+    A key already in ``expected`` (a model's own names) keeps its name. Two keys that become one are refused.
+    """
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        name = key
+        while name.startswith(WRAPPER_PREFIXES) and (expected is None or name not in expected):
+            name = name.split(".", 1)[1]
+        if name in out:
+            raise ValueError(f"{source} holds two tensors named {name!r} once the wrapper prefixes "
+                             f"{', '.join(WRAPPER_PREFIXES)} are taken off (one of them {key!r}): which one to load?")
+        out[name] = value
+    return out
+
+
+def _unknown_prefix(expected: Mapping, got: Mapping) -> str:
+    """The shortest prefix (ending in ".") that every key of ``got`` has and that stands before one of
+    ``expected``'s names, or ''."""
+    first = next(iter(got), "")
+    for cut in (i + 1 for i, ch in enumerate(first) if ch == "."):
+        if all(k.startswith(first[:cut]) for k in got) and any(k[cut:] in expected for k in got):
+            return first[:cut]
+    return ""
+
+
+# the two shape mismatches that mean "the same architecture, used otherwise", and what to do about each
+_SHAPE_HINTS = {
+    "pos_embed": "  pos_embed: weights for another image size? Build the model for their size, or resize the table: "
+                 "vit_edu.pos_embed.resize_pos_embed(sd['pos_embed'], new_grid, old_grid, num_prefix_tokens)",
+    "head.weight": "  head: weights for another number of classes? Build the model with their num_classes and load "
+                   "them, then give it a new head for yours: model.head = torch.nn.Linear(model.head.in_features, k)",
+}
+
+
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
     """``model.load_state_dict`` with one clear ValueError that lists every difference."""
     if not isinstance(state_dict, Mapping):
@@ -50,7 +93,13 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     if odd:
         raise TypeError(f"{source} must be a dict of torch.Tensors; {len(odd)} values are not: {_fmt(odd)}")
     expected = model.state_dict()
+    state_dict = strip_wrapper_prefixes(state_dict, expected, source)
     missing, unexpected, shapes = diff_state_dict(expected, state_dict)
+    prefix = _unknown_prefix(expected, state_dict) if missing and unexpected else ""
+    if prefix:
+        raise ValueError(f"{source}: every key starts with {prefix!r}, a prefix vit_edu does not take off (it takes "
+                         f"off the wrappers' {', '.join(map(repr, WRAPPER_PREFIXES))}); if these are the weights of "
+                         f"a submodule, take it off yourself: {{k.removeprefix({prefix!r}): v for k, v in sd.items()}}")
     if missing or unexpected or shapes:
         lines = [f"{source} does not fit this {type(model).__name__} (a different architecture?):"]
         if missing:
@@ -59,6 +108,7 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
             lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): " + _fmt([f"{k}: expected {e}, got {g}" for k, e, g in shapes]))
+        lines += [hint for key, hint in _SHAPE_HINTS.items() if any(k == key for k, _, _ in shapes)]
         raise ValueError("\n".join(lines))
     # load_state_dict would silently cast integer or bool tensors into float weights, and load NaN as readily
     # as numbers: a file of the right shapes can still be the wrong thing
@@ -118,6 +168,10 @@ def config_from_timm(tm: nn.Module) -> ViTConfig:
         "qk-norm": not (_is_identity(getattr(blk.attn, "q_norm", None)) and _is_identity(getattr(blk.attn, "k_norm", None))),
         "attention output norm": not _is_identity(getattr(blk.attn, "norm", None)),
         "patch-embedding norm": not _is_identity(getattr(tm.patch_embed, "norm", None)),
+        # timm then zero-pads an image whose size is no multiple of the patch (a grid rounded up); vit_edu refuses
+        # it. Without dynamic_img_size timm takes only its own image size, a multiple: the padding never acts
+        "dynamic_img_pad=True with dynamic_img_size=True (padding images to a multiple of the patch)":
+            getattr(tm.patch_embed, "dynamic_img_pad", False) and not getattr(tm.patch_embed, "strict_img_size", True),
         f"global_pool={tm.global_pool!r}": tm.global_pool not in ("token", "avg"),
         "non-GELU MLP": not _is_exact_gelu(getattr(blk.mlp, "act", None)),
         "no final norm (final_norm=False)": _is_identity(tm.norm) and _is_identity(getattr(tm, "fc_norm", None)),
@@ -201,9 +255,20 @@ def _timm_backbone_problem(bb: nn.Module) -> str:
     return ""
 
 
+def _like(model: VisionTransformer, source: nn.Module) -> VisionTransformer:
+    """``model`` in the dtype and on the device of ``source``'s weights, and in its train or eval mode: a float64
+    or GPU reference is then compared with its own kind, not with a float32 copy on the CPU."""
+    weight = next((p for p in source.parameters() if p.is_floating_point()), None)
+    if weight is not None:  # before loading: a float64 weight loaded into float32 is rounded for good
+        model = model.to(device=weight.device, dtype=weight.dtype)
+    return model.train(source.training)
+
+
 def from_timm(tm: nn.Module) -> VisionTransformer:
-    """A ``VisionTransformer`` with the weights of a timm ViT (or the R50 hybrid); same logits in eval mode."""
-    model = VisionTransformer(config_from_timm(tm))
+    """A ``VisionTransformer`` with the weights of a timm ViT (or the R50 hybrid); same logits in eval mode.
+
+    It comes in the dtype, on the device and in the train/eval mode of ``tm``."""
+    model = _like(VisionTransformer(config_from_timm(tm)), tm)
     sd = {k: v for k, v in tm.state_dict().items()}
     return load_checked(model, sd, "timm state_dict")
 
@@ -212,7 +277,9 @@ def to_timm_state_dict(model: VisionTransformer) -> StateDict:
     """vit_edu -> timm names (they are the same names; linear patch embeddings are reshaped to conv form).
 
     A fixed sin-cos table comes along as ``pos_embed``, for a timm model with ``pos_embed="learn"`` (timm has no
-    sin-cos option; with ``pos_embed="none"`` it would load the rest and compute without positions)."""
+    sin-cos option; with ``pos_embed="none"`` it would load the rest and compute without positions).
+    A state_dict holds no hyper-parameters: build the timm model with the config's (``norm_eps`` included:
+    ``norm_layer=functools.partial(nn.LayerNorm, eps=...)``; timm's default is 1e-6)."""
     sd = dict(model.state_dict())
     if model.config.pos_embedding == "sincos2d":  # a buffer left out of state_dict: timm holds it as a learned table
         sd["pos_embed"] = model.pos_embed.detach().clone()
@@ -318,8 +385,9 @@ def config_from_torchvision(tv: nn.Module) -> ViTConfig:
 
 
 def from_torchvision(tv: nn.Module) -> VisionTransformer:
-    """A ``VisionTransformer`` with the weights of a torchvision ``vit_b_16``/``vit_b_32``/... model."""
-    model = VisionTransformer(config_from_torchvision(tv))
+    """A ``VisionTransformer`` with the weights of a torchvision ``vit_b_16``/``vit_b_32``/... model, in its
+    dtype, on its device and in its train/eval mode."""
+    model = _like(VisionTransformer(config_from_torchvision(tv)), tv)
     return load_checked(model, torchvision_to_vit_edu_state_dict(tv.state_dict()), "torchvision state_dict")
 
 # ------------------------------------------------------------------------------------- files, hubs
@@ -409,8 +477,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path!r} does not hold a state_dict (a dict of tensors); got {type(obj).__name__}")
-    # prefixes of wrapped models: DistributedDataParallel's "module.", torch.compile's "_orig_mod."
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+    return strip_wrapper_prefixes(obj, source=repr(path))  # a DDP or torch.compile'd model's names
 
 
 def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
@@ -418,8 +485,13 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
         return "torchvision"
     if "blocks.0.attn.qkv.weight" in sd or "patch_embed.proj.weight" in sd:
         return "timm"  # also vit_edu's own
+    names = ("conv_proj.weight", "encoder.pos_embedding", "blocks.0.attn.qkv.weight", "patch_embed.proj.weight")
+    prefix = _unknown_prefix(dict.fromkeys(names), sd)
+    hint = (f"; every key starts with {prefix!r}, a prefix vit_edu does not take off (only the wrappers' "
+            f"{', '.join(map(repr, WRAPPER_PREFIXES))}): save {{k.removeprefix({prefix!r}): v for k, v in sd.items()}}"
+            if prefix else "")
     raise ValueError("unrecognised state_dict: expected timm/vit_edu keys (e.g. 'blocks.0.attn.qkv.weight') or "
-                     f"torchvision keys (e.g. 'conv_proj.weight'); got keys like {_fmt(sorted(sd), 5)}")
+                     f"torchvision keys (e.g. 'conv_proj.weight'); got keys like {_fmt(sorted(sd), 5)}{hint}")
 
 
 def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = None,
@@ -429,7 +501,10 @@ def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = No
     For users with internet: save ``timm.create_model(name, pretrained=True).state_dict()`` (or a
     torchvision ``vit_b_16(weights=...)``'s) and load the file here with the matching timm name, e.g.
     ``load_state_dict_file('vit_b_16.pth', 'vit_base_patch16_224')``. ``num_classes`` (0 for a file without a
-    head) and ``representation_size`` are read from the file unless given.
+    head) and ``representation_size`` are read from the file unless given. Everything else comes from the name
+    or the config: names and shapes cannot tell how a model pooled, so weights of a timm model built with
+    ``global_pool="avg", fc_norm=False`` load into a class-token preset unless ``pool="mean"`` is given
+    (:func:`from_timm` reads such options from the model itself).
     """
     if isinstance(model_name, ViTConfig) and config is None:  # load_state_dict_file(path, config)
         model_name, config = None, model_name

@@ -55,8 +55,11 @@ def resize_pos_embed(
 
     The class-token position (the first ``num_prefix_tokens`` rows) is kept as is; the patch positions
     are treated as a D-channel image of size h x w and resized (paper section 3.2, "fine-tuning and
-    higher resolution").
+    higher resolution"). ``old_grid=None`` takes the old grid to be square: pass it for any other, since a
+    table's length cannot tell 2 x 8 from 4 x 4.
     """
+    if not isinstance(pos_embed, torch.Tensor):
+        raise TypeError(f"pos_embed must be a torch.Tensor [1, tokens, D], got {type(pos_embed).__name__}")
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"pos_embed must have shape [1, tokens, D], got {tuple(pos_embed.shape)}")
     if mode not in ("bilinear", "bicubic", "nearest"):

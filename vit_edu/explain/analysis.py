@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..config import to_2tuple
+from ..config import POOLS, to_2tuple
 
 Size2 = Union[int, Tuple[int, int]]
 
@@ -85,6 +85,19 @@ def _check_probabilities(a: torch.Tensor, name: str) -> None:
 def _check_finite(x: torch.Tensor, name: str) -> None:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} has non-finite values (nan or inf)")
+
+
+def _check_model(model: object) -> None:
+    """A vit_edu VisionTransformer whose weights are all finite, or a clear error before any forward pass: a
+    diverged model's NaN would show as NaN attention, or only in its logits (argmax: "predicted class 0")."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model, "patch_embed"):
+        raise TypeError(f"model must be a vit_edu VisionTransformer (with .config and .patch_embed), "
+                        f"got {type(model).__name__}")
+    broken = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if broken:
+        raise ValueError(f"the model's weights hold NaN or infinite values in {len(broken)} tensors "
+                         f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): a diverged training "
+                         "run? Explain a model from an earlier checkpoint")
 
 
 def _check_tokens(num_tokens: int, grid_size: Size2, num_prefix_tokens: int) -> Tuple[int, int]:
@@ -152,23 +165,39 @@ def attention_rollout(
     return rollout.to(attentions[0].dtype)
 
 
-def _query_row(matrix: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """[..., T, T] -> [..., N]: the class-token row over the patch keys, or the mean row if there is no class token."""
-    if num_prefix_tokens > 0:
+def _readout(pool, num_prefix_tokens: int) -> str:
+    """The query whose row a map shows: "cls" (the class token's) or "mean" (the mean of the patch tokens')."""
+    if pool is None:
+        return "cls" if num_prefix_tokens > 0 else "mean"
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS} (the model's config.pool) or None, got {pool!r}")
+    if pool == "cls" and num_prefix_tokens == 0:
+        raise ValueError("pool='cls' reads the class token's row, but num_prefix_tokens=0 says there is no class "
+                         "token; use pool='mean' (or None) for a model without one")
+    return pool
+
+
+def _query_row(matrix: torch.Tensor, num_prefix_tokens: int, pool: str) -> torch.Tensor:
+    """[..., T, T] -> [..., N] over the patch keys: the class token's row (pool="cls"), or the mean of the patch
+    tokens' rows (pool="mean": what a mean-pooling head averages; a class token's row is left out)."""
+    if pool == "cls":
         return matrix[..., 0, num_prefix_tokens:]
-    return matrix.mean(dim=-2)
+    return matrix[..., num_prefix_tokens:, num_prefix_tokens:].mean(dim=-2)
 
 
-def cls_attention_maps(attentions: Sequence[torch.Tensor], grid_size: Size2, num_prefix_tokens: int = 1) -> torch.Tensor:
+def cls_attention_maps(attentions: Sequence[torch.Tensor], grid_size: Size2, num_prefix_tokens: int = 1,
+                       pool: Union[str, None] = None) -> torch.Tensor:
     """Raw attention of the class token (query row 0) to every patch, per layer and head, on the patch grid.
 
     Prefix keys are dropped and *not* renormalised, so a map shows the share of the class token's
-    attention that goes to each patch (the rest went to prefix tokens). For a model without class token
-    (``num_prefix_tokens=0``) the mean over all query rows is used instead. -> [B, L, H, gh, gw].
+    attention that goes to each patch (the rest went to prefix tokens). ``pool`` is the model's
+    ``config.pool``: with "mean" the head reads the mean of the patch tokens, not the class token (which
+    such a model may still have), so the map is the mean of the patch tokens' rows instead, over the patch
+    keys; None: "cls" with a class token, "mean" without (``num_prefix_tokens=0``). -> [B, L, H, gh, gw].
     """
     stacked = _stack_attentions(attentions)  # [L, B, H, T, T]
     gh, gw = _check_tokens(stacked.shape[-1], grid_size, num_prefix_tokens)
-    row = _query_row(stacked, num_prefix_tokens)  # [L, B, H, N]
+    row = _query_row(stacked, num_prefix_tokens, _readout(pool, num_prefix_tokens))  # [L, B, H, N]
     return rearrange(row, "l b h (gh gw) -> b l h gh gw", gh=gh, gw=gw)
 
 
@@ -178,15 +207,18 @@ def rollout_cls_map(
     num_prefix_tokens: int = 1,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
+    pool: Union[str, None] = None,
 ) -> torch.Tensor:
     """Rollout of the class token over the patches, renormalised to sum to 1 over the patches: [B, gh, gw].
 
-    For a model without class token (mean pool, ``num_prefix_tokens=0``) the classifier sees the mean of
-    all output tokens, so the mean over all query rows of the rollout is used instead.
+    ``pool`` is the model's ``config.pool``. With "mean" the classifier sees the mean of the patch tokens'
+    outputs, so the map is the mean of their rollout rows, whether or not the model has a class token (its row
+    is not what the head reads); None: "cls" with a class token, "mean" without (``num_prefix_tokens=0``).
     """
+    readout = _readout(pool, num_prefix_tokens)
     rollout = attention_rollout(attentions, head_fusion=head_fusion, discard_ratio=discard_ratio)  # [B, T, T]
     gh, gw = _check_tokens(rollout.shape[-1], grid_size, num_prefix_tokens)
-    row = _query_row(rollout, num_prefix_tokens)  # [B, N]
+    row = _query_row(rollout, num_prefix_tokens, readout)  # [B, N]
     row = row / row.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return rearrange(row, "b (gh gw) -> b gh gw", gh=gh, gw=gw)
 
@@ -293,7 +325,8 @@ def pos_embed_similarity(pos_embed: torch.Tensor, grid_size: Size2, num_prefix_t
     _check_finite(x, "pos_embed")
     x = F.normalize(x.to(torch.float64), dim=-1)  # unit rows: dot product = cosine
     sim = x @ x.T  # [N, N]
-    return rearrange(sim, "(a b) (c d) -> a b c d", a=gh, b=gw, c=gh, d=gw).float()
+    out = rearrange(sim, "(a b) (c d) -> a b c d", a=gh, b=gw, c=gh, d=gw)
+    return out.to(torch.float64 if pos_embed.dtype == torch.float64 else torch.float32)  # float64 in, float64 out
 
 
 def grid_distances(grid_size: Size2) -> torch.Tensor:
@@ -452,16 +485,20 @@ def what_the_model_learned(model: nn.Module, images: torch.Tensor, masks: torch.
     Returns ``spearman`` (cosine similarity of the position embeddings vs grid distance, Fig. 7 centre),
     ``distance`` (``attention_distance_summary``: Fig. 7 right, relative to uniform attention),
     ``localization`` (mean mass of the class token's attention rollout on the object over the object's
-    share of patches), ``smoothness`` of the top ``num_components`` principal components of the patch
+    share of patches; for a ``pool="mean"`` model the rollout of the mean of the patch tokens, which its head
+    reads), ``smoothness`` of the top ``num_components`` principal components of the patch
     filters and the ``variance_top`` they explain (Fig. 7 left; ``nan`` for a hybrid, whose projection sees CNN
     features, as ``spearman`` is without a position embedding). Distances are in input pixels and the grid is
     the images' own, so a hybrid and a model with ``dynamic_img_size`` (images of another size) work too.
     """
+    _check_model(model)
     config, embed = model.config, model.patch_embed
     patch = tuple(embed.patch_size)  # one token's patch in input pixels (the hybrid's: backbone stride x P)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a non-empty batch [B, C, H, W], got {shape}")
+    if torch.is_floating_point(images):  # the model refuses integer images itself, naming the fix
+        _check_finite(images.detach(), "images")  # else its attention is NaN, and the message blames the attention
     B, _, H, W = images.shape
     if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (B, H, W):
         shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
@@ -478,7 +515,8 @@ def what_the_model_learned(model: nn.Module, images: torch.Tensor, masks: torch.
     distances = mean_attention_distance(attentions, grid, patch, prefix)
     out: Dict[str, object] = {
         "distance": attention_distance_summary(distances, uniform_attention_distance(grid, patch)),
-        "localization": attention_localization(rollout_cls_map(attentions, grid, prefix), masks, patch)["mean"],
+        "localization": attention_localization(rollout_cls_map(attentions, grid, prefix, pool=config.pool), masks,
+                                               patch)["mean"],
     }
     pos = getattr(model, "pos_embed", None)
     out["spearman"] = (similarity_distance_correlation(pos_embed_similarity(pos, embed.grid_size, prefix))["spearman"]

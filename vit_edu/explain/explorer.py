@@ -64,7 +64,8 @@ class View:
     patch_map: np.ndarray        # [gh, gw] the query patch's attention to every patch (layer, head)
     cls_share: float             # the part of that attention row that goes to the class token
     head_maps: np.ndarray        # [heads, gh, gw] the same for every head of the layer
-    rollout: np.ndarray          # [gh, gw] class-token attention rollout (sums to 1)
+    rollout: np.ndarray          # [gh, gw] rollout of what the head reads: the class token, or the mean of the
+                                 # patch tokens for a pool="mean" model (sums to 1)
     pos_similarity: Optional[np.ndarray]  # [gh, gw] cosine similarity of the patch's E_pos to all; None without one
     distances: np.ndarray        # [layers, heads] mean attention distance (pixels) on this image
     uniform_distance: float      # the same for uniform attention: the yardstick
@@ -104,11 +105,8 @@ class ExplorerData:
     def __init__(self, model: nn.Module, images: torch.Tensor, display: Optional[torch.Tensor] = None,
                  labels: Optional[Sequence[int]] = None, class_names: Optional[Sequence[str]] = None,
                  mean: Sequence[float] = COURSE_MEAN, std: Sequence[float] = COURSE_STD, cache_size: int = 64):
-        config = getattr(model, "config", None)
-        embed = getattr(model, "patch_embed", None)
-        if not isinstance(model, nn.Module) or config is None or embed is None:
-            raise TypeError(f"model must be a vit_edu VisionTransformer (with .config and .patch_embed), "
-                            f"got {type(model).__name__}")
+        analysis._check_model(model)  # a vit_edu model with finite weights
+        config, embed = model.config, model.patch_embed
         self.model = model
         self.grid: Tuple[int, int] = tuple(embed.grid_size)
         self.patch: Tuple[int, int] = tuple(embed.patch_size)  # input pixels per patch
@@ -116,6 +114,7 @@ class ExplorerData:
         self.channels = int(config.in_channels)
         self.layers, self.heads = int(config.depth), int(config.heads)
         self.prefix = 1 if config.class_token else 0
+        self.pool = config.pool  # the rollout shown is of what the head reads: the class token or the patches' mean
         self.mean = self._per_channel(mean, "mean")
         self.std = self._per_channel(std, "std")
         if not (self.std > 0).all():
@@ -214,7 +213,7 @@ class ExplorerData:
         attentions = [a.float().cpu() for a in attentions]  # a bfloat16 or GPU model's: numpy needs float32 on CPU
         entry = _Cached(
             attention=torch.stack([a[0] for a in attentions]).float(),  # [L, heads, T, T]
-            rollout=analysis.rollout_cls_map(attentions, self.grid, self.prefix)[0].numpy(),
+            rollout=analysis.rollout_cls_map(attentions, self.grid, self.prefix, pool=self.pool)[0].numpy(),
             distances=analysis.mean_attention_distance(attentions, self.grid, self.patch, self.prefix).numpy(),
             predicted=int(logits[0].argmax()),
         )
@@ -318,11 +317,12 @@ class ExplorerFigure:
         for ax in top + self.bottom:
             ax.set_xticks([])
             ax.set_yticks([])
-            if ax is not self.ax_rollout:  # the rollout is the class token's, not the patch's
+            if ax is not self.ax_rollout:  # the rollout is of what the head reads, not of the patch
                 self.boxes.append(ax.add_patch(Rectangle((0, 0), data.patch[1], data.patch[0], fill=False,
                                                          edgecolor="cyan", linewidth=2)))
-        self.ax_rollout.set_title("rollout of the class token" if data.prefix else "rollout of the mean query\n"
-                                  "(the classifier reads the mean of the tokens)", fontsize=9)
+        self.ax_rollout.set_title("rollout of the class token" if data.pool == "cls" else
+                                  "rollout of the mean query\n(the classifier reads the mean of the patch tokens)",
+                                  fontsize=9)
         self.ax_pos.set_title("no position embedding" if data.pos_sim is None else
                               "E_pos similarity to the patch\n(cosine: -1 blue, 1 red)", fontsize=9)
         self._init_distance()

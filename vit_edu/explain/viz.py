@@ -221,13 +221,15 @@ def show_patch_grid(image: ImageLike, patch_size: int, gap: int = 1) -> plt.Figu
 
 
 def plot_attention_heads(image: ImageLike, attentions: Sequence[torch.Tensor], grid_size, layer: int = -1,
-                         index: int = 0, num_prefix_tokens: int = 1, alpha: float = 0.6) -> plt.Figure:
+                         index: int = 0, num_prefix_tokens: int = 1, alpha: float = 0.6,
+                         pool: Optional[str] = None) -> plt.Figure:
     """The image, then the class token's attention of every head of one layer, upsampled over the image.
 
     ``attentions``: the list from ``model(x, return_attention=True)``; ``index`` picks the image in the batch.
-    Each head's map is min-max scaled on its own (look at where, not how much).
+    Each head's map is min-max scaled on its own (look at where, not how much). ``pool``: the model's
+    ``config.pool``, as in :func:`vit_edu.explain.analysis.cls_attention_maps` ("mean": the patch tokens' mean row).
     """
-    maps = analysis.cls_attention_maps(attentions, grid_size, num_prefix_tokens)  # [B, L, H, gh, gw]
+    maps = analysis.cls_attention_maps(attentions, grid_size, num_prefix_tokens, pool)  # [B, L, H, gh, gw]
     L, heads = maps.shape[1], maps.shape[2]
     if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
         raise ValueError(f"layer must be an int in 0..{L - 1} (counted from 0; -1 is the last) for {L} layers, got {layer!r}")
@@ -243,15 +245,16 @@ def plot_attention_heads(image: ImageLike, attentions: Sequence[torch.Tensor], g
         mappable = _overlay(axes[0, h + 1], im, up[h], alpha)
         axes[0, h + 1].set_title(f"head {h + 1}")
     fig.colorbar(mappable, ax=axes[0, 1:].tolist(), fraction=0.02, pad=0.02, label="attention (scaled per head)")
-    query = "class token" if num_prefix_tokens > 0 else "mean query"
+    query = "class token" if analysis._readout(pool, num_prefix_tokens) == "cls" else "mean query"
     fig.suptitle(f"Layer {layer_idx + 1} of {L}: attention of the {query} to each patch")
     return fig
 
 
 def plot_attention_layers(image: ImageLike, attentions: Sequence[torch.Tensor], grid_size, index: int = 0,
-                          num_prefix_tokens: int = 1, alpha: float = 0.6) -> plt.Figure:
-    """Class-token attention for every layer (rows) and head (columns), each overlaid on the image."""
-    maps = analysis.cls_attention_maps(attentions, grid_size, num_prefix_tokens)  # [B, L, H, gh, gw]
+                          num_prefix_tokens: int = 1, alpha: float = 0.6, pool: Optional[str] = None) -> plt.Figure:
+    """Class-token attention for every layer (rows) and head (columns), each overlaid on the image (``pool``: as in
+    :func:`plot_attention_heads`)."""
+    maps = analysis.cls_attention_maps(attentions, grid_size, num_prefix_tokens, pool)  # [B, L, H, gh, gw]
     L, heads = maps.shape[1], maps.shape[2]
     im = to_numpy_image(image)
     _check_on_grid(im, maps.shape[-2:], "the attention maps")
@@ -266,7 +269,8 @@ def plot_attention_layers(image: ImageLike, attentions: Sequence[torch.Tensor], 
             if h == 0:
                 ax.set_ylabel(f"layer {l + 1}", fontsize=10)
     fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label="attention (scaled per map)")
-    fig.suptitle("Class-token attention per layer and head")
+    query = "Class-token" if analysis._readout(pool, num_prefix_tokens) == "cls" else "Mean-query"
+    fig.suptitle(f"{query} attention per layer and head")
     return fig
 
 
