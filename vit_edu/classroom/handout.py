@@ -245,7 +245,8 @@ def handout_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(
         prog="python -m vit_edu handout",
         description="Write what students get: the student notebooks (no solutions), the vit_edu package, "
-                    "pyproject.toml, requirements.txt, a student README and Makefile; nothing else.")
+                    "pyproject.toml, requirements.txt, a student README and Makefile, and the docs/ and figures/ files "
+                    "the notebooks cite; nothing else.")
     parser.add_argument("out_dir", help="an empty or new folder")
     parser.add_argument("--src", default=DEFAULT_SRC, help=f"teacher notebooks (default: {DEFAULT_SRC})")
     parser.add_argument("--force", action="store_true", help="replace a previous handout in OUT_DIR")
@@ -257,6 +258,8 @@ def handout_main(argv: Optional[Sequence[str]] = None) -> int:
         return exit_status(e)
     n = len(list((out / "notebooks").glob("*.ipynb")))
     total = sum(ex.points for _, ex in course_exercises(args.src))
+    cited = sorted(str(p.relative_to(out)) for d in ("docs", "figures") if (out / d).is_dir()
+                   for p in (out / d).iterdir())
     print(f"wrote the handout to {out}: {n} student notebooks ({_points(total)} points), vit_edu/, README.md, "
-          f"Makefile, pyproject.toml, requirements.txt")
+          f"Makefile, pyproject.toml, requirements.txt" + "".join(f", {name}" for name in cited))
     return 0
