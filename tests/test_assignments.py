@@ -662,3 +662,79 @@ def test_a_source_folder_without_notebooks_keeps_the_copies(tmp_path, capsys):
 def test_handout_readme_table_keeps_a_title_with_a_bar_in_one_cell():
     (ex,) = find_exercises(_course_nb(statement="**Exercise 1 (2 points): `x | y`**"), "01_a.ipynb")
     assert "| 01_a.ipynb | 1: `x \\| y` | 2 |" in handout.student_readme([("01_a.ipynb", ex)], ["01_a.ipynb"])
+
+
+# ------------------------------------------------------------------------------------------ a careless teacher
+@pytest.mark.parametrize("points", ["two points", "2,5 points", "1 pt"])
+def test_points_not_written_in_digits_are_named_as_written(tmp_path, capsys, points):
+    nb = _course_nb(statement=f"**Exercise 1 ({points}): `patchify`**\n\nCut images into patches.")
+    rc, err, unchanged = _run_assignments(tmp_path, nb, capsys)
+    assert rc == 2 and unchanged
+    assert f"01_a.ipynb, cell 2: 'Exercise 1' states its points as '({points})'; expected '(P points)'" in err
+
+
+def test_a_check_cell_before_its_answer_cell_says_so(tmp_path, capsys):
+    nb = _course_nb()
+    nb.cells[3], nb.cells[4] = nb.cells[4], nb.cells[3]  # the check cell, then the answer cell
+    rc, err, unchanged = _run_assignments(tmp_path, nb, capsys)
+    assert rc == 2 and unchanged
+    assert "01_a.ipynb, cell 3: check_patchify(...) has no answer cell" in err
+    assert "the answer cell 4 comes after it: put the check cell after its answer cell" in err
+
+
+def test_a_notebook_saved_with_a_byte_order_mark_or_as_utf16_is_read(tmp_path, capsys):
+    """Notepad's UTF-8 with a byte-order mark, and UTF-16, are JSON as the grader reads it: the same copy."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    text = nbformat.writes(_course_nb())
+    (src / "01_a.ipynb").write_text(text, encoding="utf-8")
+    (src / "02_b.ipynb").write_bytes(text.encode("utf-8-sig"))
+    (src / "03_c.ipynb").write_bytes(text.encode("utf-16"))
+    assert assignments.main(["--src", str(src), "--out", str(out)]) == 0, capsys.readouterr().err
+    copies = {p.read_text(encoding="utf-8") for p in out.glob("*.ipynb")}
+    assert len(copies) == 1 and "raise NotImplementedError()" in copies.pop()
+
+
+def test_a_notebook_that_is_not_utf8_is_named_and_nothing_is_written(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    before = (src / "01_a.ipynb").read_bytes()
+    (src / "02_b.ipynb").write_bytes(nbformat.writes(_nb("print('café')")).encode("latin-1"))
+    assert assignments.main(["--src", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: 02_b.ipynb: not UTF-8 text (byte 0xe9 at offset" in err and "saved as UTF-8" in err
+    assert (src / "01_a.ipynb").read_bytes() == before and not out.exists()
+
+
+def test_handout_places_are_judged_where_they_land(tmp_path, capsys):
+    """'..' and links are followed before the handout's place is judged: a link into the notebooks is refused,
+    a path that only passes through them is not, and the repository reached through '..' is named."""
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    (tmp_path / "link").symlink_to(src)
+    assert cli_main(["handout", str(tmp_path / "link" / "hx"), "--src", str(src)]) == 2
+    assert f"(that is {src / 'hx'}) is inside {src}" in capsys.readouterr().err
+    assert not (src / "hx").exists()
+    assert cli_main(["handout", str(src / ".." / "hand out é"), "--src", str(src)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "hand out é" / "notebooks" / "01_a.ipynb").is_file()
+    assert cli_main(["handout", str(ROOT / "vit_edu" / ".."), "--src", str(src), "--force"]) == 2
+    assert f"(that is {ROOT}) holds the repository" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["src", "."])
+def test_student_copies_never_go_over_the_teacher_notebooks(tmp_path, capsys, where):
+    """--out equal to --src (or a folder holding it) used to replace the teacher notebooks by the student copies."""
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    before = (src / "01_a.ipynb").read_bytes()
+    out = tmp_path / where
+    assert assignments.main(["--src", str(src), "--out", str(out)]) == 2
+    verb = "is" if where == "src" else "holds"
+    assert f"student copies folder (--out) {out} {verb} the teacher notebooks folder (--src) {src}" in \
+        capsys.readouterr().err
+    assert (src / "01_a.ipynb").read_bytes() == before and sorted(tmp_path.iterdir()) == [src]
+    with pytest.raises(ValueError, match="would replace the teacher notebooks"):
+        assignments.generate(src, out)

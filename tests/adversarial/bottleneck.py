@@ -372,7 +372,8 @@ MISTAKES = [
 
 
 # weight standardization as a parametrization (torch.nn.utils.parametrize): the weights are then stored as
-# conv1.parametrizations.weight.original, and conv1.weight is computed from them
+# conv1.parametrizations.weight.original, and conv1.weight is computed from them. The values are right, but
+# notebook 09 loads the answer's weights into vit_edu.hybrid.Bottleneck by name: a mistake, named
 class _Standardize(nn.Module):
     def forward(self, w):
         var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
@@ -390,7 +391,7 @@ def _parametrized_conv(c_in, c_out, k, stride=1):
     return conv
 
 
-class CorrectParametrized(nn.Module):
+class MistakeParametrized(nn.Module):
     def __init__(self, in_channels, out_channels, stride=1):
         super().__init__()
         mid = out_channels // 4
@@ -410,4 +411,4 @@ class CorrectParametrized(nn.Module):
         return F.relu(self.norm3(self.conv3(h)) + shortcut)
 
 
-CORRECT.append(CorrectParametrized)
+MISTAKES.append((MistakeParametrized, "by name"))

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
+import os
 import re
 import shutil
 import sys
@@ -54,6 +56,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # vit_edu/ (this file is vit_
 # "**Exercise 2.1 (1 point): `add_cls_and_pos`**", also as a heading ("## 5. Exercise 7 (3 points): ...").
 STATEMENT_RE = re.compile(r"^[#>*\s\d.]*Exercise\s+(\d+(?:\.\d+)*)(?![\d.]*\w)(.*)$", re.M)
 POINTS_RE = re.compile(r"^\s*\((\d+(?:\.\d+)?)\s+points?\)\s*:?\s*(.*)$")
+POINTS_WRITTEN_RE = re.compile(r"\s*\(([^)]*\bp(?:oin)?ts?\b[^)]*)\)")  # "(two points)", "(2,5 points)", "(1 pt)"
 CHECK_CALL_RE = re.compile(r"^\s*check_([A-Za-z0-9_]+)\s*\(", re.M)
 # "**Experiment 6.A (3 points, graded by hand): cls token vs mean pooling**": an open experiment, graded by hand.
 EXPERIMENT_RE = re.compile(r"^[#>*\s\d.]*Experiment\s+(\d+(?:\.\w+)*)\s*\((\d+(?:\.\d+)?)\s+points?,\s*graded by "
@@ -109,6 +112,10 @@ def _statement(nb: nbformat.NotebookNode, name: str, first_answer: int, after: i
                              f"'**Exercise N (P points): title**' per exercise")
         stated = [(m.group(1), m.group(2)) for _, rest in found if (m := POINTS_RE.match(rest))]
         n = numbers[0]
+        written = [m.group(1).strip() for _, rest in found if (m := POINTS_WRITTEN_RE.match(rest))]
+        if not stated and written:
+            raise ValueError(f"{name}, cell {j}: 'Exercise {n}' states its points as '({written[0]})'; expected "
+                             f"'(P points)' with P in digits, e.g. '(2 points)' or '(2.5 points)'")
         if not stated:
             raise ValueError(f"{name}, cell {j}: 'Exercise {n}' states no points; expected "
                              f"'**Exercise {n} (P points): title**' (e.g. '**Exercise {n} (2 points): ...**')")
@@ -241,7 +248,12 @@ def find_exercises(nb: nbformat.NotebookNode, name: str = "<notebook>") -> List[
         _check_known(check, where)
         if not pending:
             since = f"since the check cell {last_check}" if last_check >= 0 else "above it"
-            raise ValueError(f"{where}: check_{check}(...) has no answer cell (a code cell with '{BEGIN}') {since}")
+            later = next((j for j in range(i + 1, len(nb.cells)) if nb.cells[j].cell_type == "code"
+                          and _has_region(nb.cells[j].source)), None)
+            order = f"; the answer cell {later} comes after it: put the check cell after its answer cell" \
+                if later is not None else ""
+            raise ValueError(f"{where}: check_{check}(...) has no answer cell (a code cell with '{BEGIN}') {since}"
+                             f"{order}")
         statement, number, points, title = _statement(nb, name, pending[0], last_check)
         uses[check] = uses.get(check, 0) + 1
         key = check if uses[check] == 1 else f"{check}_{uses[check]}"
@@ -429,9 +441,15 @@ def _sources(src_dir: Path) -> List[Path]:
 
 
 def _read(path: Path) -> nbformat.NotebookNode:
-    """The notebook at ``path``; a ValueError naming it when it is not one."""
+    """The notebook at ``path``; a ValueError naming it when it is not one (or not UTF-8, UTF-16 or UTF-32)."""
+    data = path.read_bytes()
+    try:  # UTF-8, with or without a byte-order mark (Notepad's), or UTF-16/32: what JSON allows, as the grader reads
+        text = data.decode(json.detect_encoding(data))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path.name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); expected a "
+                         f"Jupyter notebook saved as UTF-8, as Jupyter saves it") from e
     try:
-        return nbformat.read(path, as_version=4)
+        return nbformat.reads(text, as_version=4)
     except (ValueError, TypeError, AttributeError, KeyError, nbformat.ValidationError) as e:
         first = (str(e).splitlines() or [""])[0][:120]
         raise ValueError(f"{path.name}: not a readable notebook ({type(e).__name__}: {first}); expected a Jupyter "
@@ -443,6 +461,15 @@ def render_all(src_dir: "str | Path" = DEFAULT_SRC) -> Dict[str, str]:
     return {p.name: _render(p) for p in _sources(Path(src_dir))}
 
 
+def _check_apart(src_dir: "str | Path", out_dir: "str | Path") -> None:
+    """Refuse a --out that is the --src folder or holds it: the copies would replace the teacher notebooks."""
+    src, out = Path(os.path.realpath(src_dir)), Path(os.path.realpath(out_dir))
+    if out == src or out in src.parents:
+        raise ValueError(f"student copies folder (--out) {out_dir} {'is' if out == src else 'holds'} the teacher "
+                         f"notebooks folder (--src) {src_dir}: the student copies would replace the teacher notebooks "
+                         f"and their answers; expected a folder apart from it (default: {DEFAULT_OUT})")
+
+
 def generate(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAULT_OUT) -> List[Path]:
     """Write the student copy of every notebook in ``src_dir`` to ``out_dir``; returns the written paths.
 
@@ -450,6 +477,7 @@ def generate(src_dir: "str | Path" = DEFAULT_SRC, out_dir: "str | Path" = DEFAUL
     built beside and renamed into place: a failure (a full disk, Ctrl-C) leaves the previous copies whole.
     """
     out = Path(out_dir)
+    _check_apart(src_dir, out)
     rendered = render_all(src_dir)
     check_writable_dir(out, "student copies folder (--out)")
     keep = [p for p in out.iterdir() if p.suffix != ".ipynb"] if out.is_dir() else []
@@ -589,7 +617,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             print(f"nbgrader metadata in {args.src} and student notebooks in {args.out} are up to date")
             return 0
-        check_writable_dir(Path(args.out), "student copies folder (--out)")  # before the notebooks change
+        _check_apart(args.src, args.out)  # before the notebooks change
+        check_writable_dir(Path(args.out), "student copies folder (--out)")
         notes = [n for p in _sources(Path(args.src)) for n in renamed_grade_ids(_read(p), p.name)]
         changed = write_metadata(args.src)
         paths = generate(args.src, args.out)

@@ -16,11 +16,12 @@ import ast
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .isolation import _drop_privileges, _set_limits, needed_paths
 
@@ -196,10 +197,32 @@ class _CappedText(io.TextIOBase):
         pass
 
 
+# IPython's own syntax where a statement starts: a magic or shell escape (``%timeit f()``, ``%%time``, ``!pip list``),
+# its result assigned (``t = %timeit -o f()``, ``files = !ls``), or help (``patchify?``, ``??torch.cat``)
+_IPYTHON_LINE = re.compile(r"[%!]|[\w.]+(?:\s*,\s*[\w.]+)*\s*=\s*[%!]|\?{1,2}[\w.]+\s*$|[\w.]+\?{1,2}\s*$")
+
+
+class _NoInput(io.TextIOBase):
+    """sys.stdin of the child: ``input()`` left in an answer cell fails that cell at once, saying why (in Jupyter
+    it waits for the student to type; here nobody can)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 0  # /dev/null, as for a process started from the cell
+
+    def read(self, size: Optional[int] = -1) -> str:
+        raise EOFError("input() waits for someone to type, and nobody can while the notebook is graded: remove "
+                       "the call from the answer cell")
+
+    readline = read
+
+
 def _without_magics(source: str) -> str:
-    """IPython magics and shell escapes (``%matplotlib``, ``!pip``) are skipped: no IPython runs here. Only a
-    line that starts a statement is one (as in IPython): a cell that parses as Python runs unchanged, so a
-    continuation line such as ``!= 0`` or ``% patch_size`` inside brackets stays code."""
+    """IPython magics, shell escapes and help lines (:data:`_IPYTHON_LINE`) are skipped: no IPython runs here.
+    Only a line that starts a statement is one (as in IPython): a cell that parses as Python runs unchanged, so
+    a continuation line such as ``!= 0`` or ``% patch_size`` inside brackets stays code."""
     try:
         ast.parse(source)
         return source
@@ -213,14 +236,14 @@ def _without_magics(source: str) -> str:
 
 
 def _magic_lines(lines: List[str]) -> List[Tuple[int, bool]]:
-    """(index, True) of each line that is a magic or shell escape: one starting with ``%`` or ``!`` where a
+    """(index, True) of each line that is a magic, shell escape or help (:data:`_IPYTHON_LINE`) where a
     statement starts (outside brackets, strings and backslash continuations); (index, False) of the lines a
     magic continues onto with a trailing backslash."""
     found: List[Tuple[int, bool]] = []
     depth, quote, continued, in_magic = 0, "", False, False
     for i, raw in enumerate(lines):
         line = raw.rstrip("\r")
-        if in_magic or (not depth and not quote and not continued and line.lstrip().startswith(("%", "!"))):
+        if in_magic or (not depth and not quote and not continued and _IPYTHON_LINE.match(line.lstrip())):
             found.append((i, not in_magic))
             in_magic = line.endswith("\\")
             continue
@@ -296,7 +319,7 @@ def _child(job: dict, close: Sequence[int]) -> None:
         budget = [int(job["max_output_bytes"])]
         sys.stdout = sys.__stdout__ = _CappedText(1, budget)  # type: ignore[misc]
         sys.stderr = sys.__stderr__ = _CappedText(2, budget)  # type: ignore[misc]
-        sys.stdin = sys.__stdin__ = open(os.devnull)  # type: ignore[misc]
+        sys.stdin = sys.__stdin__ = _NoInput()  # type: ignore[misc]
 
         import torch
 

@@ -250,30 +250,56 @@ def _block_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
     ]
 
 
+_PARTS = ("norm1", "attn", "norm2", "mlp")
+
+
 def _sub_outputs(module: Any, case: Case, x: torch.Tensor) -> Dict[str, Any]:
-    """Custom probe step: the student's self.attn and self.mlp on their own, to name a mistake inside them."""
-    out: Dict[str, Any] = {}
-    for name in ("attn", "mlp"):
+    """Custom probe step: the student's parts on their own, to name a mistake inside self.attn or self.mlp, and
+    what each part does with the tokens (notebook 04 builds a post-norm block from them: self.attn(x) + x)."""
+    out: Dict[str, Any] = {"parts": {}}
+    for name in _PARTS:
         sub = getattr(module, name, None)
-        if callable(sub):
-            try:
-                y = sub(x)
-            except Exception:  # noqa: BLE001 - another calling convention: the block is judged as a whole
-                continue
-            if isinstance(y, torch.Tensor) and y.shape == x.shape:
-                out[name] = y.detach().clone()
+        if not callable(sub):
+            out["parts"][name] = "is missing or cannot be called"
+            continue
+        try:
+            y = sub(x)
+        except Exception as e:  # noqa: BLE001 - another calling convention: recorded, the block is judged as a whole
+            out["parts"][name] = f"raised {type(e).__name__}: {str(e)[:160]}"
+            continue
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            got = f"a tensor of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+            out["parts"][name] = f"returned {got}"
+        elif name in ("attn", "mlp"):
+            out[name] = y.detach().clone()
     return out
 
 
+def _parts_message(ctx: Ctx, x: torch.Tensor) -> Optional[str]:
+    parts = ctx.extra.get("parts")
+    if not isinstance(parts, dict):
+        return None
+    for name in _PARTS:
+        problem = parts.get(name)
+        if isinstance(problem, str):
+            return (f"the block's output is right, but self.{name}(x) {problem}; the cells after this check call "
+                    f"norm1, attn, norm2 and mlp on their own (a post-norm block made of your parts: "
+                    f"norm1(x + attn(x))), so each takes the tokens [B, N, D] = {list(x.shape)} and returns a tensor "
+                    f"of that shape (keep anything else, such as the attention weights, out of what forward returns)")
+    return None
+
+
 def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
-    """When the block is wrong, first look inside: a wrong self.attn or self.mlp is named as such."""
+    """When the block is wrong, first look inside: a wrong self.attn or self.mlp is named as such. When it is right,
+    its parts must work on their own too (:func:`_parts_message`)."""
     try:
         bw = _BlockWeights(ctx)
     except ContractError:
         return None  # the reference step reports it
-    if isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got.double(), bw.block(x).double(),
-                                                                                  rtol=1e-4, atol=1e-5):
-        return None
+    if isinstance(got, torch.Tensor) and got.shape == x.shape and any(
+            torch.allclose(got.double(), right.double(), rtol=1e-4, atol=1e-5)
+            for right in (bw.block(x), bw.block(x, act=lambda t: F.gelu(t, approximate="tanh")))):
+        return _parts_message(ctx, x)
     subs = [("attn", bw.attn(x), [(m, f) for m, f in mha_mutants(x, bw.qkv, bw.proj, bw.H)], []),
             ("mlp", bw.mlp(x), mlp_mutants(x, bw.fc1, bw.fc2), [bw.mlp(x, lambda t: F.gelu(t, approximate="tanh"))])]
     for name, want, mutants, accepted in subs:
@@ -302,8 +328,9 @@ ENCODER_BLOCK_EX = Exercise(
 
     Pre-norm, as in the paper (eqs. 2-3): ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``. Attributes:
     ``norm1``, ``norm2`` (nn.LayerNorm(dim, eps=1e-6), or hand-written with weight/bias or gamma/beta),
-    ``attn`` with ``.qkv`` / ``.proj`` (as in MultiHeadAttention), ``mlp`` with ``.fc1`` / ``.fc2``. Every
-    parameter gets its own random values, so shared or swapped norms show.
+    ``attn`` with ``.qkv`` / ``.proj`` (as in MultiHeadAttention), ``mlp`` with ``.fc1`` / ``.fc2``; each of the four
+    maps the tokens [B, N, D] to a tensor [B, N, D] on its own. Every parameter gets its own random values, so
+    shared or swapped norms show.
     """,
 )
 

@@ -16,9 +16,42 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .engine import Case, ContractError, Ctx, Exercise, Mutant
+from .engine import Case, ContractError, Ctx, Exercise, Mutant, _names
 
 PATCHIFY = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
+
+
+# ---------------------------------------------------------------------- constructor arguments given by name
+def built_by_name(call: str, *keywords: str) -> Callable[..., Dict[str, Any]]:
+    """A ``probe_extra``: the student's class built again as the cells after the check build it, with ``keywords``
+    (the last constructor arguments of ``call``) passed by name, e.g. ``MultiHeadAttention(64, heads=4)``; records
+    the TypeError that names one of them (an argument renamed, e.g. ``num_heads``)."""
+    params = _names(call)
+
+    def probe(module: Any, case: Case, *args: Any) -> Dict[str, Any]:
+        given = list(zip(params, case.init))
+        kw = {n: v for n, v in given if n in keywords}
+        if not kw:
+            return {}
+        try:
+            type(module)(*[v for n, v in given if n not in kw], **kw)
+        except TypeError as e:
+            if any(repr(n) in str(e) for n in kw):
+                return {"by_name": f"{type(e).__name__}: {e}"}
+        return {}
+    return probe
+
+
+def check_built_by_name(ctx: Ctx, *keywords: str) -> None:
+    """The judge's half of :func:`built_by_name`: a ContractError naming the argument the cells pass by name."""
+    error = ctx.extra.get("by_name")
+    if not isinstance(error, str):
+        return
+    given = list(zip(ctx.exercise.init_names(), ctx.init))
+    shown = ", ".join(f"{n}={v!r}" if n in keywords else repr(v) for n, v in given)
+    raise ContractError(f"the cells after this check build your class with {' and '.join(keywords)} given by name, "
+                        f"as in {ctx.exercise.title}({shown}), and that fails ({error[:200]}): keep the "
+                        f"exercise's argument names, {ctx.exercise.call}")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -512,6 +545,7 @@ def _mha_cases() -> List[Case]:
 
 
 def _mha_reference(ctx: Ctx, x: torch.Tensor) -> torch.Tensor:
+    check_built_by_name(ctx, "heads")  # notebook 03: MultiHeadAttention(64, heads=4)
     D, H = ctx.init
     qkv, proj = mha_weights(ctx, D)
     return mha(x, qkv, proj, H)
@@ -532,12 +566,14 @@ MULTI_HEAD_ATTENTION_EX = Exercise(
     package=("vit_edu.attention.Attention",), loads_into="vit_edu.Attention",
     kind="module", call="MultiHeadAttention(dim, heads)", forward="forward(x)",
     cases=_mha_cases, reference=_mha_reference, mutants=_mha_mutants, shape_hint=_same_shape_hint,
+    probe_extra=built_by_name("MultiHeadAttention(dim, heads)", "heads"),
     doc="""Check ``class MultiHeadAttention(nn.Module)``: ``__init__(self, dim, heads)``, forward [B, N, D] -> [B, N, D].
 
     Attributes: ``self.qkv = nn.Linear(dim, 3 * dim)`` whose output features are ordered (three h d)
     (q of head 0, q of head 1, ..., then k, then v), and ``self.proj = nn.Linear(dim, dim)``; a ValueError
-    when dim is not divisible by heads. Every parameter gets random values; the output and the gradients
-    are compared with ``vit_edu.Attention``'s formula.
+    when dim is not divisible by heads; ``heads`` keeps its name (``MultiHeadAttention(64, heads=4)`` works).
+    Every parameter gets random values; the output and the gradients are compared with ``vit_edu.Attention``'s
+    formula.
     """,
 )
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .engine import Case, ContractError, Ctx, Exercise, Mutant, along_rows, plain_name
+from .exercises_build import built_by_name, check_built_by_name
 
 
 # ------------------------------------------------------------------------------ 7.2 mean attention distance
@@ -522,6 +523,7 @@ def _bottleneck_params(ctx: Ctx) -> Dict[str, torch.Tensor]:
 
 
 def _bottleneck_reference(ctx: Ctx, x: torch.Tensor) -> torch.Tensor:
+    check_built_by_name(ctx, "stride")  # notebook 09: Bottleneck(256, 512, stride=2)
     p = _bottleneck_params(ctx)
     return bottleneck(x, p, ctx.init[2] if len(ctx.init) > 2 else 1)
 
@@ -618,17 +620,19 @@ def _bottleneck_cases() -> List[Case]:
 
 BOTTLENECK_EX = Exercise(
     name="bottleneck",
-    package=("vit_edu.hybrid.Bottleneck",),
+    package=("vit_edu.hybrid.Bottleneck",), loads_into="vit_edu.hybrid.Bottleneck",
     kind="module", call="Bottleneck(in_channels, out_channels, stride)", forward="forward(x)",
     cases=_bottleneck_cases, reference=_bottleneck_reference, accept=[_bottleneck_unbiased],
     mutants=_bottleneck_mutants, shape_hint=_bottleneck_hint, diagnose=_bottleneck_diagnose,
+    probe_extra=built_by_name("Bottleneck(in_channels, out_channels, stride)", "stride"),
     doc="""Check ``class Bottleneck(nn.Module)``: ``__init__(in_channels, out_channels, stride=1)``, forward x -> y.
 
     ``conv1`` (1x1, in -> out/4), ``norm1``, ``conv2`` (3x3, stride), ``norm2``, ``conv3`` (1x1, -> out),
     ``norm3``; ``downsample`` (None, or ``conv`` 1x1 with the stride + ``norm``) when the stride or the channel
     count changes. Weight-standardized convolutions without bias and 'SAME' padding, GroupNorm(32, C),
-    ReLU after norm1, norm2 and the residual sum: ``vit_edu.hybrid.Bottleneck``. Every parameter gets random
-    values and the outputs and gradients are compared.
+    ReLU after norm1, norm2 and the residual sum: ``vit_edu.hybrid.Bottleneck``; ``stride`` keeps its name
+    (``Bottleneck(256, 512, stride=2)`` works). Every parameter gets random values and the outputs and gradients
+    are compared.
     """,
 )
 

@@ -181,6 +181,14 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
     """
     out = Path(out_dir).absolute()
     root = PACKAGE_DIR.parent
+    src = Path(src_dir)
+    real = Path(os.path.realpath(out))  # where it lands: '..' and links followed, as the copy will
+    shown = str(out) if real == out else f"{out} (that is {real})"
+    for inside in (PACKAGE_DIR, Path(os.path.realpath(src))):
+        if real == inside or inside in real.parents:
+            raise ValueError(f"{shown} is inside {inside}; choose a folder outside the package and the notebooks")
+    if real == root or real in root.parents:
+        raise ValueError(f"{shown} holds the repository; choose another folder")
     for name in ("pyproject.toml", "requirements.txt"):
         if not (root / name).is_file():
             raise FileNotFoundError(f"{root / name} not found: make the handout from the course repository "
@@ -195,12 +203,6 @@ def handout(out_dir: "str | Path", src_dir: "str | Path" = DEFAULT_SRC, force: b
             if not (out / HANDOUT_MARKER).is_file():
                 raise FileExistsError(f"{out} is not empty and is not a handout made by this command (no "
                                       f"{HANDOUT_MARKER}); refusing to replace it, even with --force")
-    src = Path(src_dir)
-    for inside in (PACKAGE_DIR, src.absolute()):
-        if out == inside or inside in out.parents:
-            raise ValueError(f"{out} is inside {inside}; choose a folder outside the package and the notebooks")
-    if out == root or out in root.parents:
-        raise ValueError(f"{out} holds the repository; choose another folder")
     sources = _sources(src)
     students = {path.name: _render(path) for path in sources}  # ValueError naming the cell if a solution is left
     exercises = course_exercises(src)

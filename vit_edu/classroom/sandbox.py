@@ -80,9 +80,10 @@ COMMON_MODULES = (
     "copy", "time", "re", "json", "string", "statistics", "operator", "contextlib", "abc", "enum",
     "textwrap", "warnings", "numbers", "fractions", "decimal", "heapq", "bisect", "pprint", "inspect",
     "traceback", "csv", "pathlib", "datetime", "array", "struct", "hashlib", "types", "weakref", "cmath",
-    "timeit", "logging", "threading", "queue", "unicodedata", "glob",
+    "timeit", "logging", "threading", "queue", "unicodedata", "glob", "pdb",  # a pdb.set_trace() left in
     "numpy", "einops", "torch", "torch.nn", "torch.nn.functional", "vit_edu", "vit_edu.checks",
     "torch.fx.experimental.symbolic_shapes",  # imported by the first backward with explicit gradients
+    "IPython.display", "tqdm", "tqdm.auto", "tqdm.notebook",  # a cell's display(...) and progress bars, if installed
 )
 
 

@@ -1,0 +1,117 @@
+"""An answer that passes its check must not break a later cell of its notebook.
+
+The demonstrations after an exercise use the student's object once its check passed (``passed_or``), so whatever
+those cells assume of it beyond the values is part of the check: how the notebook builds it (arguments given by
+name) and which of its parts it calls on their own. Each test here is an answer that used to pass its check and
+then failed in a later cell; the check now names what the later cell needs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import vit_edu
+import vit_edu.hybrid
+from vit_edu.checks import CheckError, check_bottleneck, check_encoder_block, check_multi_head_attention
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# --------------------------------------------------------------------------------- notebook 04, encoder block
+class _Attention(nn.Module):
+    def __init__(self, dim, heads, with_weights=False):
+        super().__init__()
+        self.heads, self.with_weights = heads, with_weights
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        weights = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(dim=-1)
+        out = self.proj(rearrange(weights @ v, "b h n d -> b n (h d)"))
+        return (out, weights) if self.with_weights else out
+
+
+class _MLP(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    with_weights = False
+
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = _Attention(dim, heads, self.with_weights), _MLP(dim, mlp_dim)
+
+    def forward(self, x):
+        a = self.attn(self.norm1(x))
+        x = x + (a[0] if self.with_weights else a)
+        return x + self.mlp(self.norm2(x))
+
+
+class _BlockAttentionWithWeights(_Block):
+    """Right as a whole, but its self.attn returns (output, weights)."""
+    with_weights = True
+
+
+def _post_norm(block_cls):
+    class PostNormBlock(block_cls):  # notebook 04's comparison of pre-norm with post-norm, made of the same parts
+        def forward(self, x):
+            x = self.norm1(x + self.attn(x))
+            return self.norm2(x + self.mlp(x))
+    return PostNormBlock
+
+
+def test_block_whose_parts_cannot_be_called_alone_is_named():
+    check_encoder_block(_Block)
+    _post_norm(_Block)(16, 4, 32)(torch.randn(2, 5, 16))
+    with pytest.raises(TypeError):  # what the later cell met
+        _post_norm(_BlockAttentionWithWeights)(16, 4, 32)(torch.randn(2, 5, 16))
+    with pytest.raises(CheckError, match=r"self\.attn\(x\) returned a tuple"):
+        check_encoder_block(_BlockAttentionWithWeights)
+
+
+# ----------------------------------------------------------------------- notebooks 03 and 09, names of arguments
+class _RenamedHeads(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.heads, self.with_weights = num_heads, False
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    forward = _Attention.forward
+
+
+class _RenamedStride(vit_edu.hybrid.Bottleneck):
+    def __init__(self, in_channels, out_channels, s=1):
+        super().__init__(in_channels, out_channels, s)
+
+
+@pytest.mark.parametrize("check, answer, keyword, later", [
+    (check_multi_head_attention, _RenamedHeads, "heads", lambda cls: cls(64, heads=4)),  # notebook 03
+    (check_bottleneck, _RenamedStride, "stride", lambda cls: cls(256, 512, stride=2)),  # notebook 09
+], ids=["multi_head_attention", "bottleneck"])
+def test_argument_the_notebook_gives_by_name_is_required(check, answer, keyword, later):
+    with pytest.raises(TypeError, match=keyword):  # what the later cell met
+        later(answer)
+    with pytest.raises(CheckError, match=rf"{keyword} given by name.*unexpected keyword argument '{keyword}'"):
+        check(answer)
+
+
+def test_right_answers_built_by_name_still_pass():
+    class Heads(_RenamedHeads):
+        def __init__(self, dim, heads):
+            super().__init__(dim, heads)
+
+    check_multi_head_attention(Heads)
+    check_bottleneck(vit_edu.hybrid.Bottleneck)
