@@ -8,10 +8,14 @@ then failed in a later cell; the check now names what the later cell needs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nbformat
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from einops import rearrange
 
 import vit_edu
@@ -115,3 +119,41 @@ def test_right_answers_built_by_name_still_pass():
 
     check_multi_head_attention(Heads)
     check_bottleneck(vit_edu.hybrid.Bottleneck)
+
+
+# ------------------------------------------------------------------- notebook 04, every right answer, its cells
+NOTEBOOK_04 = Path(__file__).resolve().parents[1] / "notebooks" / "04_encoder_block.ipynb"
+
+
+def _cell_with(text: str) -> str:
+    cells = [c.source for c in nbformat.read(NOTEBOOK_04, as_version=4).cells
+             if c.cell_type == "code" and text in c.source]
+    assert len(cells) == 1, f"{NOTEBOOK_04.name}: {len(cells)} code cells hold {text!r}"
+    return cells[0]
+
+
+@pytest.mark.parametrize("exercise, name, cell", [
+    ("layer_norm", "layer_norm", "layer_norm_ = passed_or("),  # rows far from 0 with a small spread
+    ("mlp", "MLP", "MLP_ = passed_or("),  # GELU's tanh form, weights loaded before a call
+    ("encoder_block", "EncoderBlock", "EncoderBlock_ = passed_or("),  # the same, and torchvision's block
+])
+def test_every_right_answer_runs_the_cell_after_its_check(exercise, name, cell):
+    """Each right answer of the adversarial set passes its check, then runs notebook 04's demonstration cell (three
+    seeds): the cell asks no more of it than the check did (its tolerance, GELU's tanh form, sizes known before a
+    call). E[x^2] - E[x]^2 (a float32 cancellation on rows far from 0) and GELU's tanh form broke these cells."""
+    from adversarial import load
+    import vit_edu.checks as checks
+
+    source = _cell_with(cell)
+    answers = load(Path(__file__).resolve().parent / "adversarial" / f"{exercise}.py").CORRECT
+    for answer in answers:
+        getattr(checks, f"check_{exercise}")(answer)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            namespace = {"torch": torch, "nn": nn, "F": F, "vit_edu": vit_edu, "torchvision": torchvision,
+                         "passed_or": checks.passed_or, name: answer}
+            try:
+                exec(compile(source, f"{NOTEBOOK_04.name}: {cell}", "exec"), namespace)
+            except Exception as e:  # noqa: BLE001 - named with the answer
+                raise AssertionError(f"{getattr(answer, '__name__', answer)} passed check_{exercise}, then the "
+                                     f"cell after it failed (seed {seed}): {type(e).__name__}: {e}") from e

@@ -319,7 +319,7 @@ MISTAKES = [
 
 
 # other registrations and layouts of the same computation
-class BareQkvParameters(nn.Module):  # right: `qkv` a plain Module holding weight and bias, used by hand
+class BareQkvParameters(nn.Module):  # right values, but `qkv` is a plain Module notebook 03 cannot call: msa.qkv(x)
     def __init__(self, dim, heads):
         super().__init__()
         if dim % heads:
@@ -352,5 +352,6 @@ class KeepsFirstOutput(EinopsMHA):
         return self.kept
 
 
-CORRECT += [BareQkvParameters, TokensMajorEinsum]
+CORRECT += [TokensMajorEinsum]
+MISTAKES.append((BareQkvParameters, "on their own"))
 MISTAKES.append((KeepsFirstOutput, "earlier call"))

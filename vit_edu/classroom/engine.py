@@ -110,6 +110,7 @@ class Exercise:
     # module kind: the package class (its public name, e.g. "vit_edu.Block") the cells after the check load the student's weights into by
     # name (load_state_dict, strict), built from the case's init: its state_dict keys are part of the contract
     loads_into: Optional[str] = None
+    loads_before_call: bool = False  # ... right after building it, before any call: a lazy layer has no shape yet
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)
     grad_view: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None  # what of a gradient is compared
@@ -484,8 +485,9 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
         if not isinstance(module, nn.Module):
             return rec
         target = module
+        lazy = [n for n, p in module.named_parameters() if nn.parameter.is_lazy(p)]  # no shape until a call
         with torch.no_grad():
-            if any(nn.parameter.is_lazy(p) for p in module.parameters()):
+            if lazy:
                 _call(module, args, rec)  # a dry run gives lazy layers (nn.LazyLinear) their shapes
                 if rec["error"] is not None:
                     return rec
@@ -503,7 +505,7 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
             params={n: p.detach().clone() for n, p in module.named_parameters()}, aliases=aliases,
             requires_grad={n: bool(p.requires_grad) for n, p in module.named_parameters()},
             submodules={n: type(m).__name__ for n, m in module.named_modules() if n},
-            state_keys=[str(k) for k in module.state_dict()])
+            state_keys=[str(k) for k in module.state_dict()], lazy=lazy)
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
     watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
     items = {n: list(a) for n, a in zip(names, args) if isinstance(a, list)}  # a list argument keeps its items

@@ -78,7 +78,7 @@ def _mlp_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
 
 MLP_EX = Exercise(
     name="mlp",
-    package=("vit_edu.block.Mlp",), loads_into="vit_edu.Mlp",
+    package=("vit_edu.block.Mlp",), loads_into="vit_edu.Mlp", loads_before_call=True,
     kind="module", call="MLP(dim, hidden_dim)", forward="forward(x)",
     cases=_mlp_cases, reference=_mlp_reference, accept=[_mlp_tanh], mutants=_mlp_mutants,
     shape_hint=_same_shape_hint,
@@ -86,7 +86,8 @@ MLP_EX = Exercise(
 
     ``self.fc1 = nn.Linear(dim, hidden_dim)``, GELU, ``self.fc2 = nn.Linear(hidden_dim, dim)`` (paper eq. 3).
     Both GELUs pass: the exact (erf) one of timm, torchvision and ``nn.GELU()``, and the tanh approximation
-    (``nn.GELU(approximate="tanh")``), which is what the paper's JAX code uses.
+    (``nn.GELU(approximate="tanh")``), which is what the paper's JAX code uses. Both layers get their sizes in
+    ``__init__`` (no lazy layer): the next cell loads the weights into ``vit_edu.Mlp`` before any call.
     """,
 )
 
@@ -320,7 +321,7 @@ def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
 
 ENCODER_BLOCK_EX = Exercise(
     name="encoder_block",
-    package=("vit_edu.block.Block",), loads_into="vit_edu.Block",
+    package=("vit_edu.block.Block",), loads_into="vit_edu.Block", loads_before_call=True,
     kind="module", call="EncoderBlock(dim, heads, mlp_dim)", forward="forward(x)",
     cases=_block_cases, reference=_block_reference, accept=[_block_tanh], mutants=_block_mutants,
     diagnose=_block_diagnose, probe_extra=_sub_outputs, shape_hint=_same_shape_hint,

@@ -544,8 +544,29 @@ def _mha_cases() -> List[Case]:
     return cases
 
 
+def _mha_extra(module: Any, case: Case, x: torch.Tensor) -> Dict[str, Any]:
+    """Custom probe step: built with heads= by name, and self.qkv and self.proj called on their own, as notebook 03's
+    later cells do (``msa.qkv(tokens)``)."""
+    out = _MHA_BY_NAME(module, case, x)
+    D = case.init[0]
+    for name, n_out in (("qkv", 3 * D), ("proj", D)):
+        try:
+            y = getattr(module, name)(x)
+        except Exception as e:  # noqa: BLE001 - recorded for the judge
+            out.setdefault("alone", f"self.{name}(x) raised {type(e).__name__}: {str(e)[:160]}")
+            continue
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (*x.shape[:-1], n_out):
+            got = f"a tensor of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+            out.setdefault("alone", f"self.{name}(x) returned {got}")
+    return out
+
+
 def _mha_reference(ctx: Ctx, x: torch.Tensor) -> torch.Tensor:
     check_built_by_name(ctx, "heads")  # notebook 03: MultiHeadAttention(64, heads=4)
+    if isinstance(ctx.extra.get("alone"), str):
+        raise ContractError(f"the cells after this check call self.qkv and self.proj on their own (notebook 03: "
+                            f"msa.qkv(tokens)), and {ctx.extra['alone']}: make each a layer, nn.Linear(dim, 3 * dim) "
+                            f"and nn.Linear(dim, dim)")
     D, H = ctx.init
     qkv, proj = mha_weights(ctx, D)
     return mha(x, qkv, proj, H)
@@ -557,6 +578,9 @@ def _mha_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
     return mha_mutants(x, qkv, proj, H)
 
 
+_MHA_BY_NAME = built_by_name("MultiHeadAttention(dim, heads)", "heads")
+
+
 def _same_shape_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], x: torch.Tensor) -> str:
     return f"the output has the input's shape [B, N, D] = {list(x.shape)}"
 
@@ -566,12 +590,13 @@ MULTI_HEAD_ATTENTION_EX = Exercise(
     package=("vit_edu.attention.Attention",), loads_into="vit_edu.Attention",
     kind="module", call="MultiHeadAttention(dim, heads)", forward="forward(x)",
     cases=_mha_cases, reference=_mha_reference, mutants=_mha_mutants, shape_hint=_same_shape_hint,
-    probe_extra=built_by_name("MultiHeadAttention(dim, heads)", "heads"),
+    probe_extra=_mha_extra,
     doc="""Check ``class MultiHeadAttention(nn.Module)``: ``__init__(self, dim, heads)``, forward [B, N, D] -> [B, N, D].
 
     Attributes: ``self.qkv = nn.Linear(dim, 3 * dim)`` whose output features are ordered (three h d)
     (q of head 0, q of head 1, ..., then k, then v), and ``self.proj = nn.Linear(dim, dim)``; a ValueError
-    when dim is not divisible by heads; ``heads`` keeps its name (``MultiHeadAttention(64, heads=4)`` works).
+    when dim is not divisible by heads; ``heads`` keeps its name (``MultiHeadAttention(64, heads=4)`` works);
+    ``self.qkv(x)`` and ``self.proj(x)`` work on their own (notebook 03 calls them).
     Every parameter gets random values; the output and the gradients are compared with ``vit_edu.Attention``'s
     formula.
     """,

@@ -620,7 +620,7 @@ def _bottleneck_cases() -> List[Case]:
 
 BOTTLENECK_EX = Exercise(
     name="bottleneck",
-    package=("vit_edu.hybrid.Bottleneck",), loads_into="vit_edu.hybrid.Bottleneck",
+    package=("vit_edu.hybrid.Bottleneck",), loads_into="vit_edu.hybrid.Bottleneck", loads_before_call=True,
     kind="module", call="Bottleneck(in_channels, out_channels, stride)", forward="forward(x)",
     cases=_bottleneck_cases, reference=_bottleneck_reference, accept=[_bottleneck_unbiased],
     mutants=_bottleneck_mutants, shape_hint=_bottleneck_hint, diagnose=_bottleneck_diagnose,

@@ -386,6 +386,12 @@ def _judge_other_inputs(ex: Exercise, ctx: Ctx, case: Case, third: Dict[str, Any
 def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str) -> None:
     """The names of the module's parameters and buffers are what the cells after the check load by."""
     where, _, name = ex.loads_into.rpartition(".")
+    lazy = [str(n) for n in _get(mod, "lazy", list, optional=True) or []]
+    if lazy and ex.loads_before_call:
+        raise _Fail(f"the values are right, but the cells after this check load your weights into {ex.loads_into} "
+                    f"right after building your module, before any call, and {lazy[0]} has no shape until the first "
+                    f"call (a lazy layer such as nn.LazyLinear or nn.LazyConv2d): give every layer its sizes from the "
+                    f"constructor's arguments\n  inputs: {label}")
     ref = getattr(importlib.import_module(where), name)(*case.init)
     want, got = set(ref.state_dict()), {str(k) for k in _get(mod, "state_keys", list)}
     if got != want:
