@@ -20,7 +20,7 @@ from einops import rearrange
 
 import vit_edu
 import vit_edu.hybrid
-from vit_edu.checks import CheckError, check_bottleneck, check_encoder_block, check_multi_head_attention
+from vit_edu.checks import CheckError, check_bottleneck, check_encoder_block, check_mlp, check_multi_head_attention
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -157,3 +157,39 @@ def test_every_right_answer_runs_the_cell_after_its_check(exercise, name, cell):
             except Exception as e:  # noqa: BLE001 - named with the answer
                 raise AssertionError(f"{getattr(answer, '__name__', answer)} passed check_{exercise}, then the "
                                      f"cell after it failed (seed {seed}): {type(e).__name__}: {e}") from e
+
+
+# ------------------------------------------------------------------ an earlier exercise's stub, a missing forward
+class _StubMLP(nn.Module):  # notebook 04's student copy before exercise 4.2 is done
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+
+class _BlockOverStub(_Block):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.mlp = _StubMLP(dim, mlp_dim)
+
+
+def test_a_finished_answer_over_an_earlier_stub_names_the_stub():
+    """The block is written; the MLP it builds is still the stub: the message names where the stub is instead of
+    telling the student to replace a raise their block does not hold."""
+    with pytest.raises(CheckError, match=r"not implemented yet: .*raised NotImplementedError in _StubMLP\.__init__, "
+                                         r"which your EncoderBlock calls: where that is an earlier exercise"):
+        check_encoder_block(_BlockOverStub)
+    with pytest.raises(CheckError, match=r"not implemented yet: .*Replace `raise NotImplementedError\(\)`"):
+        check_mlp(_StubMLP)  # the stub itself: the usual message
+
+
+def test_a_class_without_forward_is_told_so():
+    class Misspelt(nn.Module):
+        def __init__(self, dim, hidden):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+        def foward(self, x):  # nn.Module's placeholder forward raises NotImplementedError
+            return self.fc2(F.gelu(self.fc1(x)))
+    with pytest.raises(CheckError, match=r"missing the required \"forward\" function: define forward\(self, x\)"):
+        check_mlp(Misspelt)

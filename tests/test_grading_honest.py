@@ -8,7 +8,7 @@ progress bars and figures, long prints, imports, seeds, warnings, logging, a pau
 outside ASCII, extra methods, docstrings, ``from __future__``, ``if __name__ == "__main__":``, a debugger call
 left in; notebooks saved with CRLF line endings and tabs, sources as one string, stale error outputs, and by
 VS Code, Colab or JupyterLab 4 (cell ids missing or repeated). An ``input()`` left in an answer cell fails that
-cell at once, saying why.
+cell at once, saying why; a finished answer over an earlier exercise's stub is told where the stub is.
 """
 
 from __future__ import annotations
@@ -132,6 +132,14 @@ def _input_after(source: str) -> str:
     return source + "\nanswer = input('press enter')\n" if "patchify" not in _object(source) else source
 
 
+def _mlp_left_as_stub(source: str) -> str:
+    if _object(source) != "MLP":
+        return source
+    return ("class MLP(nn.Module):\n    def __init__(self, dim, hidden_dim):\n        super().__init__()\n"
+            "        # YOUR CODE HERE\n        raise NotImplementedError()\n\n    def forward(self, x):\n"
+            "        # YOUR CODE HERE\n        raise NotImplementedError()\n")
+
+
 # student -> (edit of each answer's source, edit of the saved notebook, notebooks)
 STUDENTS = {
     "ipython_syntax": (_ipython, None, NOTEBOOKS),
@@ -142,7 +150,9 @@ STUDENTS = {
     "lab4_ids_missing": (lambda s: s, _lab4("missing"), NOTEBOOKS[:1]),
     "lab4_ids_repeated": (lambda s: s, _lab4("repeated"), NOTEBOOKS[:1]),
     "input_left": (lambda s: _input_after(_input_before(s)), None, NOTEBOOKS[:1]),
+    "mlp_stub": (_mlp_left_as_stub, None, NOTEBOOKS[1:]),
 }
+PARTLY_DONE = ("input_left", "mlp_stub")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +172,7 @@ def graded(tmp_path_factory):
     return by
 
 
-@pytest.mark.parametrize("student", [s for s in STUDENTS if s != "input_left"])
+@pytest.mark.parametrize("student", [s for s in STUDENTS if s not in PARTLY_DONE])
 def test_right_answers_get_full_points_whatever_the_notebook_does_around_them(graded, student):
     rows = graded[student]
     assert len(rows) == {1: 2, 2: 5}[len(STUDENTS[student][2])], rows
@@ -193,3 +203,13 @@ def test_ipython_assignments_and_help_lines_are_skipped_where_a_statement_starts
     namespace: dict = {}
     exec(compile(_without_magics(cell), "<cell>", "exec"), namespace)
     assert (namespace["x"], namespace["y"], namespace["z"]) == (True, "?", "\nw = !ls\n")
+
+
+def test_a_finished_answer_over_an_earlier_stub_is_told_where_the_stub_is(graded):
+    """The block is written, the MLP it builds is still the stub: the block's row names the MLP's stub."""
+    rows = graded["mlp_stub"]
+    assert not rows["mlp"]["passed"] and "Replace `raise NotImplementedError()`" in rows["mlp"]["message"]
+    block = rows["encoder_block"]
+    assert not block["passed"] and not block["flags"]
+    assert "raised NotImplementedError in MLP.__init__, which your EncoderBlock calls" in block["message"], \
+        block["message"]

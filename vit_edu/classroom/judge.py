@@ -217,7 +217,15 @@ _CAUSES = [  # (pattern in a torch error message, what usually causes it)
 def _raised(ex: Exercise, what: str, err: Any, label: str, cause: Optional[str] = None) -> str:
     if not isinstance(err, dict):
         raise Malformed("error record")
+    if _not_implemented(err) and 'missing the required "forward" function' in str(err.get("message", "")):
+        return (f"{what} raised NotImplementedError: {err.get('message')}: define forward(self, x) inside the "
+                f"class (indented like __init__, spelt forward)\n  inputs: {label}")
     if _not_implemented(err):
+        where, entry = str(err.get("where") or ""), str(err.get("entry") or "")
+        if where and entry and where.split(".")[0] != entry.split(".")[0]:  # raised outside the answer's own code
+            return (f"not implemented yet: {what} raised NotImplementedError in {where}, which your {ex.title} "
+                    f"calls: where that is an earlier exercise, it is still the stub; solve it first (its own check "
+                    f"cell says what is missing), then run this check again.\n  inputs: {label}")
         return (f"not implemented yet: {what} raised NotImplementedError. Replace `raise NotImplementedError()` "
                 f"with your code.\n  inputs: {label}")
     msg = str(err.get("message", ""))
