@@ -6,7 +6,7 @@ student copies whose answer cells hold the teacher's answers (``notebooks/``, th
 own context), wrapped in what students do in Jupyter: IPython magics, shell escapes and help lines, displays,
 progress bars and figures, long prints, imports, seeds, warnings, logging, a pause, helpers, names and comments
 outside ASCII, extra methods, docstrings, ``from __future__``, ``if __name__ == "__main__":``, a debugger call
-left in; notebooks saved with CRLF line endings and tabs, sources as one string, stale error outputs, and by
+left in (these two in every notebook of the course); notebooks saved with CRLF line endings and tabs, sources as one string, stale error outputs, and by
 VS Code, Colab or JupyterLab 4 (cell ids missing or repeated). An ``input()`` left in an answer cell fails that
 cell at once, saying why; a finished answer over an earlier exercise's stub is told where the stub is.
 """
@@ -26,6 +26,11 @@ from vit_edu.classroom.child import _without_magics
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "assignments" / "student"
 NOTEBOOKS = ["01_patch_embedding.ipynb", "04_encoder_block.ipynb"]  # a function and classes, MLP used by the block
+EVERY = sorted(p.name for p in REFERENCE.glob("[0-9][0-9]_*.ipynb"))  # the whole course, for the usual habits
+
+
+def _exercises(names) -> int:
+    return sum(_is_answer(c) for name in names for c in nbformat.read(REFERENCE / name, as_version=4).cells)
 
 
 def _grade_id(cell) -> str:
@@ -142,9 +147,9 @@ def _mlp_left_as_stub(source: str) -> str:
 
 # student -> (edit of each answer's source, edit of the saved notebook, notebooks)
 STUDENTS = {
-    "ipython_syntax": (_ipython, None, NOTEBOOKS),
+    "ipython_syntax": (_ipython, None, EVERY),
     "outputs": (_outputs, None, NOTEBOOKS[:1]),
-    "habits": (_habits, None, NOTEBOOKS),
+    "habits": (_habits, None, EVERY),
     "crlf_tabs_vscode": (_crlf_tabs, _saved_oddly, NOTEBOOKS[:1]),
     "colab": (lambda s: s, _colab, NOTEBOOKS[:1]),
     "lab4_ids_missing": (lambda s: s, _lab4("missing"), NOTEBOOKS[:1]),
@@ -175,7 +180,7 @@ def graded(tmp_path_factory):
 @pytest.mark.parametrize("student", [s for s in STUDENTS if s not in PARTLY_DONE])
 def test_right_answers_get_full_points_whatever_the_notebook_does_around_them(graded, student):
     rows = graded[student]
-    assert len(rows) == {1: 2, 2: 5}[len(STUDENTS[student][2])], rows
+    assert len(rows) == _exercises(STUDENTS[student][2]), rows
     assert {ex: (r["points"], r["message"]) for ex, r in rows.items() if r["points"] != r["max_points"]} == {}
     assert {ex: r["flags"] for ex, r in rows.items() if r["flags"]} == {}
 
