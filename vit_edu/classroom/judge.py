@@ -225,7 +225,8 @@ def _raised(ex: Exercise, what: str, err: Any, label: str, cause: Optional[str] 
         if where and entry and where.split(".")[0] != entry.split(".")[0]:  # raised outside the answer's own code
             return (f"not implemented yet: {what} raised NotImplementedError in {where}, which your {ex.title} "
                     f"calls: where that is an earlier exercise, it is still the stub; solve it first (its own check "
-                    f"cell says what is missing), then run this check again.\n  inputs: {label}")
+                    f"cell says what is missing) or use the package's version in its place, then run this check "
+                    f"again.\n  inputs: {label}")
         return (f"not implemented yet: {what} raised NotImplementedError. Replace `raise NotImplementedError()` "
                 f"with your code.\n  inputs: {label}")
     msg = str(err.get("message", ""))
