@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .engine import SCALE_NAMES, Case, ContractError, Ctx, Exercise, Mutant, along_rows
-from .exercises_build import _cls_explain, _same_shape_hint, lin, linear, mha, mha_mutants, mha_weights
+from .exercises_build import (_cls_explain, _same_shape_hint, call_alone, lin, linear, mha, mha_mutants,
+                              mha_weights)
 
 
 # ----------------------------------------------------------------------------------------------- 6 MLP
@@ -259,18 +260,9 @@ def _sub_outputs(module: Any, case: Case, x: torch.Tensor) -> Dict[str, Any]:
     what each part does with the tokens (notebook 04 builds a post-norm block from them: self.attn(x) + x)."""
     out: Dict[str, Any] = {"parts": {}}
     for name in _PARTS:
-        sub = getattr(module, name, None)
-        if not callable(sub):
-            out["parts"][name] = "is missing or cannot be called"
-            continue
-        try:
-            y = sub(x)
-        except Exception as e:  # noqa: BLE001 - another calling convention: recorded, the block is judged as a whole
-            out["parts"][name] = f"raised {type(e).__name__}: {str(e)[:160]}"
-            continue
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-            got = f"a tensor of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
-            out["parts"][name] = f"returned {got}"
+        y, problem = call_alone(module, name, x, x.shape[-1])  # another calling convention: recorded, judged whole
+        if problem:
+            out["parts"][name] = problem
         elif name in ("attn", "mlp"):
             out[name] = y.detach().clone()
     return out
@@ -283,7 +275,7 @@ def _parts_message(ctx: Ctx, x: torch.Tensor) -> Optional[str]:
     for name in _PARTS:
         problem = parts.get(name)
         if isinstance(problem, str):
-            return (f"the block's output is right, but self.{name}(x) {problem}; the cells after this check call "
+            return (f"the block's output is right, but {problem}; the cells after this check call "
                     f"norm1, attn, norm2 and mlp on their own (a post-norm block made of your parts: "
                     f"norm1(x + attn(x))), so each takes the tokens [B, N, D] = {list(x.shape)} and returns a tensor "
                     f"of that shape (keep anything else, such as the attention weights, out of what forward returns)")

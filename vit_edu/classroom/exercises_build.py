@@ -544,21 +544,32 @@ def _mha_cases() -> List[Case]:
     return cases
 
 
+def call_alone(module: Any, name: str, x: torch.Tensor, n_out: int) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+    """``module.<name>(x)`` on its own, as a later notebook cell calls a part: (its output, None) when it maps x to
+    ``[..., n_out]``, else (None, what happened), for the judge to show."""
+    sub = getattr(module, name, None)
+    if not callable(sub):
+        return None, f"self.{name} is missing or cannot be called"
+    try:
+        y = sub(x)
+    except Exception as e:  # noqa: BLE001 - recorded for the judge
+        return None, f"self.{name}(x) raised {type(e).__name__}: {str(e)[:160]}"
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (*x.shape[:-1], n_out):
+        got = f"a tensor of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+        return None, f"self.{name}(x) returned {got}"
+    return y, None
+
+
+_MHA_BY_NAME = built_by_name("MultiHeadAttention(dim, heads)", "heads")
+
+
 def _mha_extra(module: Any, case: Case, x: torch.Tensor) -> Dict[str, Any]:
     """Custom probe step: built with heads= by name, and self.qkv and self.proj called on their own, as notebook 03's
     later cells do (``msa.qkv(tokens)``)."""
     out = _MHA_BY_NAME(module, case, x)
     D = case.init[0]
-    for name, n_out in (("qkv", 3 * D), ("proj", D)):
-        try:
-            y = getattr(module, name)(x)
-        except Exception as e:  # noqa: BLE001 - recorded for the judge
-            out.setdefault("alone", f"self.{name}(x) raised {type(e).__name__}: {str(e)[:160]}")
-            continue
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (*x.shape[:-1], n_out):
-            got = f"a tensor of shape {list(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
-            out.setdefault("alone", f"self.{name}(x) returned {got}")
-    return out
+    problems = [call_alone(module, name, x, n_out)[1] for name, n_out in (("qkv", 3 * D), ("proj", D))]
+    return {**out, "alone": next(p for p in problems if p)} if any(problems) else out
 
 
 def _mha_reference(ctx: Ctx, x: torch.Tensor) -> torch.Tensor:
@@ -576,9 +587,6 @@ def _mha_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
     D, H = ctx.init
     qkv, proj = mha_weights(ctx, D)
     return mha_mutants(x, qkv, proj, H)
-
-
-_MHA_BY_NAME = built_by_name("MultiHeadAttention(dim, heads)", "heads")
 
 
 def _same_shape_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], x: torch.Tensor) -> str:
