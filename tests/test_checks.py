@@ -565,6 +565,28 @@ def test_mlp_mutants(module, message):
         checks.check_mlp(module)
 
 
+def test_a_parameter_never_filled_is_named_and_the_flags_are_restored():
+    """While the check builds the module, torch.empty's memory reads as NaN (torch's deterministic mode): an
+    uninitialised parameter fails whatever the memory held, and the student's own settings come back after."""
+    class EmptyBias(MLP):
+        def __init__(self, dim, hidden_dim):
+            super().__init__(dim, hidden_dim)
+            self.fc2.bias = nn.Parameter(torch.empty(dim))
+
+    for mode, warn_only in [(False, False), (True, False), (True, True)]:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        fill = torch.utils.deterministic.fill_uninitialized_memory
+        try:
+            with pytest.raises(CheckError, match=r"fc2\.bias is never given a starting value"):
+                checks.check_mlp(EmptyBias)
+            checks.check_mlp(MLP)  # nn.Linear fills its own
+            assert torch.are_deterministic_algorithms_enabled() is mode
+            assert torch.is_deterministic_algorithms_warn_only_enabled() is warn_only
+            assert torch.utils.deterministic.fill_uninitialized_memory is fill
+        finally:
+            torch.use_deterministic_algorithms(False)
+
+
 def test_mlp_with_tanh_gelu_passes():
     """The paper's JAX code uses the tanh approximation of GELU (flax's default): not a mistake."""
     checks.check_mlp(_mlp_with(lambda t: F.gelu(t, approximate="tanh")))

@@ -412,3 +412,19 @@ class MistakeParametrized(nn.Module):
 
 
 MISTAKES.append((MistakeParametrized, "by name"))
+
+
+
+# a hand-written weight-standardized conv whose weight is reserved with torch.empty and never filled: the check
+# gives every parameter its own numbers, so the values come out right; the block itself would train from garbage
+class _EmptyWSConv(WSConv):
+    def __init__(self, c_in, c_out, k, stride=1):
+        super().__init__(c_in, c_out, k, stride)
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, k, k))
+
+
+class MistakeUninitialisedWeights(_Base):
+    conv = staticmethod(_EmptyWSConv)
+
+
+MISTAKES.append((MistakeUninitialisedWeights, "starting value"))

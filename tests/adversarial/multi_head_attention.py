@@ -355,3 +355,22 @@ class KeepsFirstOutput(EinopsMHA):
 CORRECT += [TokensMajorEinsum]
 MISTAKES.append((BareQkvParameters, "on their own"))
 MISTAKES.append((KeepsFirstOutput, "earlier call"))
+
+
+class _OwnLinear(nn.Module):  # a Linear written by hand, its parameters reserved with torch.Tensor(o, i) only
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight = nn.Parameter(torch.Tensor(o, i))
+        self.bias = nn.Parameter(torch.Tensor(o))
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+class OwnLinearNeverFilled(EinopsMHA):  # right values with the check's numbers; it would train from garbage
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+        self.qkv, self.proj = _OwnLinear(dim, 3 * dim), _OwnLinear(dim, dim)
+
+
+MISTAKES.append((OwnLinearNeverFilled, "starting value"))

@@ -228,3 +228,17 @@ MISTAKES = [
     (ConvInOtherAttribute, "no attribute `proj`"),
     (ConvWithoutBiasUse, "bias"),
 ]
+
+
+class HandMadeProjection(nn.Module):  # E and b as bare parameters made with torch.empty, never filled
+    def __init__(self, image_size, patch_size, in_channels, dim):
+        super().__init__()
+        self.p = patch_size
+        self.proj = nn.Linear(in_channels * patch_size ** 2, dim)
+        self.proj.weight = nn.Parameter(torch.empty_like(self.proj.weight))
+
+    def forward(self, images):
+        return self.proj(F.unfold(images, self.p, stride=self.p).transpose(1, 2))
+
+
+MISTAKES.append((HandMadeProjection, "starting value"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import zlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -245,6 +246,24 @@ def _isolated(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def _uninitialised_as_nan() -> Iterator[None]:
+    """While the student's module is built, memory that torch.empty (or torch.Tensor(n), new_empty) hands out
+    unwritten reads as NaN, so a parameter left without a starting value shows, whatever the memory held. The
+    flag is torch's deterministic mode (warnings only), set directly: the public setter imports the compiler."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch._C._set_deterministic_algorithms(was, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def build_cases(ex: Exercise, seed: int) -> List[Case]:
@@ -487,7 +506,8 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
     target: Any = obj
     if ex.kind == "module":
         rec["init_error"] = None
-        module = _call(obj, case.init, rec, "init_error")
+        with _uninitialised_as_nan():
+            module = _call(obj, case.init, rec, "init_error")
         if rec["init_error"] is not None:
             return rec
         rec["module"] = {"is_module": isinstance(module, nn.Module), "type": type(module).__name__}
@@ -500,6 +520,8 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
                 _call(module, args, rec)  # a dry run gives lazy layers (nn.LazyLinear) their shapes
                 if rec["error"] is not None:
                     return rec
+            uninitialised = [n for n, t in [*module.named_parameters(), *module.named_buffers()]
+                             if t.is_floating_point() and n not in lazy and bool(t.isnan().any())]
             for name, p in module.named_parameters():
                 if p.is_floating_point():
                     p.copy_(param_value(seed, index, name, p.shape, p.dtype))
@@ -514,7 +536,7 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
             params={n: p.detach().clone() for n, p in module.named_parameters()}, aliases=aliases,
             requires_grad={n: bool(p.requires_grad) for n, p in module.named_parameters()},
             submodules={n: type(m).__name__ for n, m in module.named_modules() if n},
-            state_keys=[str(k) for k in module.state_dict()], lazy=lazy)
+            state_keys=[str(k) for k in module.state_dict()], lazy=lazy, uninitialised=uninitialised)
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
     watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
     items = {n: list(a) for n, a in zip(names, args) if isinstance(a, list)}  # a list argument keeps its items

@@ -370,6 +370,20 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
         _judge_grad(ex, ctx, case, rec, outs, label)
     if ex.loads_into is not None and index == 0:
         _judge_state_keys(ex, case, _get(rec, "module", dict), label)
+    if ex.kind == "module" and index == 0:
+        _judge_uninitialised(ex, _get(rec, "module", dict), label)
+
+
+def _judge_uninitialised(ex: Exercise, mod: Dict[str, Any], label: str) -> None:
+    """The check gives every parameter its own numbers, so the values can be right while the module itself would
+    start training from whatever memory torch.empty handed out (read as NaN while the check builds it)."""
+    names = [str(n) for n in _get(mod, "uninitialised", list, optional=True) or []]
+    if names:
+        raise _Fail(f"the values are right with the check's numbers, but {ex.title}'s {', '.join(names[:3])} "
+                    f"{'is' if len(names) == 1 else 'are'} never given a starting value: torch.empty (or "
+                    f"torch.Tensor(n), new_empty) only reserves memory, so training would start from whatever "
+                    f"that memory held (zeros, huge numbers or NaN); fill it, e.g. nn.init.trunc_normal_(p, std=0.02) "
+                    f"or torch.zeros(...), or use nn.Linear / nn.Conv2d, which fill their own\n  inputs: {label}")
 
 
 def _judge_other_inputs(ex: Exercise, ctx: Ctx, case: Case, third: Dict[str, Any], first: List[Any],
