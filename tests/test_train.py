@@ -319,6 +319,91 @@ def test_a_time_budget_stop_resumes_to_the_uninterrupted_weights(tmp_path, monke
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+class _Signalled(Exception):
+    pass
+
+
+@pytest.fixture
+def sigint_as_on_a_terminal():
+    """Ctrl-C raises KeyboardInterrupt, also where the tests run as a background job (SIGINT ignored there)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _signal_at_steps(monkeypatch, signum: int, steps) -> None:
+    """The process sends itself ``signum`` inside the given steps (during gradient clipping): reproducible."""
+    import signal
+
+    real, calls = nn.utils.clip_grad_norm_, []
+
+    def clip(*args, **kwargs):
+        calls.append(1)
+        for _ in range(list(steps).count(len(calls))):
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", clip)
+    assert signal.getsignal(signum) is not signal.SIG_IGN
+
+
+@pytest.mark.usefixtures("sigint_as_on_a_terminal")
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_finishes_the_step_saves_where_it_stopped_and_resumes_exactly(tmp_path, monkeypatch, signame):
+    """Ctrl-C or kill during a step: the step finishes, last.pt records where the epoch stopped, the run then stops
+    as the signal would have stopped it (here: KeyboardInterrupt, or the SIGTERM handler in place), the handlers
+    are the same after as before, and resuming gives bitwise the weights of an uninterrupted run."""
+    import signal
+
+    signum = getattr(signal, signame)
+    kw = dict(model="vit_nano_patch4_32", epochs=2, batch_size=32, n_train=256, n_test=32, progress=False,
+              device="cpu", warmup_steps=1, model_overrides={"dropout": 0.1, "drop_path": 0.1}, augment=True, seed=1)
+    straight, _ = fit(TrainConfig(**kw, out_dir=str(tmp_path / "a")), log=quiet)
+
+    def raise_signalled(signum, frame):
+        raise _Signalled
+
+    before = signal.getsignal(signum)
+    if signum == signal.SIGTERM:
+        before = signal.signal(signal.SIGTERM, raise_signalled)
+    try:
+        handler = signal.getsignal(signum)
+        _signal_at_steps(monkeypatch, signum, [11])  # epoch 2, its third step
+        lines = []
+        with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else _Signalled):
+            fit(TrainConfig(**kw, out_dir=str(tmp_path / "b")), log=lines.append)
+        monkeypatch.undo()
+        assert signal.getsignal(signum) is handler
+        assert lines[-1] == (f"{signame} received: stopped after 1.38 epochs (saved to {tmp_path / 'b' / 'last.pt'}, "
+                             f"--resume continues from there)"), lines
+    finally:
+        signal.signal(signal.SIGTERM, before) if signum == signal.SIGTERM else None
+    last = tmp_path / "b" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == 1 and ckpt["extra"]["stopped_at"]["batches"] == 3
+    resumed, history = fit(TrainConfig(**kw, out_dir=str(tmp_path / "b")), resume=last, log=quiet)
+    assert history["epoch"][-1] == 2
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+@pytest.mark.usefixtures("sigint_as_on_a_terminal")
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch) -> None:
+    """Two Ctrl-C in one step: the second raises there, nothing more is saved (last.pt is the end of epoch 1)."""
+    import signal
+
+    kw = dict(model="vit_nano_patch4_32", epochs=2, batch_size=32, n_train=256, n_test=32, progress=False,
+              device="cpu", out_dir=str(tmp_path))
+    _signal_at_steps(monkeypatch, signal.SIGINT, [11, 11])
+    with pytest.raises(KeyboardInterrupt):
+        fit(TrainConfig(**kw), log=quiet)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["extra"]["stopped_at"] is None
+
+
 # ------------------------------------------------------------------------------------------ the command line
 CLI_NANO = ["--model", "vit_nano_patch4_32", "--n-train", "64", "--n-test", "32", "--batch-size", "32",
             "--time-budget", "0", "--no-progress", "--device", "cpu"]

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -137,9 +139,10 @@ def _too_high(scheduler: Any) -> str:
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: Any,
                     criterion: nn.Module, device: torch.device, grad_clip: float = 1.0,
                     deadline: Optional[float] = None, progress: Optional[bool] = None,
-                    desc: str = "train", skip_batches: int = 0, rng_after_skip: Optional[dict] = None
-                    ) -> Dict[str, Any]:
-    """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``.
+                    desc: str = "train", skip_batches: int = 0, rng_after_skip: Optional[dict] = None,
+                    stop_requested: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+    """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``
+    or ``stop_requested()`` says so (checked after each step, so a step is never cut in half).
 
     Returns the mean loss and accuracy, the ``batches`` trained and, when stopped, ``rng`` (the RNG states at
     that step, before anything else draws from them). ``skip_batches`` continues a stopped epoch: the loader's
@@ -177,9 +180,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         count += labels.numel()
         trained += 1
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if deadline is not None and any_process(time.monotonic() > deadline, device):
-            stopped, rng = True, rng_state()
-            break
+        if deadline is not None or stop_requested is not None:
+            late = deadline is not None and time.monotonic() > deadline
+            if any_process(late or (stop_requested is not None and stop_requested()), device):
+                stopped, rng = True, rng_state()
+                break
     bar.close()
     broken = [name for name, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
     if broken:  # a finite loss can still leave an infinite weight behind; never save or evaluate it
@@ -356,8 +361,55 @@ def _restore(run: Run, ckpt: dict, source: PathLike) -> None:
     set_rng_state(ckpt["rng"])
 
 
-def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool) -> None:
-    """The epochs of this run, each: train (until the deadline), evaluate when due, log, save last.pt."""
+class StopOnSignals:
+    """Ctrl-C (SIGINT) or ``kill`` (SIGTERM) while the epochs run: the step in progress finishes, the run saves
+    where it stopped, as at a time budget (``--resume`` then finishes that epoch exactly), and only then stops as
+    the signal would have stopped it (KeyboardInterrupt, the command line's own handler, or the default action).
+    A second signal stops at once. Handlers live in the main thread only: elsewhere nothing changes."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler) or handler == signal.SIG_DFL:  # one ignored (nohup) stays ignored
+                    self._previous[signum] = handler
+                    signal.signal(signum, self._receive)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def _receive(self, signum: int, frame: Any) -> None:
+        again, self.received = self.received is not None, signum
+        if again:
+            self.stop(frame)
+
+    def stop(self, frame: Any = None) -> None:
+        """Hand the signal received to the handler it would have met (which raises, or ends the process)."""
+        signum, handler = self.received, self._previous.get(self.received or 0, signal.default_int_handler)
+        self.__exit__()
+        if callable(handler):
+            handler(signum, frame)
+        elif signum is not None:  # the default action: the process ends as the signal would have ended it
+            os.kill(os.getpid(), signum)
+        raise KeyboardInterrupt
+
+
+def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool,
+                  signals: Optional[StopOnSignals] = None) -> None:
+    """The epochs of this run, each: train (until the deadline or a signal), evaluate when due, log, save
+    last.pt."""
     config = run.config
     deadline = start + config.time_budget_s if config.time_budget_s else None
     elapsed_before = run.history["elapsed_s"][-1] if run.history["elapsed_s"] else 0.0
@@ -375,7 +427,8 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
         stop_at = deadline - last_eval_s if deadline is not None else None  # leave time for the last evaluation
         tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.criterion, run.device,
                              config.grad_clip, stop_at, config.progress, desc=f"epoch {epoch + 1}/{config.epochs}",
-                             skip_batches=skip, rng_after_skip=after_skip)
+                             skip_batches=skip, rng_after_skip=after_skip,
+                             stop_requested=None if signals is None else signals.requested)
         train_s = time.monotonic() - t0
         budget_hit = tr["stopped"]
         stopped = budget_hit and skip + tr["batches"] < run.steps_per_epoch  # inside the epoch, not at its end
@@ -406,6 +459,11 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
                             extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes,
                                    "train_images": len(run.train_loader.dataset)},
                             rng=rng_before_eval if stopped or not due else None)
+        if signals is not None and signals.requested():
+            name = signal.Signals(signals.received).name if signals.received else "a signal"
+            saved = f"saved to {Path(config.out_dir) / 'last.pt'}, " if main and config.save_checkpoints else ""
+            say(f"{name} received: stopped after {done:.2f} epochs ({saved}--resume continues from there)")
+            signals.stop()
         if budget_hit:
             say(f"time budget of {config.time_budget_s:.0f} s reached: stopped after {done:.2f} epochs "
                 f"(--resume continues from there)")
@@ -494,7 +552,10 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
             say(about)
             if ckpt is not None and run.start_epoch >= config.epochs:
                 say(f"{resume} is a finished run: nothing left to train, exporting its weights")
-            _train_epochs(run, start, say, main)
+            with StopOnSignals() as signals:
+                _train_epochs(run, start, say, main, signals)
+                if signals.requested():  # it came during the last evaluation or save: the run is whole, it stops
+                    signals.stop()
             if main and export is not None:
                 _export(run, export, export_metadata)
                 say(f"exported weights to {export}")
