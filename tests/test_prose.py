@@ -207,6 +207,34 @@ def test_exercise_counts_in_the_docs_are_the_course() -> None:
         assert {int(p) for p in _all(r"(\d+) points of the checked exercises", name)} == {points}, name
 
 
+# How the README's list of the course's exercises names each one (in the course's order)
+README_EXERCISE_NAMES = {
+    "param_count": "a parameter count", "patchify": "patchify", "patch_embedding": "the patch embedding",
+    "cls_and_pos": "the class token", "sincos_2d": "2-D sin-cos", "attention": "attention",
+    "multi_head_attention": "multi-head attention", "layer_norm": "LayerNorm", "mlp": "the MLP",
+    "encoder_block": "the encoder block", "vit_forward": "the forward pass", "lr_schedule": "a learning-rate schedule",
+    "train_step": "a training step", "rollout": "rollout", "mean_attention_distance": "mean attention distance",
+    "pos_embed_similarity": "position-embedding similarity", "resize_pos_embed": "resizing",
+    "bottleneck": "the hybrid's bottleneck",
+}
+
+
+def test_the_readmes_list_of_exercises_is_the_course() -> None:
+    """'18 checked exercises (43 points, at least one in each of notebooks 00-09: a parameter count, patchify, ...)':
+    every exercise of the notebooks, in their order, and nothing else."""
+    from vit_edu.classroom.assignments import course_exercises
+
+    exercises = course_exercises(ROOT / "notebooks")
+    assert [ex.check for _, ex in exercises] == list(README_EXERCISE_NAMES), "a new exercise: name it in README.md"
+    notebooks = sorted({nb[:2] for nb, _ in exercises})
+    first, last = notebooks[0], notebooks[-1]
+    (listed,) = _all(rf"\d+ checked exercises \(\d+ points, at least one in each of notebooks {first}-{last}: "
+                     r"(.*?)\) state a contract", "README.md")
+    names = list(README_EXERCISE_NAMES.values())
+    names[-3:-1] = [f"{names[-3]} and {names[-2]}"]  # "position-embedding similarity and resizing"
+    assert " ".join(listed.split()) == ", ".join(names), listed
+
+
 def _stored_seconds(nb: dict) -> float:
     """Wall time of the notebook's stored run: first cell started to last cell done (nbclient's cell timings)."""
     from datetime import datetime
