@@ -72,11 +72,11 @@ def test_nested_folders_unicode_names_and_the_test_splits_class_indices(tmp_path
     """Images in sub-folders of a class belong to it; unicode class names work; a test split whose folders were
     made in another order, with a nested folder, gets the same index per class name as the train split."""
     root = tmp_path / "data"
-    for name in ("zèbre", "ábaco", "b"):
-        _save(root / "train" / name / "deep" / "er" / "0.png")
-        _save(root / "train" / name / "1.png")
-    for name in ("b", "zèbre", "ábaco"):  # created in another order
-        _save(root / "test" / name / "nested" / "0.png")
+    for k, name in enumerate(("zèbre", "ábaco", "b")):  # other pixels in every file: no copies across the splits
+        _save(root / "train" / name / "deep" / "er" / "0.png", seed=10 + k)
+        _save(root / "train" / name / "1.png", seed=20 + k)
+    for k, name in enumerate(("b", "zèbre", "ábaco")):  # created in another order
+        _save(root / "test" / name / "nested" / "0.png", seed=30 + k)
     config = TrainConfig(dataset="imagefolder", data_root=str(root), n_train=None, n_test=None)
     train, test, info = build_datasets(config)
     assert info["classes"] == sorted(["zèbre", "ábaco", "b"])
@@ -115,6 +115,23 @@ def test_a_test_split_that_holds_training_images_is_refused(tmp_path, shared):
     with pytest.raises(ValueError, match=r"imagefolder: [24] of the [34] test images are training images too \(e.g. "
                                          r".*test/a/0.png is the file .*train/a/0.png\)"):
         build_datasets(config)
+
+
+def test_a_test_split_that_holds_copies_of_training_images_is_refused(tmp_path):
+    """Byte-for-byte copies under other names (``cp -r``, a photo saved into both splits): refused, naming one copy
+    and its original; the same picture saved again in another format is another file and left alone."""
+    import shutil
+
+    root = _folder(tmp_path / "data", {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 2}})
+    config = TrainConfig(dataset="imagefolder", data_root=str(root), n_train=None, n_test=None)
+    build_datasets(config)  # apart
+    shutil.copyfile(root / "train" / "b" / "2.png", root / "test" / "b" / "holiday.png")
+    with pytest.raises(ValueError, match=r"imagefolder: 1 of the 5 test images are byte-for-byte copies of training "
+                                         r"images \(e.g. .*test/b/holiday.png = .*train/b/2.png\); .*remove the copies"):
+        build_datasets(config)
+    os.remove(root / "test" / "b" / "holiday.png")
+    _save(root / "test" / "b" / "holiday.bmp", seed=hash(("train", "b", 2)) % 1000)  # the same pixels as a BMP
+    build_datasets(config)
 
 
 def test_images_arrive_upright(tmp_path):

@@ -9,11 +9,14 @@ depth, sorted by path), with these exceptions:
   picture) are left out at every depth;
 * a file whose name is not an image's (``.gif``, ``.heic``, ``.txt``) is left out, and said on stderr;
 * a folder reached twice through a link (a link to its own parent, or to another class's folder) is refused: its
-  images would be read twice, some of them under the wrong class.
+  images would be read twice, some of them under the wrong class;
+* a test split that holds training images, as the same files (a link) or as byte-for-byte copies, is refused
+  (:func:`check_apart`): its accuracy would measure memory, not learning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -77,8 +80,9 @@ class ImageFolderDataset(Dataset):
     function: DataLoader workers started by "spawn" (the default on macOS and Windows) unpickle it by its name."""
 
     def __init__(self, root: str, classes: List[str], samples: List[Tuple[str, int]],
-                 transform: Optional[Callable] = None) -> None:
+                 transform: Optional[Callable] = None, digests: Optional[List[str]] = None) -> None:
         self.root, self.classes, self.samples, self.transform = root, list(classes), samples, transform
+        self.digests = digests  # a hash of each file's bytes (check_apart), when it was read up front
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.targets = [target for _, target in samples]
 
@@ -124,26 +128,46 @@ def imagefolder_dataset(split: str, root: Path, transform: Optional[Callable] = 
     if len(classes) < 2:  # one class: every prediction is right and training reports "100 %"
         raise ValueError(f"imagefolder: {folder} has {len(classes)} class folder {classes}; expected at "
                          f"least two classes, {folder}/<class name>/*.jpg|png")
+    digests = []
     for path, _ in samples:  # decode every image now: a corrupt file fails here, named, not mid-epoch
         load_image_checked(path)
-    return ImageFolderDataset(str(folder), classes, samples, transform)
+        digests.append(file_digest(path))
+    return ImageFolderDataset(str(folder), classes, samples, transform, digests)
+
+
+def file_digest(path: str) -> str:
+    """A hash of the file's bytes: two files with the same one hold the same image, whatever their names."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_apart(train, test) -> None:
-    """Refuse a test split that holds files of the train split (test/ a link to train/, a class folder linked into
-    both): its accuracy would be measured on images the model was trained on. ``train``, ``test``: the datasets of
-    :func:`imagefolder_dataset`, or Subsets of them."""
-    def files(ds) -> Dict[str, str]:
+    """Refuse a test split that holds images of the train split: the same files (test/ a link to train/, a class
+    folder linked into both) or byte-for-byte copies (``cp -r train test``, a photo saved into both): its accuracy
+    would be measured on images the model was trained on. ``train``, ``test``: the datasets of
+    :func:`imagefolder_dataset`, or Subsets of them (all the folder's images count)."""
+    def files(ds) -> Dict[str, Tuple[str, str]]:  # real path -> (path as listed, digest of its bytes)
         while not hasattr(ds, "samples") and hasattr(ds, "dataset"):
             ds = ds.dataset
-        return {os.path.realpath(path): path for path, _ in ds.samples}
+        digests = getattr(ds, "digests", None) or [file_digest(path) for path, _ in ds.samples]
+        return {os.path.realpath(path): (path, digest) for (path, _), digest in zip(ds.samples, digests)}
 
     train_files, test_files = files(train), files(test)
     shared = sorted(set(train_files) & set(test_files))
     if shared:
         raise ValueError(f"imagefolder: {len(shared)} of the {len(test_files)} test images are training images too "
-                         f"(e.g. {test_files[shared[0]]} is the file {train_files[shared[0]]}); expected test images "
-                         f"the model never trains on, or its test accuracy measures memory, not learning")
+                         f"(e.g. {test_files[shared[0]][0]} is the file {train_files[shared[0]][0]}); expected test "
+                         f"images the model never trains on, or its test accuracy measures memory, not learning")
+    by_digest = {digest: path for path, digest in train_files.values()}
+    copies = sorted((path, by_digest[digest]) for path, digest in test_files.values() if digest in by_digest)
+    if copies:
+        raise ValueError(f"imagefolder: {len(copies)} of the {len(test_files)} test images are byte-for-byte copies "
+                         f"of training images (e.g. {copies[0][0]} = {copies[0][1]}); expected test images the model "
+                         f"never trains on, or its test accuracy measures memory, not learning: remove the copies "
+                         f"from one of the two splits")
 
 
 def _to_rgb8(image):
