@@ -3,8 +3,9 @@
 * :func:`probe` runs the student's function or class on the exercise's cases and records plain
   observations (tensors, numbers, strings): the output, its dtype and device, the inputs after the call
   (in-place edits), a second eval-mode call (dropout left on), a call on other inputs of the same shapes (a
-  result kept from the first call), one backward pass (input and parameter gradients by name). It never
-  decides anything, so it can run in the student's process.
+  result kept from the first call), one backward pass (input and parameter gradients by name), the parameters
+  a module leaves unwritten (memory from torch.empty reads as NaN while the probe runs). It never decides
+  anything, so it can run in the student's process.
 * :func:`vit_edu.classroom.judge.judge` (:mod:`.judge`) rebuilds the same cases from the seed, computes the
   reference itself and compares. It never calls student code and treats the observations as untrusted data
   (a string where a tensor should be is a failure, not a crash). When the answer is wrong it computes the
@@ -250,9 +251,10 @@ def _isolated(seed: int) -> Iterator[None]:
 
 @contextmanager
 def _uninitialised_as_nan() -> Iterator[None]:
-    """While the student's module is built, memory that torch.empty (or torch.Tensor(n), new_empty) hands out
-    unwritten reads as NaN, so a parameter left without a starting value shows, whatever the memory held. The
-    flag is torch's deterministic mode (warnings only), set directly: the public setter imports the compiler."""
+    """While the student's code runs, memory that torch.empty (or torch.Tensor(n), new_empty) hands out unwritten
+    reads as NaN, so a parameter left without a starting value, or a part of an output never written, shows the
+    same way every time, whatever the memory held. The flag is torch's deterministic mode (warnings only), set
+    directly: the public setter imports the compiler."""
     was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
     torch._C._set_deterministic_algorithms(True, warn_only=True)
@@ -384,7 +386,7 @@ def probe(ex: Exercise, obj: Any, seed: int = 0) -> Dict[str, Any]:
     dtype = torch.get_default_dtype()  # the checks run with torch's defaults, whatever the session changed
     try:
         torch.set_default_dtype(torch.float32)
-        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"), _uninitialised_as_nan():
             for index, case in enumerate(build_cases(ex, seed)):
                 obs["cases"].append(_probe_case(ex, obj, case, index, seed))
     finally:
@@ -506,8 +508,7 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
     target: Any = obj
     if ex.kind == "module":
         rec["init_error"] = None
-        with _uninitialised_as_nan():
-            module = _call(obj, case.init, rec, "init_error")
+        module = _call(obj, case.init, rec, "init_error")
         if rec["init_error"] is not None:
             return rec
         rec["module"] = {"is_module": isinstance(module, nn.Module), "type": type(module).__name__}

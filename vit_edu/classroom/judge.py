@@ -54,14 +54,6 @@ def _tensor_dict(d: Any, what: str) -> Dict[str, Optional[torch.Tensor]]:
     return d
 
 
-def shape_str(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return str(list(x.shape))
-    if isinstance(x, (list, tuple)):
-        return f"{type(x).__name__} of {len(x)}"
-    return type(x).__name__
-
-
 def default_label(ex: Exercise, case: Case) -> str:
     if case.label:
         return case.label
@@ -570,7 +562,11 @@ def _compare_outputs(ex: Exercise, ctx: Ctx, case: Case, outs: List[Any], expect
             if o.value.is_complex() and not e.is_complex():
                 raise _Fail(f"the {what} is complex ({o.dtype}); it should be {str(e.dtype)[6:]}\n  inputs: {label}")
             if not torch.isfinite(o.value.double()).all() and torch.isfinite(e.double()).all():
-                raise _Fail(f"the {what} contains NaN or inf values{_f64_note(e)}\n  inputs: {label}")
+                at = [int(i) for i in (~torch.isfinite(o.value.double())).nonzero()[0]]
+                raise _Fail(f"the {what} contains NaN or inf values (e.g. at {at}): a division by zero, the log or "
+                            f"square root of a number <= 0, or a part of a tensor made with torch.empty(...) that "
+                            f"is never written (the check reads unwritten memory as NaN){_f64_note(e)}"
+                            f"\n  inputs: {label}")
         name = matching(k)
         if name is not None:
             raise _Fail(f"wrong {what}: {name}\n  inputs: {label}")
