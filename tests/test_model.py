@@ -9,6 +9,7 @@ or a parameter count written out by hand.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -217,6 +218,17 @@ def test_patchify_order_and_unpatchify() -> None:
     torch.testing.assert_close(vit_edu.unpatchify(p, 4, (2, 3), channels=3), x, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("args, message", [
+    ((torch.randn(2, 6, 48), 4, (8, 12)), r"a 8x12 grid of 4x4 patches with 3 channels is \[B, 96, 48\], got "
+                                          r"\[2, 6, 48\] \(grid_size is in patches, not pixels\)"),
+    ((torch.randn(2, 6, 48), 4, (2, 3), 1), r"with 1 channels is \[B, 6, 16\], got \[2, 6, 48\]"),
+    ((torch.randn(6, 48), 4, (2, 3)), r"expects a 3-D tensor \[B, N, P\*P\*C\], got \(6, 48\)"),
+])
+def test_unpatchify_names_what_does_not_fit(args, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        vit_edu.unpatchify(*args)
+
+
 # ---------------------------------------------------------------------------------------------- attention
 
 
@@ -232,6 +244,16 @@ def test_explicit_attention_matches_pytorch() -> None:
     assert weights.shape == (2, 4, 7, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7), rtol=1e-6, atol=1e-6)
     assert (weights >= 0).all()
+
+
+@pytest.mark.parametrize("shapes", [((2, 7, 8), (2, 7, 6), (2, 7, 8)), ((2, 7, 8), (2, 7, 8), (2, 5, 8))])
+def test_attention_names_shapes_that_do_not_fit(shapes) -> None:
+    """q and k of different d, or k and v of different token counts: one error with the three shapes (torch's own
+    names batch1/batch2 of a bmm the learner never wrote)."""
+    q, k, v = (torch.randn(s) for s in shapes)
+    with pytest.raises(ValueError, match=re.escape(f"got q {shapes[0]}, k {shapes[1]}, v {shapes[2]}")):
+        attention_with_weights(q, k, v)
+    assert attention_with_weights(torch.randn(2, 7, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 3))[0].shape == (2, 7, 3)
 
 
 def test_old_attention_name_warns_once_and_still_works(monkeypatch) -> None:

@@ -33,6 +33,12 @@ def attention_with_weights(
     The 1/sqrt(d) keeps the logits' variance at 1 when q and k have unit-variance entries; without it
     the softmax saturates to one-hot rows and its gradients vanish.
     """
+    if not all(isinstance(t, torch.Tensor) and t.ndim >= 2 for t in (q, k, v)):
+        got = ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (q, k, v))
+        raise ValueError(f"attention expects q, k, v as tensors [..., N, d], got {got}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention expects q [..., N, d], k [..., M, d] and v [..., M, d_v]: q and k with the same "
+                         f"d, k and v with the same M; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = (q * scale) @ k.transpose(-2, -1)  # [..., N, N]
     attn = logits.softmax(dim=-1)  # each row (one query) sums to 1 over the keys

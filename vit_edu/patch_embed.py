@@ -90,7 +90,15 @@ def unpatchify(patches: torch.Tensor, patch_size: Union[int, Tuple[int, int]], g
                channels: int = 3) -> torch.Tensor:
     """Inverse of :func:`patchify`: [B, N, P*P*C] -> [B, C, H, W]."""
     p1, p2 = to_2tuple(patch_size, "patch_size")
-    return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=grid_size[0], w=grid_size[1], p1=p1, p2=p2, c=channels)
+    gh, gw = to_2tuple(grid_size, "grid_size")
+    if not isinstance(patches, torch.Tensor) or patches.ndim != 3:
+        shape = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
+        raise ValueError(f"unpatchify expects a 3-D tensor [B, N, P*P*C], got {shape}")
+    want = (gh * gw, p1 * p2 * channels)
+    if tuple(patches.shape[1:]) != want:
+        raise ValueError(f"unpatchify: a {gh}x{gw} grid of {p1}x{p2} patches with {channels} channels is "
+                         f"[B, {want[0]}, {want[1]}], got {list(patches.shape)} (grid_size is in patches, not pixels)")
+    return rearrange(patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=gh, w=gw, p1=p1, p2=p2, c=channels)
 
 
 class PatchEmbedBase(nn.Module):
