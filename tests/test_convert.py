@@ -167,6 +167,43 @@ def test_pretrained_keeps_weights_with_overrides(perturb, monkeypatch) -> None:
         assert_same_logits(model(x), source(x))
 
 
+@pytest.mark.parametrize("network", ["none", "none behind a proxy", "up"])
+def test_pretrained_weights_without_network_come_from_the_cache_or_fail_at_once(monkeypatch, network) -> None:
+    """No network (the hub's name cannot be resolved, no proxy): timm looks in Hugging Face's local cache only
+    (offline mode, restored after), and a miss is one error at once saying so, not a minute of retries."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from vit_edu import models
+
+    def resolve(host, *args, **kwargs):
+        if network != "up":
+            raise socket.gaierror(-2, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 443))]
+
+    seen = []
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not found in the cache")
+
+    for variable in models.PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if network == "none behind a proxy":
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    before = constants.HF_HUB_OFFLINE
+    with pytest.raises(RuntimeError) as err:
+        vit_edu.timm_pretrained("vit_tiny_patch16_224")
+    offline = network == "none"
+    assert seen == [before or offline] and constants.HF_HUB_OFFLINE == before
+    assert ("there is no network (huggingface.co cannot be resolved) and they are not in the local cache" in
+            str(err.value)) is offline, err.value
+    assert "vit_edu.load_state_dict_file(path, 'vit_tiny_patch16_224')" in str(err.value)
+
+
 def test_create_model_pretrained_loads_timms_weights_as_they_are(perturb, monkeypatch) -> None:
     """create_model(name, pretrained=True): the preset, with timm's state_dict loaded unchanged (same names)."""
     source = small_timm(perturb)  # the vit_nano_patch4_32 architecture; stands in for the download

@@ -11,7 +11,11 @@ name is timm's, and so are our parameter names.
 from __future__ import annotations
 
 import difflib
-from typing import Dict
+import os
+import socket
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional
+from urllib.parse import urlparse
 
 from torch import nn
 
@@ -113,20 +117,57 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
     return model
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unresolvable_hub() -> Optional[str]:
+    """The Hugging Face Hub's host name when it cannot even be resolved (no network) and no proxy would resolve it
+    for us, else None. Then every download would fail, after a minute of retries."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    if not host or any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError:
+        return host
+    return None
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Hugging Face's offline mode (HF_HUB_OFFLINE) for a while: downloads come from its local cache only."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def download_timm_model(name: str, **timm_kwargs) -> nn.Module:
-    """``timm.create_model(name, pretrained=True, **timm_kwargs)``, or one error that says what to do offline."""
+    """``timm.create_model(name, pretrained=True, **timm_kwargs)``, or one error that says what to do offline.
+    Without network the weights come from the local download cache or the error comes at once (not after
+    Hugging Face's minute of retries)."""
     try:
         import timm  # only for pretrained weights: importing vit_edu does not need it
     except ImportError as e:  # pragma: no cover - timm is in requirements.txt
         raise ImportError("pretrained weights come through timm: pip install timm") from e
+    host = unresolvable_hub()
     try:
-        return timm.create_model(name, pretrained=True, **timm_kwargs)
+        with _hub_offline(host is not None):
+            return timm.create_model(name, pretrained=True, **timm_kwargs)
     except Exception as e:
         if not timm.is_model(name):  # no download can help: say so, not "save it on a machine with internet"
             raise ValueError(f"timm has no model {name!r}, so there are no pretrained weights to load; vit_edu's "
                              f"course presets are trained here, e.g. python -m vit_edu train --model {name}") from None
+        why = (f"there is no network ({host} cannot be resolved) and they are not in the local cache of earlier "
+               f"downloads" if host is not None else f"{type(e).__name__}: {e}")
         raise RuntimeError(
-            f"could not download timm's pretrained weights for {name!r} ({type(e).__name__}: {e}). "
+            f"could not download timm's pretrained weights for {name!r} ({why}). "
             "Without internet: on a machine with internet save "
             f"timm.create_model({name!r}, pretrained=True).state_dict() with torch.save, copy the file here "
             f"and use vit_edu.load_state_dict_file(path, {name!r})"
