@@ -459,8 +459,10 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
                             extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes,
                                    "train_images": len(run.train_loader.dataset)},
                             rng=rng_before_eval if stopped or not due else None)
-        if signals is not None and signals.requested():
-            name = signal.Signals(signals.received).name if signals.received else "a signal"
+        # all processes stop at the same step; one without a signal of its own stops too (without a time budget,
+        # only another process's signal stops an epoch early)
+        if signals is not None and (signals.requested() or (budget_hit and not config.time_budget_s)):
+            name = signal.Signals(signals.received).name if signals.received else "a signal to another process"
             saved = f"saved to {Path(config.out_dir) / 'last.pt'}, " if main and config.save_checkpoints else ""
             say(f"{name} received: stopped after {done:.2f} epochs ({saved}--resume continues from there)")
             signals.stop()
