@@ -40,6 +40,23 @@ torch.save(model.state_dict(), f"{{sys.argv[1]}}/rank{{dist.get_rank()}}_of_{{di
 # a time budget that runs out: every rank must stop at the same step (else DDP hangs)
 _, budget_history = fit(TrainConfig(**{{**cfg.to_dict(), "epochs": 5, "time_budget_s": 1e-3}}))
 print(f"budget run stopped after {{budget_history['epoch'][-1]:.2f}} epochs on rank {{dist.get_rank()}}")
+# SIGTERM to rank 1 alone, in its third step: both ranks stop at that step (no hang), rank 0 saves where it stopped
+import os, signal
+from torch import nn
+clip, steps = nn.utils.clip_grad_norm_, []
+def clip_and_signal(*args, **kwargs):
+    steps.append(1)
+    if dist.get_rank() == 1 and len(steps) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return clip(*args, **kwargs)
+def raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+nn.utils.clip_grad_norm_ = clip_and_signal
+signal.signal(signal.SIGTERM, raise_interrupt)
+try:
+    fit(TrainConfig(**{{**cfg.to_dict(), "epochs": 5, "save_checkpoints": True}}), force=True)
+except KeyboardInterrupt:
+    print(f"signal run stopped on rank {{dist.get_rank()}}")
 cleanup_distributed(wait=True)
 """
 
@@ -96,6 +113,10 @@ def test_two_process_ddp_equals_one_process_on_the_whole_batch(tmp_path: Path) -
     assert res.stdout.count("final") == 0 and res.stdout.count("epoch  1.00/1") == 1
     for rank in range(WORLD):  # the budget run ended (no hang) inside its first epoch on both ranks
         assert f"budget run stopped after 0.25 epochs on rank {rank}" in res.stdout, res.stdout
+        assert f"signal run stopped on rank {rank}" in res.stdout, res.stdout  # rank 0 without a signal of its own
+    assert "a signal to another process received: stopped after 0.75 epochs" in res.stdout, res.stdout
+    stopped = torch.load(tmp_path / "last.pt", weights_only=True)["extra"]["stopped_at"]
+    assert stopped["batches"] == 3, stopped
 
     ranks = [torch.load(tmp_path / f"rank{r}_of_{WORLD}.pt", weights_only=True) for r in range(WORLD)]
     expected = reference_weights()

@@ -142,15 +142,16 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     desc: str = "train", skip_batches: int = 0, rng_after_skip: Optional[dict] = None,
                     stop_requested: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
     """One pass over ``loader``; stops early (``stopped=True``) when ``time.monotonic()`` passes ``deadline``
-    or ``stop_requested()`` says so (checked after each step, so a step is never cut in half).
+    or ``stop_requested()`` says so (checked after each step, so a step is never cut in half), on any process.
 
-    Returns the mean loss and accuracy, the ``batches`` trained and, when stopped, ``rng`` (the RNG states at
+    Returns the mean loss and accuracy, the ``batches`` trained, ``signalled`` (``stop_requested`` stopped it) and,
+    when stopped, ``rng`` (the RNG states at
     that step, before anything else draws from them). ``skip_batches`` continues a stopped epoch: the loader's
     first batches are drawn (so the loader's own random draws repeat) but not trained on, then the RNG states
     become ``rng_after_skip``, the ones recorded where the epoch stopped.
     """
     model.train()
-    loss_sum, correct, count, stopped, trained, rng = 0.0, 0.0, 0.0, False, 0, None
+    loss_sum, correct, count, stopped, signalled, trained, rng = 0.0, 0.0, 0.0, False, False, 0, None
     batches = iter(loader)
     for _ in range(skip_batches):
         next(batches)
@@ -180,10 +181,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         count += labels.numel()
         trained += 1
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if deadline is not None or stop_requested is not None:
+        if deadline is not None or stop_requested is not None:  # every process stops at the same step, or DDP hangs
             late = deadline is not None and time.monotonic() > deadline
-            if any_process(late or (stop_requested is not None and stop_requested()), device):
-                stopped, rng = True, rng_state()
+            asked = stop_requested is not None and stop_requested()
+            late, asked = (total > 0 for total in all_reduce_sum([float(late), float(asked)], device))
+            if late or asked:
+                stopped, signalled, rng = True, asked, rng_state()
                 break
     bar.close()
     broken = [name for name, p in unwrap(model).named_parameters() if not bool(torch.isfinite(p).all())]
@@ -193,7 +196,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                                f"Nothing of this epoch was saved")
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
     return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1), "images": count, "stopped": stopped,
-            "batches": trained, "rng": rng}
+            "signalled": signalled, "batches": trained, "rng": rng}
 
 
 @torch.no_grad()  # no autograd graph: evaluation needs no gradients, and recording them costs time and memory
@@ -397,11 +400,14 @@ class StopOnSignals:
 
     def stop(self, frame: Any = None) -> None:
         """Hand the signal received to the handler it would have met (which raises, or ends the process)."""
-        signum, handler = self.received, self._previous.get(self.received or 0, signal.default_int_handler)
+        signum = self.received
+        handler = self._previous.get(signum) if signum is not None else None
         self.__exit__()
+        if signum is None:  # the signal went to another process of the run: this one stops as after Ctrl-C
+            raise KeyboardInterrupt
         if callable(handler):
             handler(signum, frame)
-        elif signum is not None:  # the default action: the process ends as the signal would have ended it
+        else:  # the default action: the process ends as the signal would have ended it
             os.kill(os.getpid(), signum)
         raise KeyboardInterrupt
 
@@ -459,9 +465,8 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
                             extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes,
                                    "train_images": len(run.train_loader.dataset)},
                             rng=rng_before_eval if stopped or not due else None)
-        # all processes stop at the same step; one without a signal of its own stops too (without a time budget,
-        # only another process's signal stops an epoch early)
-        if signals is not None and (signals.requested() or (budget_hit and not config.time_budget_s)):
+        # a signal to any process stops them all (one without a signal of its own too), at the same step
+        if signals is not None and (tr["signalled"] or any_process(signals.requested(), run.device)):
             name = signal.Signals(signals.received).name if signals.received else "a signal to another process"
             saved = f"saved to {Path(config.out_dir) / 'last.pt'}, " if main and config.save_checkpoints else ""
             say(f"{name} received: stopped after {done:.2f} epochs ({saved}--resume continues from there)")
@@ -556,8 +561,8 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
                 say(f"{resume} is a finished run: nothing left to train, exporting its weights")
             with StopOnSignals() as signals:
                 _train_epochs(run, start, say, main, signals)
-                if signals.requested():  # it came during the last evaluation or save: the run is whole, it stops
-                    signals.stop()
+                if any_process(signals.requested(), device):  # during the last evaluation or save: the run is
+                    signals.stop()                                  # whole, it stops
             if main and export is not None:
                 _export(run, export, export_metadata)
                 say(f"exported weights to {export}")
