@@ -208,3 +208,21 @@ class BiasesNeverFilled(ModuleGELU):  # right values with the check's numbers; t
 
 
 MISTAKES.append((BiasesNeverFilled, "starting value"))
+
+
+class ShrinksWeightsInForward(ModuleGELU):  # a hand-made "weight decay" inside forward: every call changes fc1
+    def forward(self, x):
+        with torch.no_grad():
+            self.fc1.weight.mul_(0.99)
+        return super().forward(x)
+
+
+class NudgesBiasAfterUse(ModuleGELU):  # the first answer is right; the weights it leaves behind are not
+    def forward(self, x):
+        out = super().forward(x)
+        self.fc2.bias.data += 0.01
+        return out
+
+
+MISTAKES += [(ShrinksWeightsInForward, "changes the module's own parameter"),
+             (NudgesBiasAfterUse, "changes the module's own parameter")]

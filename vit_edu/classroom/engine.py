@@ -566,6 +566,10 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
                         third: Dict[str, Any] = {"error": None}
                         value = _call(target, other, third)
                         rec["output3"] = third if third["error"] is not None else {"output": record_value(value)}
+        if ex.kind == "module" and rec["error"] is None:  # the calls left the weights as they were?
+            before = rec["module"]["params"]
+            rec["module"]["changed_by_forward"] = [n for n, p in target.named_parameters()
+                                                   if n in before and not torch.equal(p.detach(), before[n])]
         if case.grad and rec["error"] is None:
             rec["grad"] = _backward(ex, target, leaves, out, seed, index)
     rec["guard"] = dict(guarded or {})

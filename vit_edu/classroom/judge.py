@@ -320,6 +320,13 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
             raise _Fail(f"your code changed its input `{name}` in place (e.g. `+=`, `x[...] = ...` or an `_` "
                         f"method); compute a new tensor instead\n  inputs: {label}")
 
+    if ex.kind == "module":
+        moved = [str(n) for n in _get(_get(rec, "module", dict), "changed_by_forward", list, optional=True) or []]
+        if moved:
+            raise _Fail(f"{ex.title}.forward changes the module's own parameter {moved[0]} (an in-place .mul_, "
+                        f".add_ or .copy_ on it, or .data = ...): a forward pass only reads the weights, the "
+                        f"optimizer alone changes them, so every call gives another answer\n  inputs: {label}")
+
     got = parse_record(_get(rec, "output", dict))
     # a second eval-mode call gives the same answer
     if "output2" in rec:
