@@ -200,3 +200,16 @@ def contiguous_then_view(q, k, v):
 
 CORRECT.append(contiguous_then_view)
 MISTAKES.append((flattened_with_view, "not contiguous"))
+
+
+_CALLS = []
+
+
+def temperature_from_a_counter(q, k, v):
+    # the scale depends on how often it was called (a counter left from debugging): no two calls agree
+    _CALLS.append(1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) / len(_CALLS) ** 0.01
+    return scores.softmax(dim=-1) @ v
+
+
+MISTAKES.append((temperature_from_a_counter, "kept from one call to the next"))

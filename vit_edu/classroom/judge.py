@@ -336,7 +336,8 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
             mode = " in eval mode" if ex.kind == "module" else ""
             raise _Fail(f"two calls on the same input give different answers{mode}: dropout or other randomness is "
                         f"still active (nn.Dropout follows model.eval(), but F.dropout(x, p) needs "
-                        f"training=self.training)\n  inputs: {label}")
+                        f"training=self.training), or the answer depends on something kept from one call to the "
+                        f"next (a counter, a cache, a list that grows)\n  inputs: {label}")
 
     if ex.python_float and numpy_number(rec["output"]):
         raise _Fail(f"{ex.title} should return a Python float, got a {numpy_number(rec['output'])}: float(x) or "
