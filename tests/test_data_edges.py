@@ -134,6 +134,23 @@ def test_a_test_split_that_holds_copies_of_training_images_is_refused(tmp_path):
     build_datasets(config)
 
 
+def test_a_copy_of_an_image_in_another_class_is_said(tmp_path, capsys):
+    """The same bytes in two class folders: learned with both labels. Said on stderr (one line, one example);
+    a copy inside its own class is only a duplicate, and nothing is said."""
+    import shutil
+
+    root = _folder(tmp_path / "data")
+    shutil.copyfile(root / "train" / "a" / "0.png", root / "train" / "a" / "again.png")
+    get_dataset("imagefolder", "train", root=root)
+    assert "byte-for-byte" not in capsys.readouterr().err
+    shutil.copyfile(root / "train" / "a" / "0.png", root / "train" / "b" / "mislabelled.png")
+    ds = get_dataset("imagefolder", "train", root=root)
+    assert len(ds) == 6
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"imagefolder: 1 image(s) under {root / 'train'} are byte-for-byte copies of images in another "
+                   f"class's folder (e.g. b/mislabelled.png = a/0.png): each copy carries another label"], err
+
+
 def test_images_arrive_upright(tmp_path):
     """A phone's portrait (pixels stored on their side, EXIF orientation 6) arrives as a viewer shows it."""
     stored = np.zeros((4, 8, 3), dtype=np.uint8)  # 8 wide, 4 high; the left half white

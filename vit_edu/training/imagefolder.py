@@ -132,6 +132,17 @@ def imagefolder_dataset(split: str, root: Path, transform: Optional[Callable] = 
     for path, _ in samples:  # decode every image now: a corrupt file fails here, named, not mid-epoch
         load_image_checked(path)
         digests.append(file_digest(path))
+    first: Dict[str, Tuple[str, int]] = {}
+    relabelled = []  # a copy of an image in another class's folder: it is learned (or scored) with both labels
+    for (path, target), digest in zip(samples, digests):
+        seen = first.setdefault(digest, (path, target))
+        if seen[1] != target:
+            relabelled.append((path, seen[0]))
+    if relabelled:
+        path, other = relabelled[0]
+        print(f"imagefolder: {len(relabelled)} image(s) under {folder} are byte-for-byte copies of images in another "
+              f"class's folder (e.g. {os.path.relpath(path, folder)} = {os.path.relpath(other, folder)}): each "
+              f"copy carries another label", file=sys.stderr)
     return ImageFolderDataset(str(folder), classes, samples, transform, digests)
 
 
