@@ -226,3 +226,16 @@ class NudgesBiasAfterUse(ModuleGELU):  # the first answer is right; the weights 
 
 MISTAKES += [(ShrinksWeightsInForward, "changes the module's own parameter"),
              (NudgesBiasAfterUse, "changes the module's own parameter")]
+
+
+class ReusesAnOutputBuffer(ModuleGELU):  # right values on every call, but each call writes into the last answer
+    def forward(self, x):
+        y = super().forward(x)
+        if getattr(self, "out", None) is None or self.out.shape != y.shape or self.out.dtype != y.dtype:
+            self.out = torch.empty_like(y)
+        with torch.no_grad():
+            self.out.copy_(y)
+        return self.out
+
+
+MISTAKES.append((ReusesAnOutputBuffer, "changes when it is called again"))

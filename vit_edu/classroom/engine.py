@@ -332,6 +332,21 @@ def record_value(v: Any, depth: int = 0) -> Dict[str, Any]:
     return {"kind": "other", "type": type(v).__name__, "repr": text}
 
 
+def _overwritten(value: Any, rec: Dict[str, Any]) -> bool:
+    """Whether a tensor the student's code returned changed after it was recorded, by the later calls (a buffer
+    kept on self and handed out by every call: the caller's earlier result changes under it)."""
+    if isinstance(value, (tuple, list)) and rec.get("kind") in ("tuple", "list"):
+        return any(_overwritten(v, r) for v, r in zip(value, rec["items"]))
+    if not isinstance(value, torch.Tensor) or rec.get("kind") != "tensor" or rec.get("value") is None:
+        return False
+    now = value.detach().cpu()
+    if now.shape != rec["value"].shape or now.dtype != rec["value"].dtype:
+        return True
+    if now.is_floating_point() or now.is_complex():
+        return not bool(torch.allclose(now, rec["value"], rtol=0, atol=0, equal_nan=True))
+    return not torch.equal(now, rec["value"])
+
+
 def _leaves(args: Sequence[Any], names: Sequence[str]) -> List[Tuple[str, torch.Tensor]]:
     """The tensors among the arguments, with names: "x", "attentions[2]", "model.pos_embed"."""
     out: List[Tuple[str, torch.Tensor]] = []
@@ -566,6 +581,7 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
                         third: Dict[str, Any] = {"error": None}
                         value = _call(target, other, third)
                         rec["output3"] = third if third["error"] is not None else {"output": record_value(value)}
+                rec["first_overwritten"] = _overwritten(out, rec["output"])
         if ex.kind == "module" and rec["error"] is None:  # the calls left the weights as they were?
             before = rec["module"]["params"]
             rec["module"]["changed_by_forward"] = [n for n, p in target.named_parameters()

@@ -338,6 +338,11 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
                         f"still active (nn.Dropout follows model.eval(), but F.dropout(x, p) needs "
                         f"training=self.training), or the answer depends on something kept from one call to the "
                         f"next (a counter, a cache, a list that grows)\n  inputs: {label}")
+    if rec.get("first_overwritten") is True:
+        raise _Fail(f"the tensor your code returned changes when it is called again (a buffer kept on self or "
+                    f"outside and written into, e.g. self.out.copy_(...) or out[...] = ..., then returned): a "
+                    f"caller's earlier result would change under it; return a new tensor on every call"
+                    f"\n  inputs: {label}")
 
     if ex.python_float and numpy_number(rec["output"]):
         raise _Fail(f"{ex.title} should return a Python float, got a {numpy_number(rec['output'])}: float(x) or "
