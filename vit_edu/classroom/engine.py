@@ -3,8 +3,9 @@
 * :func:`probe` runs the student's function or class on the exercise's cases and records plain
   observations (tensors, numbers, strings): the output, its dtype and device, the inputs after the call
   (in-place edits), a second eval-mode call (dropout left on), a call on other inputs of the same shapes (a
-  result kept from the first call), one backward pass (input and parameter gradients by name), the parameters
-  a module leaves unwritten (memory from torch.empty reads as NaN while the probe runs). It never decides
+  result kept from the first call), whether the first answer changed under those calls (a reused buffer) and
+  the module's weights with it, one backward pass (input and parameter gradients by name), the parameters a
+  module leaves unwritten (memory from torch.empty reads as NaN while the probe runs). It never decides
   anything, so it can run in the student's process.
 * :func:`vit_edu.classroom.judge.judge` (:mod:`.judge`) rebuilds the same cases from the seed, computes the
   reference itself and compares. It never calls student code and treats the observations as untrusted data
@@ -332,6 +333,20 @@ def record_value(v: Any, depth: int = 0) -> Dict[str, Any]:
     return {"kind": "other", "type": type(v).__name__, "repr": text}
 
 
+def identical(a: Any, b: Any) -> bool:
+    """The same values to the bit (NaN where NaN was), shape and dtype; lists item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype):
+            return False
+        if a.is_floating_point() or a.is_complex():
+            return bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+        return torch.equal(a, b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def _overwritten(value: Any, rec: Dict[str, Any]) -> bool:
     """Whether a tensor the student's code returned changed after it was recorded, by the later calls (a buffer
     kept on self and handed out by every call: the caller's earlier result changes under it)."""
@@ -339,12 +354,7 @@ def _overwritten(value: Any, rec: Dict[str, Any]) -> bool:
         return any(_overwritten(v, r) for v, r in zip(value, rec["items"]))
     if not isinstance(value, torch.Tensor) or rec.get("kind") != "tensor" or rec.get("value") is None:
         return False
-    now = value.detach().cpu()
-    if now.shape != rec["value"].shape or now.dtype != rec["value"].dtype:
-        return True
-    if now.is_floating_point() or now.is_complex():
-        return not bool(torch.allclose(now, rec["value"], rtol=0, atol=0, equal_nan=True))
-    return not torch.equal(now, rec["value"])
+    return not identical(value.detach().cpu(), rec["value"])
 
 
 def _leaves(args: Sequence[Any], names: Sequence[str]) -> List[Tuple[str, torch.Tensor]]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .engine import (FORMAT, Case, CheckError, ContractError, Ctx, Exercise, Verdict, _grad_leaves, _leaves,
-                     build_cases, other_inputs, param_value, probe, upstream)
+                     build_cases, identical, other_inputs, param_value, probe, upstream)
 
 
 # ------------------------------------------------------------------------------------------------- judge
@@ -154,19 +154,6 @@ def _describe(v: Any) -> str:
     if isinstance(v, _Other):
         return "None" if v.type == "NoneType" else f"{v.type}"
     return f"{type(v).__name__} {v!r}"
-
-
-def _identical(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and a.dtype == b.dtype):
-            return False
-        if a.is_floating_point() or a.is_complex():
-            return bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))  # NaN where NaN was: the same
-        return torch.equal(a, b)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
 
 
 def _as_tuple(value: Any, n: int) -> Tuple[Any, ...]:
@@ -331,7 +318,7 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
     # a second eval-mode call gives the same answer
     if "output2" in rec:
         again = parse_record(_get(rec, "output2", dict))
-        same = _identical(_unwrap(got), _unwrap(again))
+        same = identical(_unwrap(got), _unwrap(again))
         if not same:
             mode = " in eval mode" if ex.kind == "module" else ""
             raise _Fail(f"two calls on the same input give different answers{mode}: dropout or other randomness is "
@@ -405,7 +392,7 @@ def _judge_other_inputs(ex: Exercise, ctx: Ctx, case: Case, third: Dict[str, Any
     want = _reference(ex, ctx, other, label, ctx.meta.get("accepted", ex.reference))
     if all(_same(_unwrap(g), w, ex.rtol, ex.atol) for g, w in zip(got, want)):
         return
-    kept = all(_identical(_unwrap(g), _unwrap(f)) for g, f in zip(got, first))
+    kept = all(identical(_unwrap(g), _unwrap(f)) for g, f in zip(got, first))
     raise _Fail(f"{again} gave {'the very answer of the first call' if kept else 'a wrong answer'}: something is "
                 f"kept from an earlier call (a cache keyed by the shapes, a tensor stored on self in forward); "
                 f"compute each answer from its own call's inputs\n  inputs: {label}")

@@ -412,8 +412,7 @@ class StopOnSignals:
         raise KeyboardInterrupt
 
 
-def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool,
-                  signals: Optional[StopOnSignals] = None) -> None:
+def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool, signals: StopOnSignals) -> None:
     """The epochs of this run, each: train (until the deadline or a signal), evaluate when due, log, save
     last.pt."""
     config = run.config
@@ -434,7 +433,7 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
         tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scheduler, run.criterion, run.device,
                              config.grad_clip, stop_at, config.progress, desc=f"epoch {epoch + 1}/{config.epochs}",
                              skip_batches=skip, rng_after_skip=after_skip,
-                             stop_requested=None if signals is None else signals.requested)
+                             stop_requested=signals.requested)
         train_s = time.monotonic() - t0
         budget_hit = tr["stopped"]
         stopped = budget_hit and skip + tr["batches"] < run.steps_per_epoch  # inside the epoch, not at its end
@@ -466,7 +465,7 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
                                    "train_images": len(run.train_loader.dataset)},
                             rng=rng_before_eval if stopped or not due else None)
         # a signal to any process stops them all (one without a signal of its own too), at the same step
-        if signals is not None and (tr["signalled"] or any_process(signals.requested(), run.device)):
+        if tr["signalled"] or any_process(signals.requested(), run.device):
             name = signal.Signals(signals.received).name if signals.received else "a signal to another process"
             saved = f"saved to {Path(config.out_dir) / 'last.pt'}, " if main and config.save_checkpoints else ""
             say(f"{name} received: stopped after {done:.2f} epochs ({saved}--resume continues from there)")
@@ -561,8 +560,9 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
                 say(f"{resume} is a finished run: nothing left to train, exporting its weights")
             with StopOnSignals() as signals:
                 _train_epochs(run, start, say, main, signals)
-                if any_process(signals.requested(), device):  # during the last evaluation or save: the run is
-                    signals.stop()                                  # whole, it stops
+                # a signal during the last evaluation or save: the run is whole, and it stops as asked
+                if any_process(signals.requested(), device):
+                    signals.stop()
             if main and export is not None:
                 _export(run, export, export_metadata)
                 say(f"exported weights to {export}")
