@@ -374,3 +374,20 @@ class OwnLinearNeverFilled(EinopsMHA):  # right values with the check's numbers;
 
 
 MISTAKES.append((OwnLinearNeverFilled, "starting value"))
+
+
+class ValueErrorOnlyInForward(nn.Module):  # builds MultiHeadAttention(10, 3); the contract refuses it in __init__
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        if x.shape[-1] % self.heads:
+            raise ValueError(f"dim={x.shape[-1]} is not divisible by heads={self.heads}")
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        return self.proj(rearrange(_softmax_attention(q, k, v), "b h n d -> b n (h d)"))
+
+
+MISTAKES.append((ValueErrorOnlyInForward, "in __init__"))

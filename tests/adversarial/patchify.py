@@ -185,3 +185,32 @@ MISTAKES = [
     (forgets_return, "forget to return"),
     (hard_coded_patch_4, "patch_size=3"),
 ]
+
+
+_INDEX_BY_IMAGE_SIZE = {}
+
+
+def index_cached_by_image_size(images, patch_size):  # the gather index kept per (H, W): forgets C and P
+    B, C, H, W = images.shape
+    if (H, W) not in _INDEX_BY_IMAGE_SIZE:
+        ids = torch.arange(C * H * W).reshape(1, C, H, W)
+        _INDEX_BY_IMAGE_SIZE[(H, W)] = rearrange(ids, "1 c (h p1) (w p2) -> (h w p1 p2 c)", p1=patch_size,
+                                                 p2=patch_size)
+    N = (H // patch_size) * (W // patch_size)
+    return images.reshape(B, -1)[:, _INDEX_BY_IMAGE_SIZE[(H, W)]].reshape(B, N, -1)
+
+
+_INDEX_BY_SHAPE = {}
+
+
+def index_cached_without_patch_size(images, patch_size):  # kept per (C, H, W): forgets P
+    B, C, H, W = images.shape
+    if (C, H, W) not in _INDEX_BY_SHAPE:
+        ids = torch.arange(C * H * W).reshape(1, C, H, W)
+        _INDEX_BY_SHAPE[(C, H, W)] = rearrange(ids, "1 c (h p1) (w p2) -> (h w p1 p2 c)", p1=patch_size,
+                                               p2=patch_size)
+    N = (H // patch_size) * (W // patch_size)
+    return images.reshape(B, -1)[:, _INDEX_BY_SHAPE[(C, H, W)]].reshape(B, N, -1)
+
+
+MISTAKES += [(index_cached_by_image_size, "kept from one call"), (index_cached_without_patch_size, "kept from one call")]

@@ -40,8 +40,8 @@ def correct_manual_gather(model, images, labels, optimizer):
     return value
 
 
-def correct_zero_after_step(model, images, labels, optimizer):
-    # zeroing at the end instead of the start: the next call starts from clean gradients too
+def zero_after_step(model, images, labels, optimizer):
+    # zeroing at the end instead of the start: right only for a model that arrives without gradients
     model.train()
     loss = F.cross_entropy(model(images), labels, reduction="sum") / labels.shape[0]
     loss.backward()
@@ -61,8 +61,7 @@ def correct_closure(model, images, labels, optimizer):
     return optimizer.step(closure).item()
 
 
-CORRECT = [correct_module_loss, correct_nll_of_log_softmax, correct_manual_gather, correct_zero_after_step,
-           correct_closure]
+CORRECT = [correct_module_loss, correct_nll_of_log_softmax, correct_manual_gather, correct_closure]
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
@@ -292,3 +291,32 @@ def correct_model_zero_grad_summed_loss(model, images, labels, optimizer):
 
 
 CORRECT.append(correct_model_zero_grad_summed_loss)
+
+
+def correct_accuracy_from_a_second_pass(model, images, labels, optimizer):
+    # an accuracy from another forward pass in training mode, before the loss's: its dropout masks come first
+    model.train()
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == labels).float().mean()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    assert 0 <= accuracy <= 1
+    return loss.item()
+
+
+def loss_from_a_second_pass_without_graph(model, images, labels, optimizer):
+    # backward through one pass, the returned loss from another (other dropout masks)
+    model.train()
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    with torch.no_grad():
+        shown = F.cross_entropy(model(images), labels)
+    optimizer.step()
+    return shown.item()
+
+
+CORRECT.append(correct_accuracy_from_a_second_pass)
+MISTAKES += [(zero_after_step, "after the step"), (loss_from_a_second_pass_without_graph, "2 times")]

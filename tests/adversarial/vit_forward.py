@@ -245,3 +245,25 @@ def switches_to_training(model, images):
 CORRECT.append(one_image_at_a_time)
 MISTAKES += [(first_patch_token, "x[:, 1]"), (norm_before_the_blocks_too, "before the blocks"),
              (switches_to_training, "dropout")]
+
+
+def final_norm_with_default_eps(model, images):  # F.layer_norm's eps is 1e-5; model.norm's is 1e-6
+    x = model.patch_embed(images)
+    x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], 1) + model.pos_embed
+    for blk in model.blocks:
+        x = blk(x)
+    return model.head(F.layer_norm(x[:, 0], x.shape[-1:], model.norm.weight, model.norm.bias))
+
+
+def final_norm_with_its_own_eps(model, images):  # right: the norm written out with model.norm.eps
+    x = model.patch_embed(images)
+    x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], 1) + model.pos_embed
+    for blk in model.blocks:
+        x = blk(x)
+    c = x[:, 0]
+    c = (c - c.mean(-1, keepdim=True)) / torch.sqrt(c.var(-1, unbiased=False, keepdim=True) + model.norm.eps)
+    return model.head(c * model.norm.weight + model.norm.bias)
+
+
+CORRECT.append(final_norm_with_its_own_eps)
+MISTAKES.append((final_norm_with_default_eps, "eps=1e-5"))

@@ -366,6 +366,15 @@ def _vit_cases() -> List[Case]:
         label = (f"ViT(image_size={c.image_size}, patch_size={c.patch_size}, dim={c.dim}, depth={c.depth}, "
                  f"heads={c.heads}, num_classes={c.num_classes}), images {list(images.shape)}")
         cases.append(Case((model, images), label=label, grad=k == len(_VIT_CONFIGS) - 1))
+    # a faint residual stream (embeddings and every block's output x 1e-3): the final norm's eps (1e-6) matters,
+    # so a LayerNorm written again with another eps shows
+    model, images = _vit_model(_VIT_CONFIGS[0][0]), torch.randn(cases[0].args[1].shape)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("patch_embed.", "cls_token", "pos_embed")) or ".proj." in name or ".fc2." in name:
+                p.mul_(1e-3)
+    cases.append(Case((model, images), label=cases[0].label + "; embeddings and block outputs x 1e-3 (faint "
+                      "tokens: the final norm's eps matters)"))
     return cases
 
 
@@ -444,6 +453,8 @@ def _vit_run(model: Any, images: torch.Tensor, cls: str = "front", pos: str = "a
         x = x + p
     if norm in (True, "also_first"):
         x = model.norm(x)
+    elif isinstance(norm, float):  # the final norm written again with another eps
+        x = F.layer_norm(x, x.shape[-1:], model.norm.weight, model.norm.bias, norm)
     pooled = {"cls": x[:, 0], "last": x[:, -1], "mean": x.mean(1), "mean_patches": x[:, 1:].mean(1),
               "first_patch": x[:, 1]}[pool]
     return model.head(pooled)
@@ -468,6 +479,8 @@ def _vit_mutants(ctx: Ctx, model: Any, images: torch.Tensor) -> List[Mutant]:
         ("pos_embed[:, :N] was added to the patch tokens: the position embedding has N+1 rows, row 0 for the class "
          "token; concatenate first, then add the whole model.pos_embed", run(pos="first")),
         ("the final LayerNorm model.norm is missing (paper eq. 4: y = LN(z_L^0))", run(norm=False)),
+        ("the final LayerNorm is written again with eps=1e-5 (PyTorch's default); model.norm has eps=1e-6: "
+         "call model.norm(x)", run(norm=1e-5)),
         ("model.norm is applied after every block; it is the final norm, once after the last block (each block "
          "has its own norms inside)", run(norm="each")),
         ("the position embedding is added after the blocks; it goes in before them: z_0 = [cls; tokens] + "

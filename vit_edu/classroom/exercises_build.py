@@ -123,6 +123,13 @@ def _patchify_cases() -> List[Case]:
     cases = [Case((torch.randn(B, C, H, W), P)) for B, C, H, W, P in shapes]
     cases.append(Case((torch.randn(2, 2, 6, 4, dtype=torch.float64), 2)))  # the dtype follows the input
     cases.append(Case((torch.randn(2, 3, 4, 8), 2), grad=True))
+    # earlier image sizes again with another patch size or channel count: a result kept from an earlier call
+    # (an index table cached by the image size alone) shows
+    again = "; the image size of an earlier case with another {}: is something kept from one call to the next?"
+    cases.append(Case((torch.randn(1, 3, 8, 8), 2), label="images [1, 3, 8, 8], patch_size=2" + again.format(
+        "patch size")))
+    cases.append(Case((torch.randn(2, 1, 8, 12), 4), label="images [2, 1, 8, 12], patch_size=4" + again.format(
+        "channel count")))
     return cases
 
 
@@ -363,17 +370,20 @@ CLS_AND_POS_EX = Exercise(
 # ------------------------------------------------------------------------------------------ 4 attention
 def _attention_cases() -> List[Case]:
     def case(B: int, H: int, N: int, d: int, dtype: torch.dtype = torch.float32, grad: bool = False,
-             split: bool = False) -> Case:
+             split: bool = False, scale: float = 1.0) -> Case:
         # split: q, k, v as a multi-head attention makes them, [B, N, H, d] with the heads moved forward (a
         # transposed view, not contiguous in memory: .view(B * H, N, d) fails on it, .reshape works)
         make = (lambda: torch.randn(B, N, H, d, dtype=dtype).transpose(1, 2)) if split else \
             (lambda: torch.randn(B, H, N, d, dtype=dtype))
-        return Case(tuple(make() for _ in range(3)), grad=grad,
+        q, k, v = (make() for _ in range(3))
+        return Case((q * scale, k * scale, v), grad=grad,
                     label=f"q, k, v each {[B, H, N, d]} ([B, heads, N, d])" + ("" if dtype == torch.float32
                                                                                  else f" {str(dtype)[6:]}")
-                    + (", heads split from the features (not contiguous in memory)" if split else ""))
+                    + (", heads split from the features (not contiguous in memory)" if split else "")
+                    + (f", q and k times {scale:g}: scores far above 100, whose exp() overflows float32"
+                       if scale != 1 else ""))
     return [case(2, 4, 6, 8), case(1, 1, 5, 16), case(3, 2, 7, 4), case(2, 3, 4, 32, split=True),
-            case(2, 2, 3, 5, torch.float64), case(2, 2, 5, 3, grad=True)]
+            case(2, 2, 3, 5, torch.float64), case(2, 2, 5, 3, grad=True), case(2, 2, 6, 4, scale=30.0)]
 
 
 def _attention_reference(ctx: Ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, ...]:

@@ -118,7 +118,11 @@ def _mad_mutants(ctx: Ctx, attn: torch.Tensor, grid_size: Tuple[int, int], patch
          lambda: mad(attn, grid_size, patch_size, reduce_over=(0, 2)) * attn.shape[0] * (attn.shape[-1] - 1)),
     ] + ([(f"the distances are those of an earlier call on this grid with patch_size={ctx.meta['earlier_patch_size']}: "
            f"a distance table kept across calls (a cache keyed by grid_size alone) must depend on patch_size too",
-           lambda: mad(attn, grid_size, ctx.meta["earlier_patch_size"]))] if "earlier_patch_size" in ctx.meta else [])
+           lambda: mad(attn, grid_size, ctx.meta["earlier_patch_size"]))] if "earlier_patch_size" in ctx.meta else []) \
+        + ([(f"the distances are those of an earlier call on the {ctx.meta['earlier_grid'][0]} x "
+             f"{ctx.meta['earlier_grid'][1]} grid, which has as many patches: a distance table kept across calls "
+             f"must be keyed by the grid's height and width, not by the number of tokens",
+             lambda: mad(attn, ctx.meta["earlier_grid"], patch_size))] if "earlier_grid" in ctx.meta else [])
 
 
 def _mad_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], attn: torch.Tensor, grid_size: Any, patch_size: Any
@@ -151,6 +155,8 @@ def _mad_cases() -> List[Case]:
         Case((attn(2, 1, 5, 3, boost=2.0), (5, 3), 5)),  # one head
         # the first case's grid with another patch size: a distance table kept from it (keyed by the grid) shows
         Case((attn(3, 4, 3, 4), (3, 4), 2), meta={"earlier_patch_size": 4}),
+        # as many patches as the first case's 3 x 4 grid, laid out 2 x 6: a table keyed by the token count shows
+        Case((attn(2, 2, 2, 6), (2, 6), 4), meta={"earlier_grid": (3, 4)}),
         Case((attn(2, 2, 2, 3, torch.float64), (2, 3), 4)),  # the dtype follows the input
         Case((attn(2, 2, 3, 3), (3, 3), 4), grad=True),
     ]

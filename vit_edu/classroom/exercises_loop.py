@@ -10,7 +10,7 @@ gets, so it brings its own probing and judging halves (``Exercise.probe_case`` /
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -183,6 +183,10 @@ def _train_cases() -> List[Case]:
                                       heads=2, mlp_dim=64, dropout=0.2))
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 24), torch.nn.GELU(),
                               torch.nn.Dropout(0.3), torch.nn.Linear(24, 3))
+    stale = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 24), torch.nn.GELU(),
+                                torch.nn.Dropout(0.3), torch.nn.Linear(24, 3))
+    for p in stale.parameters():  # what an earlier cell's loss.backward() leaves: this batch's step must not use it
+        p.grad = torch.randn_like(p)
     return [
         Case((vit, torch.randn(6, 3, 16, 16), torch.randint(0, 5, (6,)),
               torch.optim.SGD(vit.parameters(), lr=0.1, momentum=0.9)),
@@ -192,6 +196,9 @@ def _train_cases() -> List[Case]:
               torch.optim.SGD(mlp.parameters(), lr=0.2, weight_decay=0.01)),
              label="an MLP with dropout 0.3 (in eval mode), images [4, 2, 6, 6], labels [4] of 3 classes, "
                    "SGD(lr=0.2, weight_decay=0.01), two calls"),
+        Case((stale, torch.randn(4, 2, 6, 6), torch.randint(0, 3, (4,)), torch.optim.SGD(stale.parameters(), lr=0.2)),
+             label="the same MLP arriving with gradients left from an earlier backward pass (in eval mode), "
+                   "images [4, 2, 6, 6], labels [4] of 3 classes, SGD(lr=0.2), two calls"),
     ]
 
 
@@ -205,8 +212,11 @@ def _train_probe(obj: Any, case: Case, index: int, seed: int) -> Dict[str, Any]:
     before = (images.clone(), labels.clone())
     steps: List[Dict[str, Any]] = []
     events: List[str] = []  # what the student's step did, in order (for the message only: the verdict is replayed)
+    train_forwards: List[bool] = []  # the model's calls in training mode, in order: with a graph or not
 
     def on_forward(module: Any, inputs: Any, output: Any) -> None:
+        if module.training:  # each draws dropout masks: True for the one with a graph
+            train_forwards.append(isinstance(output, torch.Tensor) and output.requires_grad)
         if isinstance(output, torch.Tensor) and output.requires_grad:
             events.append("forward")
             output.register_hook(lambda grad: events.append("backward"))
@@ -237,6 +247,7 @@ def _train_probe(obj: Any, case: Case, index: int, seed: int) -> Dict[str, Any]:
             rec: Dict[str, Any] = {"error": None}
             torch.manual_seed(_step_seed(seed, index, step))
             events.clear()
+            train_forwards.clear()
             try:
                 with torch.enable_grad(), Calls():
                     out = obj(model, images, labels, optimizer)
@@ -245,6 +256,7 @@ def _train_probe(obj: Any, case: Case, index: int, seed: int) -> Dict[str, Any]:
                 steps.append(rec)
                 break
             rec["events"] = list(events[:20])
+            rec["train_forwards"] = list(train_forwards[:20])
             _record_step(rec, out, model)
             steps.append(rec)
     finally:
@@ -286,16 +298,22 @@ def _unchanged_message(events: Any) -> str:
             "then has no gradient to use); call it once, after loss.backward()")
 
 
-def _replay(case: Case, seed: int, index: int, *, zero_grad: bool = True, step: bool = True, train: bool = True,
-            loss: str = "ce", clip: Optional[float] = None, after: bool = False) -> Dict[str, Any]:
-    """The two steps on the judge's own copy of the case, with switchable mistakes; the defaults are right."""
+def _replay(case: Case, seed: int, index: int, *, zero_grad: Any = True, step: bool = True, train: bool = True,
+            loss: str = "ce", clip: Optional[float] = None, after: bool = False, extra: Sequence[int] = ()
+            ) -> Dict[str, Any]:
+    """The two steps on the judge's own copy of the case, with switchable mistakes; the defaults are right.
+    ``extra[k]``: forwards in training mode before step k's own (each draws its dropout masks: an accuracy
+    computed on another pass, right, but the masks of the loss's pass are then drawn later)."""
     model, images, labels, optimizer = case.args
     losses, params = [], []
     for k in range(_STEPS):
         model.train(train)
         torch.manual_seed(_step_seed(seed, index, k))
+        with torch.no_grad():
+            for _ in range(extra[k] if k < len(extra) else 0):
+                model(images)
         with torch.enable_grad():
-            if zero_grad:
+            if zero_grad is True:
                 optimizer.zero_grad()
             logits = model(images)
             if loss == "ce":
@@ -313,6 +331,8 @@ def _replay(case: Case, seed: int, index: int, *, zero_grad: bool = True, step: 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             if step:
                 optimizer.step()
+            if zero_grad == "after":
+                optimizer.zero_grad()
             reported = F.cross_entropy(model(images), labels) if after else value
         losses.append(float(reported.item()))
         params.append({n: p.detach().clone() for n, p in model.named_parameters()})
@@ -322,6 +342,9 @@ def _replay(case: Case, seed: int, index: int, *, zero_grad: bool = True, step: 
 _TRAIN_MUTANTS: List[Tuple[str, Dict[str, Any]]] = [
     ("gradients accumulate over the calls: clear them at the start of each step with optimizer.zero_grad() "
      "(PyTorch adds new gradients to the old ones)", dict(zero_grad=False)),
+    ("the gradients are cleared after the step, not before the backward pass: a model that arrives with "
+     "gradients left from an earlier backward pass adds them to this batch's; call "
+     "optimizer.zero_grad() at the start of the step", dict(zero_grad="after")),
     ("the forward pass ran in evaluation mode (dropout off): call model.train() first; the model may arrive in "
      "eval mode", dict(train=False)),
     ("the loss is summed over the batch; the contract is the mean cross-entropy (F.cross_entropy's default)",
@@ -392,6 +415,10 @@ def _train_judge(ctx: Ctx, custom: Any, model: Any, images: torch.Tensor, labels
 
     seed, index = ctx.seed, ctx.index
     want = _replay(_rebuild(ctx), seed, index)
+    forwards = [rec.get("train_forwards") if isinstance(rec.get("train_forwards"), list) else [] for rec in recs]
+    extra = [len(f) - 1 - f[::-1].index(True) if True in f else 0 for f in forwards]  # before the one with a graph
+    if not same(want) and any(extra) and same(_replay(_rebuild(ctx), seed, index, extra=extra)):
+        want = _replay(_rebuild(ctx), seed, index, extra=extra)  # right: another pass drew its masks first
     if same(want):
         if not all(rec.get("training") is True for rec in recs):
             return "leave the model in training mode after the step (model.train()), as fit expects"
@@ -405,6 +432,12 @@ def _train_judge(ctx: Ctx, custom: Any, model: Any, images: torch.Tensor, labels
     if all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(losses, want["losses"])):
         return ("the returned losses are right but the parameters after the step are not: is the optimizer the one "
                 "passed in, stepped exactly once, after one backward pass?")
+    many = max((len(f) for f in forwards), default=0)
+    if many > 1:
+        return (f"wrong result: losses {[round(v, 4) for v in losses]}, expected "
+                f"{[round(v, 4) for v in want['losses']]}; your step runs the model {many} times in training mode, "
+                f"and every run draws new dropout masks: compute the logits once, use them for the loss (and for "
+                f"anything else, e.g. an accuracy from logits.detach()), and run any other pass in model.eval()")
     return (f"wrong result: losses {[round(v, 4) for v in losses]}, expected {[round(v, 4) for v in want['losses']]}; "
             f"none of the usual mistakes matches (the order is: model.train(), optimizer.zero_grad(), logits, "
             f"F.cross_entropy, loss.backward(), optimizer.step(), return loss.item())")
@@ -424,8 +457,9 @@ TRAIN_STEP_EX = Exercise(
 
     model.train(); clear the gradients; logits = model(images); mean F.cross_entropy(logits, labels);
     backward; one optimizer step; return the loss (before the step) as a Python float; images and labels
-    unchanged. Two calls each on a small ViT and an MLP, both with dropout and arriving in eval mode,
-    compared (losses and parameters after each call) with the same steps done by the reference.
+    unchanged. Two calls each on a small ViT and an MLP, both with dropout and arriving in eval mode, and on
+    the MLP arriving with gradients left from an earlier backward pass, compared (losses and parameters after
+    each call) with the same steps done by the reference.
     """,
 )
 

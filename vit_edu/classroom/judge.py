@@ -252,7 +252,12 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
     if ex.kind == "module":
         init_err = rec.get("init_error")
         built = f"{ex.title}({', '.join(repr(a) for a in case.init)})"
-        if case.raises is not None:
+        if case.raises is not None:  # a module refuses to be built: the contract puts the error in __init__
+            if init_err is None and isinstance(rec.get("error"), dict) and not _not_implemented(rec["error"]) \
+                    and case.raises in (rec["error"].get("types") or [rec["error"].get("type")]):
+                raise _Fail(f"{built} should raise {case.raises} in __init__ when {case.why}; it was built, and "
+                            f"only forward raised: check the arguments in __init__, so that a module that cannot "
+                            f"work is never made\n  inputs: {label}")
             errs = [e for e in (init_err, rec.get("error")) if isinstance(e, dict)]
             return _expect_raise(ex, case, errs, label)
         if init_err is not None:
@@ -563,9 +568,11 @@ def _compare_outputs(ex: Exercise, ctx: Ctx, case: Case, outs: List[Any], expect
                 raise _Fail(f"the {what} is complex ({o.dtype}); it should be {str(e.dtype)[6:]}\n  inputs: {label}")
             if not torch.isfinite(o.value.double()).all() and torch.isfinite(e.double()).all():
                 at = [int(i) for i in (~torch.isfinite(o.value.double())).nonzero()[0]]
-                raise _Fail(f"the {what} contains NaN or inf values (e.g. at {at}): a division by zero, the log or "
-                            f"square root of a number <= 0, or a part of a tensor made with torch.empty(...) that "
-                            f"is never written (the check reads unwritten memory as NaN){_f64_note(e)}"
+                raise _Fail(f"the {what} contains NaN or inf values (e.g. at {at}): a division by zero, exp() of "
+                            f"a large number (a softmax written by hand overflows unless it subtracts each row's "
+                            f"maximum first), the log or square root of a number <= 0, or a part of a tensor made "
+                            f"with torch.empty(...) that is never written (the check reads unwritten memory as NaN)"
+                            f"{_f64_note(e)}"
                             f"\n  inputs: {label}")
         name = matching(k)
         if name is not None:
