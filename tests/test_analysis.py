@@ -859,3 +859,39 @@ def test_pos_embed_similarity_of_a_float64_table_stays_float64():
     x = torch.nn.functional.normalize(pe[0, 1:], dim=-1)
     torch.testing.assert_close(sim.reshape(6, 6), x @ x.T, rtol=0, atol=1e-12)
     assert analysis.pos_embed_similarity(pe.half(), (2, 3)).dtype == torch.float32
+
+
+def test_pictures_refuse_images_outside_0_1_instead_of_clipping_them(tmp_path, monkeypatch):
+    """to_numpy_image (behind every plot_* and show_*) clipped to [0, 1]: a normalized image came out mostly black,
+    0..255 floats and uint16 all white. Refused, naming the range and the fix; a tiny interpolation overshoot and
+    uint8 images are still drawn."""
+    from vit_edu.training import data
+
+    monkeypatch.setenv("VIT_EDU_FIGURES", str(tmp_path))
+    image = data.get_dataset("shapes", n=2)[0][0]  # normalized, as the model is fed
+    with pytest.raises(ValueError, match=r"image values must lie in \[0, 1\] .* got values in \[-0\.\d+, 0\.\d+\]: a "
+                                         r"normalized image\? undo the normalization: "
+                                         r"vit_edu\.training\.data\.denormalize\(x\)"):
+        viz.show_patch_grid(image, 4)
+    with pytest.raises(ValueError, match=r"got values in \[\d+, \d+\]: values on the 0\.\.255 scale\? pass x / 255"):
+        viz.show_images(data.denormalize(image)[None] * 255)
+    with pytest.raises(TypeError, match=r"got dtype uint16: its scale cannot be told; .* / 65535"):
+        viz.to_numpy_image((data.denormalize(image).permute(1, 2, 0).numpy() * 65535).astype(np.uint16))
+    with pytest.raises(TypeError, match=r"got dtype int64"):
+        viz.to_numpy_image(torch.ones(3, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        viz.to_numpy_image(torch.full((3, 4, 4), float("nan")))
+    overshoot = data.denormalize(image) * (1 + viz.RANGE_TOLERANCE / 2) - viz.RANGE_TOLERANCE / 4
+    drawn = viz.to_numpy_image(overshoot)
+    assert drawn.min() >= 0 and drawn.max() <= 1
+    np.testing.assert_allclose(viz.to_numpy_image((data.denormalize(image) * 255).round().to(torch.uint8)),
+                               viz.to_numpy_image(data.denormalize(image)), atol=0.5 / 255 + 1e-6)
+
+
+def test_rollout_and_distance_summary_refuse_strings_with_a_type_error(nano_attention):
+    _, _, att = nano_attention
+    with pytest.raises(TypeError, match=r"discard_ratio must be a number in \[0, 1\), got str '0\.5'"):
+        analysis.attention_rollout(att, discard_ratio="0.5")
+    assert analysis.attention_rollout(att, discard_ratio=np.float32(0.5)).shape == (2, 65, 65)
+    with pytest.raises(TypeError, match=r"uniform_distance must be a number > 0 .* got str '3'"):
+        analysis.attention_distance_summary(torch.ones(2, 2), "3")

@@ -675,7 +675,7 @@ def _mlp_residual_of_input(s, x):
     (_block(_normed_res), "the residual adds the normalised input"),
     (_block(_parallel), "the MLP reads the block input x"),
     (_block(_mlp_residual_of_input), "the MLP's residual adds the block input x"),
-    (BlockEps, r"eps is 1e-5 \(PyTorch's default\); .* eps=1e-6"),
+    (BlockEps, r"self.norm1 has eps=1e-5 \(PyTorch's default\); .* eps=1e-6"),
     (BlockBadAttn, r"wrong self.attn\(x\): the 1/sqrt\(d\) scale is missing"),
     (BlockReluMlp, r"wrong self.mlp\(x\): ReLU is used instead of GELU"),
 ])

@@ -606,3 +606,34 @@ def test_a_weights_file_with_an_unknown_prefix_names_it(perturb, tmp_path) -> No
     torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "linear.pth")  # not a ViT: no prefix to name
     with pytest.raises(ValueError, match=r"unrecognised state_dict: .*got keys like bias, weight$"):
         load_state_dict_file(tmp_path / "linear.pth", "vit_nano_patch4_32")
+
+
+def test_loading_into_a_non_square_grid_warns_that_the_transpose_loads_too(tmp_path) -> None:
+    """A 7x14 table loads into a 14x7 model (the same 98 positions), every position in the wrong place, and a
+    state_dict cannot tell: a warning names the other image size. A square grid loads without one."""
+    import warnings
+
+    wide = vit_edu.create_model("vit_nano_patch4_32", image_size=(16, 32))  # grid 4 x 8
+    path = tmp_path / "wide.pth"
+    torch.save(wide.state_dict(), path)
+    with pytest.warns(UserWarning, match=r"loaded a position table into a 8x4 grid \(images 32x16\): a state_dict "
+                                         r"does not say its grid, and one for 4x8 \(images 16x32\) has the same 32 "
+                                         r"positions"):
+        load_state_dict_file(path, "vit_nano_patch4_32", image_size=(32, 16))
+    square = tmp_path / "square.pth"
+    torch.save(vit_edu.create_model("vit_nano_patch4_32").state_dict(), square)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_state_dict_file(square, "vit_nano_patch4_32")
+
+
+def test_weights_of_an_average_pooling_model_hint_pool_mean(perturb, tmp_path) -> None:
+    """timm's global_pool="avg" keeps its last LayerNorm as fc_norm.*, after pooling: loaded into a class-token
+    preset the keys differ (missing norm.*, unexpected fc_norm.*), and the message says what to pass."""
+    path = tmp_path / "avg.pth"
+    torch.save(small_timm(perturb, global_pool="avg").state_dict(), path)
+    with pytest.raises(ValueError, match=r"unexpected keys \(2\): fc_norm\.bias, fc_norm\.weight\n  fc_norm: weights "
+                                         r"of a model that averages the patch tokens \(timm's global_pool='avg'.*\)\? "
+                                         r"Build the model with pool='mean'"):
+        load_state_dict_file(path, "vit_nano_patch4_32")
+    assert load_state_dict_file(path, "vit_nano_patch4_32", pool="mean").config.use_fc_norm

@@ -236,3 +236,37 @@ def test_class_names_that_differ_only_in_their_unicode_form_are_explained(tmp_pa
     with pytest.raises(ValueError, match=r"differ from the train split's .*; expected the same class folders in both; "
                                          r"they differ only in how accented letters are encoded \(Unicode NFC and NFD"):
         build_datasets(config)
+
+
+# ------------------------------------------------------------------------------------------ deep grey, one scale
+def test_float_and_32_bit_grey_images_get_one_fixed_scale_per_mode(tmp_path) -> None:
+    """'F' and 'I' images were scaled by each image's own maximum: [0, 1.0001] came out black where [0, 1] was
+    grey, one pixel of 300 in an 'I' image moved the whole image to another scale, negatives were clipped. Now one
+    scale per mode (I;16 and I: /65535; F: [0, 1]), and values outside it are refused naming file, mode, range."""
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+
+    def grey(name: str, array: np.ndarray, mode=None) -> np.ndarray:
+        path = tmp_path / name
+        Image.fromarray(array, mode=mode).save(path)
+        return np.asarray(load_image_checked(str(path)))[..., 0]
+
+    exact = grey("f1.tif", ramp, "F")
+    np.testing.assert_array_equal(exact, np.round(ramp * 255).astype(np.uint8))
+    np.testing.assert_array_equal(grey("f_over.tif", ramp * 1.0001, "F"), exact)  # rounding: the same picture
+    with pytest.raises(ValueError, match=r"f1000\.tif is a 32-bit float image \(mode F\) with values in \[0, 1000\]; "
+                                         r"expected values in \[0, 1\]"):
+        grey("f1000.tif", ramp * 1000, "F")
+    a = (np.arange(64).reshape(8, 8) * 3).astype(np.int32)  # 0 .. 189: read at the 16-bit scale, as I;16 is
+    b = a.copy()
+    b[0, 0] = 300
+    np.testing.assert_array_equal(grey("i_a.tif", a)[1:], grey("i_b.tif", b)[1:])  # one pixel moves no other
+    np.testing.assert_array_equal(grey("i_a.tif", a), np.round(a / 65535 * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"i_neg\.tif is a 32-bit integer image \(mode I\) with values in \[-32, "
+                                         r"31\]; it is read as 16-bit data, so expected values in \[0, 65535\]"):
+        grey("i_neg.tif", (np.arange(64).reshape(8, 8) - 32).astype(np.int32))
+    sixteen = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)
+    np.testing.assert_array_equal(grey("g16.png", sixteen), np.round(sixteen / 65535 * 255).astype(np.uint8))
+    root = _folder(tmp_path / "data")
+    Image.fromarray(ramp * 1000, mode="F").save(root / "train" / "a" / "odd.tif")
+    with pytest.raises(ValueError, match=r"odd\.tif is a 32-bit float image"):  # up front, named
+        get_dataset("imagefolder", "train", root=root)

@@ -628,8 +628,9 @@ def test_resume_regrades_a_changed_submission_and_marks_a_grader_killer(tmp_path
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     hashes = {s: grading.submission_hash(tmp_path / "subs" / s) for s in ("ann", "ben")}
-    state = {"reference": grading.fingerprint(grading.load_reference(ref)), "grader_pid": dead.pid,
-             "running": ["cat"], "suspects": {}, "students": {s: {"files": h} for s, h in hashes.items()}}
+    state = {"reference": grading.fingerprint(grading.load_reference(ref)), "checks": grading.checks_fingerprint(),
+             "grader_pid": dead.pid, "running": ["cat"], "suspects": {},
+             "students": {s: {"files": h} for s, h in hashes.items()}}
     (folder / grading.STATE_FILE).write_text(json.dumps(state))
     grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False)
     assert graded_now == [["cat"]]  # a first kill may be a power cut, nobody's doing: cat is retried (alone)
@@ -698,7 +699,7 @@ def test_two_students_running_at_a_grader_kill_are_retried_alone(tmp_path, monke
         (tmp_path / "subs" / student).mkdir(parents=True)
         nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
     seen = []
-    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a: seen.append((list(todo), a[-4])))
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: seen.append((list(todo), a[-4])))
     monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
     out = tmp_path / "g.csv"
     folder = grading.students_dir(out)
@@ -1574,3 +1575,181 @@ def test_a_notebook_too_large_for_its_outputs_says_how_to_shrink_it(tmp_path, mo
     answers, problem = reference.read_answers(tmp_path / "a.ipynb", reference.load_reference(ref))
     assert answers is None and problem.endswith(
         "over the limit of 10000; clear its outputs (jupyter nbconvert --clear-output --inplace FILE) and grade again")
+
+
+# ------------------------------------------------------------------------------------ folder trees without recursion
+def _chain(top: Path, depth: int) -> None:
+    """``depth`` nested folders d/d/d/... in ``top``, made through file descriptors (no path past PATH_MAX)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            fd, parent = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(parent)
+    finally:
+        os.close(fd)
+
+
+def test_a_chain_of_thousands_of_folders_is_copied_to_a_depth_and_removed_without_recursion(tmp_path):
+    """shutil.rmtree and os.walk recurse once per folder level and stop at Python's recursion limit (a
+    RecursionError that rmtree's ignore_errors does not catch): the grader's copy stops at MAX_DEPTH levels with
+    one note, and its removal takes a chain of any length, follows no link and never raises."""
+    src = tmp_path / "student"
+    src.mkdir()
+    (src / "a.ipynb").write_text("{}")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "keep.txt").write_text("not the student's")
+    os.symlink(tmp_path / "outside", src / "link")
+    try:  # pytest's own clean-up of its temporary folders recurses too: the chains never outlive the test
+        _chain(src, 3000)
+        notes = sandbox.copy_folder(src, tmp_path / "scratch")
+        assert notes == ["link: a link, not copied",
+                         f"d/...: folders nested deeper than {isolation.MAX_DEPTH} levels, not copied"]
+        deepest = max(len(p.relative_to(tmp_path / "scratch").parts) for p in (tmp_path / "scratch").rglob("d"))
+        assert deepest == isolation.MAX_DEPTH and (tmp_path / "scratch" / "a.ipynb").is_file()
+        readonly = src / "d" / "d"
+        (readonly / "f.txt").write_text("x")
+        readonly.chmod(0o500)  # what a student's code may leave: its owner (root, or the grader's user) removes it
+        assert isolation.remove_tree(src) is True and not src.exists()
+        assert (tmp_path / "outside" / "keep.txt").read_text() == "not the student's"
+        assert isolation.remove_tree(tmp_path / "scratch") is True and not (tmp_path / "scratch").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(src), str(tmp_path / "scratch")], check=False)
+    assert isolation.remove_tree(tmp_path / "gone") is True
+    (tmp_path / "file").write_text("x")
+    assert isolation.remove_tree(tmp_path / "file") is True and not (tmp_path / "file").exists()
+
+
+def test_a_chain_of_folders_in_a_submission_or_left_by_its_code_costs_nobody(tmp_path, monkeypatch):
+    """The mode where the notebook writes on the real disk (not root here; as root where the kernel refuses
+    namespaces, alike): an answer that leaves a 1200-deep chain in its folder, and a submitted folder holding a
+    1100-deep one, are graded like everybody else, the class goes on, and nothing is left in the temporary
+    folder. The submitted chain is cut at the copy, with a note in the summary."""
+    monkeypatch.setattr(sandbox, "privileged", lambda: False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the grader's scratch copies go
+    ref = reference_folder(tmp_path / "reference")
+    deep = "import os\nfor _ in range(1200):\n    os.mkdir('d')\n    os.chdir('d')\n" + SOLUTIONS["patchify"]
+    subs = tmp_path / "subs"
+    for student, nb in {"ann": submission("a.ipynb", {"patchify": deep}), "ben": submission("a.ipynb"),
+                        "cat": submission("a.ipynb")}.items():
+        (subs / student).mkdir(parents=True)
+        nbformat.write(nb, subs / student / "a.ipynb")
+    try:
+        _chain(subs / "ben", 1100)
+        rows = grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, jobs=2, seed=5, verbose=False,
+                             timeout=TIMEOUT)
+        assert list((tmp_path / "tmp").iterdir()) == []
+    finally:  # pytest's own clean-up of its temporary folders recurses too: the chains never outlive the test
+        subprocess.run(["rm", "-rf", str(subs / "ben" / "d"), str(tmp_path / "tmp")], check=False)
+    by = {(r["student"], r["exercise"]): r for r in rows}
+    assert [by[(s, "patchify")]["passed"] for s in ("ann", "ben", "cat")] == [True, True, True], rows
+    assert by[("ben", "(notebook)")]["notebook"] == "(folder)"
+    assert by[("ben", "(notebook)")]["message"] == ("not copied into the sandbox: d/...: folders nested deeper than "
+                                                     f"{isolation.MAX_DEPTH} levels, not copied")
+    assert ("ann", "(notebook)") not in by and ("cat", "(notebook)") not in by
+
+
+def test_a_preload_guess_that_is_no_module_is_no_noise():
+    """``from vit_edu.training.cnn import count_flops`` in a setup cell is preloaded as the module and, in case it
+    is one, as vit_edu.training.cnn.count_flops: that guess failing is no news, and a notebook whose sandbox could
+    not be set up gets the reason, not the server's preload notes."""
+    with pytest.raises(ModuleNotFoundError) as guess:
+        __import__("vit_edu.checks.CHECKS")
+    assert sandbox._not_a_module("vit_edu.checks.CHECKS", guess.value)
+    with pytest.raises(ModuleNotFoundError) as missing:
+        __import__("surely_not_installed_anywhere")
+    assert not sandbox._not_a_module("surely_not_installed_anywhere", missing.value)
+
+
+def test_a_setup_failure_names_its_reason_not_the_preload_notes(tmp_path):
+    log = tmp_path / "sandbox_server.log"
+    log.write_text("sandbox server: could not preload seaborn: ModuleNotFoundError: No module named 'seaborn'\n"
+                   "sandbox setup failed: OSError: mount tmpfs on /tmp: Operation not permitted\n"
+                   "sandbox server: could not preload seaborn.x: ModuleNotFoundError: No module named 'seaborn'\n")
+    assert sandbox.output_tail(log, 3, skip="sandbox server: could not preload") == \
+        "sandbox setup failed: OSError: mount tmpfs on /tmp: Operation not permitted"
+
+
+# ------------------------------------------------------------------------------------ the checks' version
+def test_the_checks_fingerprint_follows_the_files_that_decide_a_verdict(tmp_path):
+    """vit_edu's version and a digest of checks.py and the classroom's exercise tables, engine and judge: a copy
+    gives the same, one changed byte of the judge another; a file that decides no verdict changes nothing."""
+    package = Path(grading.__file__).resolve().parents[1]
+    copy = tmp_path / "vit_edu"
+    (copy / "classroom").mkdir(parents=True)
+    for path in [package / "checks.py", *sorted((package / "classroom").glob("*.py"))]:
+        shutil.copy(path, copy / path.relative_to(package))
+    now = grading.checks_fingerprint()
+    assert grading.checks_fingerprint(copy) == now and now.startswith(__import__("vit_edu").__version__ + "+")
+    (copy / "classroom" / "grading.py").write_text("# not a verdict's source\n")
+    assert grading.checks_fingerprint(copy) == now
+    for name in ("judge.py", "exercises_build.py", "../checks.py"):
+        (copy / "classroom" / name).write_bytes((package / "classroom" / name).read_bytes() + b"\n# changed\n")
+        assert grading.checks_fingerprint(copy) != now, name
+        shutil.copy(package / "classroom" / name, copy / "classroom" / name)
+    assert grading.checks_fingerprint(copy) == now
+
+
+def test_going_on_after_the_checks_changed_is_refused_unless_forced(tmp_path, monkeypatch):
+    """A course update between two runs into the same --out changed a check: the kept verdicts are another
+    version's, so going on is refused like another --seed, naming both versions; --force regrades everybody."""
+    ref = reference_folder(tmp_path / "reference")
+    for student in ("ann", "ben"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
+    ran = []
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: ran.append(list(todo)))
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    out = tmp_path / "g.csv"
+    state_path = grading.students_dir(out) / grading.STATE_FILE
+
+    def run(**kw):
+        return grading.grade(tmp_path / "subs", out, reference_dir=ref, verbose=False, seed=7, **kw)
+
+    run()
+    state = json.loads(state_path.read_text())
+    assert state["checks"] == grading.checks_fingerprint()
+    (grading.students_dir(out) / "ann.csv").write_text(",".join(grading.COLUMNS) + "\n")  # as if ann was graded
+    state["students"]["ann"] = {"seed": 7, "files": grading.submission_hash(tmp_path / "subs" / "ann")}
+    state_path.write_text(json.dumps(state))
+    run()  # the same checks: ann is kept
+    assert ran == [["ann", "ben"], ["ben"]]
+    monkeypatch.setattr(grading, "checks_fingerprint", lambda: "9.9.9+0123456789ab")
+    with pytest.raises(ValueError, match="holds grades made with other settings") as err:
+        run()
+    assert f"the checks (vit_edu's exercise tables, engine and judge) {state['checks']} then, 9.9.9+0123456789ab " \
+           f"now" in str(err.value) and "--force" in str(err.value)
+    assert ran == [["ann", "ben"], ["ben"]]  # refused before any work
+    del state["checks"]  # grades of a vit_edu that did not record its checks
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"the checks .* unrecorded \(an older vit_edu\) then"):
+        run()
+    run(force=True)
+    assert ran[-1] == ["ann", "ben"] and json.loads(state_path.read_text())["checks"] == "9.9.9+0123456789ab"
+
+
+def test_shards_graded_with_other_checks_are_not_merged(tmp_path, capsys):
+    ref = reference_folder(tmp_path / "reference")
+    fp = grading.fingerprint(grading.load_reference(ref))
+
+    def part(i: int, checks: str) -> Path:
+        path = tmp_path / f"grades_{i}.csv"
+        rows = [grading._row(f"s{i}", "a.ipynb", "patchify", True, 1.0, 1.0, "")]
+        grading._write_csv(path, grading.COLUMNS, grading._csv_rows(rows))
+        grading.students_dir(path).mkdir()
+        (grading.students_dir(path) / grading.STATE_FILE).write_text(json.dumps(
+            {"shard": [i, 2], "reference": fp, "checks": checks, "running": []}))
+        return path
+
+    parts = [part(1, "0.1.0+aaaaaaaaaaaa"), part(2, "0.1.0+bbbbbbbbbbbb")]
+    argv = ["--merge", *map(str, parts), "--reference", str(ref), "--out", str(tmp_path / "all.csv")]
+    assert grading.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "grades_2.csv was graded with other checks (0.1.0+bbbbbbbbbbbb) than" in err and \
+        "grades_1.csv (0.1.0+aaaaaaaaaaaa)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "all.csv").exists()
+    state = json.loads((grading.students_dir(parts[1]) / grading.STATE_FILE).read_text())
+    state["checks"] = "0.1.0+aaaaaaaaaaaa"
+    (grading.students_dir(parts[1]) / grading.STATE_FILE).write_text(json.dumps(state))
+    assert grading.main(argv) == 0

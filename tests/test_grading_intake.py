@@ -82,7 +82,8 @@ def _canvas(folder: Path, files: dict) -> Path:
 
 def test_a_canvas_download_is_grouped_per_student(tmp_path):
     """One student per Canvas user id; the file's name as handed in, without Canvas's -1 for a name handed in again
-    where the rest names a reference notebook; late files count alike; other files of the student go along."""
+    where the rest names a reference notebook (given to the latest: smithjohn's a-1 over the first a); late files
+    count alike; other files of the student go along."""
     ref_dir = reference_folder(tmp_path / "reference")
     refs = reference.load_reference(ref_dir)
     subs = _canvas(tmp_path / "subs", {
@@ -99,15 +100,16 @@ def test_a_canvas_download_is_grouped_per_student(tmp_path):
     assert groups == {
         "doejane_1001": [("doejane_1001_501_a-1.ipynb", "a.ipynb"), ("doejane_1001_503_notes.txt", "notes.txt"),
                          ("doejane_LATE_1001_502_b.ipynb", "b.ipynb")],
-        "smithjohn_1002": [("smithjohn_1002_602_a.ipynb", "a.ipynb"), ("smithjohn_1002_603_a-1.ipynb", "a-1.ipynb"),
+        "smithjohn_1002": [("smithjohn_1002_602_a.ipynb", "602_a.ipynb"), ("smithjohn_1002_603_a-1.ipynb", "a.ipynb"),
                            ("smithjohn_LATE_1002_601_my copy-2.ipynb", "my copy-2.ipynb")],
         "o'brienpat_1003": [("o'brienpat_1003_701_b.ipynb", "b.ipynb")]}
     staged = tmp_path / "staged"
     staged.mkdir()
-    reference.stage_lms_download(reference.lms_download(subs, refs), staged)
+    superseded = reference.stage_lms_download(reference.lms_download(subs, refs), staged)
+    assert superseded == {"smithjohn_1002": {"602_a.ipynb": "a.ipynb"}}
     assert (staged / "doejane_1001" / "notes.txt").read_text() == "my notes"
-    match = reference.match_notebooks(staged / "smithjohn_1002", refs)
-    assert match.graded["a.ipynb"][0].name in ("a-1.ipynb", "my copy-2.ipynb")  # a worked copy, not the stub
+    match = reference.match_notebooks(staged / "smithjohn_1002", refs, superseded["smithjohn_1002"])
+    assert match.graded["a.ipynb"][0].name == "a.ipynb"  # the latest copy, not the stub handed in first
     assert reference.lms_download(reference_folder(tmp_path / "per_folder_is_no_canvas"), refs) == {}
 
 
@@ -241,3 +243,136 @@ def test_a_folder_without_students_is_refused_saying_what_it_holds(tmp_path, fil
                                                   else "$")):
         grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, verbose=False)
     assert not (tmp_path / "g.csv").exists() and not (tmp_path / "g").exists()
+
+
+# ============================================================================================ intake mistakes
+def test_a_canvas_file_handed_in_again_grades_the_latest(tmp_path, monkeypatch):
+    """Canvas names a file handed in again ``-1``, ``-2``, ...: the highest number is the latest (``-10`` after
+    ``-9``, compared as numbers), graded even when an earlier copy has more answers worked on (b-1 is the untouched
+    stub, handed in last); the earlier ones are noted as duplicates naming the graded file."""
+    from test_grading import WRONG_ORDER, _InstantBox
+
+    ref_dir = reference_folder(tmp_path / "reference")
+    refs = reference.load_reference(ref_dir)
+    subs = _canvas(tmp_path / "subs", {
+        "doejane_1001_777_a.ipynb": submission("a.ipynb", {"patchify": ZEROS}),
+        "doejane_1001_777_a-9.ipynb": submission("a.ipynb", {"patchify": WRONG_ORDER}),
+        "doejane_1001_777_a-10.ipynb": submission("a.ipynb"),
+        "doejane_1001_777_b.ipynb": submission("b.ipynb"),
+        "doejane_1001_777_b-1.ipynb": (ref_dir / "b.ipynb").read_text(),
+    })
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    superseded = reference.stage_lms_download(reference.lms_download(subs, refs), staged)
+    assert superseded == {"doejane_1001": {"777_a.ipynb": "a.ipynb", "a-9.ipynb": "a.ipynb", "777_b.ipynb": "b.ipynb"}}
+    match = reference.match_notebooks(staged / "doejane_1001", refs, superseded["doejane_1001"])
+    assert match.graded["a.ipynb"][1] == {"patchify_answer": [SOLUTIONS["patchify"]]}  # a-10's
+    assert match.graded["b.ipynb"][1] == reference.read_answers(ref_dir / "b.ipynb")[0]  # b-1's: the stub
+    later = "which was handed in later (Canvas numbers a file handed in again -1, -2, ...; the latest is graded)"
+    assert sorted(match.notes) == [("777_a.ipynb", f"duplicate of a.ipynb, {later}: not graded"),
+                                   ("777_b.ipynb", f"duplicate of b.ipynb, {later}: not graded"),
+                                   ("a-9.ipynb", f"duplicate of a.ipynb, {later}: not graded")]
+    ran = []
+
+    def judge(student, ref_nb, answers, result, seed, limits):
+        ran.append((ref_nb.name, dict(answers)))
+        return []
+
+    monkeypatch.setattr(grading.sandbox, "Sandbox", _InstantBox)
+    monkeypatch.setattr(grading, "judge_notebook", judge)
+    rows = grading.grade(subs, tmp_path / "g.csv", reference_dir=ref_dir, verbose=False, jobs=1, seed=1)
+    assert ran == [("a.ipynb", {"patchify_answer": [SOLUTIONS["patchify"]]}),
+                   ("b.ipynb", reference.read_answers(ref_dir / "b.ipynb")[0])]  # the latest: a-10, b-1
+    assert {r["notebook"] for r in rows if r["exercise"] == "(notebook)"} == {"777_a.ipynb", "777_b.ipynb", "a-9.ipynb"}
+
+
+def test_a_notebook_saved_with_an_added_suffix_is_graded_and_an_export_is_named(tmp_path):
+    """``a.ipynb.json`` (a browser or an LMS that saved the notebook as JSON) is graded, with a note to rename it;
+    ``b.py`` (an export) or ``b.ipynb.bak`` is no notebook: "notebook missing" names the file and what to do."""
+    refs = reference.load_reference(reference_folder(tmp_path / "reference"))
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "a.ipynb.json").write_text(nbformat.writes(submission("a.ipynb")))
+    (ann / "b.py").write_text("# exported from b.ipynb\n")
+    (ann / "helpers.py").write_text("def helper(): pass\n")
+    match = reference.match_notebooks(ann, refs)
+    assert match.graded["a.ipynb"][0].name == "a.ipynb.json"
+    export = "b.py is an export of b.ipynb (.py), not the notebook: the grader reads only the .ipynb file; hand in " \
+             "b.ipynb itself"
+    assert match.notes == [("a.ipynb.json", "graded as a.ipynb (saved as .ipynb.json: rename it a.ipynb)"),
+                           ("b.py", f"not graded: {export[len('b.py is '):]}")]
+    rows, tasks = grading._prepare(ann, "ann", refs, False)
+    assert [t.ref.name for t in tasks] == ["a.ipynb"]
+    assert {r["message"] for r in rows if r["notebook"] == "b.ipynb"} == {
+        f"notebook missing from the submission; {export}"}
+    (ann / "b.py").unlink()
+    (ann / "B.ipynb.bak").write_text(nbformat.writes(submission("b.ipynb")))
+    (ann / "b.IPYNB.TXT").write_text("not JSON")  # read as a notebook: unreadable, and said so
+    rows, _ = grading._prepare(ann, "ann", refs, False)
+    assert {r["message"] for r in rows if r["notebook"] == "b.ipynb"} == {
+        "could not read b.IPYNB.TXT: not a notebook (invalid JSON: Expecting value: line 1 column 1 (char 0))"}
+    (ann / "b.IPYNB.TXT").unlink()
+    rows, _ = grading._prepare(ann, "ann", refs, False)
+    assert {r["message"] for r in rows if r["notebook"] == "b.ipynb"} == {
+        "notebook missing from the submission; B.ipynb.bak is named like b.ipynb but no notebook file name: if it "
+        "is the notebook, rename it b.ipynb and grade again"}
+
+
+def _section(root: Path, students: dict) -> None:
+    for where, nb in students.items():
+        (root / where).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, root / where)
+
+
+def test_a_submissions_folder_one_level_too_high_is_refused_naming_the_folder_to_grade(tmp_path):
+    """subs/section1/{alice,bob,carol}/a.ipynb: 'section1' is no student but a folder of students. Refused before
+    any work (as a Canvas download mixed with folders is), naming the folder to grade."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    _section(subs, {"section1/alice/a.ipynb": submission("a.ipynb"), "section1/bob/a.ipynb": submission("a.ipynb"),
+                    "section1/carol/a.ipynb": submission("a.ipynb", {"patchify": ZEROS}),
+                    "section2/dave/a.ipynb": submission("a.ipynb")})
+    with pytest.raises(ValueError) as err:
+        grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, verbose=False)
+    assert str(err.value).startswith(f"{subs} looks one level too high for a submissions folder: section1 holds "
+                                     f"a.ipynb in 3 subfolders (alice, bob, carol), and none at its top")
+    assert f"grade each such folder on its own, e.g. python -m vit_edu grade {subs / 'section1'} --out" in \
+        str(err.value)
+    assert not (tmp_path / "g.csv").exists() and not (tmp_path / "g").exists()
+    assert grading.main([str(subs), "--reference", str(ref), "--out", str(tmp_path / "g.csv")]) == 2
+
+
+def test_one_student_with_copies_in_several_subfolders_is_warned_about_and_graded(tmp_path, monkeypatch, capsys):
+    """One folder of a class with v1/a.ipynb and v2/a.ipynb (and nothing at its top) may be one student's two tries
+    or two students: graded as one student, warned about on stderr and noted in its rows. A copy at the top beside
+    one in a subfolder is the usual duplicate, no warning."""
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    _section(subs, {"ann/a.ipynb": submission("a.ipynb"), "ben/a.ipynb": submission("a.ipynb"),
+                    "ben/backup/a.ipynb": submission("a.ipynb"), "cat/hw/a.ipynb": submission("a.ipynb"),
+                    "eve/v1/a.ipynb": submission("a.ipynb", {"patchify": ZEROS}),
+                    "eve/v2/a.ipynb": submission("a.ipynb")})
+    assert [bool(reference.nested_students(subs / s)) for s in ("ann", "ben", "cat", "eve")] == [False] * 3 + [True]
+    ran = []
+    monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: ran.append(list(todo)))
+    monkeypatch.setattr(grading.sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, verbose=False)
+    assert ran == [["ann", "ben", "cat", "eve"]]
+    err = capsys.readouterr().err
+    assert f"warning: eve holds a.ipynb in 2 subfolders (v1, v2) and none at its top, as a folder of several " \
+           f"students would: it is graded as one student, the other copies as duplicates; if these are students, " \
+           f"grade {subs / 'eve'} on its own" in err and "ben" not in err, err
+    notes = reference.match_notebooks(subs / "eve", reference.load_reference(ref)).notes
+    assert notes[0] == ("a.ipynb", "copies in 2 subfolders (v1, v2) and none at the top, as in a folder of several "
+                                   "students: if these are students, grade this folder on its own")
+
+
+def test_a_submissions_folder_two_levels_too_high_names_the_folder_of_the_students(tmp_path):
+    ref = reference_folder(tmp_path / "reference")
+    subs = tmp_path / "subs"
+    _section(subs, {"2026/section1/alice/a.ipynb": submission("a.ipynb"),
+                    "2026/section1/bob/a.ipynb": submission("a.ipynb")})
+    with pytest.raises(ValueError, match=r"2026 holds a.ipynb in 2 subfolders \(section1/alice, section1/bob\), and "
+                                         r"none at its top") as err:
+        grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, verbose=False)
+    assert f"python -m vit_edu grade {subs / '2026' / 'section1'} --out grades_2026.csv" in str(err.value)

@@ -638,3 +638,46 @@ def test_resize_pos_embed_names_what_it_needs_for_something_not_a_tensor() -> No
     with pytest.raises(TypeError, match=r"pos_embed must be a torch\.Tensor \[1, tokens, D\], got ndarray"):
         resize_pos_embed(table.numpy(), (2, 2))
     assert resize_pos_embed(table, (2, 2)).shape == (1, 5, 8)
+
+
+def test_conv_linear_copy_refuses_another_patch_shape_with_the_same_feature_count() -> None:
+    """2x8 and 4x4 patches both have 16 pixels: the copy used to succeed and give other tokens."""
+    for conv, linear in ((PatchEmbed(32, (2, 8), 3, 16), LinearPatchEmbed(32, 4, 3, 16)),
+                         (PatchEmbed(32, (4, 8), 3, 16), LinearPatchEmbed(32, (8, 4), 3, 16))):
+        p1, p2 = conv.patch_size
+        q1, q2 = linear.patch_size
+        message = (rf"cannot copy between a PatchEmbed of {p1}x{p2} patches with 3 channels and a LinearPatchEmbed "
+                   rf"of {q1}x{q2} patches with 3 channels: expected the same patch size and channels")
+        with pytest.raises(ValueError, match=message):
+            conv_to_linear_(conv, linear)
+        with pytest.raises(ValueError, match=message):
+            linear_to_conv_(linear, conv)
+    with pytest.raises(ValueError, match=r"PatchEmbed of 4x4 patches with 4 channels and a LinearPatchEmbed of 4x8 "
+                                         r"patches with 2 channels"):
+        conv_to_linear_(PatchEmbed(32, 4, 4, 16), LinearPatchEmbed(32, (4, 8), 2, 16))
+    with pytest.raises(TypeError, match=r"expected a LinearPatchEmbed \(its \.proj a Linear\), got PatchEmbed"):
+        conv_to_linear_(PatchEmbed(32, 4, 3, 16), PatchEmbed(32, 4, 3, 16))
+
+
+def test_switches_and_numbers_of_the_model_parts_are_checked() -> None:
+    """A string is truthy: return_attention="no" returned a tuple, fused_attn="False" took the fused path,
+    antialias="no" antialiased; temperature <= 0 gave NaN positions; norm_eps=1e30 flattened every token; an integer
+    position table was resized and truncated back to integers."""
+    model = VisionTransformer(ViTConfig(**TINY)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    for call in (lambda: model(x, return_attention="no"), lambda: model.forward_features(x, return_attention=1)):
+        with pytest.raises(TypeError, match=r"return_attention must be True or False, got (str 'no'|int 1)"):
+            call()
+    with pytest.raises(TypeError, match=r"fused_attn must be True or False, got str 'False'"):
+        Attention(16, 4, fused_attn="False")
+    with pytest.raises(TypeError, match=r"antialias must be True or False, got str 'no'"):
+        resize_pos_embed(torch.randn(1, 65, 8), (4, 4), antialias="no")
+    with pytest.raises(TypeError, match=r"pos_embed must be a floating-point tensor .* got dtype torch\.int64"):
+        resize_pos_embed(torch.arange(65 * 4).reshape(1, 65, 4), (4, 4))
+    for temperature in (0, -1.0, float("nan"), "1e4"):
+        with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 \(e\.g\. 10000\.0\), got"):
+            sincos_2d_pos_embed(8, (2, 2), temperature=temperature)
+    for eps in (1e30, 0.5):
+        with pytest.raises(ValueError, match=r"norm_eps must be at most 0\.01 \(e\.g\. 1e-6; .* got"):
+            ViTConfig(**TINY, norm_eps=eps)
+    assert ViTConfig(**TINY, norm_eps=1e-12).norm_eps == 1e-12

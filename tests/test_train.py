@@ -582,3 +582,122 @@ def test_a_run_diverged_by_the_position_embeddings_lr_names_that_flag(tmp_path: 
                                                  r"because the learning rate is too high \(lower --lr, or "
                                                  r"--pos-lr-scale: the position embedding's rate is \d\.\d\de\+27\)"):
         fit(config, log=quiet)
+
+
+# ------------------------------------------------------------------------------------------- exports are not lost
+def test_an_export_replaces_only_this_runs_own_file_unless_forced(tmp_path, capsys) -> None:
+    """--export used to replace whatever was at its path (another run's export, a text file), while last.pt was
+    protected. Now refused before any work, unless --force or the file is the export of the run being resumed."""
+    import json
+
+    shared, notes = tmp_path / "shared.safetensors", tmp_path / "notes.safetensors"
+    notes.write_text("not a model: my notes")
+    first = tiny_config(tmp_path, stop_after_epochs=1)
+    fit(first, export=shared, log=quiet)
+    exported = shared.read_bytes()
+    last = Path(first.out_dir) / "last.pt"
+    other = tiny_config(tmp_path, out_dir=str(tmp_path / "other"), seed=4, epochs=1)
+    with pytest.raises(ValueError, match=rf"shared\.safetensors already exists and is the export of another run "
+                                         rf"\(trained in .*run\); to write that run's weights there again resume it "
+                                         rf"\(--resume .*last\.pt --export .*\), replace it with --force"):
+        fit(other, export=shared, log=quiet)
+    with pytest.raises(ValueError, match=r"notes\.safetensors already exists and is a file that is not a vit_edu "
+                                         r"export; replace it with --force \(fit\(\.\.\., force=True\)\), or give "
+                                         r"another --export"):
+        fit(other, export=notes, log=quiet)
+    assert shared.read_bytes() == exported and notes.read_text() == "not a model: my notes"
+    assert not (tmp_path / "other").exists()  # refused before any work
+    code, out, err = _cli(["train", *CLI_NANO, "--epochs", "1", "--out-dir", str(tmp_path / "cli"), "--export",
+                           str(notes)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err and "epoch" not in out, err
+    assert notes.read_text() == "not a model: my notes"
+    # the run that wrote it, resumed: its own export, replaced
+    fit(tiny_config(tmp_path), resume=last, export=shared, log=quiet)
+    assert shared.read_bytes() != exported and json.loads(T.read_safetensors_metadata(shared)["epochs_done"]) == 2
+    # another run forced into the same folder is not the run that wrote the export (other settings: seed)
+    fit(tiny_config(tmp_path, seed=9, stop_after_epochs=1), log=quiet, force=True)
+    with pytest.raises(ValueError, match=r"is the export of another run"):
+        fit(tiny_config(tmp_path, seed=9), resume=last, export=shared, log=quiet)
+    code, out, err = _cli(["train", *CLI_NANO, "--epochs", "1", "--out-dir", str(tmp_path / "cli"), "--export",
+                           str(notes), "--force"], capsys)
+    assert code == 0 and T.read_safetensors_metadata(notes)["format"] == "vit_edu", err
+
+
+def test_help_of_train_says_what_force_and_export_replace(capsys) -> None:
+    code, out, _ = _cli(["train", "--help"], capsys)
+    text = " ".join(out.split())
+    assert "a file at --export that is not this run's own export" in text
+    assert "replaced only when it is this run's own export" in text
+
+
+def test_saving_a_model_whose_config_was_changed_after_building_is_refused(tmp_path) -> None:
+    """model.config.num_classes = 3 after building changed the record, not the head: the file written could not
+    be loaded back. Refused before writing, naming the first difference; a head replaced together with its config
+    is saved and loads."""
+    model = vit_edu.create_model("vit_nano_patch4_32", num_classes=10)
+    model.config.num_classes = 3
+    for save, path in ((T.export_safetensors, tmp_path / "m.safetensors"),
+                       (lambda m, p: save_checkpoint(p, m), tmp_path / "m.pt")):
+        with pytest.raises(ValueError, match=r"the model's config does not build this model \(head\.weight has shape "
+                                             r"\(10, 64\) in the model but \(3, 64\) in a model built from its "
+                                             r"config\), so the file could not be loaded back"):
+            save(model, path)
+        assert not path.exists()
+    model.config.num_classes, model.config.pool = 10, "bogus"
+    with pytest.raises(ValueError, match=r"the model's config is not valid any more \(pool must be one of"):
+        T.export_safetensors(model, tmp_path / "m.safetensors")
+    model.config.pool = "cls"
+    model.head = nn.Linear(64, 3)
+    model.config.num_classes = 3
+    T.export_safetensors(model, tmp_path / "m.safetensors")
+    assert load_model(tmp_path / "m.safetensors").config.num_classes == 3
+
+
+def test_evaluate_and_train_one_epoch_check_the_labels_against_the_outputs() -> None:
+    """Labels were never compared with the model's outputs: a headless model was "evaluated", one-hot labels
+    broadcast, -100 labels were skipped by the loss and counted wrong, a label K gave torch's IndexError."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 32, 32)
+    model = vit_edu.create_model("vit_nano_patch4_32", num_classes=3)
+    loader = lambda y: DataLoader(TensorDataset(x, y), batch_size=3)  # noqa: E731
+    good = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert 0 <= evaluate(model, loader(good))["acc"] <= 1
+    with pytest.raises(ValueError, match=r"evaluate\(\): the model has no classification head \(built with "
+                                         r"num_classes=0"):
+        evaluate(vit_edu.create_model("vit_nano_patch4_32", num_classes=0), loader(good))
+    cases = [(torch.eye(3)[good], r"batch 1: expected labels as class indices, a 1-D integer tensor of length 3 "
+                                  r"\(one per image\), got float32 of shape \(3, 3\) \(one-hot or soft labels\? pass "
+                                  r"class indices: labels\.argmax\(-1\)\)"),
+             (torch.tensor([0, 1, 2, -100, -100, 1]), r"batch 2: labels must lie in \[0, 3\) for the model's 3 "
+                                                      r"outputs, got values in \[-100, 1\] \(-100, cross_entropy's "
+                                                      r"ignore_index, is not supported"),
+             (torch.tensor([0, 1, 2, 3, 0, 0]), r"batch 2: labels must lie in \[0, 3\) for the model's 3 outputs, got "
+                                                r"values in \[0, 3\]$")]
+    for labels, message in cases:
+        with pytest.raises(ValueError, match=r"evaluate\(\), " + message):
+            evaluate(model, loader(labels))
+    optimizer = T.build_optimizer(model, 1e-3, 0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    for labels, message in cases:
+        with pytest.raises(ValueError, match=r"train, " + message):
+            T.train_one_epoch(model, loader(labels), optimizer, T.build_scheduler(optimizer, 1, 4),
+                              nn.CrossEntropyLoss(), torch.device("cpu"))
+    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > 0  # batch 1 of cases 2, 3 trained
+    with pytest.raises(ValueError, match=r"train: the model has no classification head"):
+        headless = vit_edu.create_model("vit_nano_patch4_32", num_classes=0)
+        T.train_one_epoch(headless, loader(good), T.build_optimizer(headless, 1e-3, 0.0), None,
+                          nn.CrossEntropyLoss(), torch.device("cpu"))
+
+
+def test_schedule_and_optimizer_refuse_values_that_make_nan_rates() -> None:
+    model = vit_edu.create_model("vit_nano_patch4_32")
+    with pytest.raises(ValueError, match=r"warmup_steps >= 0, total_steps >= 0 .* got warmup_steps=-5"):
+        T.warmup_cosine(0, -5, 10)
+    for kw, name in ((dict(weight_decay=float("nan")), "weight_decay"), (dict(pos_embed_lr_scale=float("nan")),
+                                                                         "pos_embed_lr_scale"),
+                     (dict(lr=-1.0), "lr")):
+        args = {"lr": 1e-3, "weight_decay": 0.0, **kw}
+        with pytest.raises(ValueError, match=rf"build_optimizer: {name} must be a finite number >= 0, got"):
+            T.build_optimizer(model, **args)

@@ -164,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from this checkpoint (e.g. runs/.../last.pt), saving into its folder (unless "
                         "--out-dir is given)")
     t.add_argument("--export", default=None, type=path_arg,
-                   help="also write the final weights to this .safetensors file")
+                   help="also write the final weights to this .safetensors file (a file already there is replaced "
+                        "only when it is this run's own export, i.e. --resume of the run that wrote it, or with "
+                        "--force)")
     t.add_argument("--force", action="store_true",
-                   help="replace the checkpoint of another run in --out-dir (refused without it)")
+                   help="replace the checkpoint of another run in --out-dir, or a file at --export that is not this "
+                        "run's own export (both refused without it)")
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint (default: the shipped one)",
                        description="Evaluate a .pt checkpoint or .safetensors export on a dataset split.")

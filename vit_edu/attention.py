@@ -76,6 +76,8 @@ class Attention(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if dim % heads != 0:
             raise ValueError(f"dim must be divisible by heads: dim={dim}, heads={heads}")
+        if not isinstance(fused_attn, bool):  # "False" is a truthy string: it would pick the fused path
+            raise TypeError(f"fused_attn must be True or False, got {type(fused_attn).__name__} {fused_attn!r}")
         self.heads = heads
         self.head_dim = dim // heads
         self.fused_attn = fused_attn

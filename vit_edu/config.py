@@ -174,6 +174,9 @@ class ViTConfig:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
             # eps <= 0 or NaN: LayerNorm divides by sqrt(var + eps), which gives NaN or inf outputs
             raise ValueError(f"norm_eps must be a finite number > 0 (e.g. 1e-6), got {eps!r}")
+        if eps > 0.01:  # of the order of the variance (about 1) or more, it flattens every token towards 0
+            raise ValueError(f"norm_eps must be at most 0.01 (e.g. 1e-6; models use 1e-12 to 1e-5): LayerNorm adds it "
+                             f"to the variance of the features, about 1, before the square root, got {eps!r}")
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(f"representation_size must be None or a positive int, got {self.representation_size}")
         stride = self.input_patch_size

@@ -82,6 +82,14 @@ _SHAPE_HINTS = {
     "head.weight": "  head: weights for another number of classes? Build the model with their num_classes and load "
                    "them, then give it a new head for yours: model.head = torch.nn.Linear(model.head.in_features, k)",
 }
+# (prefix of missing keys, prefix of unexpected keys) -> a hint: names that say how the weights' model pooled
+_KEY_HINTS = {
+    ("norm.", "fc_norm."): "  fc_norm: weights of a model that averages the patch tokens (timm's global_pool='avg': its "
+                           "LayerNorm after pooling, not before)? Build the model with pool='mean', e.g. "
+                           "load_state_dict_file(path, name, pool='mean')",
+    ("fc_norm.", "norm."): "  norm: weights of a model with its LayerNorm before pooling (a class-token model)? Build "
+                           "the model with pool='cls', or fc_norm=False",
+}
 
 
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
@@ -109,6 +117,8 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): " + _fmt([f"{k}: expected {e}, got {g}" for k, e, g in shapes]))
         lines += [hint for key, hint in _SHAPE_HINTS.items() if any(k == key for k, _, _ in shapes)]
+        lines += [hint for (lost, extra), hint in _KEY_HINTS.items()
+                  if any(k.startswith(lost) for k in missing) and any(k.startswith(extra) for k in unexpected)]
         raise ValueError("\n".join(lines))
     # load_state_dict would silently cast integer or bool tensors into float weights, and load NaN as readily
     # as numbers: a file of the right shapes can still be the wrong thing
@@ -524,7 +534,23 @@ def load_state_dict_file(path: str | os.PathLike, model_name: Optional[str] = No
         config = get_config(model_name, **overrides)
     elif overrides:
         config = ViTConfig.from_dict({**config.to_dict(), **overrides})
-    return load_checked(VisionTransformer(config), sd, f"weights file {os.fspath(path)!r}")
+    model = load_checked(VisionTransformer(config), sd, f"weights file {os.fspath(path)!r}")
+    _warn_if_grid_ambiguous(model, sd)
+    return model
+
+
+def _warn_if_grid_ambiguous(model: VisionTransformer, sd: Mapping[str, torch.Tensor]) -> None:
+    """A learned position table holds h*w rows and no grid: loaded into a non-square grid, the weights of the
+    transposed grid (trained on images turned on their side) load just as well, every position in the wrong place.
+    A state_dict cannot tell the two apart, so say so (once per grid), naming the other image size."""
+    gh, gw = model.config.grid_size
+    if gh == gw or "pos_embed" not in sd or not isinstance(model.pos_embed, nn.Parameter):
+        return
+    (ph, pw), (h, w) = model.config.patch_size, model.config.image_size
+    warnings.warn(f"loaded a position table into a {gh}x{gw} grid (images {h}x{w}): a state_dict does not say its "
+                  f"grid, and one for {gw}x{gh} (images {gw * ph}x{gh * pw}) has the same {gh * gw} positions and "
+                  f"loads as well, its positions transposed; make sure the weights were trained on {h}x{w} images "
+                  f"(height x width)", UserWarning, stacklevel=3)
 
 
 def timm_pretrained(name: str, **overrides) -> VisionTransformer:

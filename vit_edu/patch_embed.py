@@ -174,20 +174,33 @@ def build_patch_embed(config: ViTConfig, owner: str = "model") -> nn.Module:
     return PATCH_EMBED_BUILDERS[kind](config, owner)
 
 
-def _check_pair(conv: nn.Conv2d, linear: nn.Linear) -> None:
+def _check_pair(conv_embed: PatchEmbed, linear_embed: LinearPatchEmbed) -> Tuple[nn.Conv2d, nn.Linear]:
+    """(conv, linear) of two embeddings that cut the same patches: same patch size (rows, columns) and channels, not
+    only the same feature count. A 2x8 patch and a 4x4 one both have 16 pixels, and a copy between them would
+    succeed and give other tokens."""
+    for embed, kind, name in ((conv_embed, nn.Conv2d, "PatchEmbed"), (linear_embed, nn.Linear, "LinearPatchEmbed")):
+        if not isinstance(getattr(embed, "proj", None), kind):
+            raise TypeError(f"expected a {name} (its .proj a {kind.__name__}), got {type(embed).__name__}")
+    conv, linear = conv_embed.proj, linear_embed.proj
     c_out, c_in, p1, p2 = conv.weight.shape
     if linear.weight.shape != (c_out, p1 * p2 * c_in):
         raise ValueError(
             f"cannot copy between Conv2d weight {tuple(conv.weight.shape)} and Linear weight "
             f"{tuple(linear.weight.shape)}: expected Linear weight ({c_out}, {p1 * p2 * c_in})"
         )
+    lin_patch = tuple(getattr(linear_embed, "patch_size", (p1, p2)))
+    lin_channels = getattr(linear_embed, "in_channels", c_in)
+    if lin_patch != (p1, p2) or lin_channels != c_in:  # the same feature count, other pixels in each token
+        raise ValueError(f"cannot copy between a PatchEmbed of {p1}x{p2} patches with {c_in} channels and a "
+                         f"LinearPatchEmbed of {lin_patch[0]}x{lin_patch[1]} patches with {lin_channels} channels: "
+                         f"expected the same patch size and channels (the same pixels in each token)")
+    return conv, linear
 
 
 @torch.no_grad()
 def conv_to_linear_(conv_embed: PatchEmbed, linear_embed: LinearPatchEmbed) -> LinearPatchEmbed:
     """Copy Conv2d weights [D, C, P, P] into Linear weights [D, (P P C)] so both give the same tokens."""
-    conv, linear = conv_embed.proj, linear_embed.proj
-    _check_pair(conv, linear)
+    conv, linear = _check_pair(conv_embed, linear_embed)
     linear.weight.copy_(rearrange(conv.weight, "d c p1 p2 -> d (p1 p2 c)"))
     linear.bias.copy_(conv.bias)
     return linear_embed
@@ -196,8 +209,7 @@ def conv_to_linear_(conv_embed: PatchEmbed, linear_embed: LinearPatchEmbed) -> L
 @torch.no_grad()
 def linear_to_conv_(linear_embed: LinearPatchEmbed, conv_embed: PatchEmbed) -> PatchEmbed:
     """Inverse of :func:`conv_to_linear_`."""
-    conv, linear = conv_embed.proj, linear_embed.proj
-    _check_pair(conv, linear)
+    conv, linear = _check_pair(conv_embed, linear_embed)
     c = conv.weight.shape[1]
     p1, p2 = conv.weight.shape[2:]
     conv.weight.copy_(rearrange(linear.weight, "d (p1 p2 c) -> d c p1 p2", p1=p1, p2=p2, c=c))

@@ -7,6 +7,7 @@ outputs come out shuffled the same way. E_pos (paper eq. 1) tells each token whe
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Optional, Tuple
 
@@ -23,6 +24,9 @@ def sincos_2d_pos_embed(dim: int, grid_size: Tuple[int, int], temperature: float
     """
     if dim % 4 != 0 or dim < 4:
         raise ValueError(f"2-D sin-cos position embedding needs dim divisible by 4, got {dim}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) \
+            or temperature <= 0:  # 1 / T^(k/K): T <= 0 gives NaN or infinite frequencies
+        raise ValueError(f"temperature must be a finite number > 0 (e.g. 10000.0), got {temperature!r}")
     gh, gw = _grid(grid_size, "grid_size")
     y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
@@ -62,6 +66,11 @@ def resize_pos_embed(
         raise TypeError(f"pos_embed must be a torch.Tensor [1, tokens, D], got {type(pos_embed).__name__}")
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"pos_embed must have shape [1, tokens, D], got {tuple(pos_embed.shape)}")
+    if not pos_embed.is_floating_point():  # interpolated values would be cast back and truncated to integers
+        raise TypeError(f"pos_embed must be a floating-point tensor (a table of learned weights), got dtype "
+                        f"{pos_embed.dtype}; convert it with pos_embed.float()")
+    if not isinstance(antialias, bool):  # a string such as "no" is truthy: it would switch antialiasing on
+        raise TypeError(f"antialias must be True or False, got {type(antialias).__name__} {antialias!r}")
     if mode not in ("bilinear", "bicubic", "nearest"):
         raise ValueError(f"mode must be 'bilinear', 'bicubic' or 'nearest', got {mode!r}")
     tokens = pos_embed.shape[1]

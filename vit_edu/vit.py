@@ -130,6 +130,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor, return_attention: bool = False
                          ) -> Union[torch.Tensor, Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Eqs. 1-3 and the final LayerNorm: [B, C, H, W] -> tokens [B, T, D]."""
+        _check_flag(return_attention, "return_attention")
         x = self.embed(x)
         attentions: List[torch.Tensor] = []
         for blk in self.blocks:
@@ -162,6 +163,7 @@ class VisionTransformer(nn.Module):
         dtype (a float64 image into a float32 model gives float32 logits). Integer and bool images are
         refused with a TypeError (scale them yourself: ``x.float() / 255``). See ``patch_embed.check_image``.
         """
+        _check_flag(return_attention, "return_attention")
         if return_attention:
             x, attentions = self.forward_features(x, return_attention=True)
             return self.forward_head(x), attentions
@@ -222,3 +224,9 @@ class VisionTransformer(nn.Module):
         """Parameters AdamW should not decay: position embedding, class token, biases and norms."""
         skip = {"pos_embed", "cls_token"}
         return {n for n, p in self.named_parameters() if n in skip or p.ndim <= 1}
+
+
+def _check_flag(value: object, name: str) -> None:
+    """A switch must be a bool: a string such as "no" is truthy and would switch it on."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")

@@ -380,3 +380,19 @@ class KeepsFirstOutput(Standard):
 CORRECT.append(InPlaceResiduals)
 MISTAKES.append((KeepsFirstOutput, "earlier call"))
 MISTAKES.append((LazyQkv, "lazy"))
+
+
+class Norm2WithDefaultEps(nn.Module):  # norm2's input is not faint inside the block: only norm2 alone shows it
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MHA(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+MISTAKES.append((Norm2WithDefaultEps, "self.norm2 has eps=1e-5"))

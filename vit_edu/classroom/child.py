@@ -17,13 +17,12 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .isolation import _drop_privileges, _set_limits, needed_paths
+from .isolation import _drop_privileges, _set_limits, needed_paths, remove_tree
 
 JOB = ".vit_edu_job.json"  # the cells to run, written by the grader into the scratch copy, read by the child
 OBSERVATIONS = ".vit_edu_observations.pt"  # + ".0", ".1": the child's record, in the run's results folder
@@ -83,7 +82,7 @@ def _try_uid(uid: int) -> Tuple[str, str]:
     text = os.read(r, 4000).decode("utf-8", "replace")
     os.close(r)
     os.waitpid(pid, 0)
-    shutil.rmtree(scratch, ignore_errors=True)
+    remove_tree(scratch)
     try:
         report = json.loads(text)
     except ValueError:
@@ -279,6 +278,7 @@ def _magic_lines(lines: List[str]) -> List[Tuple[int, bool]]:
 
 def _child(job: dict, close: Sequence[int]) -> None:
     """Forked by the server: lock down, run the cells and the probes, write the observations, exit."""
+    out: Optional[int] = None
     try:
         os.setsid()
         for fd in close:
@@ -335,8 +335,8 @@ def _child(job: dict, close: Sequence[int]) -> None:
                    "grader": watch.grader_functions()}
         watch.watch_files([scratch, *allowed], outside)
     except BaseException as err:  # noqa: BLE001 - the sandbox could not be set up: say why, run nothing
-        try:
-            os.write(2, f"sandbox setup failed: {_error_text(err)}\n".encode())
+        try:  # into the notebook's output once it is open (the grader reads the reason there), else the server's log
+            os.write(2 if out is None else out, f"sandbox setup failed: {_error_text(err)}\n".encode())
         finally:
             os._exit(SETUP_FAILED)
     try:

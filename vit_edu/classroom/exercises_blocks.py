@@ -263,9 +263,28 @@ def _sub_outputs(module: Any, case: Case, x: torch.Tensor) -> Dict[str, Any]:
         y, problem = call_alone(module, name, x, x.shape[-1])  # another calling convention: recorded, judged whole
         if problem:
             out["parts"][name] = problem
-        elif name in ("attn", "mlp"):
+        else:
             out[name] = y.detach().clone()
     return out
+
+
+def _norm_message(ctx: Ctx, bw: "_BlockWeights", x: torch.Tensor, named_only: bool = False) -> Optional[str]:
+    """self.norm1 and self.norm2 on their own (recorded by the probe): a wrong eps in one of them, which faint tokens
+    show, is named with the norm it is in (norm2's input inside the block is not faint, so only this shows it)."""
+    for name, wb in (("norm1", bw.n1), ("norm2", bw.n2)):
+        have = ctx.extra.get(name)
+        if not isinstance(have, torch.Tensor) or have.shape != x.shape:
+            continue
+        if torch.allclose(have.double(), layer_norm(x, wb).double(), rtol=1e-4, atol=1e-5):
+            continue
+        for why, kw in (("has eps=1e-5 (PyTorch's default); ViT uses nn.LayerNorm(dim, eps=1e-6)", dict(eps=1e-5)),
+                        ("adds eps outside the square root; LayerNorm divides by sqrt(var + eps)",
+                         dict(eps_outside=True))):
+            if torch.allclose(have.double(), layer_norm(x, wb, **kw).double(), rtol=1e-4, atol=1e-5):
+                return f"self.{name} {why}"
+        if not named_only:
+            return f"wrong self.{name}(x) values on its own: it should be nn.LayerNorm(dim, eps=1e-6)"
+    return None
 
 
 def _parts_message(ctx: Ctx, x: torch.Tensor) -> Optional[str]:
@@ -292,7 +311,10 @@ def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
     if isinstance(got, torch.Tensor) and got.shape == x.shape and any(
             torch.allclose(got.double(), right.double(), rtol=1e-4, atol=1e-5)
             for right in (bw.block(x), bw.block(x, act=lambda t: F.gelu(t, approximate="tanh")))):
-        return _parts_message(ctx, x)
+        return _parts_message(ctx, x) or _norm_message(ctx, bw, x)
+    norm = _norm_message(ctx, bw, x, named_only=True)
+    if norm is not None:
+        return norm
     subs = [("attn", bw.attn(x), [(m, f) for m, f in mha_mutants(x, bw.qkv, bw.proj, bw.H)], []),
             ("mlp", bw.mlp(x), mlp_mutants(x, bw.fc1, bw.fc2), [bw.mlp(x, lambda t: F.gelu(t, approximate="tanh"))])]
     for name, want, mutants, accepted in subs:

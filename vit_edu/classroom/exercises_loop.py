@@ -154,7 +154,9 @@ LR_SCHEDULE_EX = Exercise(
     name="lr_schedule",
     package=("vit_edu.training.loop.warmup_cosine",),
     kind="function", call="warmup_cosine_lr(step, total_steps, warmup_steps, base_lr)", python_float=True,
-    cases=_lr_cases, reference=_lr_reference, mutants=_lr_mutants, diagnose=_lr_diagnose, rtol=1e-6, atol=1e-12,
+    # atol: a cosine taken in float32 (torch.cos of a float32 tensor) is right; near the end of the schedule
+    # 1 + cos loses its last digits there (an error of about 5e-8 * base_lr)
+    cases=_lr_cases, reference=_lr_reference, mutants=_lr_mutants, diagnose=_lr_diagnose, rtol=1e-6, atol=1e-6,
     doc="""Check ``warmup_cosine_lr(step, total_steps, warmup_steps, base_lr) -> float``.
 
     base_lr * (step + 1) / warmup_steps while step < warmup_steps, then

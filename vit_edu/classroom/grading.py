@@ -36,8 +36,9 @@ grade_ids and graded once; duplicates and extra notebooks are reported, never gr
 Results: ``grades/<student>.csv`` as soon as that student is done (next to ``--out``), then ``grades.csv``
 (one row per exercise) and ``grades_summary.csv`` (one row per student, total and maximum). Running the
 same command again resumes: students already graded (same reference, same notebooks) are skipped unless
-``--force``. A student whose notebooks were running when the grader itself was killed is retried alone,
-and marked and skipped if it happens again. Exit code 0 even when students fail.
+``--force``; going on with grades made with other settings (limits, --seed, another version of the checks) is
+refused. A student whose notebooks were running when the grader itself was killed is retried alone, and
+marked and skipped if it happens again. Exit code 0 even when students fail.
 
 This module schedules and judges; what is graded is read by :mod:`.reference`, the rows and files are
 :mod:`.report`'s.
@@ -46,7 +47,6 @@ This module schedules and judges; what is graded is read by :mod:`.reference`, t
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
@@ -63,16 +63,14 @@ from .. import checks
 from .._startup import OneLineParser
 from ..fileio import _pid_alive, check_writable_file
 from . import sandbox, shards
-from .reference import (ARCHIVES, DEFAULT_REFERENCE, RefNotebook, _label, fingerprint, job_steps, lms_download,
-                        load_reference, match_notebooks, no_submission, notebook_files, stage_lms_download,
-                        submission_hash)
-from .report import (COLUMNS, _csv_rows, _encodable, _printable, _row, _text, _write_combined, _write_csv,
-                     _write_json, exercise_flags, format_table, notebook_flags, read_student_csv, student_csv,
-                     student_labels, students_dir, summary_path, write_results)
+from .reference import (ARCHIVES, DEFAULT_REFERENCE, RefNotebook, _label, _reference_path, checks_fingerprint,
+                        fingerprint, job_steps, lms_download, load_reference, match_notebooks, nested_students,
+                        no_submission, notebook_files, stage_lms_download, submission_hash)
+from .report import (COLUMNS, STATE_FILE, _csv_rows, _encodable, _load_state, _printable, _row, _text,
+                     _write_combined, _write_csv, _write_json, exercise_flags, format_table, notebook_flags,
+                     read_student_csv, student_csv, student_labels, students_dir, summary_path)
+from .shards import merge_shards
 from .sandbox import one_line
-
-STATE_FILE = ".grading.json"  # in the per-student folder: reference fingerprint, journal, seeds
-
 
 # ============================================================================================ judging
 def _memory_note(text: str, memory_mb: int) -> str:
@@ -253,11 +251,11 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if links:  # a link to notebooks/ or to another student's folder is nobody's own work
         print(f"warning: not following {len(links)} symbolic link(s) in {root}: {', '.join(links[:3])}"
               f"{', ...' if len(links) > 3 else ''}; a student's folder must be a real folder", file=sys.stderr)
-    given, lms = root, lms_download(root, reference)
+    given, lms, superseded = root, lms_download(root, reference), {}
     if lms:  # a Canvas download: one folder per student, made in a private temporary folder (gone with ``staged``)
         staged = tempfile.TemporaryDirectory(prefix="vit_edu_lms_")
         root = Path(staged.name)
-        stage_lms_download(lms, root)
+        superseded = stage_lms_download(lms, root)  # {student: {file handed in before: the latest}}
         if verbose:
             print(f"{given} is a Canvas download: {len(lms)} students, each named <lastfirst>_<userid>", flush=True)
     students = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not no_submission(p.name)
@@ -267,6 +265,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         raise ValueError(f"{root} holds no student folder; expected {root}/<student>/*.ipynb or the files of a "
                          f"Canvas download" + (f"; it holds {', '.join(zipped[:3])}: extract it there first"
                                                if zipped else ""))
+    _check_level(root, students)  # of the whole class, like the labels: every shard decides alike
     label_of = student_labels(students)  # of the whole class, so that every shard names a student alike
     for s in students:
         if label_of[s] != _label(s.name):
@@ -301,6 +300,10 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     seeds = {v.get("seed") for v in (state.get("students") or {}).values() if isinstance(v, dict)} - {None}
     if seed is not None and seeds - {seed}:
         changed.append(f"--seed {', '.join(map(str, sorted(seeds - {seed})))} then, {seed} now")
+    verdicts = checks_fingerprint()  # a course update that changed a check: kept verdicts would be another version's
+    if state.get("students") and state.get("checks") != verdicts:
+        changed.append(f"the checks (vit_edu's exercise tables, engine and judge) "
+                       f"{state.get('checks') or 'unrecorded (an older vit_edu)'} then, {verdicts} now")
     if changed and not force:  # kept grades made under other settings would be mixed with new ones unsaid
         raise ValueError(f"{folder} holds grades made with other settings ({'; '.join(changed)}); use --force to "
                          f"regrade everybody with these, or the same settings to go on, or another --out")
@@ -320,7 +323,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if shard is not None and state.get("shard") not in (None, list(shard)) and not force:
         raise ValueError(f"{folder} holds the grades of shard {state['shard'][0]}/{state['shard'][1]}, not "
                          f"{shard[0]}/{shard[1]}; use another --out per shard")
-    state.update(reference=fp, running=[], grader_pid=os.getpid(), suspects=suspects,
+    state.update(reference=fp, checks=verdicts, running=[], grader_pid=os.getpid(), suspects=suspects,
                  shard=list(shard) if shard is not None else None, limits=limits_now)
     state.setdefault("students", {})
     names = [label_of[s] for s in students]
@@ -368,7 +371,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         print(f"sandbox: each notebook runs with a {box.isolation}", flush=True)
     try:
         _grade_all(box, {label_of[s]: s for s in todo}, reference, folder, state, state_path, seed, limits, suspects,
-                   out, names, verbose)
+                   out, names, verbose, superseded=superseded)
     finally:
         box.close()
         torch.set_num_threads(threads)
@@ -381,25 +384,6 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     return rows
 
 
-def _reference_path(reference_dir: "str | Path | None") -> Path:
-    if reference_dir is not None:
-        return Path(reference_dir)
-    here = Path(DEFAULT_REFERENCE)
-    if here.is_dir():
-        return here
-    repo = Path(__file__).resolve().parents[2] / DEFAULT_REFERENCE  # vit_edu/classroom/grading.py -> repository
-    return repo if repo.is_dir() else here
-
-
-def _load_state(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-        return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 @dataclass
 class _Task:
     student: str
@@ -410,16 +394,19 @@ class _Task:
     alone: bool = False  # run with nothing else running (a suspect, or a retry after a server death)
 
 
-def _prepare(s: Path, student: str, reference: Sequence[RefNotebook], alone: bool) -> Tuple[List[dict], List["_Task"]]:
-    """(rows already decided, notebooks to run) for one student's folder."""
-    match = match_notebooks(s, reference)
+def _prepare(s: Path, student: str, reference: Sequence[RefNotebook], alone: bool,
+             superseded: Optional[Dict[str, str]] = None) -> Tuple[List[dict], List["_Task"]]:
+    """(rows already decided, notebooks to run) for one student's folder; ``superseded``: its files handed in again
+    later (a Canvas download), never graded."""
+    match = match_notebooks(s, reference, superseded)
     rows: List[dict] = [_row(student, file, "(notebook)", False, 0.0, 0.0, note) for file, note in match.notes]
     tasks: List[_Task] = []
     for ref in reference:
         if not ref.exercises:
             continue
         if ref.name not in match.graded:
-            rows += _failed_rows(student, ref, "notebook missing from the submission")
+            hint = match.lookalikes.get(ref.name)  # e.g. 01_patch_embedding.ipynb.bak, or exported as .py
+            rows += _failed_rows(student, ref, "notebook missing from the submission" + (f"; {hint}" if hint else ""))
             continue
         path, answers, problem = match.graded[ref.name]
         if answers is None:
@@ -440,17 +427,59 @@ def _grader_failed(student: str, reference: Sequence[RefNotebook], what: str, er
     return [r for nb in ([only] if only is not None else reference) for r in _failed_rows(student, nb, message)]
 
 
+def _copy_rows(student: str, notes: Sequence[str], rows: Sequence[dict]) -> List[dict]:
+    """A note row on what of the student's folder the sandbox's copy left out (a link, a chain of folders past
+    the depth copied): once per student, though the folder is copied for each notebook."""
+    if not notes:
+        return []
+    message = "not copied into the sandbox: " + "; ".join(_label(n) for n in notes[:3]) + (
+        f" (+{len(notes) - 3} more)" if len(notes) > 3 else "")
+    done = any(r["notebook"] == "(folder)" for r in rows)
+    return [] if done else [_row(student, "(folder)", "(notebook)", False, 0.0, 0.0, one_line(message, 500))]
+
+
+def _check_level(root: Path, students: Sequence[Path]) -> None:
+    """Refuse a submissions folder one level too high (class sections, an nbgrader course's submitted/): half its
+    "students" or more hold copies of one notebook in several subfolders and none at their top, as a folder of
+    student folders does (:func:`.reference.nested_students`). Fewer: each is warned about (and noted in its rows:
+    :func:`.reference.match_notebooks`)."""
+    nested = {s: found for s in students if (found := nested_students(s))}
+    if not nested:
+        return
+
+    def holds(s: Path) -> str:
+        name, subs = next(iter(nested[s].items()))
+        return (f"{_label(s.name)} holds {_label(name)} in {len(subs)} subfolders "
+                f"({', '.join(map(_label, subs[:3]))}{', ...' if len(subs) > 3 else ''})")
+
+    def students_in(s: Path) -> Path:  # where the copies' folders are: s, or s/section1 for s/section1/<student>
+        return s / os.path.commonpath(next(iter(nested[s].values())))
+
+    if 2 * len(nested) >= sum(bool(notebook_files(s)) for s in students):
+        first = next(iter(nested))
+        raise ValueError(f"{root} looks one level too high for a submissions folder: "
+                         f"{'; '.join(map(holds, list(nested)[:3]))}, and none at its top, as a folder of student "
+                         f"folders would; expected {root}/<student>/*.ipynb: grade each such folder on its own, e.g. "
+                         f"python -m vit_edu grade {students_in(first)} --out grades_{_label(first.name)}.csv (if "
+                         f"{_label(first.name)} is one student, keep one copy of each notebook there)")
+    for s in nested:
+        print(f"warning: {holds(s)} and none at its top, as a folder of several students would: it is graded as one "
+              f"student, the other copies as duplicates; if these are students, grade {students_in(s)} on its own",
+              file=sys.stderr)
+
+
 def _grade_all(box: sandbox.Sandbox, todo: Dict[str, Path], reference: Sequence[RefNotebook], folder: Path,
                state: dict, state_path: Path, seed: int, limits: sandbox.Limits, suspects: Dict[str, int],
-               out: Path, names: Sequence[str], verbose: bool) -> None:
+               out: Path, names: Sequence[str], verbose: bool,
+               superseded: Optional[Dict[str, Dict[str, str]]] = None) -> None:
     """Run every notebook of ``todo`` (student -> folder, in order) in the sandbox, judge, and write each student's
-    CSV when complete."""
+    CSV when complete. ``superseded``: per student folder name, files handed in again later (never graded)."""
     rows_of: Dict[str, List[dict]] = {}
     left: Dict[str, int] = {}
     queue: List[_Task] = []
     for student, s in todo.items():
         try:
-            rows, tasks = _prepare(s, student, reference, suspects.get(student, 0) > 0)
+            rows, tasks = _prepare(s, student, reference, suspects.get(student, 0) > 0, (superseded or {}).get(s.name))
         except Exception as err:  # noqa: BLE001 - one submission the grader cannot read must not stop the class
             rows, tasks = _grader_failed(student, reference, "could not read this submission", err), []
         queue += tasks
@@ -526,7 +555,7 @@ def _grade_all(box: sandbox.Sandbox, todo: Dict[str, Path], reference: Sequence[
                 rows = judge_notebook(task.student, task.ref, task.answers, result, seed, limits)
             except Exception as err:  # noqa: BLE001 - a record the judge cannot handle costs that notebook only
                 rows = _grader_failed(task.student, reference, "could not judge this notebook", err, task.ref)
-            rows_of[task.student] += rows
+            rows_of[task.student] += rows + _copy_rows(task.student, result.copy_notes, rows_of[task.student])
             if verbose:
                 got = sum(r["points"] for r in rows)
                 full = sum(r["max_points"] for r in rows)
@@ -536,70 +565,6 @@ def _grade_all(box: sandbox.Sandbox, todo: Dict[str, Path], reference: Sequence[
             if left[task.student] == 0:
                 del students_running[task.student]
                 finish_student(task.student)
-
-
-# ============================================================================================ shards
-def merge_shards(parts: Sequence["str | Path"], out: "str | Path" = "grades.csv",
-          reference_dir: "str | Path | None" = None, verbose: bool = True, detail: bool = False) -> List[dict]:
-    """Join the CSVs of ``grade --shard i/n --out PART`` into ``out`` and its summary (the same files one
-    machine would have written). Refused, before writing, unless the parts are shards 1..n of one split,
-    each complete (nothing still running), graded against the same reference as ``reference_dir``."""
-    summaries = {summary_path(p).resolve() for p in map(Path, parts)}
-    parts = [p for p in parts if Path(p).resolve() not in summaries]  # grades_*.csv matches the summaries too
-    if not parts:
-        raise ValueError("--merge needs the grades CSV of every shard (e.g. grades_*.csv)")
-    reference_folder = _reference_path(reference_dir)
-    reference = load_reference(reference_folder)
-    fp = fingerprint(reference)
-    seen: Dict[int, Path] = {}
-    total: Optional[int] = None
-    rows: List[dict] = []
-    owner: Dict[str, Path] = {}
-    out_path = Path(out).resolve()
-    for part in map(Path, parts):
-        if part.resolve() == out_path:
-            raise ValueError(f"--out {out} is one of the parts; write the merged grades elsewhere")
-        if not part.is_file():
-            raise FileNotFoundError(f"part not found: {part} (expected the --out CSV of one shard)")
-        state = _load_state(students_dir(part) / STATE_FILE)
-        shard = state.get("shard")
-        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard)):
-            raise ValueError(f"{part} was not graded with --shard i/n (no shard in "
-                             f"{students_dir(part) / STATE_FILE})")
-        i, n = shard
-        if state.get("reference") != fp:
-            raise ValueError(f"{part} was graded against another reference than {reference_folder} (its exercises, "
-                             f"points or setup cells differ); pass the shards' --reference")
-        if state.get("running"):
-            raise ValueError(f"{part}: shard {i}/{n} has not finished (students still marked running); rerun it")
-        if total is not None and n != total:
-            raise ValueError(f"{part} is shard {i}/{n} but an earlier part is of /{total}: the parts come from "
-                             f"different splits")
-        total = n
-        if i in seen:
-            raise ValueError(f"shard {i}/{n} given twice: {seen[i]} and {part}")
-        seen[i] = part
-        with open(part, newline="", encoding="utf-8") as f:
-            header = f.readline().strip().split(",")
-        if header[: len(COLUMNS) - 1] != COLUMNS[:-1]:
-            raise ValueError(f"{part} is not a grades CSV (its header is {','.join(header)[:120]!r})")
-        for row in read_student_csv(part):
-            if owner.setdefault(row["student"], part) != part:
-                raise ValueError(f"student {row['student']!r} is in {owner[row['student']]} and {part}")
-            rows.append(row)
-    assert total is not None
-    missing = sorted(set(range(1, total + 1)) - set(seen))
-    if missing:
-        raise ValueError(f"shard(s) {', '.join(f'{i}/{total}' for i in missing)} missing: give every part's CSV")
-    students = sorted(owner)
-    order = {(nb.name, ex.name): k for k, (nb, ex) in enumerate((nb, ex) for nb in reference for ex in nb.exercises)}
-    rows.sort(key=lambda r: (r["student"], order.get((r["notebook"], r["exercise"]), len(order))))
-    check_writable_file(Path(out), "grades file (--out)")
-    write_results(Path(out), rows, students, reference)
-    if verbose:
-        print(format_table(rows, students, reference, detail))
-        print(f"merged {total} shards ({len(students)} students) into {out} and {summary_path(out)}")
-    return rows
 
 
 # ============================================================================================ command line

@@ -6,7 +6,9 @@
   over the submissions and the grader's files, private /tmp, the scratch copy in a capped tmpfs at
   :data:`WORK`), a memory cgroup (:func:`_join_memory_cgroup`), no network, no new privileges, the uid change;
 * :func:`_set_limits`: the resource limits (memory, CPU seconds, file size, processes, open files);
-* :func:`bwrap_command`: the fork server under bubblewrap (PID and IPC namespaces, no network).
+* :func:`bwrap_command`: the fork server under bubblewrap (PID and IPC namespaces, no network);
+* :func:`copy_tree`, :func:`chown_tree`, :func:`remove_tree`: the scratch copies, with stacks of their own (a
+  student's folder may be a chain of thousands of folders, past Python's recursion limit).
 
 Nothing here runs student code; :mod:`.child` calls these in the forked child, :mod:`.sandbox` on the grader's
 and the server's side.
@@ -15,10 +17,12 @@ and the server's side.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import pwd
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -102,13 +106,6 @@ def _uids_in_use() -> set:
     return uids
 
 
-def chown_tree(path: Path, uid: int, gid: int) -> None:
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
-    os.chown(path, uid, gid)
-
-
 def bwrap_command(bwrap: str) -> List[str]:
     """The server under bubblewrap (Flatpak's sandbox): a PID namespace, so that the notebooks see only each other
     in /proc, never the grader or the machine's other processes, and all of them die with the server (bwrap is
@@ -126,6 +123,175 @@ def _bubblewrap() -> Tuple[Optional[str], str]:
     if path is None:
         return None, "no bubblewrap on this machine (apt-get install bubblewrap adds a PID namespace)"
     return path, ""
+
+
+# =============================================================================================== folder trees
+# A student's folder, or what its code leaves in its scratch copy, may be a chain of thousands of folders: os.walk,
+# shutil.copytree and shutil.rmtree recurse once per level and stop at Python's recursion limit (a RecursionError,
+# which rmtree's ignore_errors does not catch), so one student would stop the class. These keep stacks of their own.
+MAX_DEPTH = 64  # folder levels below a student's folder that are copied for the sandbox (real work has under 20)
+
+
+def copy_tree(src: "str | os.PathLike", dst: "str | os.PathLike", max_bytes: int = 200 * 1024 * 1024,
+              max_entries: int = 20_000, max_depth: int = MAX_DEPTH, reserved: str = "",
+              make: bool = True) -> Tuple[List[str], int, int]:
+    """Copy the regular files and folders of ``src`` into ``dst`` (made, mode 700, when ``make``); returns (notes on
+    what was left out, bytes copied, files and folders copied). Left out, each with a note: links and special files
+    (a FIFO would block the copy; a link could point anywhere), names at the top that start with ``reserved`` (the
+    grader's own), everything past ``max_bytes`` in all or past ``max_entries`` files and folders (the grader copies
+    before each notebook: a folder of a million empty files would stall the class), and folders nested deeper than
+    ``max_depth``. Jupyter's .ipynb_checkpoints are left out unsaid."""
+    src, dst = Path(src), Path(dst)
+    notes: List[str] = []
+    total = entries = 0
+    if make:
+        dst.mkdir(mode=0o700)
+    stack: List[Tuple[Path, int]] = [(Path("."), 0)]
+    too_deep = False
+    while stack:
+        rel, depth = stack.pop()
+        try:
+            with os.scandir(src / rel) as listing:  # at most what the cap lets through: a million names cost nothing
+                found = sorted(itertools.islice(listing, max_entries - entries + 1), key=lambda e: e.name)
+        except OSError as err:
+            notes.append(f"{rel}: not copied ({err.strerror})")
+            continue
+        if rel == Path(".") and reserved:
+            notes += [f"{e.name}: a name the grader keeps for itself, not copied" for e in found
+                      if e.name.startswith(reserved)]
+            found = [e for e in found if not e.name.startswith(reserved)]
+        full = entries + len(found) > max_entries
+        if full:  # the first ones up to the cap, nothing after
+            notes.append(f"{rel}: partly copied, and nothing after it (over {max_entries} files and folders)")
+            found = found[: max_entries - entries]
+        entries += len(found)
+        folders = []
+        for entry in found:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as err:
+                notes.append(f"{rel / entry.name}: not copied ({err.strerror})")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name.startswith(".ipynb_checkpoints"):
+                    continue
+                if depth + 1 > max_depth:
+                    if not too_deep:  # once: the path of a chain is a thousand names long
+                        notes.append(f"{(rel / entry.name).parts[0]}/...: folders nested deeper than {max_depth} "
+                                     f"levels, not copied")
+                    too_deep = True
+                    continue
+                try:
+                    (dst / rel / entry.name).mkdir(mode=0o700, exist_ok=not make)
+                except OSError as err:  # e.g. a path that fits the submission but not the longer scratch path
+                    notes.append(f"{rel / entry.name}: not copied ({err.strerror})")
+                    continue
+                folders.append((rel / entry.name, depth + 1))
+            elif not stat.S_ISREG(st.st_mode):
+                notes.append(f"{rel / entry.name}: {'a link' if stat.S_ISLNK(st.st_mode) else 'not a regular file'}, "
+                             f"not copied")
+            elif total + st.st_size > max_bytes:
+                notes.append(f"{rel / entry.name}: not copied (the folder is over {max_bytes // 2**20} MB)")
+            else:
+                total += st.st_size
+                try:
+                    fd = os.open(src / rel / entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                    with os.fdopen(fd, "rb") as fin, open(dst / rel / entry.name, "wb") as fout:
+                        shutil.copyfileobj(fin, fout)
+                except OSError as err:
+                    notes.append(f"{rel / entry.name}: not copied ({err.strerror})")
+        stack = [] if full else stack + folders[::-1]  # in name order, depth first
+    return notes, total, entries
+
+
+def chown_tree(path: "str | os.PathLike", uid: int, gid: int) -> None:
+    """``chown`` everything under ``path`` and ``path`` itself (links themselves, never what they point to)."""
+    stack = [os.fspath(path)]
+    while stack:
+        with os.scandir(stack.pop()) as listing:
+            for entry in listing:
+                os.chown(entry.path, uid, gid, follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    os.chown(path, uid, gid)
+
+
+def _open_folder(name: str, parent: Optional[int]) -> int:
+    """A folder's fd, never through a link; a folder its owner made unreadable (chmod 000) is made readable."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except PermissionError:  # as root this never happens; as the grader's user, on the student's own files
+        os.chmod(name, 0o700, dir_fd=parent)
+        return os.open(name, flags, dir_fd=parent)
+
+
+def _remove_entry(name: str, folder: int, is_folder: bool) -> None:
+    remove = (lambda: os.rmdir(name, dir_fd=folder)) if is_folder else (lambda: os.unlink(name, dir_fd=folder))
+    try:
+        remove()
+    except PermissionError:  # a folder its owner made read-only
+        os.fchmod(folder, 0o700)
+        remove()
+
+
+def remove_tree(path: "str | os.PathLike", max_open: int = 32) -> bool:
+    """Remove ``path`` and all it holds; True when nothing is left. Never raises (cleaning up after one notebook
+    must not stop the class) and never recurses: at most ``max_open`` folders are open at once and every name is
+    looked up from its open parent (no path grows past PATH_MAX); a folder deeper than that is first moved up to
+    the top (a rename, whatever it holds), so a chain of any length goes. Links are removed, never followed."""
+    path = os.fspath(path)
+    fds: List[int] = []
+    try:
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)
+                return True
+        except FileNotFoundError:
+            return True
+        fds.append(_open_folder(path, None))
+        todo: List[List[str]] = [os.listdir(fds[0])]  # per open folder: the names still to remove in it
+        opened: List[str] = []  # the name of each open folder but the top, in its parent
+        spare = (f".vit_edu_rm_{os.getpid()}_{n}" for n in itertools.count())
+        clean = True
+        while fds:
+            if not todo[-1]:
+                os.close(fds.pop())
+                todo.pop()
+                if opened:
+                    try:
+                        _remove_entry(opened.pop(), fds[-1], True)
+                    except OSError:
+                        clean = False
+                continue
+            name, folder = todo[-1].pop(), fds[-1]
+            try:
+                os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            try:
+                if not stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                    _remove_entry(name, folder, False)
+                elif len(fds) < max_open:
+                    fds.append(_open_folder(name, folder))
+                    opened.append(name)
+                    todo.append(os.listdir(fds[-1]))
+                else:  # deep down a chain: move it up to the top, to be removed from there
+                    up = next(n for n in spare if not os.path.lexists(os.path.join(path, n)))
+                    os.rename(name, up, src_dir_fd=folder, dst_dir_fd=fds[0])
+                    todo[0].append(up)
+            except OSError:
+                clean = False
+        os.rmdir(path)
+        return clean
+    except Exception:  # noqa: BLE001 - what is left stays; the next notebooks are graded all the same
+        return False
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 # =============================================================================================== processes, limits, namespaces, cgroups
@@ -195,13 +361,7 @@ def _kill_job(pid: Optional[int], uid: Optional[int], gid: Optional[int]) -> Non
                     break
                 time.sleep(0.002)
             for entry in _temp_entries_of(uid):
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
-                except OSError:
-                    continue
+                remove_tree(entry.path)  # never raises, also on a chain of thousands of folders
         finally:
             os._exit(0)
     os.waitpid(helper, 0)
@@ -300,7 +460,7 @@ def _isolate(job: dict) -> str:
     os.makedirs(WORK, exist_ok=True)  # the folder: a tmpfs of its own (disk and file count capped), holding a copy
     _mount(libc, "tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={int(job.get('disk_bytes', 64 << 20))},nr_inodes={int(job.get('inodes', 20_000))},mode=0700")
-    shutil.copytree(f"/proc/self/fd/{scratch_fd}", WORK, symlinks=True, dirs_exist_ok=True)
+    copy_tree(f"/proc/self/fd/{scratch_fd}", WORK, max_bytes=1 << 62, max_entries=1 << 62, make=False)
     if job.get("uid") is not None:
         chown_tree(Path(WORK), int(job["uid"]), int(job["gid"]))
     for fd in [scratch_fd, *keep.values()]:

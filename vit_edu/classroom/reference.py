@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import nbformat
 
@@ -193,6 +193,36 @@ def load_reference(reference_dir: "str | Path") -> List[RefNotebook]:
     return notebooks
 
 
+def _reference_path(reference_dir: "str | Path | None") -> Path:
+    """The reference folder: the one given, else assignments/student here or in the source checkout."""
+    if reference_dir is not None:
+        return Path(reference_dir)
+    here = Path(DEFAULT_REFERENCE)
+    if here.is_dir():
+        return here
+    repo = Path(__file__).resolve().parents[2] / DEFAULT_REFERENCE  # vit_edu/classroom/reference.py -> repository
+    return repo if repo.is_dir() else here
+
+
+VERDICT_SOURCES = ("checks.py", "classroom/engine.py", "classroom/judge.py", "classroom/exercises_*.py")
+
+
+def checks_fingerprint(package: Optional[Path] = None) -> str:
+    """``<vit_edu's version>+<digest>`` of the code that decides a verdict: the bytes of vit_edu/checks.py and of
+    the exercise tables, engine and judge in vit_edu/classroom/ (:data:`VERDICT_SOURCES`; ``package``: another
+    copy of vit_edu/). A course update that changes a check changes it, so a resumed run or a merge of shards
+    never mixes verdicts of two versions."""
+    from .. import __version__
+
+    package = Path(__file__).resolve().parents[1] if package is None else Path(package)
+    h = hashlib.sha256()
+    for pattern in VERDICT_SOURCES:
+        for path in sorted(package.glob(pattern)):
+            h.update(path.relative_to(package).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"{__version__}+{h.hexdigest()[:12]}"
+
+
 def fingerprint(reference: Sequence[RefNotebook]) -> str:
     """Changes when the exercises, points, checked objects or setup cells of the reference change."""
     data = [(nb.name, [s.get("source", s.get("grade_id", s.get("name"))) for s in nb.steps],
@@ -345,6 +375,7 @@ class Assignment:
 
     graded: Dict[str, Tuple[Path, Optional[Dict[str, List[str]]], str]] = field(default_factory=dict)
     notes: List[Tuple[str, str]] = field(default_factory=list)  # (file name, what is wrong with it)
+    lookalikes: Dict[str, str] = field(default_factory=dict)  # missing reference notebook -> a file named like it
 
 
 def _worked_on(answers: Optional[Dict[str, List[str]]], ref: RefNotebook) -> int:
@@ -362,24 +393,35 @@ def no_submission(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+# Read as notebooks, in any case: .ipynb, and the .json or .txt a browser, an LMS or an editor adds when it saves a
+# notebook as JSON or text (graded, with a note to rename the file).
+NOTEBOOK_SUFFIXES = (".ipynb", ".ipynb.json", ".ipynb.txt")
+EXPORTS = (".py", ".html", ".htm", ".pdf", ".md", ".tex", ".rst")  # what "Download as" or nbconvert writes
+
+
 def _is_notebook(name: str) -> bool:
-    return name.lower().endswith(".ipynb")
+    return name.lower().endswith(NOTEBOOK_SUFFIXES)
 
 
 def _canonical(name: str) -> str:
-    """The name with its suffix in lower case: ``01_patch_embedding.IPYNB`` is ``01_patch_embedding.ipynb``."""
-    return name[: -len(".ipynb")] + ".ipynb" if _is_notebook(name) else name
+    """The name as the reference's: its suffix in lower case and without an added .json or .txt, so that
+    ``01_patch_embedding.IPYNB`` and ``01_patch_embedding.ipynb.txt`` are ``01_patch_embedding.ipynb``."""
+    lower = name.lower()
+    suffix = next((x for x in NOTEBOOK_SUFFIXES if lower.endswith(x)), None)
+    return name[: -len(suffix)] + ".ipynb" if suffix else name
 
 
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")  # a zipped submission the teacher must extract
 
 
-def notebook_files(student_dir: Path, suffixes: Tuple[str, ...] = (".ipynb",)) -> List[Path]:
-    """The student's notebooks: names ending in .ipynb in any case, at the top of the folder and in its subfolders
-    at any depth (a zipped folder extracted one level down), those at the top first. Hidden files and folders
-    (Jupyter's .ipynb_checkpoints), __MACOSX and links to folders are not entered (a link could point anywhere);
-    at most MAX_ENTRIES entries are looked at, so a folder of a million files costs no more than the sandbox
-    would copy. ``suffixes``: other files to find (:data:`ARCHIVES`)."""
+def notebook_files(student_dir: Path, suffixes: Tuple[str, ...] = NOTEBOOK_SUFFIXES,
+                   wanted: Optional[Callable[[str], bool]] = None) -> List[Path]:
+    """The student's notebooks: names ending in .ipynb in any case (or :data:`NOTEBOOK_SUFFIXES`), at the top of the
+    folder and in its subfolders at any depth (a zipped folder extracted one level down), those at the top first.
+    Hidden files and folders (Jupyter's .ipynb_checkpoints), __MACOSX and links to folders are not entered (a link
+    could point anywhere); at most MAX_ENTRIES entries are looked at, so a folder of a million files costs no more
+    than the sandbox would copy. ``suffixes``: other files to find (:data:`ARCHIVES`); ``wanted``: instead, the
+    names (in lower case) to find."""
     found: List[Path] = []
     folders = [student_dir]
     budget = MAX_ENTRIES
@@ -394,7 +436,7 @@ def notebook_files(student_dir: Path, suffixes: Tuple[str, ...] = (".ipynb",)) -
         for entry in entries:
             if no_submission(entry.name):
                 continue
-            if entry.name.lower().endswith(suffixes):
+            if wanted(entry.name.lower()) if wanted is not None else entry.name.lower().endswith(suffixes):
                 found.append(Path(entry.path))
             try:
                 is_folder = entry.is_dir(follow_symlinks=False)
@@ -405,17 +447,68 @@ def notebook_files(student_dir: Path, suffixes: Tuple[str, ...] = (".ipynb",)) -
     return sorted(found, key=lambda q: (len(q.relative_to(student_dir).parts), q.relative_to(student_dir).parts))
 
 
-def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assignment:
+def _nested(student_dir: Path, files: Sequence[Path]) -> Dict[str, List[str]]:
+    """{notebook name: the subfolders holding a copy, as paths below ``student_dir``} for each notebook with copies
+    in several subfolders (at any depth: sections of a year, students of a section) and none at its top."""
+    where: Dict[str, set] = {}
+    for p in files:
+        folder = p.parent.relative_to(student_dir).as_posix()
+        where.setdefault(_canonical(p.name), set()).add("" if folder == "." else folder)
+    return {name: sorted(found) for name, found in where.items() if "" not in found and len(found) > 1}
+
+
+def nested_students(student_dir: Path) -> Dict[str, List[str]]:
+    """What makes ``student_dir`` look like a folder of students, not one student's (the grader pointed one level
+    too high: class sections, an nbgrader course's submitted/): {notebook: subfolders} of the notebooks it holds
+    in several subfolders and not at its top (see :func:`_nested`); {} for one student's folder."""
+    return _nested(student_dir, notebook_files(student_dir))
+
+
+def _lookalikes(student_dir: Path, missing: Sequence[str], seen: Sequence[Path]) -> List[Tuple[Path, str, str]]:
+    """(file, reference notebook, what it is) for the files named like a missing reference notebook that are no
+    notebook files: an export (``01_patch_embedding.py``, ``.html``) or a name with something after .ipynb
+    (``01_patch_embedding.ipynb.bak``), so that "notebook missing" names the file and what to do."""
+    stems = {name[: -len(".ipynb")].lower(): name for name in missing}
+    ref_of = lambda lower: next((stems[s] for s in sorted(stems, key=len, reverse=True)  # noqa: E731
+                                 if lower == s or lower.startswith(s + ".")), None)
+    found = []
+    for p in notebook_files(student_dir, wanted=lambda lower: ref_of(lower) is not None):
+        if p in seen or p.is_symlink() or not p.is_file():
+            continue
+        name, lower = ref_of(p.name.lower()), p.name.lower()
+        ext = os.path.splitext(lower)[1]
+        found.append((p, name, f"an export of {name} ({ext}), not the notebook: the grader reads only the .ipynb "
+                               f"file; hand in {name} itself" if ext in EXPORTS and ".ipynb" not in lower else
+                      f"named like {name} but no notebook file name: if it is the notebook, rename it {name} and "
+                      f"grade again"))
+    return found[:10]
+
+
+def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook],
+                    superseded: Optional[Dict[str, str]] = None) -> Assignment:
     """Pair a student's notebooks with the reference: by file name (its suffix in any case), else (renamed) by
     answer grade_ids; notebooks in subfolders count too (see :func:`notebook_files`).
 
     A reference notebook is graded at most once. When several files are its copies (the file of its name and a
     renamed one, or one in a subfolder), the one with the most answers worked on is graded (an untouched stub
     beside a renamed answer loses); on a tie one at the top of the folder, then the file of the reference's name;
-    the others are reported as duplicates, files matching no reference notebook as extra; neither is graded."""
+    the others are reported as duplicates, files matching no reference notebook as extra; neither is graded.
+    ``superseded``: {file at the top: the file handed in again later} (a Canvas download,
+    :func:`resubmissions`): reported as duplicates of the later file, never graded. Also noted: copies of one
+    notebook in several subfolders and none at the top (:func:`nested_students`), and, for a missing reference
+    notebook, a file named like it that is no notebook file (an export, an added suffix)."""
     out = Assignment()
     by_name = {nb.name: nb for nb in reference}
     files = notebook_files(student_dir)
+    for name, subs in _nested(student_dir, files).items():
+        out.notes.append((_label(name), f"copies in {len(subs)} subfolders ({', '.join(map(_label, subs[:3]))}"
+                          f"{', ...' if len(subs) > 3 else ''}) and none at the top, as in a folder of several "
+                          f"students: if these are students, grade this folder on its own"))
+    later = {p: (superseded or {}).get(p.name) for p in files if p.parent == student_dir}
+    out.notes += [(_label(p.name), f"duplicate of {_label(name)}, which was handed in later (Canvas numbers a file "
+                   f"handed in again -1, -2, ...; the latest is graded): not graded")
+                  for p, name in later.items() if name]
+    files = [p for p in files if not later.get(p)]
     if len(files) > MAX_NOTEBOOKS:  # a folder of a thousand copies must not fill the grader's memory
         out.notes.append((_label(files[MAX_NOTEBOOKS].relative_to(student_dir).as_posix()),
                           f"not read, nor the {len(files) - MAX_NOTEBOOKS - 1} after it: over {MAX_NOTEBOOKS} notebooks"))
@@ -450,8 +543,9 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
             if q is chosen:
                 how = [] if q.parent == student_dir else ["found in a subfolder"]
                 if q.name != ref_name:
-                    suffix = q.name[-len(".ipynb"):]
-                    how.append(f"its suffix is {suffix}" if _canonical(q.name) == ref_name else
+                    suffix = q.name[len(ref_name) - len(".ipynb"):]  # ".IPYNB", ".ipynb.txt" when it is one of these
+                    how.append((f"its suffix is {suffix}" if len(suffix) == len(".ipynb") else
+                                f"saved as {suffix}: rename it {ref_name}") if _canonical(q.name) == ref_name else
                                "its answer cells are this notebook's" if _canonical(q.name) in by_name else "renamed")
                 if how and top in read:
                     how[-1] += (f"; {_label(ref_name)} {'beside it' if q.parent == student_dir else 'at the top'} "
@@ -469,22 +563,35 @@ def match_notebooks(student_dir: Path, reference: Sequence[RefNotebook]) -> Assi
                 else:
                     what = f"as many answers worked on; {label[chosen]} is graded"
                 out.notes.append((label[q], f"duplicate of {ref_name} ({what}): not graded"))
+    missing = [nb.name for nb in reference if nb.exercises and nb.name not in out.graded]
+    for p, name, what in _lookalikes(student_dir, missing, list(read)) if missing else []:
+        file = _label(p.relative_to(student_dir).as_posix())
+        out.notes.append((file, f"not graded: {what}"))
+        out.lookalikes.setdefault(name, f"{file} is {what}")
     return out
 
 
 # ============================================================================================ LMS downloads
 CANVAS = re.compile(r"(?P<name>[^_]*)_(?:LATE_)?(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)", re.S)
-_RESUBMITTED = re.compile(r"-\d+(?=\.ipynb$)", re.I)  # Canvas's mark on a file name handed in again
+_RESUBMITTED = re.compile(r"-(\d+)(?=\.ipynb(?:\.json|\.txt)?$)", re.I)  # Canvas's mark on a file handed in again
+
+
+def _hand_in(m: "re.Match[str]") -> Tuple[str, Tuple[int, int]]:
+    """(a Canvas file's name as first handed in, its rank among the files handed in under that name): Canvas
+    names a file handed in again ``<name>-1``, ``<name>-2``, ... (compared as numbers: -10 is later than -9),
+    and the submission id decides between equal numbers; the highest rank is the latest."""
+    again = _RESUBMITTED.search(m["file"])
+    return _RESUBMITTED.sub("", m["file"]), (int(again.group(1)) if again else 0, int(m["submission"]))
 
 
 def lms_download(root: Path, reference: Sequence[RefNotebook]) -> Dict[str, List[Tuple[Path, str]]]:
     """The loose files of a Canvas bulk download, all in ``root`` and named ``<lastfirst>_<userid>_<submissionid>_
     <file name>`` (``<lastfirst>_LATE_<userid>_...`` when late), grouped per student: {"<lastfirst>_<userid>":
     [(file, name to grade it under)]}. That name is the file's own, without the ``-1``, ``-2`` Canvas adds to a
-    name handed in again where the rest names a reference notebook (and unless another of the student's files has
-    it). {} when no loose notebook is named so; ValueError listing what was found when the layout is ambiguous:
-    such notebooks beside student folders holding notebooks or beside loose notebooks named otherwise, or one user
-    id under two names."""
+    name handed in again where the rest names a reference notebook, given to the latest of the files handed in under
+    that name (:func:`_hand_in`; unless another of the student's files has it). {} when no loose notebook is named
+    so; ValueError listing what was found when the layout is ambiguous: such notebooks beside student folders
+    holding notebooks or beside loose notebooks named otherwise, or one user id under two names."""
     loose = sorted(p for p in root.iterdir() if not no_submission(p.name) and not p.is_symlink() and p.is_file())
     canvas = {p: CANVAS.fullmatch(p.name) for p in loose if CANVAS.fullmatch(p.name)}
     if not any(_is_notebook(p.name) for p in canvas):
@@ -510,7 +617,9 @@ def lms_download(root: Path, reference: Sequence[RefNotebook]) -> Dict[str, List
                          f"files of one Canvas download")
     references = {nb.name for nb in reference}
     groups: Dict[str, List[Tuple[Path, str]]] = {}
-    for path, m in canvas.items():
+    latest_first = sorted(canvas.items(), key=lambda pm: (pm[1]["user"], _hand_in(pm[1])[0],
+                                                           [-k for k in _hand_in(pm[1])[1]], pm[0].name))
+    for path, m in latest_first:
         files = groups.setdefault(f"{m['name']}_{m['user']}", [])
         taken = {name for _, name in files}
         plain = _RESUBMITTED.sub("", m["file"])
@@ -519,10 +628,24 @@ def lms_download(root: Path, reference: Sequence[RefNotebook]) -> Dict[str, List
     return groups
 
 
-def stage_lms_download(groups: Dict[str, List[Tuple[Path, str]]], into: Path) -> None:
-    """Copy :func:`lms_download`'s files into one folder per student under ``into``. A notebook over
-    MAX_NOTEBOOK_BYTES is cut just past that size (it is refused as too large, with what to do, as in a folder);
-    another file that large is not copied."""
+def resubmissions(groups: Dict[str, List[Tuple[Path, str]]]) -> Dict[str, Dict[str, str]]:
+    """{student: {name of a notebook handed in before: name of the latest handed in under the same name}} of
+    :func:`lms_download`'s groups (see :func:`_hand_in`): only the latest is graded, as Canvas shows it."""
+    out: Dict[str, Dict[str, str]] = {}
+    for student, files in groups.items():
+        ranked = [(_canonical(_hand_in(m)[0]), _hand_in(m)[1], name) for path, name in files
+                  if (m := CANVAS.fullmatch(path.name)) is not None and _is_notebook(m["file"])]
+        latest = {plain: max((r, name) for p, r, name in ranked if p == plain)[1] for plain, _, _ in ranked}
+        older = {name: latest[plain] for plain, _, name in ranked if name != latest[plain]}
+        if older:
+            out[student] = older
+    return out
+
+
+def stage_lms_download(groups: Dict[str, List[Tuple[Path, str]]], into: Path) -> Dict[str, Dict[str, str]]:
+    """Copy :func:`lms_download`'s files into one folder per student under ``into``; returns
+    :func:`resubmissions` (what not to grade). A notebook over MAX_NOTEBOOK_BYTES is cut just past that size (it
+    is refused as too large, with what to do, as in a folder); another file that large is not copied."""
     for student, files in groups.items():
         (into / student).mkdir(mode=0o700)
         for src, name in files:
@@ -531,6 +654,7 @@ def stage_lms_download(groups: Dict[str, List[Tuple[Path, str]]], into: Path) ->
                 data = f.read(MAX_NOTEBOOK_BYTES + 1)
             if len(data) <= MAX_NOTEBOOK_BYTES or _is_notebook(name):
                 (into / student / name).write_bytes(data)
+    return resubmissions(groups)
 
 
 def submission_hash(student_dir: Path) -> str:

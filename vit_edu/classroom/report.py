@@ -24,6 +24,7 @@ from .reference import RefNotebook, _label
 from .sandbox import one_line
 
 COLUMNS = ["student", "notebook", "exercise", "passed", "points", "max_points", "message", "flags"]
+STATE_FILE = ".grading.json"  # in the per-student folder: reference and checks fingerprints, journal, seeds
 
 
 # ======================================================================================= students' names
@@ -126,6 +127,16 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
 
 def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda f: json.dump(data, f, indent=1, sort_keys=True), "w", encoding="utf-8")
+
+
+def _load_state(path: Path) -> dict:
+    """The grading journal (:data:`STATE_FILE`), {} when there is none or it is unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _cell_text(text: str) -> str:

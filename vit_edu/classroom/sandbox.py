@@ -54,7 +54,6 @@ import json
 import math
 import os
 import select
-import shutil
 import signal
 import stat
 import subprocess
@@ -66,11 +65,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..fileio import folder_size
 from . import isolation as _kernel
 from .child import JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _try_uid, _warm_up_modules, one_line
 from .isolation import (SandboxError, UidPool, _bubblewrap, _kill_job, _libc, _memory_cgroup_root,
-                        bwrap_command, cgroup_path, chown_tree, needed_paths, remove_cgroup)
+                        bwrap_command, cgroup_path, chown_tree, copy_tree, needed_paths, remove_cgroup, remove_tree)
 
 RESERVED_PREFIX = ".vit_edu_"  # the scratch copy's names the grader uses; a submission's own are not copied
 # Preloaded in the server besides torch, vit_edu.checks and the reference's setup imports: after the uid
@@ -126,55 +124,9 @@ def privileged() -> bool:
 # =============================================================================================== grader side
 def copy_folder(src: Path, dst: Path, max_bytes: int = 200 * 1024 * 1024, max_entries: int = 20_000) -> List[str]:
     """Copy the regular files and folders of ``src`` into the new folder ``dst``; returns notes on what was left
-    out: links and special files (a FIFO would block the copy; a link could point anywhere), everything past
-    ``max_bytes`` in all, and everything past ``max_entries`` files and folders (the grader copies before each
-    notebook, so a folder of a million empty files would stall the class)."""
-    notes: List[str] = []
-    total = entries = 0
-    dst.mkdir(mode=0o700)
-    for root, dirs, files in os.walk(src, followlinks=False):
-        rel = Path(root).relative_to(src)
-        if entries + len(dirs) + len(files) > max_entries:  # the first ones up to the cap, nothing after
-            if entries < max_entries:
-                notes.append(f"{rel}: partly copied, and nothing after it (over {max_entries} files and folders)")
-            dirs[:] = dirs[: max_entries - entries]
-            files = files[: max_entries - entries - len(dirs)]
-        entries += len(dirs) + len(files)
-        for d in list(dirs):
-            st = os.lstat(Path(root) / d)
-            if rel == Path(".") and d.startswith(RESERVED_PREFIX):
-                dirs.remove(d)
-                notes.append(f"{d}: a name the grader keeps for itself, not copied")
-            elif stat.S_ISDIR(st.st_mode) and not d.startswith(".ipynb_checkpoints"):
-                try:
-                    (dst / rel / d).mkdir(mode=0o700)
-                except OSError as err:  # e.g. a path that fits the submission but not the longer scratch path
-                    dirs.remove(d)
-                    notes.append(f"{rel / d}: not copied ({err.strerror})")
-            else:
-                dirs.remove(d)
-                if not stat.S_ISDIR(st.st_mode):
-                    notes.append(f"{rel / d}: a link, not copied")
-        for name in files:
-            path = Path(root) / name
-            if rel == Path(".") and name.startswith(RESERVED_PREFIX):
-                notes.append(f"{name}: a name the grader keeps for itself, not copied")
-                continue
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                notes.append(f"{rel / name}: not a regular file, not copied")
-                continue
-            if total + st.st_size > max_bytes:
-                notes.append(f"{rel / name}: not copied (the folder is over {max_bytes // 2**20} MB)")
-                continue
-            total += st.st_size
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                with os.fdopen(fd, "rb") as fin, open(dst / rel / name, "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-            except OSError as err:
-                notes.append(f"{rel / name}: not copied ({err.strerror})")
-    return notes
+    out (:func:`.isolation.copy_tree`: links, special files, the grader's own names, past ``max_bytes``, past
+    ``max_entries`` files and folders, folders nested too deep)."""
+    return copy_tree(src, dst, max_bytes, max_entries, reserved=RESERVED_PREFIX)[0]
 
 
 def read_untrusted(path: Path, max_bytes: int) -> Tuple[Optional[bytes], str]:
@@ -266,8 +218,9 @@ def read_record(results: Path, max_bytes: int) -> Tuple[Any, str]:
     return best, ("" if best is not None else problem)
 
 
-def output_tail(path: Path, lines: int = 3, max_bytes: int = 4096) -> str:
-    """The last lines the child printed (for the reason of a crash), one line, untrusted text."""
+def output_tail(path: Path, lines: int = 3, max_bytes: int = 4096, skip: str = "") -> str:
+    """The last lines the child printed (for the reason of a crash), one line, untrusted text; lines that start
+    with ``skip`` (when given) left out."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -278,7 +231,7 @@ def output_tail(path: Path, lines: int = 3, max_bytes: int = 4096) -> str:
         size = os.fstat(f.fileno()).st_size
         f.seek(max(0, size - max_bytes))
         text = f.read(max_bytes).decode("utf-8", "replace")
-    kept = [l.strip() for l in text.splitlines() if l.strip()][-lines:]
+    kept = [l.strip() for l in text.splitlines() if l.strip() and not (skip and l.startswith(skip))][-lines:]
     return " | ".join(kept)
 
 
@@ -330,7 +283,8 @@ class Server:
                 return
 
     def log_tail(self) -> str:
-        return output_tail(self.log_path, lines=3) or f"see {self.log_path}"
+        """The server's last lines, for a notebook whose sandbox could not be set up (not its preload notes)."""
+        return output_tail(self.log_path, lines=3, skip="sandbox server: could not preload") or f"see {self.log_path}"
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -470,8 +424,8 @@ class Sandbox:
         scratch = self.workdir / f"run{self._count}"
         results = self.workdir / f"run{self._count}.out"
         results.mkdir(mode=0o700)
-        notes = copy_folder(student_dir, scratch, max_entries=self.limits.files)
-        copied_bytes, copied_files = folder_size(scratch, skip=())
+        notes, copied_bytes, copied_files = copy_tree(student_dir, scratch, max_entries=self.limits.files,
+                                                      reserved=RESERVED_PREFIX)
         lim = self.limits
         # The cells go through a file, not through the server: whatever passes through the server's memory
         # would be inherited by the next children, and a student's code could look for other students' answers.
@@ -545,8 +499,8 @@ class Sandbox:
             elif code:
                 reason = f"the process exited with code {code}"
         record, problem = read_record(run.results, lim.max_file_bytes)
-        shutil.rmtree(run.scratch, ignore_errors=True)
-        shutil.rmtree(run.results, ignore_errors=True)
+        remove_tree(run.scratch)  # never raises: what a student's code left there costs nobody else
+        remove_tree(run.results)
         if run.uid is not None and self.uids is not None:
             self.uids.give(run.uid)
         outcome = Outcome(run.key, code, reason, time.monotonic() - run.started, maxrss_kb)
@@ -581,11 +535,11 @@ class Sandbox:
             self.server.close()
         finally:
             for run in list(self.running.values()):
-                shutil.rmtree(run.scratch, ignore_errors=True)
-                shutil.rmtree(run.results, ignore_errors=True)
+                remove_tree(run.scratch)
+                remove_tree(run.results)
             self.running.clear()
             if self._own_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                remove_tree(self.workdir)
             if self.uids is not None:
                 self.uids.close()  # after the server: its children were killed with it
 
@@ -601,6 +555,12 @@ def _vm_kb() -> Tuple[int, int]:
             elif line.startswith("VmSize:"):
                 size = int(line.split()[1])
     return data, size
+
+
+def _not_a_module(name: str, err: Exception) -> bool:
+    """True when ``name`` is no module but a name inside one that imported (``from a.b import f`` is preloaded as
+    a.b and, in case f is a submodule, a.b.f): a wrong guess, nothing to report."""
+    return isinstance(err, ModuleNotFoundError) and err.name == name and name.rpartition(".")[0] in sys.modules
 
 
 def serve() -> None:
@@ -648,6 +608,8 @@ def serve() -> None:
                         try:
                             __import__(name)
                         except Exception as err:  # noqa: BLE001 - the child will report the import itself
+                            if _not_a_module(name, err):
+                                continue
                             print(f"sandbox server: could not preload {name}: {type(err).__name__}: {err}",
                                   file=sys.stderr, flush=True)
                     for name in _warm_up_modules():  # what torch imports lazily (sympy on a backward, ...)

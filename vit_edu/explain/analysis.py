@@ -15,6 +15,7 @@ Only torch; all functions work on CPU tensors and are batched where that is natu
 
 from __future__ import annotations
 
+import numbers
 from typing import Dict, Sequence, Tuple, Union
 
 import torch
@@ -141,6 +142,9 @@ def attention_rollout(
     stacked = _stack_attentions(attentions, detach=not differentiable)  # [L, B, H, T, T]
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, numbers.Real):
+        raise TypeError(f"discard_ratio must be a number in [0, 1), got {type(discard_ratio).__name__} "
+                        f"{discard_ratio!r}")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
     L, B, H, T, _ = stacked.shape
@@ -463,6 +467,9 @@ def attention_distance_summary(distances: torch.Tensor, uniform_distance: float)
         shape = tuple(distances.shape) if isinstance(distances, torch.Tensor) else type(distances).__name__
         raise ValueError(f"distances must be a non-empty [layers, heads] tensor (from mean_attention_distance), got {shape}")
     _check_finite(distances.detach(), "distances")
+    if isinstance(uniform_distance, bool) or not isinstance(uniform_distance, numbers.Real):
+        raise TypeError(f"uniform_distance must be a number > 0 (from uniform_attention_distance), got "
+                        f"{type(uniform_distance).__name__} {uniform_distance!r}")
     if not uniform_distance > 0:
         raise ValueError(f"uniform_distance must be > 0, got {uniform_distance}")
     ratio = distances.detach().to(torch.float64) / uniform_distance

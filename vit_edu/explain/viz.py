@@ -68,17 +68,29 @@ OVERLAY_CMAP = "inferno"
 MASK_COLOR = "cyan"
 
 
-def to_numpy_image(image: ImageLike) -> np.ndarray:
-    """One image as a float numpy array [H, W, 3] (or [H, W] for grey) clipped to [0, 1].
+# How far a float image may stray outside [0, 1] and still be drawn (clipped): bilinear/bicubic resizing and
+# float32 arithmetic overshoot by a little, and 1e-3 is a quarter of one 8-bit level (1/255 ~ 4e-3), so what is
+# clipped cannot be seen. A normalized image (about -1..1) or one on the 0..255 scale is far outside: refused.
+RANGE_TOLERANCE = 1e-3
 
-    Accepts [C, H, W] / [1, C, H, W] tensors or arrays, and [H, W, C] / [H, W] arrays or tensors; 8-bit images
-    (uint8, 0..255, as PIL gives them) are scaled to [0, 1].
+
+def to_numpy_image(image: ImageLike) -> np.ndarray:
+    """One image as a float numpy array [H, W, 3] (or [H, W] for grey) in [0, 1].
+
+    Accepts [C, H, W] / [1, C, H, W] tensors or arrays, and [H, W, C] / [H, W] arrays or tensors: float images
+    in [0, 1] (within RANGE_TOLERANCE, then clipped), or 8-bit images (uint8, 0..255, as PIL gives them), scaled
+    to [0, 1]. Anything else is refused with what it holds, rather than drawn clipped to black and white: a
+    normalized image (pass ``denormalize(x)``), floats on the 0..255 scale (``x / 255``), other integer or bool
+    dtypes (their scale cannot be told).
     """
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
-        image = image.numpy() if image.dtype == torch.uint8 else image.float().numpy()
+        if image.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            image = image.float()
+        image = image.numpy()
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a torch.Tensor or numpy array, got {type(image).__name__}")
+    _check_pixel_values(image)
     x = image.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
@@ -89,6 +101,28 @@ def to_numpy_image(image: ImageLike) -> np.ndarray:
     if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] != 3):
         raise ValueError(f"expected one image [3, H, W], [H, W, 3] or [H, W], got shape {tuple(image.shape)}")
     return np.clip(x, 0.0, 1.0)
+
+
+def _check_pixel_values(image: np.ndarray) -> None:
+    """uint8 (0..255), or floats in [0, 1] (within RANGE_TOLERANCE); any other image is drawn wrong, so refused."""
+    if image.dtype == np.uint8:
+        return
+    if not np.issubdtype(image.dtype, np.floating):
+        fix = (" (16-bit: x.astype(np.float32) / 65535)" if image.dtype == np.uint16 else
+               " (8-bit values: x.astype(np.uint8))" if np.issubdtype(image.dtype, np.integer) else "")
+        raise TypeError(f"image must be uint8 (0..255) or float in [0, 1], got dtype {image.dtype}: its scale cannot "
+                        f"be told; convert it to floats in [0, 1]{fix}")
+    if image.size == 0:
+        return
+    lo, hi = float(np.min(image)), float(np.max(image))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("image holds NaN or infinite values; expected floats in [0, 1]")
+    if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        hint = ("a normalized image? undo the normalization: vit_edu.training.data.denormalize(x) for the course's "
+                "data" if lo < -RANGE_TOLERANCE else
+                "values on the 0..255 scale? pass x / 255" if hi <= 255 + RANGE_TOLERANCE else "rescale it to [0, 1]")
+        raise ValueError(f"image values must lie in [0, 1] to be drawn (clipping would show them black or white), got "
+                         f"values in [{lo:.4g}, {hi:.4g}]: {hint}")
 
 
 def to_numpy_images(images: Union[ImageLike, Sequence[ImageLike]]) -> List[np.ndarray]:

@@ -87,8 +87,10 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
                     train_config: Optional[TrainConfig] = None, extra: Optional[dict] = None,
                     rng: Optional[dict] = None) -> Path:
     """Everything needed to resume: weights, optimizer, scheduler, epochs done, RNG states (``rng``, else the
-    current ones), history, configs."""
+    current ones), history, configs. A model whose ``config`` no longer builds its weights is refused before
+    anything is written (:func:`check_config_matches`)."""
     vit = unwrap(model)
+    check_config_matches(vit, path)
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "config": {"model": vit.config.to_dict(),
@@ -320,17 +322,86 @@ def checkpoint_to_resume(path: PathLike, config: TrainConfig, map_location: Unio
 def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> Path:
     """Weights only, as safetensors, with the model config (JSON) in the header metadata.
 
-    Metadata values must be strings in safetensors; anything else is stored as JSON.
+    Metadata values must be strings in safetensors; anything else is stored as JSON. A file already at ``path`` is
+    replaced (atomically); ``fit`` checks first that it is not another run's (:func:`check_export_replaceable`). A
+    model whose ``config`` no longer builds its weights is refused before anything is written.
     """
     from safetensors.torch import save
 
     vit = unwrap(model)
+    check_config_matches(vit, path)
     meta = {"format": "vit_edu", "config": json.dumps(vit.config.to_dict())}
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
     blob = save(tensors, metadata=meta)
     return atomic_write(path, lambda f: f.write(blob))
+
+
+def check_config_matches(model: nn.Module, path: PathLike) -> None:
+    """The config a file records must build the weights it holds, or the file cannot be loaded back: a model's
+    ``config`` is a plain dataclass, and ``model.config.num_classes = 3`` after building changes the record, not the
+    head. The config is built again on the "meta" device (no memory) and its state_dict's names and shapes compared
+    with the model's; the first difference is a ValueError, raised before anything is written."""
+    if not isinstance(model, VisionTransformer):
+        return
+    try:
+        config = ViTConfig.from_dict(model.config.to_dict())
+        with torch.device("meta"):
+            built = VisionTransformer(config).state_dict()
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"cannot save to {path}: the model's config is not valid any more ({err}); was model.config "
+                         f"changed after the model was built? Expected a config that describes the model") from None
+    have = model.state_dict()
+    missing = [k for k in have if k not in built]
+    extra = [k for k in built if k not in have]
+    shapes = [(k, tuple(have[k].shape), tuple(built[k].shape)) for k in have
+              if k in built and tuple(have[k].shape) != tuple(built[k].shape)]
+    if missing or extra or shapes:
+        first = (f"{shapes[0][0]} has shape {shapes[0][1]} in the model but {shapes[0][2]} in a model built from its "
+                 f"config" if shapes else f"the model has {missing[0]}, a model built from its config does not"
+                 if missing else f"a model built from its config has {extra[0]}, the model does not")
+        raise ValueError(f"cannot save to {path}: the model's config does not build this model ({first}), so the "
+                         f"file could not be loaded back; expected a config that describes the model. Was "
+                         f"model.config changed after building (config.num_classes = k does not change the head: "
+                         f"build a new model, create_model(name, num_classes=k)), or a layer replaced without it "
+                         f"(after model.head = torch.nn.Linear(features, k) set model.config.num_classes = k too)?")
+
+
+def check_export_replaceable(path: PathLike, config: TrainConfig, resume: Optional[PathLike] = None,
+                             force: bool = False, what: str = "export file (--export)") -> None:
+    """A run's export replaces a file already at ``path`` only with ``force``, or when that file is the export of the
+    run being resumed: a vit_edu export whose recorded ``train_config`` ran in the folder of ``resume`` (its
+    ``out_dir``) with the same settings (every field a resume may not change, :func:`resume_changes`). Another
+    run's export, or a file of any other kind, would be lost without a word: a ValueError before any work."""
+    p = Path(path)
+    if force or not p.is_file():  # nothing there; a folder or a pipe: check_writable_file says why
+        return
+    try:
+        meta = read_safetensors_metadata(p) if looks_like_safetensors(p) else None
+    except ValueError:
+        meta = None
+    train = _maybe_json(meta.get("train_config", "null")) if meta and meta.get("format") == "vit_edu" else None
+    ran_in = train.get("out_dir") if isinstance(train, dict) else None
+    if resume is not None and isinstance(ran_in, str) and Path(ran_in).resolve() == Path(resume).resolve().parent:
+        try:
+            refused = resume_changes(train, config)[1]
+        except (TypeError, ValueError, AttributeError):
+            refused = {"train_config": None}
+        if not refused:
+            return  # this run's own export, written before it stopped (or finished): replace it
+    if isinstance(ran_in, str):
+        last = Path(ran_in) / "last.pt"
+        again = (f"to write that run's weights there again resume it (--resume {last} --export {p}), "
+                 if resume is None and last.is_file() else "")
+        kind = f"the export of another run (trained in {ran_in})"
+    else:
+        again = ""
+        kind = ("a vit_edu export with no record of its run" if meta and meta.get("format") == "vit_edu" else
+                "a .safetensors file not written by vit_edu" if meta is not None else
+                "a file that is not a vit_edu export")
+    raise ValueError(f"{what} {p} already exists and is {kind}; {again}replace it with --force "
+                     f"(fit(..., force=True)), or give another --export")
 
 
 def check_export_name(path: PathLike, what: str = "export") -> None:

@@ -1,5 +1,6 @@
 """Image folders (``root/<split>/<class name>/<image>``): which files a run reads, checked before any work, and the
-one image loader (any PIL mode to upright 8-bit RGB; a file it cannot read is one ValueError naming the file).
+one image loader (any PIL mode to upright 8-bit RGB, one fixed scale per mode; a file it cannot read, or whose
+values do not fit its mode's scale, is one ValueError naming the file).
 
 The classes, files and order are torchvision ImageFolder's (class folders sorted by name, their images at any
 depth, sorted by path), with these exceptions:
@@ -181,18 +182,47 @@ def check_apart(train, test) -> None:
                          f"from one of the two splits")
 
 
-def _to_rgb8(image):
-    """8-bit RGB from any PIL mode. 16-bit and 32-bit grey ("I;16", "I", "F") are scaled from their bit depth to
-    0-255: PIL's own convert("RGB") clips them at 255, so a 16-bit photo would arrive all white. Transparent parts
-    are laid over TRANSPARENT_GROUND: convert("RGB") alone would show whatever colour is stored under them."""
+class ImageValuesError(ValueError):
+    """An image whose pixel values do not fit the fixed scale of its mode (:func:`_to_rgb8`), named with its file."""
+
+
+# How far a float ("F") image may stray outside [0, 1] and still be read (clipped): float rounding of values
+# computed in [0, 1]; 1e-3 is a quarter of one 8-bit level, so what is clipped cannot be seen.
+FLOAT_TOLERANCE = 1e-3
+
+
+def _to_rgb8(image, path: str = "the image"):
+    """8-bit RGB from any PIL mode. Grey images of more than 8 bits get one fixed scale per mode, the same for every
+    image of a folder (never each image's own maximum, which would give two pictures of one folder two scales):
+
+    * "I;16" (16-bit) and "I" (32-bit integer; older Pillow opens 16-bit PNGs so): read as 16-bit data, 0..65535 ->
+      0..255 (PIL's own convert("RGB") clips at 255: a 16-bit photo would be all white). 8-bit values stored in
+      such a file come out dark, as they are on this scale. Values outside 0..65535 are an :class:`ImageValuesError`
+      naming the file, the mode and the range found.
+    * "F" (32-bit float): values in [0, 1] (within FLOAT_TOLERANCE) -> 0..255; any other range is refused so.
+
+    Transparent parts are laid over TRANSPARENT_GROUND: convert("RGB") alone would show whatever colour is stored
+    under them."""
     import numpy as np
     from PIL import Image
 
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255) else 255.0
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         if image.mode == "F":
-            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+            if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -FLOAT_TOLERANCE or hi > 1.0 + FLOAT_TOLERANCE:
+                raise ImageValuesError(
+                    f"imagefolder: {path} is a 32-bit float image (mode F) with values in [{lo:.6g}, {hi:.6g}]; "
+                    f"expected values in [0, 1] (read as 0..255, the same scale for every image): rescale it to "
+                    f"[0, 1], or save it as an 8-bit or 16-bit image")
+            top = 1.0
+        else:
+            top = 65535.0
+            if lo < 0 or hi > 65535:  # only mode "I" can hold them
+                raise ImageValuesError(
+                    f"imagefolder: {path} is a 32-bit integer image (mode {image.mode}) with values in [{lo:.0f}, "
+                    f"{hi:.0f}]; it is read as 16-bit data, so expected values in [0, 65535] (-> 0..255, the same "
+                    f"scale for every image): save it as an 8-bit (mode L or RGB) or 16-bit (I;16) image")
         grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
@@ -220,7 +250,9 @@ def load_image_checked(path: str):
         with open(path, "rb") as f:
             image = Image.open(f)
             image.load()  # decodes all the pixel data
-            return _to_rgb8(_upright(image))
+            return _to_rgb8(_upright(image), path)
+    except ImageValuesError:
+        raise  # decoded: its values are the problem, said with the file's name
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         lines = str(err).splitlines()
         got = ("a file in no image format PIL knows" if isinstance(err, Image.UnidentifiedImageError)

@@ -14,6 +14,7 @@ averages the gradients, so all processes take the same step as one process on th
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 import signal
@@ -35,8 +36,8 @@ from ..convert import load_checked
 from ..fileio import check_space, check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
 from ..models import create_model
 from ..vit import VisionTransformer
-from .checkpoint import (check_export_name, checkpoint_to_resume, export_safetensors, new_history, output_bytes,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (check_export_name, check_export_replaceable, checkpoint_to_resume, export_safetensors,
+                         new_history, output_bytes, rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .data import DATASET_NAMES, SHAPE_CLASSES
 from .loaders import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
@@ -74,6 +75,9 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, name: str 
     with the same step size as the weights the 2-D grid of the paper's Fig. 7 forms several times later
     (docs/training.md measures it).
     """
+    for name_, value in (("lr", lr), ("weight_decay", weight_decay), ("pos_embed_lr_scale", pos_embed_lr_scale)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"build_optimizer: {name_} must be a finite number >= 0, got {value!r}")
     vit = unwrap(model)
     skip = vit.no_weight_decay()
     own_pos = pos_embed_lr_scale != 1.0 and isinstance(getattr(vit, "pos_embed", None), nn.Parameter)
@@ -96,6 +100,9 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
         warm-up:  (step + 1) / warmup_steps                                   for step < warmup_steps
         decay:    min_ratio + (1 - min_ratio) * (1 + cos(pi * t)) / 2,   t = (step - warmup) / (total - warmup)
     """
+    if warmup_steps < 0 or total_steps < 0 or not 0.0 <= min_ratio <= 1.0:
+        raise ValueError(f"warmup_cosine expects warmup_steps >= 0, total_steps >= 0 and min_ratio in [0, 1], got "
+                         f"warmup_steps={warmup_steps!r}, total_steps={total_steps!r}, min_ratio={min_ratio!r}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -119,6 +126,48 @@ def _bar_disabled(progress: Optional[bool]) -> bool:
     if progress is None:
         return not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     return not progress
+
+
+# ============================================================================================ labels, checked
+def _check_has_head(model: nn.Module, what: str) -> None:
+    """A model without a classifier (built with num_classes=0: its head is nn.Identity) returns features, not class
+    scores; the loss and accuracy of features against labels are numbers that mean nothing. Refused up front."""
+    if isinstance(getattr(unwrap(model), "head", None), nn.Identity):
+        raise ValueError(f"{what}: the model has no classification head (built with num_classes=0, e.g. by "
+                         f"load_state_dict_file of a file without head weights): it returns features, not class "
+                         f"scores; expected a classifier: build it with num_classes=k, or give it a head, "
+                         f"model.head = torch.nn.Linear(features, k)")
+
+
+def _label_range(labels: Any, images: torch.Tensor, where: str) -> Tuple[int, int]:
+    """(min, max) of a batch's labels, which must be class indices: a 1-D integer tensor with one per image. Read
+    where the loader put them (on the CPU, no device sync), before the forward pass."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{where}: expected labels as a tensor of class indices, got {type(labels).__name__}")
+    batch = images.shape[0] if isinstance(images, torch.Tensor) and images.ndim > 0 else None
+    if labels.ndim != 1 or labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex() or (
+            batch is not None and labels.shape[0] != batch):
+        hint = " (one-hot or soft labels? pass class indices: labels.argmax(-1))" if labels.ndim == 2 else ""
+        raise ValueError(f"{where}: expected labels as class indices, a 1-D integer tensor of length {batch} (one per "
+                         f"image), got {str(labels.dtype).replace('torch.', '')} of shape {tuple(labels.shape)}{hint}")
+    if labels.numel() == 0:
+        return 0, 0
+    lo, hi = torch.stack(labels.aminmax()).tolist()
+    return int(lo), int(hi)
+
+
+def _check_labels_fit(logits: torch.Tensor, lo: int, hi: int, count: int, where: str) -> None:
+    """Labels in [0, K) for the K outputs of the model: cross_entropy would raise a bare IndexError for K or more,
+    and skip -100 (its ignore_index) without a word while the accuracy counts it wrong."""
+    if logits.ndim != 2 or logits.shape[0] != count:
+        raise ValueError(f"{where}: expected the model to return logits [B, classes] for the batch of {count}, got "
+                         f"shape {tuple(logits.shape)}")
+    k = logits.shape[1]
+    if count and (lo < 0 or hi >= k):
+        ignore = " (-100, cross_entropy's ignore_index, is not supported: every image needs its class)" if lo == -100 \
+            else ""
+        raise ValueError(f"{where}: labels must lie in [0, {k}) for the model's {k} outputs, got values in "
+                         f"[{lo}, {hi}]{ignore}")
 
 
 # ============================================================================================ one epoch
@@ -150,6 +199,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     first batches are drawn (so the loader's own random draws repeat) but not trained on, then the RNG states
     become ``rng_after_skip``, the ones recorded where the epoch stopped.
     """
+    _check_has_head(model, desc)
     model.train()
     loss_sum, correct, count, stopped, signalled, trained, rng = 0.0, 0.0, 0.0, False, False, 0, None
     batches = iter(loader)
@@ -161,8 +211,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     bar = tqdm(batches, desc=desc, leave=False, initial=skip_batches, total=total,
                disable=_bar_disabled(progress) or not is_main_process())
     for step, batch in enumerate(bar, skip_batches + 1):
+        lo, hi = _label_range(batch[1], batch[0], f"{desc}, batch {step}")
         images, labels = batch[0].to(device), batch[1].to(device)
         logits = model(images)  # [B, num_classes]
+        _check_labels_fit(logits, lo, hi, labels.shape[0], f"{desc}, batch {step}")
         loss = criterion(logits, labels)
         if any_process(not bool(torch.isfinite(loss)), device):  # every process stops at the same step
             bar.close()
@@ -202,15 +254,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 @torch.no_grad()  # no autograd graph: evaluation needs no gradients, and recording them costs time and memory
 def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
              progress: Optional[bool] = False) -> Dict[str, float]:
-    """Mean cross-entropy and accuracy over ``loader`` (summed over processes under torchrun)."""
+    """Mean cross-entropy and accuracy over ``loader`` (summed over processes under torchrun).
+
+    Labels must be class indices in [0, K) for the model's K outputs (checked per batch: a min and a max), and the
+    model must have a classification head: anything else is a ValueError naming what came, not a number."""
     model = unwrap(model)
+    _check_has_head(model, "evaluate()")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0.0, 0.0
-    for batch in tqdm(loader, desc="eval", leave=False, disable=_bar_disabled(progress)):
+    for step, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=_bar_disabled(progress)), 1):
+        lo, hi = _label_range(batch[1], batch[0], f"evaluate(), batch {step}")
         images, labels = batch[0].to(device), batch[1].to(device)
         logits = model(images)  # [B, num_classes]
+        _check_labels_fit(logits, lo, hi, labels.shape[0], f"evaluate(), batch {step}")
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=-1) == labels).sum().item()
         count += labels.numel()
@@ -532,7 +590,9 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     Saves ``<out_dir>/last.pt`` after every epoch (rank 0 only). ``resume`` continues a run from its
     checkpoint exactly where it stopped. ``export`` also writes the final weights as .safetensors.
     One run per ``out_dir`` at a time (a lock), and a checkpoint already there is replaced only by the run
-    that resumes from it, or with ``force=True``.
+    that resumes from it, or with ``force=True``. The same holds for a file already at ``export``, checked before
+    any work: replaced only when it is the export of the run being resumed (a vit_edu export that ran in the
+    resumed checkpoint's folder with the same settings), or with ``force=True``.
     """
     config = config or TrainConfig()
     rank, world, device = setup_distributed(config.device)
@@ -542,6 +602,8 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     with _torch_threads(config.threads):
         _check_outputs(config, export, main)
         _check_not_another_run(config, resume, force)
+        if export is not None:
+            check_export_replaceable(export, config, resume, force)
         with _one_run_per_folder(config, main, device):
             ckpt, changed = (checkpoint_to_resume(resume, config, device, allow_finished=export is not None)
                              if resume is not None else (None, {}))
