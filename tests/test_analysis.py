@@ -383,6 +383,11 @@ def test_localization_median_and_errors():
         analysis.attention_localization(maps, torch.zeros(3, 6, 6), 2)
     with pytest.raises(ValueError, match="non-negative"):
         analysis.attention_localization(-maps, masks, 2)
+    with pytest.raises(ValueError, match=r"numbers in \[0, 1\] \(1 = object\), got values in \[-1, 1\]"):
+        analysis.attention_localization(maps, 2 * masks - 1, 2)  # a -1/1 mask: -1 would read as background
+    with pytest.raises(ValueError, match=r"got values in \[0, 255\] \(a 0\.\.255 mask\? pass mask > 127\)"):
+        analysis.attention_localization(maps, (255 * masks).to(torch.uint8), 2)
+    assert analysis.attention_localization(maps, masks.bool(), 2)["ratio"].tolist() == out["ratio"].tolist()
 
 
 # -------------------------------------------------------------------------------- real model integration

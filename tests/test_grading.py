@@ -1475,7 +1475,8 @@ def test_a_notebook_without_metadata_keeps_its_answers_when_other_cells_were_edi
     """An editor dropped the nbgrader metadata of a notebook whose student also did what the course asks
     elsewhere (wrote a prediction, an experiment: here the demonstration cell edited), added a helper cell above
     an answer and a scratch cell at the end. The check cells still line up: every answer is found, the helper
-    runs in the answer's place; a notebook whose check cell was changed matches nothing."""
+    runs in the answer's place. A check cell edited too (half of the anchors left) moves no answer; a notebook
+    whose check cells were all changed matches nothing."""
     ref = reference_folder(tmp_path / "reference")
     refs = reference.load_reference(ref)
     nb = submission("b.ipynb")
@@ -1491,7 +1492,11 @@ def test_a_notebook_without_metadata_keeps_its_answers_when_other_cells_were_edi
     assert problem == "" and answers == {"attention_answer": [SOLUTIONS["attention"]],
                                          "mlp_answer": ["def helper():\n    return 1", SOLUTIONS["mlp"]]}
     check = next(c for c in nb.cells if c.source.startswith("from vit_edu.checks import check_mlp"))
-    check.source = "check_mlp(MLP)"
+    check.source = "check_mlp(MLP)  # passes"
+    nbformat.write(nb, tmp_path / "b.ipynb")
+    assert reference.read_answers(tmp_path / "b.ipynb", refs) == (answers, "")
+    other = next(c for c in nb.cells if c.source.startswith("from vit_edu.checks import check_attention"))
+    other.source = "check_attention(attention)"
     nbformat.write(nb, tmp_path / "b.ipynb")
     assert reference.read_answers(tmp_path / "b.ipynb", refs) == ({}, "")
 

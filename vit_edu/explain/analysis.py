@@ -550,6 +550,12 @@ def object_patches(masks: torch.Tensor, patch_size: Size2) -> torch.Tensor:
         shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
         raise ValueError(f"masks must have shape [B, H, W] with H, W multiples of the patch size {(ph, pw)}, got {shape}")
     _check_finite(masks.detach(), "masks")  # a nan pixel would count as background, silently
+    if masks.dtype != torch.bool and masks.numel():  # a mask of -1/1 or 0..255 would be read wrong, silently
+        lo, hi = float(masks.detach().min()), float(masks.detach().max())
+        if lo < 0 or hi > 1:
+            hint = " (a 0..255 mask? pass mask > 127)" if hi <= 255 and lo >= 0 else ""
+            raise ValueError(f"masks must be bool, or numbers in [0, 1] (1 = object), got values in [{lo:g}, {hi:g}]"
+                             f"{hint}")
     inside = (masks.detach().to(torch.float64) > 0.5).to(torch.float64)  # [B, H, W]
     coverage = F.avg_pool2d(inside[:, None], kernel_size=(ph, pw))[:, 0]  # [B, gh, gw] pixel share per patch
     obj = coverage >= 0.5
