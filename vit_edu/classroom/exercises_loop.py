@@ -35,6 +35,8 @@ def _lr(step: int, total: int, warmup: int, base: float, *, from_zero: bool = Fa
         t = min(1.0, t)
     if shape == "cosine":
         f = 0.5 * (1.0 + math.cos(math.pi * t))
+    elif shape == "cosine32":  # the cosine taken in float32 (torch.cos of a float32 tensor, np.float32)
+        f = 0.5 * (1.0 + float(torch.cos(torch.tensor(math.pi * t, dtype=torch.float32))))
     elif shape == "cos":
         f = math.cos(math.pi * t)
     elif shape == "no_pi":
@@ -104,6 +106,10 @@ def _lr_mutants(ctx: Ctx, step: int, total: int, warmup: int, base: float) -> Li
          lambda: _lr(step, total - 1, warmup, base)),
         ("the rate should decay to 0 at the end of training, not to a floor", m(floor=0.1)),
         ("the rate should decay to 0 at the end of training, not to a floor", m(floor=0.01)),
+        # last: a real mistake close to the schedule is named by its own row first
+        ("the rate is right only to float32 precision: the cosine was taken in float32 (torch.cos of a float32 "
+         "tensor, np.float32), whose last digits are lost near the end of the schedule; use math.cos, or a float64 "
+         "tensor (the cells after the check compare your schedule with vit_edu's to 1e-12)", m(shape="cosine32")),
     ]
 
 
@@ -154,9 +160,7 @@ LR_SCHEDULE_EX = Exercise(
     name="lr_schedule",
     package=("vit_edu.training.loop.warmup_cosine",),
     kind="function", call="warmup_cosine_lr(step, total_steps, warmup_steps, base_lr)", python_float=True,
-    # atol: a cosine taken in float32 (torch.cos of a float32 tensor) is right; near the end of the schedule
-    # 1 + cos loses its last digits there (an error of about 5e-8 * base_lr)
-    cases=_lr_cases, reference=_lr_reference, mutants=_lr_mutants, diagnose=_lr_diagnose, rtol=1e-6, atol=1e-6,
+    cases=_lr_cases, reference=_lr_reference, mutants=_lr_mutants, diagnose=_lr_diagnose, rtol=1e-6, atol=1e-12,
     doc="""Check ``warmup_cosine_lr(step, total_steps, warmup_steps, base_lr) -> float``.
 
     base_lr * (step + 1) / warmup_steps while step < warmup_steps, then
