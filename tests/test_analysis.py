@@ -254,6 +254,10 @@ def test_pos_embed_similarity_matches_pairwise_cosine():
     torch.testing.assert_close(analysis.pos_embed_similarity(patches, (gh, gw)), sim)
     with pytest.raises(ValueError, match="expected 6"):
         analysis.pos_embed_similarity(torch.randn(1, 9, 5), (gh, gw))
+    zeroed = pe.clone()
+    zeroed[0, 3] = 0  # the prefix row is dropped: patch 2 is the first zero row
+    with pytest.raises(ValueError, match=r"1 all-zero row\(s\) of 6 \(first: patch 2\)"):
+        analysis.pos_embed_similarity(zeroed, (gh, gw))  # was a silent row of 0 cosines
 
 
 def test_rankdata_matches_scipy_with_ties():

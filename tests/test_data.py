@@ -251,6 +251,9 @@ def test_determinism_from_seed():
         assert torch.equal(x, y)
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[2], c[2])
+    assert make_shapes(2, 16, seed=2 ** 63 - 1)[0].shape == (2, 3, 16, 16)  # the generator's whole range
+    with pytest.raises(ValueError, match=r"seed must be < 2\*\*63, got 1180591620717411303424"):
+        make_shapes(2, 16, seed=2 ** 70)  # was "Overflow when unpacking long long"
 
 
 def test_every_class_present_and_balanced(shapes):

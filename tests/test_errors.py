@@ -950,8 +950,15 @@ def test_modules_used_alone_check_their_sizes() -> None:
         vit_edu.Attention(64, heads=0)  # was ZeroDivisionError
     with pytest.raises(ValueError, match=r"image_size \(30, 30\) must be divisible by the patch size \(4, 4\)"):
         vit_edu.PatchEmbed(30, 4, 3, 16)  # was accepted, then refused every image
-    with pytest.raises(ValueError, match=r"Attention expects tokens \[B, N, 32\], got shape \(5, 32\) \(one sequence"):
+    with pytest.raises(ValueError, match=r"Block expects tokens \[B, N, 32\], got shape \(5, 32\) \(one sequence"):
         vit_edu.Block(32, 4, 64)(torch.randn(5, 32))  # was an einops "Wrong shape: expected 3 dims" error
+    with pytest.raises(ValueError, match=r"Block expects tokens \[B, N, 32\], got shape \(2, 5, 16\)"):
+        vit_edu.Block(32, 4, 64)(torch.randn(2, 5, 16))  # was LayerNorm's "normalized_shape=[32]" error
+    with pytest.raises(ValueError, match=r"attention expects a head width d >= 1, got q \(2, 3, 0\)"):
+        vit_edu.attention_with_weights(*(torch.randn(2, 3, 0),) * 3)  # was ZeroDivisionError
+    backbone = vit_edu.ResNetBackbone((1, 1), in_channels=1)
+    with pytest.raises(ValueError, match=r"ResNetBackbone expects images \[B, 1, H, W\], got shape \(1, 3, 32, 32\)"):
+        backbone(torch.randn(1, 3, 32, 32))  # was the stem conv naming a padded input [1, 3, 37, 37]
     with pytest.raises(ValueError, match=r"Attention expects tokens \[B, N, 32\], got shape \(2, 5, 16\)"):
         vit_edu.Attention(32, 4)(torch.randn(2, 5, 16))  # was "mat1 and mat2 shapes cannot be multiplied"
 

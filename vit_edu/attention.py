@@ -39,6 +39,8 @@ def attention_with_weights(
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention expects q [..., N, d], k [..., M, d] and v [..., M, d_v]: q and k with the same "
                          f"d, k and v with the same M; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"attention expects a head width d >= 1, got q {tuple(q.shape)} (d = 0 has no 1/sqrt(d) scale)")
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = (q * scale) @ k.transpose(-2, -1)  # [..., N, N]
     attn = logits.softmax(dim=-1)  # each row (one query) sums to 1 over the keys

@@ -75,6 +75,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
+        dim = self.norm1.normalized_shape[0]
+        if x.ndim != 3 or x.shape[-1] != dim:  # checked here: norm1 would name only its own width
+            hint = " (one sequence? add a batch dimension with x.unsqueeze(0))" if x.ndim == 2 else ""
+            raise ValueError(f"Block expects tokens [B, N, {dim}], got shape {tuple(x.shape)}{hint}")
         if return_attention:
             a, attn = self.attn(self.norm1(x), return_attention=True)
         else:

@@ -142,6 +142,9 @@ class ResNetBackbone(nn.Module):
         self.num_features = chs[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.stem.conv.in_channels
+        if x.ndim != 4 or x.shape[1] != c:  # checked here: the padded stem conv would name a padded size
+            raise ValueError(f"ResNetBackbone expects images [B, {c}, H, W], got shape {tuple(x.shape)}")
         return self.stages(self.stem(x))
 
 

@@ -327,6 +327,10 @@ def pos_embed_similarity(pos_embed: torch.Tensor, grid_size: Size2, num_prefix_t
             f"(with {num_prefix_tokens} prefix tokens)"
         )
     _check_finite(x, "pos_embed")
+    zero = (x == 0).all(dim=-1)
+    if zero.any():  # a cosine with a zero vector is undefined (F.normalize would give 0, a blank picture)
+        raise ValueError(f"pos_embed has {int(zero.sum())} all-zero row(s) of {x.shape[0]} (first: patch "
+                         f"{int(zero.nonzero()[0])}); an untrained zero-initialised table has no similarity to show")
     x = F.normalize(x.to(torch.float64), dim=-1)  # unit rows: dot product = cosine
     sim = x @ x.T  # [N, N]
     out = rearrange(sim, "(a b) (c d) -> a b c d", a=gh, b=gw, c=gh, d=gw)

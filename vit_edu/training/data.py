@@ -319,7 +319,8 @@ def _generate(n: int, image_size: int, seed: int, as_uint8: bool, overhang: floa
     """Render n images chunk by chunk; returns images, labels, masks and the drawn parameters."""
     _check_int("n", n, 1)
     _check_int("image_size", image_size, 8)
-    _check_int("seed", seed, 0)
+    if _check_int("seed", seed, 0) >= 2 ** 63:  # torch.Generator.manual_seed's range
+        raise ValueError(f"seed must be < 2**63, got {seed}")
     overhang, classes, clutter = _check_overhang(overhang), _check_classes(classes), _check_clutter(clutter)
     palette = _check_palette(palette)
     g = torch.Generator().manual_seed(seed)
