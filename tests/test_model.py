@@ -681,3 +681,21 @@ def test_switches_and_numbers_of_the_model_parts_are_checked() -> None:
         with pytest.raises(ValueError, match=r"norm_eps must be at most 0\.01 \(e\.g\. 1e-6; .* got"):
             ViTConfig(**TINY, norm_eps=eps)
     assert ViTConfig(**TINY, norm_eps=1e-12).norm_eps == 1e-12
+
+
+@pytest.mark.parametrize("side", [224, 384])
+def test_attention_products_cost_n_over_6d_of_the_linear_layers(side: int) -> None:
+    """Notebook 03: per block the Linear layers cost 12 N D^2 multiply-adds and QK^T, AV 2 N^2 D, a ratio N / (6D),
+    counted here by PyTorch's own FLOP counter on a ViT-B/16 block (meta tensors: no memory, no time)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, dim = (side // 16) ** 2 + 1, 768
+    with torch.device("meta"):
+        block, tokens = vit_edu.Block(dim, 12, 4 * dim, fused_attn=False), torch.randn(1, n, dim)
+    with FlopCounterMode(display=False) as counter:
+        block(tokens)
+    flops = {str(op): count for op, count in counter.get_flop_counts()["Global"].items()}
+    assert set(flops) == {"aten.addmm", "aten.bmm"}  # the Linear layers, the two N x N products
+    assert flops["aten.addmm"] == 2 * 12 * n * dim ** 2  # 2 FLOPs per multiply-add
+    assert flops["aten.bmm"] / flops["aten.addmm"] == pytest.approx(n / (6 * dim))
+    assert (flops["aten.bmm"] / flops["aten.addmm"] < 0.05) == (side == 224)  # "small" at 224x224
