@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--force)")
     t.add_argument("--force", action="store_true",
                    help="replace the checkpoint of another run in --out-dir, or a file at --export that is not this "
-                        "run's own export (both refused without it)")
+                        "run's own export, or --resume on training images that changed (all refused without it)")
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint (default: the shipped one)",
                        description="Evaluate a .pt checkpoint or .safetensors export on a dataset split.")

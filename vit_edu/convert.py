@@ -9,9 +9,12 @@ Loading never unpickles code: ``torch.load(..., weights_only=True)`` or safetens
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import warnings
+import zipfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
@@ -432,6 +435,8 @@ def torch_load_checked(path: str | os.PathLike, expected: str, map_location="cpu
     path = check_readable_file(path, expected)
     from .fileio import describe_file
 
+    if looks_like_torch_save(path):
+        check_zip_crcs(path)
     try:
         with open(path, "rb") as f:  # a file object: torch.load then reads the bytes, whatever the file's name
             return torch.load(f, map_location=map_location, weights_only=True)
@@ -439,13 +444,60 @@ def torch_load_checked(path: str | os.PathLike, expected: str, map_location="cpu
         got = describe_file(path)
         if got.startswith("a .safetensors file"):
             why = " (read it with safetensors: name it .safetensors, or use vit_edu.convert.read_state_dict)"
-        elif "Weights only load failed" in str(err) or "weights_only" in str(err):
+        elif ("Weights only load failed" in str(err) or "weights_only" in str(err)) and got.startswith(("a zip", "a pickle")):
+            # only a zip or a pickle can hold pickled objects: random bytes fail in the unpickler too
             why = " (it holds pickled Python objects, which are never unpickled here: weights_only=True)"
-        elif got.startswith("a text file"):
-            why = ""  # what the unpickler tripped over in a text file says nothing more
+            got = got.replace("; damaged or cut short?", "")  # a whole archive, read to its end
+        elif got.startswith("a text file") or "weights_only" in str(err) or "Weights only" in str(err):
+            why = ""  # what the unpickler tripped over in text or random bytes says nothing more
         else:
             why = f" ({type(err).__name__}: {_first_line(err)})"
         raise ValueError(f"cannot read {path!r}: expected {expected}, got {got}{why}") from None
+
+
+def check_zip_crcs(path: str | os.PathLike) -> None:
+    """Refuse a torch.save zip archive whose entries do not match the CRC-32 each one carries (a flipped bit on a
+    disk, a bad copy): torch.load does not check them, and a weight gone from -0.004 to -1e36 loads without a word.
+    A ValueError naming the file and the damaged entry; an archive written without CRCs (torch.save with
+    ``compute_crc32`` off: every CRC 0) or one that zipfile cannot open (cut short: torch.load says why) passes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size > 0:
+                    continue  # written without CRCs
+                try:
+                    with archive.open(info) as entry:
+                        while entry.read(1 << 22):
+                            pass
+                except zipfile.BadZipFile as err:
+                    raise ValueError(f"{os.fspath(path)!r} is damaged: its entry {info.filename!r} does not match "
+                                     f"the CRC-32 stored with it ({_first_line(err)}); expected an intact "
+                                     f"torch.save archive: restore it from a copy") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError):
+        return  # not a zip zipfile can read: torch.load gives the error
+
+
+TENSOR_DIGEST_KEY = "tensors_sha256"
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (in name order): stored in an export's header at
+    save, checked on loading, so a flipped bit in the weights is an error, not a quietly different model."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_tensor_digest(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], stored: str) -> None:
+    """Refuse tensors whose :func:`tensor_digest` is not the one stored when the file was written."""
+    if tensor_digest(tensors) != stored:
+        raise ValueError(f"{os.fspath(path)!r} is damaged: its tensor data ({len(tensors)} tensors) do not match the "
+                         f"{TENSOR_DIGEST_KEY} digest stored in its header when it was written (a flipped bit, a bad "
+                         f"copy, or tensors changed afterwards); expected an intact file: restore it from a copy")
 
 
 def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safetensors file",
@@ -462,10 +514,13 @@ def load_safetensors_checked(path: str | os.PathLike, expected: str = "a .safete
     try:
         with safe_open(path, framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
-            return tensors, dict(f.metadata() or {})
+            meta = dict(f.metadata() or {})
     except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: a damaged or foreign file
         raise ValueError(f"cannot read {path!r}: expected {expected}, got {describe_file(path)} "
                          f"({type(err).__name__}: {_first_line(err)})") from None
+    if with_tensors and TENSOR_DIGEST_KEY in meta:
+        check_tensor_digest(path, tensors, meta[TENSOR_DIGEST_KEY])
+    return tensors, meta
 
 
 def read_state_dict(path: str | os.PathLike) -> StateDict:

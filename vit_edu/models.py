@@ -109,6 +109,9 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
     ``pretrained=True`` loads timm's weights for it (needs internet). They load as they are: vit_edu uses
     timm's parameter names (``vit_edu.timm_pretrained`` instead reads the architecture from timm's model).
     """
+    if not isinstance(pretrained, bool):  # "False" is a truthy str: it would download ImageNet weights
+        raise TypeError(f"create_model: pretrained must be True or False, got {pretrained!r} "
+                        f"({type(pretrained).__name__})")
     model = VisionTransformer(get_config(name, **overrides))
     if pretrained:
         c = model.config  # timm makes the same head and position table (resized to img_size) as the config

@@ -124,10 +124,20 @@ class ExplorerData:
             display = (self.inputs * self.std + self.mean).clamp(0, 1)
         display = self._check_images(display, "display", batch=len(self.inputs), shown=True)
         self.display: List[np.ndarray] = [self._to_hwc(d) for d in display]
-        self.labels: List[Optional[int]] = [None] * len(self.inputs) if labels is None else [int(v) for v in labels]
+        self.num_classes = int(config.num_classes)
+        if labels is not None and (isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__")):
+            raise TypeError(f"labels must be a sequence of class indices, one per image, got {type(labels).__name__}")
+        self.labels: List[Optional[int]] = ([None] * len(self.inputs) if labels is None else
+                                            [self._check_label(v, f"labels[{i}]") for i, v in enumerate(labels)])
         self.own: List[bool] = [False] * len(self.inputs)  # a learner's own image, added later
         if len(self.labels) != len(self.inputs):
             raise ValueError(f"labels must have one entry per image ({len(self.inputs)}), got {len(self.labels)}")
+        if class_names is not None and (isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__")
+                                        or not all(isinstance(c, str) for c in class_names)):
+            raise TypeError(f"class_names must be a list of str, one per class, got {class_names!r:.80}")
+        if class_names is not None and len(class_names) != self.num_classes:
+            raise ValueError(f"class_names must name the model's {self.num_classes} classes, got {len(class_names)} "
+                             f"names {list(class_names)!r:.80}")
         self.class_names = list(class_names) if class_names is not None else None
         pos = getattr(model, "pos_embed", None)  # one table for every image: its similarity is computed once
         self.pos_sim = (analysis.pos_embed_similarity(pos, self.grid, self.prefix).numpy()
@@ -140,6 +150,20 @@ class ExplorerData:
         self.forward_calls = 0
 
     # ------------------------------------------------------------------------------------------ inputs
+    def _check_label(self, value: object, name: str) -> int:
+        """A class index: an int (a Python, NumPy or 0-d integer tensor one) in [0, the model's classes)."""
+        if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+                and value.dtype != torch.bool and not value.is_complex():
+            value = int(value)
+        elif isinstance(value, np.integer):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a class index (an int), got {value!r} ({type(value).__name__})")
+        if self.num_classes > 0 and not 0 <= value < self.num_classes:
+            raise ValueError(f"{name} must be a class index in [0, {self.num_classes}) for the model's "
+                             f"{self.num_classes} classes, got {value}")
+        return value
+
     def _per_channel(self, values: Sequence[float], name: str) -> torch.Tensor:
         """One value per input channel as [C, 1, 1]: C values, or one (or all alike, as the course's) for every channel."""
         v = torch.as_tensor(values, dtype=torch.float64).flatten()  # float64: the message quotes it as given
@@ -183,6 +207,7 @@ class ExplorerData:
     def add_image(self, source: Union[str, Path, torch.Tensor], label: Optional[int] = None) -> int:
         """Add the learner's own image: a file (resized to the model's image size) or a tensor [C, H, W] in
         [0, 1]. Returns its index."""
+        label = None if label is None else self._check_label(label, "label")
         if isinstance(source, (str, Path)):
             source = load_image(source, self.image_size)  # RGB
             source = source.mean(dim=0, keepdim=True) if self.channels == 1 else source
@@ -625,6 +650,10 @@ def explore(model: nn.Module, images: torch.Tensor, display: Optional[torch.Tens
     which displays as either; its ``figure.fig`` is the matplotlib figure. ``clickable=False`` shows the figure
     as a plain image (sliders only), for a frontend without ipympl's extension.
     """
+    for flag, value in (("interactive", interactive), ("clickable", clickable)):
+        if not isinstance(value, bool) and not (flag == "interactive" and value is None):
+            raise TypeError(f"explore: {flag} must be True or False{' (or None: decide by itself)' * (flag == 'interactive')}"
+                            f", got {value!r} ({type(value).__name__})")
     data = ExplorerData(model, images, display, labels=labels, class_names=class_names, mean=mean, std=std)
     if patch is None:
         patch = (data.grid[0] // 2, data.grid[1] // 2)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -26,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ViTConfig
-from ..convert import load_checked, load_safetensors_checked, torch_load_checked
+from ..config import ViTConfig, _not_plain
+from ..convert import (TENSOR_DIGEST_KEY, load_checked, load_safetensors_checked, tensor_digest,
+                       torch_load_checked)
 from ..fileio import atomic_write, looks_like_safetensors, looks_like_torch_save
 from ..vit import VisionTransformer
 from .config import MAX_EPOCHS, TrainConfig, model_field
@@ -91,6 +93,16 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
     anything is written (:func:`check_config_matches`)."""
     vit = unwrap(model)
     check_config_matches(vit, path)
+    if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCHS:  # load_checkpoint would refuse the file as damaged
+        raise ValueError(f"save_checkpoint: epoch must be an int in [0, {MAX_EPOCHS}] (epochs done), got {epoch!r}")
+    for name, value in (("extra", extra), ("history", history)):
+        where = _not_loadable(value, name) if value is not None else ""
+        if where:  # torch.load(weights_only=True) could never read the file back, and it would replace a good one
+            raise TypeError(f"save_checkpoint: {name} must hold plain values (str, int, float, bool, None, tensors, "
+                            f"and lists and dicts of them) so the checkpoint reads back with weights_only=True; got {where} "
+                            f"(convert it, e.g. float(x) or str(x))")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"save_checkpoint: extra must be a dict, got {type(extra).__name__}")
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "config": {"model": vit.config.to_dict(),
@@ -98,12 +110,27 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
         "model": {k: v.detach().cpu() for k, v in vit.state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": int(epoch),
+        "epoch": epoch,
         "rng": rng if rng is not None else rng_state(),
         "history": history if history is not None else new_history(),
         "extra": extra or {},
     }
     return atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def _not_loadable(value: Any, where: str) -> str:
+    """'' if torch.load(weights_only=True) reads ``value`` back (plain values, tensors, lists and dicts of them; exact
+    built-in types: a NumPy float is not one), else where and what it is."""
+    if isinstance(value, torch.Tensor) or type(value) in (str, int, float, bool, type(None)):
+        return ""
+    if type(value) in (list, tuple):
+        return next((w for i, v in enumerate(value) if (w := _not_loadable(v, f"{where}[{i}]"))), "")
+    if type(value) is dict:
+        bad_key = next((k for k in value if type(k) not in (str, int)), None)
+        if bad_key is not None:
+            return f"the key {bad_key!r} ({type(bad_key).__name__}, not str) in {where}"
+        return next((w for k, v in value.items() if (w := _not_loadable(v, f"{where}[{k!r}]"))), "")
+    return f"{type(value).__name__} {value!r:.60} at {where}"
 
 
 def output_bytes(model: nn.Module, optimizer: str = "adamw") -> Tuple[int, int]:
@@ -331,11 +358,36 @@ def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict
     vit = unwrap(model)
     check_config_matches(vit, path)
     meta = {"format": "vit_edu", "config": json.dumps(vit.config.to_dict())}
-    for k, v in (metadata or {}).items():
-        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    meta.update(metadata_strings(metadata, EXPORT_RESERVED, "export_safetensors: metadata"))
     tensors = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
+    meta[TENSOR_DIGEST_KEY] = tensor_digest(tensors)  # load_model checks the bytes against it
     blob = save(tensors, metadata=meta)
     return atomic_write(path, lambda f: f.write(blob))
+
+
+EXPORT_RESERVED = ("format", "config", TENSOR_DIGEST_KEY)  # what load_model reads from an export's header
+
+
+def metadata_strings(metadata: Optional[Dict[str, Any]], reserved: Tuple[str, ...], what: str) -> Dict[str, str]:
+    """``metadata`` as safetensors header strings (a str as it is, anything else as JSON), or one error naming the
+    key: a key the header needs for itself (``reserved``), a key that is not a str, a value JSON cannot hold."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"{what} must be a dict of str keys, got {type(metadata).__name__}")
+    out = {}
+    for k, v in metadata.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what}: keys must be str, got {k!r} ({type(k).__name__})")
+        if k in reserved:
+            raise ValueError(f"{what}: the key {k!r} is reserved (the header's own {', '.join(map(repr, reserved))}); "
+                             f"store your value under another name")
+        where = "" if isinstance(v, str) else _not_plain(v, f"key {k!r}")
+        if where:
+            raise TypeError(f"{what}: values must be str or plain JSON values (int, float, bool, None, lists and "
+                            f"dicts of them); got {where} (convert it, e.g. float(x))")
+        out[k] = v if isinstance(v, str) else json.dumps(v)
+    return out
 
 
 def check_config_matches(model: nn.Module, path: PathLike) -> None:
@@ -441,7 +493,10 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Visi
         if looks_like_torch_save(path):  # torch.save's format: a checkpoint under an export's name
             raise ValueError(f"{path} is a torch.save file (a .pt training checkpoint?) under a .safetensors name; "
                              f"expected a .safetensors export. To load a checkpoint, give it a name that ends in .pt")
-        state, meta = load_safetensors_checked(path, "a .safetensors export written by vit_edu")
+        state, meta = load_safetensors_checked(path, "a .safetensors export written by vit_edu")  # digests checked
+        if TENSOR_DIGEST_KEY not in meta:
+            warnings.warn(f"{path} has no digest of its weights (an export written before vit_edu stored one): "
+                          f"damage to it cannot be detected; export it again to add one", stacklevel=2)
         if "config" not in meta:
             raise ValueError(f"{path} has no 'config' in its safetensors metadata; "
                              f"expected a file written by vit_edu.training.export_safetensors")
@@ -468,7 +523,7 @@ def pretrained_course_model(device: Union[str, torch.device] = "cpu") -> Tuple[V
     if not COURSE_CHECKPOINT.is_file():
         raise FileNotFoundError(f"the shipped checkpoint is missing: {COURSE_CHECKPOINT}")
     meta = read_safetensors_metadata(COURSE_CHECKPOINT)
-    info = {k: _maybe_json(v) for k, v in meta.items() if k != "config"}
+    info = {k: _maybe_json(v) for k, v in meta.items() if k not in ("config", TENSOR_DIGEST_KEY)}
     info["palette"] = _palette_of(info.get("train_config"))  # draw its test images as it was trained
     return load_model(COURSE_CHECKPOINT, device=device), info
 

@@ -7,8 +7,11 @@ process gets its share. (Apart from :mod:`.data` because the config reads the da
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import unicodedata
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
@@ -105,3 +108,64 @@ def build_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_si
     if world_size > 1:
         dataset = Subset(dataset, list(range(rank, len(dataset), world_size)))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+# ------------------------------------------------------------------------------------------ what a run trained on
+def data_fingerprint(dataset: Dataset, config: TrainConfig) -> Dict[str, Any]:
+    """What the training images are, for a checkpoint to hold and a resume to compare (:func:`fingerprint_changes`).
+
+    An image folder: every file used (its path under the train folder, its class, the hash of its bytes already
+    taken when the folder was read), so replacing pictures under the same names is seen, and moving the same files to
+    another ``--data-root`` is not. Generated or fixed data (shapes, CIFAR-10, ...): a digest of the settings that
+    decide the images."""
+    base, indices = dataset, None
+    while isinstance(base, Subset):
+        indices = [base.indices[i] for i in indices] if indices is not None else list(base.indices)
+        base = base.dataset
+    digests = getattr(base, "digests", None)
+    if digests is not None and hasattr(base, "samples"):
+        picked = indices if indices is not None else range(len(base.samples))
+        files = {}
+        for i in picked:
+            path, target = base.samples[i]
+            files[os.path.relpath(path, base.root).replace(os.sep, "/")] = f"{base.classes[target]}:{digests[i]}"
+        whole = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+        return {"kind": "files", "digest": whole, "files": files}
+    settings = {k: config.effective(k) for k in ("dataset", "n_train", "data_seed", "classes", "clutter", "palette",
+                                                 "image_size", "augment", "fresh_data")}  # a None as what it means
+    settings["examples"] = len(dataset)
+    return {"kind": "settings", "digest": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
+
+
+def fingerprint_changes(stored: Any, now: Dict[str, Any]) -> str:
+    """'' when ``now`` describes the data ``stored`` (a checkpoint's :func:`data_fingerprint`; None for a checkpoint
+    from before fingerprints: nothing to compare), else how they differ, in a few words."""
+    if not isinstance(stored, dict) or stored.get("digest") == now["digest"]:
+        return ""
+    old, new = stored.get("files"), now.get("files")
+    if stored.get("kind") != now["kind"] or not isinstance(old, dict) or new is None:
+        return "the training data's settings differ"
+    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
+    parts = [f"{len(v)} {what} (e.g. {v[0]})" for v, what in ((changed, "changed"), (gone, "removed"),
+                                                            (added, "added")) if v]
+    return f"{len(old)} training files then, {len(new)} now: " + ", ".join(parts)
+
+
+def check_overrides_fit(config: TrainConfig, num_classes: Optional[int], image_size: Any = None,
+                        in_channels: Optional[int] = None) -> None:
+    """model_overrides may not contradict the data (the model would be refused at its first batch, or, for more
+    outputs than classes, only when evaluated after the whole run): a ValueError before any step. None: not known."""
+    data = {"num_classes": num_classes, "in_channels": in_channels,
+            "image_size": tuple(image_size) if isinstance(image_size, (tuple, list)) else
+            None if image_size is None else (image_size, image_size)}
+    for name, value in data.items():
+        if name not in config.model_overrides or value is None:
+            continue
+        given = config.model_overrides[name]
+        same = (tuple(given) if isinstance(given, (tuple, list)) else (given, given)) == value \
+            if name == "image_size" else given == value
+        if not same:
+            shown = f"{value[0]}x{value[1]}" if name == "image_size" else value
+            raise ValueError(f"TrainConfig.model_overrides[{name!r}] is {given!r}, but {config.dataset} has {name} "
+                             f"{shown}: the data decide it; expected no {name!r} in model_overrides (or {shown})")

@@ -36,11 +36,13 @@ from ..convert import load_checked
 from ..fileio import check_space, check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
 from ..models import create_model
 from ..vit import VisionTransformer
-from .checkpoint import (check_export_name, check_export_replaceable, checkpoint_to_resume, export_safetensors,
-                         new_history, output_bytes, rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (EXPORT_RESERVED, check_export_name, check_export_replaceable, checkpoint_to_resume,
+                         export_safetensors, metadata_strings, new_history, output_bytes, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import TrainConfig
 from .data import DATASET_NAMES, SHAPE_CLASSES
-from .loaders import build_datasets, build_eval_loader, build_train_loader, set_loader_epoch
+from .loaders import (build_datasets, build_eval_loader, build_train_loader, check_overrides_fit, data_fingerprint,
+                      fingerprint_changes, set_loader_epoch)
 from .distributed import (all_reduce_sum, any_process, barrier, is_main_process, setup_distributed, unwrap,
                           wrap)
 
@@ -212,7 +214,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                disable=_bar_disabled(progress) or not is_main_process())
     for step, batch in enumerate(bar, skip_batches + 1):
         lo, hi = _label_range(batch[1], batch[0], f"{desc}, batch {step}")
-        images, labels = batch[0].to(device), batch[1].to(device)
+        images, labels = batch[0].to(device), batch[1].to(device).long()  # int32 (NumPy's) labels too
         logits = model(images)  # [B, num_classes]
         _check_labels_fit(logits, lo, hi, labels.shape[0], f"{desc}, batch {step}")
         loss = criterion(logits, labels)
@@ -260,23 +262,44 @@ def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.devi
     model must have a classification head: anything else is a ValueError naming what came, not a number."""
     model = unwrap(model)
     _check_has_head(model, "evaluate()")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = _usable_device(device, "evaluate()") if device is not None else next(model.parameters()).device
+    broken = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if broken:  # argmax over NaN logits still picks a class: a chance-level "accuracy" of a broken model
+        raise ValueError(f"evaluate(): the model's weights hold NaN or infinite values in {len(broken)} tensors "
+                         f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): a diverged training run? "
+                         f"Expected finite weights; evaluate a model from an earlier checkpoint")
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0.0, 0.0
-    for step, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=_bar_disabled(progress)), 1):
-        lo, hi = _label_range(batch[1], batch[0], f"evaluate(), batch {step}")
-        images, labels = batch[0].to(device), batch[1].to(device)
-        logits = model(images)  # [B, num_classes]
-        _check_labels_fit(logits, lo, hi, labels.shape[0], f"evaluate(), batch {step}")
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(dim=-1) == labels).sum().item()
-        count += labels.numel()
-    model.train(was_training)
+    try:
+        for step, batch in enumerate(tqdm(loader, desc="eval", leave=False, disable=_bar_disabled(progress)), 1):
+            lo, hi = _label_range(batch[1], batch[0], f"evaluate(), batch {step}")
+            images, labels = batch[0].to(device), batch[1].to(device).long()
+            logits = model(images)  # [B, num_classes]
+            _check_labels_fit(logits, lo, hi, labels.shape[0], f"evaluate(), batch {step}")
+            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(dim=-1) == labels).sum().item()
+            count += labels.numel()
+    finally:  # an error (bad labels, Ctrl-C) leaves the model in the mode it came in
+        model.train(was_training)
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
     if count == 0:
         raise ValueError("evaluate() got an empty loader")
     return {"loss": loss_sum / count, "acc": correct / count}
+
+
+def _usable_device(device: Any, what: str) -> torch.device:
+    """``device`` as a torch.device this PyTorch can use, or a ValueError that says so (not CUDA's driver text)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{what}: device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} "
+                         f"({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what}: device {str(device)!r} asked for, but this PyTorch sees no CUDA GPU; use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what}: device 'mps' asked for, but this PyTorch has no Apple GPU (MPS); use 'cpu'")
+    return device
 
 
 # ============================================================================================ fit, step by step
@@ -299,6 +322,8 @@ class Run:
     start_batch: int = 0  # > 0: the run stopped inside start_epoch after this many batches (a time budget)
     epoch_rng: Optional[dict] = None  # the RNG states at the start of that epoch
     stop_rng: Optional[dict] = None  # ... and where it stopped
+    data: Optional[dict] = None  # data_fingerprint of the training set, stored in every checkpoint
+    data_note: str = ""  # how the data differ from the resumed checkpoint's (a resume with force=True)
 
 
 @contextmanager
@@ -362,12 +387,14 @@ def _schedule_lengths(config: TrainConfig, steps_per_epoch: int, train_size: int
 
 
 def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
-               resumed: Optional[Tuple[dict, PathLike]]) -> Tuple[Run, str]:
+               resumed: Optional[Tuple[dict, PathLike]], force: bool = False) -> Tuple[Run, str]:
     """Data, model, loaders, optimizer and schedule, in the order that fixes every random draw; returns the
     run and a line that describes it."""
     seed_everything(config.seed)
     train_ds, test_ds, info = build_datasets(config)
     classes = [str(c) for c in info["classes"]]
+    check_overrides_fit(config, len(classes), info["image_size"], info["in_channels"])
+    data, data_note = data_fingerprint(train_ds, config), ""
     if resumed is not None:
         extra = resumed[0].get("extra") or {}
         trained_on, images = extra.get("classes"), extra.get("train_images")
@@ -377,13 +404,19 @@ def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
         if images is not None and images != len(train_ds):  # files added or removed: other batches and schedule
             raise ValueError(f"{resumed[1]} was trained on {images} {config.dataset} training images, but the data now "
                              f"have {len(train_ds)}; expected the same data to resume on")
+        data_note = fingerprint_changes(extra.get("data"), data)
+        if data_note and not force:  # same names and count, other pictures: the resumed run would be another run
+            raise ValueError(f"{resumed[1]} was trained on other {config.dataset} training data ({data_note}); "
+                             f"expected the same data to resume on; resume anyway with --force "
+                             f"(fit(..., force=True)), or start a new run")
     model = build_model(config, len(classes), info["image_size"], info["in_channels"]).to(device)
     train_loader = build_train_loader(train_ds, config, rank, world)
     test_loader = build_eval_loader(test_ds, max(256, config.batch_size), rank, world, config.num_workers)
     warmup, total = _schedule_lengths(config, len(train_loader), len(train_ds))
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.optimizer, config.pos_embed_lr_scale)
     run = Run(config, device, model, optimizer, build_scheduler(optimizer, warmup, total, config.min_lr_ratio),
-              build_criterion(config), train_loader, test_loader, classes, len(train_loader), new_history())
+              build_criterion(config), train_loader, test_loader, classes, len(train_loader), new_history(),
+              data=data, data_note=data_note)
     about = (f"{config.model} ({model.num_parameters() / 1e6:.2f}M parameters) on {config.dataset}: "
              f"{len(train_ds)} train / {len(test_ds)} test images, {world} process(es) on {device}, "
              f"{config.epochs} epochs x {run.steps_per_epoch} steps of batch {config.batch_size}")
@@ -520,7 +553,7 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
             save_checkpoint(Path(config.out_dir) / "last.pt", run.model, run.optimizer, run.scheduler,
                             epoch if stopped else epoch + 1, run.history, config,
                             extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes,
-                                   "train_images": len(run.train_loader.dataset)},
+                                   "train_images": len(run.train_loader.dataset), "data": run.data},
                             rng=rng_before_eval if stopped or not due else None)
         # a signal to any process stops them all (one without a signal of its own too), at the same step
         if tr["signalled"] or any_process(signals.requested(), run.device):
@@ -541,6 +574,9 @@ def _export(run: Run, path: PathLike, metadata: Optional[dict]) -> None:
             "classes": list(run.classes), "seed": config.seed, "train_config": config.to_dict(),
             "epochs_done": history["epoch"][-1] if history["epoch"] else 0, **(metadata or {})}
     export_safetensors(run.model, path, meta)
+
+
+FIT_RESERVED = EXPORT_RESERVED + ("test_acc", "classes", "seed", "train_config", "epochs_done")  # what _export writes
 
 
 def _check_not_another_run(config: TrainConfig, resume: Optional[PathLike], force: bool) -> None:
@@ -599,6 +635,11 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
     main = rank == 0
     say = log if main else (lambda msg: None)
     start = time.monotonic()
+    metadata_strings(export_metadata, FIT_RESERVED, "fit(export_metadata=...)")  # not after the whole run
+    if config.dataset != "imagefolder":  # the number of classes (and shapes' size) is known without the data
+        shapes = config.dataset == "shapes"
+        check_overrides_fit(config, _classes_hint(config), config.effective("image_size") if shapes else None,
+                            3 if shapes else None)
     with _torch_threads(config.threads):
         _check_outputs(config, export, main)
         _check_not_another_run(config, resume, force)
@@ -607,11 +648,12 @@ def fit(config: Optional[TrainConfig] = None, resume: Optional[PathLike] = None,
         with _one_run_per_folder(config, main, device):
             ckpt, changed = (checkpoint_to_resume(resume, config, device, allow_finished=export is not None)
                              if resume is not None else (None, {}))
-            run, about = _build_run(config, rank, world, device, None if ckpt is None else (ckpt, resume))
+            run, about = _build_run(config, rank, world, device, None if ckpt is None else (ckpt, resume), force)
             if ckpt is not None:
                 _restore(run, ckpt, resume)
                 note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
                                  if k not in ("progress", "out_dir", "stop_after_epochs"))
+                note = "; ".join(filter(None, [note, run.data_note and f"training data: {run.data_note}"]))
                 where = (f"; saving to {Path(config.out_dir) / 'last.pt'}" if config.save_checkpoints else
                          "; saving no checkpoints")
                 say(f"resumed from {resume} after epoch {run.start_epoch}" + (f" (changed: {note})" if note else "")
