@@ -80,7 +80,7 @@ EXERCISES = [
     ### BEGIN SOLUTION
     result = None
     for attn in attentions:
-        a = attn.mean(dim=1) + torch.eye(attn.shape[-1])
+        a = attn.mean(dim=1) + torch.eye(attn.shape[-1], device=attn.device)
         a = a / a.sum(dim=-1, keepdim=True)
         result = a if result is None else a @ result
     return result
@@ -131,7 +131,7 @@ EXERCISES = [
     ### BEGIN SOLUTION
     gh, gw = grid_size
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    centres = (torch.stack([rows.flatten(), cols.flatten()], dim=1).to(attn.dtype) + 0.5) * patch_size
+    centres = (torch.stack([rows.flatten(), cols.flatten()], dim=1).to(attn.device, attn.dtype) + 0.5) * patch_size
     dist = (centres[:, None, :] - centres[None, :, :]).norm(dim=-1)
     a = attn[:, :, 1:, 1:]
     a = a / a.sum(dim=-1, keepdim=True)

@@ -122,7 +122,7 @@ def attention_rollout(attentions):
     result = None
     for attn in attentions:
         a = attn.mean(dim=1)
-        a = a + torch.eye(a.shape[-1])
+        a = a + torch.eye(a.shape[-1], device=a.device)
         a = a / a.sum(dim=-1, keepdim=True)
         result = a if result is None else a @ result
     return result
@@ -955,8 +955,8 @@ def test_a_result_kept_from_an_earlier_call_is_named():
     def cached_by_shape(tokens, cls_token, pos_embed):
         return kept.setdefault(tokens.shape, add_cls_and_pos(tokens, cls_token, pos_embed))
 
-    message = (r"a second call on other inputs of the same shapes \(the batch in reverse order\) gave the very "
-               r"answer of the first call")
+    message = (r"a second call on other inputs of the same shapes \(each tensor read backwards\) "
+               r"gave the very answer of the first call")
     with pytest.raises(CheckError, match=message):
         checks.check_multi_head_attention(KeepsItsOutput)
     with pytest.raises(CheckError, match=message):
@@ -1039,3 +1039,27 @@ def test_mean_attention_distance_names_a_distance_along_the_sequence():
 
     with pytest.raises(CheckError, match=r"the distance is \|i - j\| along the token sequence"):
         checks.check_mean_attention_distance(along_the_sequence)
+
+
+@pytest.mark.parametrize("name", [n for n, ex in checks.CHECKS.items() if ex.kind == "function"])
+def test_the_call_on_other_inputs_has_another_answer(name):
+    """The probe's call on other inputs (engine.other_inputs) catches an answer kept from the first call only where
+    the right answer differs there: reversing the batch alone gave mean_attention_distance, which averages over the
+    batch, the same answer, and an lru_cache passed."""
+    from vit_edu.classroom.engine import Ctx, build_cases, other_inputs
+    from vit_edu.classroom.judge import _same
+
+    ex = checks.CHECKS[name]
+    for seed in (0, 1):
+        case = build_cases(ex, seed)[0]  # the probe makes these calls on the first case
+        other = other_inputs(case.args)
+        if other is None:  # nothing to reverse (numbers only): the repeat with other arguments is the next case
+            assert not any(isinstance(a, (torch.Tensor, list)) for a in case.args), name
+            continue
+        first = ex.reference(Ctx(ex, case, 0, seed), *case.args)
+        if first is None:  # judged by the exercise's own judge_case (train_step), not by the generic calls
+            assert ex.judge_case is not None, name
+            continue
+        again = ex.reference(Ctx(ex, case, 0, seed), *other)
+        pairs = zip(first, again) if isinstance(first, tuple) else [(first, again)]
+        assert not all(_same(a, b, ex.rtol, ex.atol) for a, b in pairs), (name, seed)

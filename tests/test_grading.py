@@ -49,6 +49,17 @@ MAX = 6
 TIMEOUT, CELL_TIMEOUT, MEMORY_MB = 12, 4, 1024
 
 
+def _namespaces_work() -> bool:
+    """Whether a forked child may unshare mount and IPC namespaces here (root, and a kernel that lets it)."""
+    if not ROOTED:
+        return False
+    pid = os.fork()
+    if pid == 0:
+        libc = __import__("ctypes").CDLL(None, use_errno=True)
+        os._exit(0 if libc.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC) == 0 else 1)
+    return os.waitpid(pid, 0)[1] == 0
+
+
 def _cell(source: str, **nbgrader) -> nbformat.NotebookNode:
     cell = nbformat.v4.new_code_cell(source)
     if nbgrader:
@@ -164,6 +175,91 @@ try:
     os.listdir(os.path.dirname(os.getcwd()))
 except OSError:
     pass'''
+
+
+JIT_ATTENTION = '''@torch.jit.script
+def attention(q, k, v):
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    return weights @ v, weights'''
+# an answer cell that forges its record from the child's frames (as the outside tester did) and defines no answer
+FORGE_RECORD = '''import sys, importlib
+_f = sys._getframe()
+while _f is not None and _f.f_code.co_name != "_run":
+    _f = _f.f_back
+_L = _f.f_locals
+for _step in _L["job"]["steps"]:
+    if _step["kind"] == "check":
+        _pkg = __import__("vit_edu.checks", fromlist=["CHECKS"]).CHECKS[_step["check"]].package[0]
+        _mod, _, _attr = _pkg.rpartition(".")
+        _L["record"]["exercises"][_step["name"]] = _L["probe"](_step["check"], getattr(importlib.import_module(_mod),
+                                                                                      _attr), int(_L["job"]["seed"]))'''
+
+
+def _cpu_share_probe(base: str, share: int, weight: int) -> str:
+    """An honest patchify that raises instead unless the notebook, and a process it forks, sit in one cpu cgroup
+    of the grader's (``vit_edu_...``) whose weight is the one every notebook gets."""
+    return f'''import os
+def _cpu_cgroup():
+    for line in open("/proc/self/cgroup"):
+        _, controllers, path = line.rstrip("\\n").split(":", 2)
+        if "cpu" in controllers.split(",") or controllers == "":
+            return path
+mine = _cpu_cgroup()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.setsid()  # a session of its own: outside a cpu cgroup, an autogroup (a CPU share) of its own
+    os.write(w, (_cpu_cgroup() or "").encode()); os._exit(0)
+os.waitpid(pid, 0)
+child = os.read(r, 4096).decode()
+folder = {base!r} + mine
+value = [open(os.path.join(folder, f)).read().strip() for f in ("cpu.shares", "cpu.weight")
+         if os.path.exists(os.path.join(folder, f))]
+{HONEST_A}
+if "vit_edu_" not in mine or child != mine or value not in (["{share}"], ["{weight}"]):
+    def patchify(images, patch_size):
+        raise RuntimeError(f"cpu cgroup {{mine!r}}, child {{child!r}}, weight {{value}}")
+'''
+
+
+def _writes_outside(drop: Path) -> str:
+    """An honest patchify that raises instead if it could write into ``drop`` (a world-writable folder outside
+    its own), or could not write where a notebook may: its folder, HOME, the temporary folders."""
+    return f'''import os, tempfile
+wrote = []
+for path in [{str(drop / "fill.bin")!r}, {str(drop / "sub")!r}]:
+    try:
+        if path.endswith(".bin"):
+            with open(path, "wb") as f:
+                f.write(b"x" * 2**20)
+        else:
+            os.mkdir(path)
+        wrote.append(path)
+    except OSError:
+        pass
+for folder in (".", os.environ["HOME"], tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+    with open(os.path.join(folder, "mine.txt"), "w") as f:
+        f.write("mine")
+with open("/dev/null", "w") as f:
+    f.write("nothing")
+{HONEST_A}
+if wrote:
+    def patchify(images, patch_size):
+        raise RuntimeError("wrote outside its folder: " + ", ".join(wrote))
+'''
+
+
+def _world_writable_drop() -> "Path | None":
+    """A fresh world-writable folder (mode 1777, like /var/crash) outside every folder a notebook gets privately
+    or has covered, or None where none can be made (not root)."""
+    if not ROOTED:
+        return None
+    for parent in ("/var/crash", "/srv", "/opt", "/var/lib", "/var"):
+        if os.path.isdir(parent) and os.stat(parent).st_mode & 0o001 and os.access(parent, os.W_OK):
+            drop = Path(tempfile.mkdtemp(prefix="vit_edu_test_drop_", dir=parent))
+            os.chmod(drop, 0o1777)
+            return drop
+    return None
 
 
 DELETE_SCRATCH = '''import os, shutil
@@ -296,6 +392,16 @@ def graded(tmp_path_factory):
     students["bea_forged_probe"] = {"a.ipynb": submission("a.ipynb", {"patchify": _attack(FORGED_PROBE)})}
     students["cal_wrapped"] = {"a.ipynb": submission("a.ipynb", {"patchify": _attack(WRAPPED)})}
     students["dee_peeks"] = {"a.ipynb": submission("a.ipynb", {"patchify": _peek(ref) + "\n" + HONEST_A})}
+    students["fio_jit"] = {"b.ipynb": submission("b.ipynb", {"attention": JIT_ATTENTION})}
+    students["ivy_forged_record"] = {"a.ipynb": submission("a.ipynb", {"patchify": FORGE_RECORD}),
+                                     "b.ipynb": submission("b.ipynb", {"attention": FORGE_RECORD, "mlp": "# nothing"})}
+    cpu_root = isolation._cpu_cgroup_root() if ROOTED else None
+    if cpu_root is not None:
+        students["gil_cpu_share"] = {"a.ipynb": submission("a.ipynb", {
+            "patchify": _cpu_share_probe(cpu_root, isolation.CPU_SHARES, isolation.CPU_WEIGHT)})}
+    drop = _world_writable_drop() if _namespaces_work() else None
+    if drop is not None:
+        students["hux_writes_outside"] = {"a.ipynb": submission("a.ipynb", {"patchify": _writes_outside(drop)})}
     for student, notebooks in students.items():
         (subs / student).mkdir(parents=True)
         for name, nb in notebooks.items():
@@ -313,11 +419,19 @@ def graded(tmp_path_factory):
         made.append(self.workdir)
 
     out = tmp / "out" / "grades.csv"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("VIT_EDU_TEST_SECRET", "the teacher's token")
-        env.setattr(sandbox.Sandbox, "__init__", recording)
-        rows = grading.grade(subs, out, timeout=TIMEOUT, reference_dir=ref, cell_timeout=CELL_TIMEOUT, jobs=2,
-                             memory_mb=MEMORY_MB, max_output_kb=64, seed=1234, verbose=False)
+    cgroups_before = set(os.listdir(cpu_root)) if cpu_root else set()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("VIT_EDU_TEST_SECRET", "the teacher's token")
+            env.setattr(sandbox.Sandbox, "__init__", recording)
+            rows = grading.grade(subs, out, timeout=TIMEOUT, reference_dir=ref, cell_timeout=CELL_TIMEOUT, jobs=2,
+                                 memory_mb=MEMORY_MB, max_output_kb=64, seed=1234, verbose=False)
+        dropped = sorted(p.name for p in drop.iterdir()) if drop is not None else None
+    finally:
+        if drop is not None:
+            shutil.rmtree(drop, ignore_errors=True)
+    cpu_cgroups_left = sorted(d for d in set(os.listdir(cpu_root)) - cgroups_before if d.startswith("vit_edu_")
+                              and not (Path(cpu_root) / d / "cgroup.procs").read_text().strip()) if cpu_root else []
     after = _files_state(ROOT, victim)
     assert made, "the grader made no scratch folder"
     after["scratch left"] = sorted(str(p) for p in made if p.exists())
@@ -325,7 +439,7 @@ def graded(tmp_path_factory):
         leftover.unlink(missing_ok=True)  # only if the sandbox failed; the test below then fails
     before["scratch left"] = []
     return {"rows": rows, "by": _by_student(rows), "out": out, "ref": ref, "subs": subs, "before": before,
-            "after": after}
+            "after": after, "dropped": dropped, "cpu_cgroups_left": cpu_cgroups_left}
 
 
 def _by_student(rows):
@@ -505,6 +619,96 @@ def test_sandbox_is_locked_down(graded):
     assert graded["by"]["kai_canary"][("a.ipynb", "patchify")]["passed"], graded["by"]["kai_canary"]
     assert graded["after"]["scratch left"] == []
 
+
+
+def test_an_answer_that_needs_its_own_source_is_graded_as_in_jupyter(graded):
+    """@torch.jit.script (and inspect.getsource, tracebacks) read a cell's source from linecache, where IPython
+    puts every cell: the grader does too, so a scripted answer passes as it does in Jupyter."""
+    row = graded["by"]["fio_jit"][("b.ipynb", "attention")]
+    assert row["passed"] and not row["flags"], row
+
+
+@pytest.mark.skipif(not ROOTED or isolation._cpu_cgroup_root() is None,
+                    reason="per-notebook cpu cgroups need root and a writable cpu controller")
+def test_every_notebook_gets_the_same_cpu_share_however_many_processes_it_starts(graded):
+    """The notebook and a process it forks into a session of its own sit in one cpu cgroup of the grader's with the
+    default weight (cpu.shares 1024 / cpu.weight 100): 30 busy processes of one student weigh what one busy
+    process does, so they cannot use up another notebook's time limit. The cgroup is gone after the notebook."""
+    row = graded["by"]["gil_cpu_share"][("a.ipynb", "patchify")]
+    assert row["passed"], row["message"]
+    assert graded["cpu_cgroups_left"] == []
+
+
+@pytest.mark.skipif(not _namespaces_work(), reason="a read-only view of the file system needs mount namespaces")
+def test_a_notebook_cannot_write_outside_its_folder_and_private_temporary_folders(graded):
+    """Everything but the notebook's folder and its private /tmp, /var/tmp, /dev/shm is read-only in its mount
+    namespace: a world-writable folder of the host (/var/crash, a 1777 folder) stays empty, while its folder,
+    HOME, the temporary folders and /dev/null still take writes. The attempt is flagged as usual."""
+    row = graded["by"]["hux_writes_outside"][("a.ipynb", "patchify")]
+    assert row["passed"], row["message"]
+    assert graded["dropped"] == []
+    assert "touched files outside its folder" in row["flags"], row
+
+
+def test_a_record_forged_from_an_answer_cell_is_flagged_and_honest_records_never_are(graded):
+    """An answer cell can reach the child's record (it shares the process) and fill in observations of the
+    package's own implementation for answers it never defined; the grader cannot stop that, but the careless
+    forgery does not fit the run (observations for a check that raised NameError) and is flagged for the teacher.
+    No other student of the class, killed at a limit or not, trips the wire."""
+    forged = graded["by"]["ivy_forged_record"]
+    for key in (("a.ipynb", "patchify"), ("b.ipynb", "attention"), ("b.ipynb", "mlp")):
+        assert "the record does not fit the run (observations for" in forged[key]["flags"], forged[key]
+    others = [(student, r["flags"]) for student, rows in graded["by"].items() if student != "ivy_forged_record"
+              for r in rows.values() if "the record does not fit" in r["flags"]]
+    assert others == []
+
+
+def _step(kind: str, label: str, name: str = "") -> dict:
+    return {"kind": kind, "label": label, **({"name": name} if name else {})}
+
+
+def test_record_trip_wires():
+    """Each trip-wire of grading.record_inconsistencies against the record an honest run writes at each step."""
+    steps = [_step("setup", "setup cell 1"), _step("answer", "answer cell patchify_answer"),
+             _step("check", "check cell patchify_check", "patchify"), _step("answer", "answer cell mlp_answer"),
+             _step("check", "check cell mlp_check", "mlp")]
+
+    def honest(seq: int) -> dict:  # what the child writes at the start of step seq (seq = len + 1: at the end)
+        done = steps[:seq - 1]
+        return {"seq": seq, "running": steps[seq - 1]["label"] if seq <= len(steps) else None,
+                "cells": [{"label": s["label"], "error": None, "ran": True} for s in done if s["kind"] != "check"],
+                "exercises": {s["name"]: {} for s in done if s["kind"] == "check" and s["name"] == "patchify"},
+                "missing": {s["name"]: "NameError" for s in done if s["kind"] == "check" and s["name"] == "mlp"},
+                "outside": ["opened /etc/x"] * (seq > 2), "package": {}, "replaced": [], "unwatched": []}
+
+    for seq in range(1, len(steps) + 2):
+        assert grading.record_inconsistencies(honest(seq), honest(seq - 1) if seq > 1 else None, steps) == [], seq
+    end, before = honest(len(steps) + 1), honest(len(steps))
+    forged = dict(end, exercises={"patchify": {}, "mlp": {}})
+    assert "observations for mlp although its check failed" in grading.record_inconsistencies(forged, before, steps)
+    early = dict(honest(4), exercises={"patchify": {}, "mlp": {}})
+    assert any("results for mlp before its check ran" in w for w in
+               grading.record_inconsistencies(early, honest(3), steps))
+    for edit, words in (({"seq": 99}, "record number 99"), ({"running": "x"}, "says x was running"),
+                        ({"cells": []}, "list of cells"), ({"outside": []}, "lost outside")):
+        odd = grading.record_inconsistencies(dict(end, **edit), before, steps)
+        assert any(words in w for w in odd), (edit, odd)
+    assert any("not one step apart" in w for w in grading.record_inconsistencies(end, honest(2), steps))
+
+
+def test_a_notebook_kept_from_the_cpu_says_so_at_its_time_limit(tmp_path):
+    """A notebook killed at its time limit after waiting for a CPU for a good part of it (the scheduler's run-queue
+    wait of its main thread, read before the kill) says so, instead of the limit alone blaming its cell."""
+    assert sandbox._waited_s(os.getpid()) is not None or not os.path.exists("/proc/self/schedstat")
+    box = type("Box", (), {"limits": sandbox.Limits(timeout_s=10), "uids": None})()
+    reasons = []
+    for waited in (0.5, 8.0):
+        results = tmp_path / f"run{waited}.out"
+        results.mkdir()
+        run = sandbox._Running("k", tmp_path / "run", results, None, 0.0, 1.0, [], timed_out=True, waited_s=waited)
+        reasons.append(sandbox.Sandbox._finish(box, run, -9, 0).outcome.reason)
+    assert reasons[0] == "time limit 10 s"
+    assert reasons[1].startswith("time limit 10 s; it was ready to run but waited 8.0 s of it for a free CPU"), reasons
 
 
 @pytest.mark.skipif(not ROOTED, reason="the uid change needs root (run the grader as root in a container)")
@@ -920,17 +1124,6 @@ def test_a_stub_beside_the_renamed_answer_and_a_notebook_without_metadata_are_gr
     notes = {r["notebook"]: r["message"] for r in rows if r["student"] == "una" and r["exercise"] == "(notebook)"}
     assert notes == {"a_final.ipynb": "graded as a.ipynb (renamed; a.ipynb beside it has fewer answers worked on)",
                      "a.ipynb": "duplicate of a.ipynb (fewer answers worked on than a_final.ipynb): not graded"}
-
-
-def _namespaces_work() -> bool:
-    """Whether a forked child may unshare mount and IPC namespaces here (root, and a kernel that lets it)."""
-    if not ROOTED:
-        return False
-    pid = os.fork()
-    if pid == 0:
-        libc = __import__("ctypes").CDLL(None, use_errno=True)
-        os._exit(0 if libc.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWIPC) == 0 else 1)
-    return os.waitpid(pid, 0)[1] == 0
 
 
 @pytest.mark.skipif(not _namespaces_work(), reason="mount and IPC namespaces need root and a kernel that allows them")

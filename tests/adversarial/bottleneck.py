@@ -428,3 +428,58 @@ class MistakeUninitialisedWeights(_Base):
 
 
 MISTAKES.append((MistakeUninitialisedWeights, "starting value"))
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+class _WSConv(nn.Conv2d):
+    """Weight-standardized conv (per filter, biased variance, eps 1e-8), no bias; ``pad`` picks the padding."""
+
+    def __init__(self, c_in, c_out, k, stride=1, pad="bottom_right"):
+        super().__init__(c_in, c_out, k, stride=stride, bias=False)
+        self.pad = pad
+
+    def forward(self, x):
+        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (self.weight - mean) / torch.sqrt(var + 1e-8)
+        k, s = self.kernel_size[0], self.stride[0]
+        h, wd = x.shape[-2:]
+        ph = max((math.ceil(h / s) - 1) * s + k - h, 0)
+        pw = max((math.ceil(wd / s) - 1) * s + k - wd, 0)
+        if self.pad == "bottom_right":  # TensorFlow 'SAME': the odd pixel goes to the bottom/right
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        else:  # "top_left": the same total padding, the odd pixel on the top/left
+            x = F.pad(x, (pw - pw // 2, pw // 2, ph - ph // 2, ph // 2))
+        return F.conv2d(x, w, None, s)
+
+
+class _Block(nn.Module):
+    pad = "bottom_right"
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        m = out_channels // 4
+        conv = lambda a, b, k, s=1: _WSConv(a, b, k, s, pad=type(self).pad)  # noqa: E731
+        self.conv1, self.norm1 = conv(in_channels, m, 1), nn.GroupNorm(32, m, eps=1e-5)
+        self.conv2, self.norm2 = conv(m, m, 3, stride), nn.GroupNorm(32, m, eps=1e-5)
+        self.conv3, self.norm3 = conv(m, out_channels, 1), nn.GroupNorm(32, out_channels, eps=1e-5)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.ModuleDict({"conv": conv(in_channels, out_channels, 1, stride),
+                                             "norm": nn.GroupNorm(32, out_channels, eps=1e-5)})
+
+    def forward(self, x):
+        sc = x if self.downsample is None else self.downsample["norm"](self.downsample["conv"](x))
+        h = F.relu(self.norm1(self.conv1(x)))
+        h = F.relu(self.norm2(self.conv2(h)))
+        return F.relu(self.norm3(self.conv3(h)) + sc)
+
+
+class BottleneckTopLeftSamePadding(_Block):
+    # MISLEADING MESSAGE: 'SAME' padding with the odd pixel on the top/left (the total is right, the side is
+    # wrong). Rejected, but the message says "the 3x3 conv pads 1 pixel on every side", which this code does
+    # not do (for stride 2 on an even size, top/left-only and symmetric padding give the same windows).
+    pad = "top_left"
+
+
+MISTAKES += [(BottleneckTopLeftSamePadding, "top/left")]

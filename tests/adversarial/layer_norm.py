@@ -258,3 +258,40 @@ def statistics_kept_by_shape(x, weight, bias, eps):
 
 CORRECT += [correct_out_buffer_in_place, correct_non_contiguous_view]
 MISTAKES.append((statistics_kept_by_shape, "earlier call"))
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+def ln_float32_inside_cast_back(x, weight, bias, eps):
+    # FALSE ACCEPT (low): the contract says float32 OR float64 inputs; this computes float64 inputs in float32
+    # and casts back. The float64 case (values O(1), rtol 1e-4) cannot tell.
+    x32, w, b = x.float(), weight.float(), bias.float()
+    mu = x32.mean(-1, keepdim=True)
+    var = ((x32 - mu) ** 2).mean(-1, keepdim=True)
+    return ((x32 - mu) / torch.sqrt(var + eps) * w + b).to(x.dtype)
+
+
+def ln_vmap(x, weight, bias, eps):
+    # right, other style (torch.func.vmap over the flattened tokens); passes today
+    def one(v):
+        mu = v.mean()
+        return (v - mu) / torch.sqrt(((v - mu) ** 2).mean() + eps) * weight + bias
+    return torch.func.vmap(one)(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+@torch.jit.script
+def _ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) * torch.rsqrt(var + eps) * weight + bias
+
+
+def ln_scripted_elementary(x, weight, bias, eps):
+    # right: TorchScript of elementary ops (the forbidden-call watch must not flag it); passes today
+    return _ln(x, weight, bias, float(eps))
+
+
+CORRECT += [ln_vmap, ln_scripted_elementary]
+
+
+MISTAKES += [(ln_float32_inside_cast_back, "float32")]

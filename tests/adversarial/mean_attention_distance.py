@@ -1,5 +1,6 @@
 """Adversarial set for check_mean_attention_distance (notebook 07): other correct styles and usual mistakes."""
 
+import functools
 import math
 
 import numpy as np
@@ -269,7 +270,7 @@ MISTAKES = [
 
 def correct_float64_inside(attn, grid_size, patch_size):
     gh, gw = grid_size
-    r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    r, c = torch.meshgrid(torch.arange(gh, device=attn.device), torch.arange(gw, device=attn.device), indexing="ij")
     centres = torch.stack([r.flatten(), c.flatten()], -1).double() * patch_size
     a = attn[:, :, 1:, 1:].double()
     a = a / a.sum(-1, keepdim=True)
@@ -330,3 +331,88 @@ def table_cached_by_token_count(attn, grid_size, patch_size):  # a 3 x 4 grid's 
 
 
 MISTAKES.append((table_cached_by_token_count, "not by the number of tokens"))
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+def mad_cpu_table(attn, grid_size, patch_size):
+    # FALSE ACCEPT: the distance table is built on the CPU (no device=); the contract and Hint 2 ask for "the
+    # input's dtype and device": CUDA attention maps raise. The check only has CPU cases.
+    gh, gw = grid_size
+    r, c = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    cen = (torch.stack([r.flatten(), c.flatten()], 1).to(attn.dtype) + 0.5) * patch_size
+    d = (cen[:, None] - cen[None]).norm(dim=-1)
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * d).sum(-1).mean((0, 2))
+
+
+MISTAKES += [(mad_cpu_table, "device"), ]
+
+
+# ---------------------------------------------- right on a GPU, refused once on the meta stand-in; caches kept
+def _grid_table(grid_size, patch_size, dtype, device):
+    gh, gw = grid_size
+    i = torch.arange(gh * gw, device=device)
+    pts = (torch.stack([i // gw, i % gw], dim=1).to(dtype) + 0.5) * patch_size
+    return (pts[:, None] - pts[None]).norm(dim=-1)
+
+
+def bool_mask_drops_the_class_token(attn, grid_size, patch_size):  # boolean indexing: no meta kernel (nonzero)
+    keep = torch.ones(attn.shape[-1], dtype=torch.bool, device=attn.device)
+    keep[0] = False
+    a = attn[:, :, keep][:, :, :, keep]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _grid_table(grid_size, patch_size, attn.dtype, attn.device)).sum(-1).mean((0, 2))
+
+
+def masked_select_drops_the_class_token(attn, grid_size, patch_size):  # "... with Meta tensors" (capital M)
+    B, H, T, _ = attn.shape
+    mask = torch.ones(T, T, dtype=torch.bool, device=attn.device)
+    mask[0, :] = False
+    mask[:, 0] = False
+    a = attn.masked_select(mask).view(B, H, T - 1, T - 1)
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _grid_table(grid_size, patch_size, attn.dtype, attn.device)).sum(-1).mean((0, 2))
+
+
+def distinct_distances_once(attn, grid_size, patch_size):  # torch.unique: no meta kernel
+    d2 = _grid_table(grid_size, 1, attn.dtype, attn.device) ** 2
+    vals, inv = torch.unique(d2, return_inverse=True)
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * (vals.sqrt() * patch_size)[inv]).sum(-1).mean((0, 2))
+
+
+def leftover_debug_print(attn, grid_size, patch_size):  # f"{t:.2f}" of a 0-d meta tensor: TypeError
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    out = (a * _grid_table(grid_size, patch_size, attn.dtype, attn.device)).sum(-1).mean((0, 2))
+    print(f"mean distance over heads: {out.mean():.2f} px")
+    return out
+
+
+CORRECT += [bool_mask_drops_the_class_token, masked_select_drops_the_class_token, distinct_distances_once,
+            leftover_debug_print]
+
+
+@functools.lru_cache(maxsize=None)
+def lru_cached(attn, grid_size, patch_size):  # keyed by the tensor: stale after an in-place update
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    return (a * _grid_table(grid_size, patch_size, attn.dtype, attn.device)).sum(-1).mean((0, 2))
+
+
+_WHOLE_ANSWER = {}
+
+
+def whole_answer_kept_by_shapes(attn, grid_size, patch_size):  # the batch reversed alone gave the same mean
+    key = (tuple(attn.shape), tuple(grid_size), patch_size, attn.dtype, str(attn.device))
+    if key not in _WHOLE_ANSWER:
+        a = attn[:, :, 1:, 1:]
+        a = a / a.sum(-1, keepdim=True)
+        _WHOLE_ANSWER[key] = (a * _grid_table(grid_size, patch_size, attn.dtype, attn.device)).sum(-1).mean((0, 2))
+    return _WHOLE_ANSWER[key]
+
+
+MISTAKES += [(lru_cached, "kept from an earlier call"), (whole_answer_kept_by_shapes, "kept from an earlier call")]

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+import functools
 
 CHECK = "pos_embed_similarity"
 
@@ -189,3 +190,38 @@ def mistake_float32_inside(pos_embed, grid_size):
 
 CORRECT.append(correct_float64_inside)
 MISTAKES.append((mistake_float32_inside, "dtype"))
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+@functools.lru_cache(maxsize=None)
+def pes_lru_cached(pos_embed, grid_size):
+    # FALSE ACCEPT (low): memoised on the tensor's identity. The pos_embed Parameter is updated in place by the
+    # optimizer, so a similarity plot made during training stays the one of the first call (stale). The check's
+    # repeated call uses the same unchanged tensor and its "other inputs" call a new tensor, so both pass.
+    gh, gw = grid_size
+    n = gh * gw
+    T = pos_embed.shape[0]
+    if T == n + 1:
+        pos_embed = pos_embed[1:]
+    elif T != n:
+        raise ValueError(f"{T} rows for a {gh}x{gw} grid")
+    u = pos_embed / pos_embed.norm(dim=-1, keepdim=True)
+    return (u @ u.T).reshape(gh, gw, gh, gw)
+
+
+def pes_float32_inside_cast_back(pos_embed, grid_size):
+    # FALSE ACCEPT (low): float32 computation for the float64 case, cast back
+    gh, gw = grid_size
+    n = gh * gw
+    T = pos_embed.shape[0]
+    if T == n + 1:
+        pos_embed = pos_embed[1:]
+    elif T != n:
+        raise ValueError(T)
+    u = pos_embed.float()
+    u = u / u.norm(dim=-1, keepdim=True)
+    return (u @ u.T).reshape(gh, gw, gh, gw).to(pos_embed.dtype)
+
+
+MISTAKES += [(pes_lru_cached, "earlier call"), (pes_float32_inside_cast_back, "float32")]

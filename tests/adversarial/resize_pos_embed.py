@@ -173,3 +173,58 @@ def mistake_float32_inside(pos_embed, new_grid, old_grid):
 
 CORRECT.append(correct_float64_inside)
 MISTAKES.append((mistake_float32_inside, "dtype"))
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+_RESIZED = {}
+
+
+def rpe_rows_cached_by_grids(pos_embed, new_grid, old_grid):
+    # FALSE ACCEPT (in a fresh process, i.e. a student's check cell, seed 0): "resize once per grid pair" keeps
+    # the resized rows of the FIRST table seen; any later table on the same grids gets them. No case repeats a
+    # grid pair and pos_embed [1, T, D] has no batch to reverse, so engine.other_inputs() is None and no
+    # call on other inputs is made for this exercise. (Within one process the seed-1 run then fails, with
+    # "none of the usual mistakes matches", not with the "kept from an earlier call" message.)
+    key = (tuple(new_grid), tuple(old_grid), pos_embed.shape[-1])
+    if key not in _RESIZED:
+        (h, w), (H, W) = old_grid, new_grid
+        img = rearrange(pos_embed[:, 1:], "1 (h w) d -> 1 d h w", h=h, w=w)
+        img = F.interpolate(img, size=(H, W), mode="bicubic", align_corners=False, antialias=True)
+        _RESIZED[key] = rearrange(img, "1 d h w -> 1 (h w) d")
+    return torch.cat([pos_embed[:, :1], _RESIZED[key]], dim=1)
+
+
+def rpe_reshape_back_only(pos_embed, new_grid, old_grid):
+    # MESSAGE GAP: the notebook promises to name "channels and positions mixed up by a reshape"; only the
+    # reshape on BOTH sides is a mutant. Reshaping only on the way back -> "none of the usual mistakes matches".
+    (h, w), (H, W) = old_grid, new_grid
+    D = pos_embed.shape[-1]
+    img = rearrange(pos_embed[:, 1:], "1 (h w) d -> 1 d h w", h=h, w=w)
+    img = F.interpolate(img, size=(H, W), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([pos_embed[:, :1], img.reshape(1, H * W, D)], dim=1)
+
+
+def rpe_reshape_in_only(pos_embed, new_grid, old_grid):
+    # MESSAGE GAP: exactly the mistake Hint 2 warns about (".reshape(1, D, h, w) would mix channels and
+    # positions"), done on the way in only -> unnamed.
+    (h, w), (H, W) = old_grid, new_grid
+    D = pos_embed.shape[-1]
+    img = pos_embed[:, 1:].reshape(1, D, h, w)
+    img = F.interpolate(img, size=(H, W), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([pos_embed[:, :1], rearrange(img, "1 d h w -> 1 (h w) d")], dim=1)
+
+
+def rpe_scale_factor(pos_embed, new_grid, old_grid):
+    # right, other style (scale_factor instead of size); passes today
+    (h, w), (H, W) = old_grid, new_grid
+    img = rearrange(pos_embed[:, 1:], "1 (h w) d -> 1 d h w", h=h, w=w)
+    img = F.interpolate(img, scale_factor=(H / h, W / w), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([pos_embed[:, :1], rearrange(img, "1 d h w -> 1 (h w) d")], 1)
+
+
+CORRECT += [rpe_scale_factor]
+
+
+MISTAKES += [(rpe_rows_cached_by_grids, "earlier call"), (rpe_reshape_back_only, "reshape"),
+            (rpe_reshape_in_only, "reshape")]

@@ -13,7 +13,7 @@ CHECK = "rollout"
 def loop(attentions):
     result = None
     for attn in attentions:
-        a = attn.mean(dim=1) + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = attn.mean(dim=1) + torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
         a = a / a.sum(dim=-1, keepdim=True)
         result = a if result is None else a @ result
     return result
@@ -21,7 +21,8 @@ def loop(attentions):
 
 def half_and_half(attentions):
     # the mean of softmax rows sums to 1, so rownorm(A + I) = (A + I) / 2
-    mats = [0.5 * reduce(a, "b h t s -> b t s", "mean") + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+    mats = [0.5 * reduce(a, "b h t s -> b t s", "mean")
+            + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
             for a in attentions]
     return functools.reduce(lambda acc, m: m @ acc, mats)
 
@@ -39,7 +40,7 @@ def from_last_layer(attentions):
 
 def einsum_with_identity_start(attentions):
     B, H, T, _ = attentions[0].shape
-    r = torch.eye(T, dtype=attentions[0].dtype).expand(B, T, T)
+    r = torch.eye(T, dtype=attentions[0].dtype, device=attentions[0].device).expand(B, T, T)
     for a in attentions:
         m = torch.einsum("bhts->bts", a) / H + torch.diag_embed(a.new_ones(B, T))
         m = m / m.sum(-1, keepdim=True)
@@ -49,7 +50,7 @@ def einsum_with_identity_start(attentions):
 
 def stacked(attentions):
     A = torch.stack(list(attentions))  # [L, B, H, T, T]
-    A = A.mean(2) + torch.eye(A.shape[-1], dtype=A.dtype)
+    A = A.mean(2) + torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
     A = A / A.sum(-1, keepdim=True)
     r = A[0]
     for layer in range(1, A.shape[0]):
@@ -60,7 +61,7 @@ def stacked(attentions):
 def l1_normalize(attentions):
     r = None
     for a in attentions:
-        m = F.normalize(a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype), p=1, dim=-1)
+        m = F.normalize(a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device), p=1, dim=-1)
         r = m if r is None else m @ r
     return r
 
@@ -79,7 +80,7 @@ def reversed_copy(attentions):
     layers.reverse()
     r = None
     for a in layers:  # last layer first, so each earlier layer enters on the right
-        m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype)
+        m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         m = m / m.sum(-1, keepdim=True)
         r = m if r is None else r @ m
     return r
@@ -90,7 +91,8 @@ CORRECT = [loop, half_and_half, from_last_layer, einsum_with_identity_start, sta
 
 
 # ------------------------------------------------------------------------------------------------ mistakes
-def _variant(fuse=lambda a: a.mean(1), add=lambda T, a: torch.eye(T, dtype=a.dtype), renorm=True, order="left"):
+def _variant(fuse=lambda a: a.mean(1), add=lambda T, a: torch.eye(T, dtype=a.dtype, device=a.device), renorm=True,
+             order="left"):
     def f(attentions):
         r = None
         for attn in attentions:
@@ -104,7 +106,7 @@ def _variant(fuse=lambda a: a.mean(1), add=lambda T, a: torch.eye(T, dtype=a.dty
 
 
 no_identity = _variant(add=lambda T, a: 0)
-ones_not_identity = _variant(add=lambda T, a: torch.ones(T, T, dtype=a.dtype))
+ones_not_identity = _variant(add=lambda T, a: torch.ones(T, T, dtype=a.dtype, device=a.device))
 min_over_heads = _variant(fuse=lambda a: a.amin(1))
 max_over_heads = _variant(fuse=lambda a: a.amax(1))
 no_renorm = _variant(renorm=False)
@@ -116,14 +118,15 @@ first_head = _variant(fuse=lambda a: a[:, 0])
 def keeps_heads(attentions):
     r = None
     for attn in attentions:
-        a = attn + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = attn + torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
         a = a / a.sum(-1, keepdim=True)
         r = a if r is None else a @ r
     return r
 
 
 def last_layer_only(attentions):
-    a = attentions[-1].mean(1) + torch.eye(attentions[-1].shape[-1], dtype=attentions[-1].dtype)
+    last = attentions[-1]
+    a = last.mean(1) + torch.eye(last.shape[-1], dtype=last.dtype, device=last.device)
     return a / a.sum(-1, keepdim=True)
 
 
@@ -131,7 +134,7 @@ def in_place_identity(attentions):
     r = None
     for attn in attentions:
         T = attn.shape[-1]
-        attn.add_(torch.eye(T, dtype=attn.dtype))  # writes into the caller's attention maps
+        attn.add_(torch.eye(T, dtype=attn.dtype, device=attn.device))  # writes into the caller's attention maps
         a = attn.mean(1)
         a = a / a.sum(-1, keepdim=True)
         r = a if r is None else a @ r
@@ -140,9 +143,9 @@ def in_place_identity(attentions):
 
 def float32_eye_start(attentions):
     B, H, T, _ = attentions[0].shape
-    r = torch.eye(T).repeat(B, 1, 1)
+    r = torch.eye(T, device=attentions[0].device).repeat(B, 1, 1)
     for attn in attentions:
-        a = attn.mean(1) + torch.eye(T, dtype=attn.dtype)
+        a = attn.mean(1) + torch.eye(T, dtype=attn.dtype, device=attn.device)
         r = (a / a.sum(-1, keepdim=True)) @ r
     return r
 
@@ -154,7 +157,7 @@ def detached(attentions):
 def mean_over_batch(attentions):
     r = None
     for attn in attentions:
-        a = attn.mean(0) + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = attn.mean(0) + torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
         a = a / a.sum(-1, keepdim=True)
         r = a if r is None else a @ r
     return r
@@ -174,7 +177,7 @@ def pops_the_layers(attentions):
 
 def replaces_the_items(attentions):
     for i, a in enumerate(attentions):
-        m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype)
+        m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         attentions[i] = m / m.sum(-1, keepdim=True)  # the caller's list now holds other tensors
     r = attentions[0]
     for m in attentions[1:]:
@@ -211,7 +214,7 @@ def float64_inside(attentions):
     r = None
     for attn in attentions:
         a = attn.double().mean(1)
-        a = a + torch.eye(a.shape[-1], dtype=a.dtype)
+        a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         a = a / a.sum(-1, keepdim=True)
         r = a if r is None else a @ r
     return r.to(attentions[0].dtype)
@@ -221,7 +224,7 @@ def identity_per_head(attentions):
     # mean_heads(A + I) = mean_heads(A) + I; bmm instead of @
     r = None
     for attn in attentions:
-        a = (attn + torch.eye(attn.shape[-1], dtype=attn.dtype)).mean(1)
+        a = (attn + torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)).mean(1)
         a = a / a.sum(-1, keepdim=True)
         r = a if r is None else torch.bmm(a, r)
     return r
@@ -246,3 +249,60 @@ def in_place_on_fresh_tensors(attentions):
 
 
 CORRECT.append(in_place_on_fresh_tensors)
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+def rollout_final_renorm_only(attentions):
+    # right on the contract's inputs (rows of every A_l sum to 1, so every mean(A_l) + I has row sums exactly 2):
+    # the product of the un-normalised layers renormalised once at the end is R itself. Passes today (kept as
+    # regression coverage of an "other style").
+    r = None
+    for attn in attentions:
+        a = attn.mean(1) + torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
+        r = a if r is None else a @ r
+    return r / r.sum(-1, keepdim=True)
+
+
+CORRECT += [rollout_final_renorm_only]
+
+
+def rollout_cpu_eye(attentions):
+    # FALSE ACCEPT: the identity is made on the CPU (no device=), the notebook's hint and contract say "the
+    # input's dtype and device"; on CUDA (or meta) inputs this raises "Tensor on device cpu is not on the
+    # expected device". Every case of the check is a CPU tensor, so it can never show.
+    r = None
+    for attn in attentions:
+        a = attn.mean(1) + torch.eye(attn.shape[-1], dtype=attn.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+    return r
+
+
+MISTAKES += [(rollout_cpu_eye, "device"), ]
+
+
+# ---------------------------------------------------------------- right on a GPU, refused once on the meta stand-in
+def _hat(a):
+    m = a.mean(1) + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    return m / m.sum(-1, keepdim=True)
+
+
+def leftover_debug_print(attentions):  # f"{t:.4f}" of a 0-d meta tensor: TypeError
+    r = None
+    for a in attentions:
+        r = _hat(a) if r is None else _hat(a) @ r
+    print(f"rollout: rows sum to {r.sum(-1).mean():.4f}")
+    return r
+
+
+def layers_kept_by_a_boolean_mask(attentions):  # A[present]: nonzero underneath, no meta kernel
+    A = torch.stack(list(attentions))  # [L, B, H, T, T]
+    A = A[A.flatten(1).abs().sum(-1) >= 0]
+    r = None
+    for a in A.unbind(0):
+        r = _hat(a) if r is None else _hat(a) @ r
+    return r
+
+
+CORRECT += [leftover_debug_print, layers_kept_by_a_boolean_mask]

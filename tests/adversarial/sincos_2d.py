@@ -187,3 +187,22 @@ MISTAKES = [
     (value_error_only_for_an_odd_half, "ValueError"),
     (temperature_1000, "10000"),
 ]
+
+
+
+# ------------------------------------------------------------------------------ found by an outside test
+def sincos_divmod_by_grid_h(grid_h, grid_w, dim):
+    # MISLEADING MESSAGE: the only bug is `divmod(index, grid_h)` instead of `divmod(index, grid_w)`; the block
+    # order [sin c, cos c, sin r, cos r] is right. The check says "numbered column by column AND the row's
+    # features come first", so a student who follows it also reorders the (correct) blocks.
+    if dim % 4:
+        raise ValueError(f"dim={dim} is not divisible by 4")
+    k = dim // 4
+    omega = 10000 ** (-torch.arange(k, dtype=torch.float64) / k)
+    idx = torch.arange(grid_h * grid_w)
+    r = (idx // grid_h).double()[:, None] * omega  # should be // grid_w
+    c = (idx % grid_h).double()[:, None] * omega   # should be % grid_w
+    return torch.cat([c.sin(), c.cos(), r.sin(), r.cos()], 1).float()
+
+
+MISTAKES += [(sincos_divmod_by_grid_h, "// grid_w")]  # a message naming the divisor (index // grid_w, index % grid_w) would help

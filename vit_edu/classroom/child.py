@@ -412,7 +412,8 @@ def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
                 continue
             error = None
             try:
-                code = compile(_without_magics(step["source"]), f"<{step['label']}>", "exec")
+                source = _without_magics(step["source"])
+                code = compile(source, _register_source(source, step["label"], len(record["cells"])), "exec")
                 timed(exec, code, namespace)
             except (SystemExit, KeyboardInterrupt) as e:
                 error = _error_text(e)
@@ -445,6 +446,17 @@ def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
     record["running"] = None
     flush()
     return 0
+
+
+def _register_source(source: str, label: str, index: int) -> str:
+    """A file name of its own for one executed cell (``<answer cell patchify_answer #3>``), with the cell's source
+    put in :mod:`linecache` under it, as IPython does: ``inspect.getsource``, ``@torch.jit.script``, a scripted
+    ``nn.Module`` and tracebacks read a cell's code from there (without it they fail only in the grader)."""
+    import linecache
+
+    name = f"<{label} #{index}>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)  # mtime None: checkcache keeps it
+    return name
 
 
 def _plain(x: Any, depth: int = 0) -> Any:

@@ -2,11 +2,12 @@
 
 * :func:`probe` runs the student's function or class on the exercise's cases and records plain
   observations (tensors, numbers, strings): the output, its dtype and device, the inputs after the call
-  (in-place edits), a second eval-mode call (dropout left on), a call on other inputs of the same shapes (a
-  result kept from the first call), whether the first answer changed under those calls (a reused buffer) and
-  the module's weights with it, one backward pass (input and parameter gradients by name), the parameters a
-  module leaves unwritten (memory from torch.empty reads as NaN while the probe runs). It never decides
-  anything, so it can run in the student's process.
+  (in-place edits), a second eval-mode call (dropout left on), a call on other inputs of the same shapes and
+  one on the same tensors with those values written in (a result kept from the first call), whether the first
+  answer changed under those calls (a reused buffer) and the module's weights with it, one backward pass (input
+  and parameter gradients by name), the parameters a module leaves unwritten (memory from torch.empty reads as
+  NaN while the probe runs); a case on another device (``Case.device``, "meta") records only what the output
+  is. It never decides anything, so it can run in the student's process.
 * :func:`vit_edu.classroom.judge.judge` (:mod:`.judge`) rebuilds the same cases from the seed, computes the
   reference itself and compares. It never calls student code and treats the observations as untrusted data
   (a string where a tensor should be is a failure, not a crash). When the answer is wrong it computes the
@@ -76,6 +77,10 @@ class Case:
     why: str = ""  # with ``raises``: when, e.g. "dim=10 is not divisible by heads=3"
     label: str = ""  # how the inputs are named in messages; default: from the argument names and shapes
     meta: Dict[str, Any] = field(default_factory=dict)  # anything the reference or the mutants need
+    # function kind: the probe moves the tensor arguments to this device ("meta": a GPU's stand-in, shapes only)
+    # and the judge compares the output's shape, dtype and device alone; a tensor the answer makes on the CPU
+    # (torch.eye(T) without device=) meets the input there and raises, as on a GPU
+    device: Optional[str] = None
 
 
 @dataclass
@@ -312,7 +317,8 @@ def record_value(v: Any, depth: int = 0) -> Dict[str, Any]:
         t = v.detach()
         rec: Dict[str, Any] = {"kind": "tensor", "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                                "device": str(t.device), "grad_fn": v.grad_fn is not None or v.requires_grad}
-        rec["value"] = t.cpu().clone().contiguous() if t.numel() <= _MAX_NUMEL and t.layout == torch.strided else None
+        rec["value"] = t.cpu().clone().contiguous() if t.numel() <= _MAX_NUMEL and t.layout == torch.strided \
+            and t.device.type != "meta" else None  # the meta device holds no values
         return rec
     if isinstance(v, (tuple, list)) and depth < 2:
         return {"kind": type(v).__name__ if type(v) in (tuple, list) else "tuple",
@@ -377,18 +383,48 @@ def _grad_leaves(args: Sequence[Any], names: Sequence[str]) -> List[Tuple[str, t
 
 
 def other_inputs(args: Sequence[Any]) -> Optional[Tuple[Any, ...]]:
-    """The case's arguments with every batch in reverse order (tensors and lists of tensors whose first axis
-    has two or more entries; the rest as given): other inputs of the same shapes, still valid ones (attention
-    rows stay distributions), for a call that shows a result kept from the first call. None where nothing
-    changes (no batch to reverse)."""
+    """The case's arguments with every tensor read backwards (each axis of two or more entries reversed: the batch
+    alone would give an answer averaged over the batch the same), lists of tensors item by item, the rest as
+    given: other inputs of the same shapes, still valid ones (attention rows stay distributions), for a call that
+    shows a result kept from the first call. None where nothing changes."""
     def flip(a: Any) -> Any:
-        if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] >= 2:
-            return a.detach().flip(0)
+        if isinstance(a, torch.Tensor) and any(n >= 2 for n in a.shape):
+            return a.detach().flip([d for d, n in enumerate(a.shape) if n >= 2])
         if isinstance(a, list) and a and all(isinstance(t, torch.Tensor) for t in a):
             return [flip(t) for t in a]
         return a
     out = tuple(flip(a) for a in args)
     return out if any(o is not a for o, a in zip(out, args)) else None
+
+
+def on_device(args: Sequence[Any], device: str) -> Tuple[Any, ...]:
+    """The arguments with their tensors (and lists of tensors) on ``device``; ``Case.device``."""
+    def move(a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            return a.detach().to(device)
+        return [move(t) for t in a] if isinstance(a, list) else a
+    return tuple(move(a) for a in args)
+
+
+def _changed_in_place(target: Any, args: Sequence[Any], other: Sequence[Any]) -> Optional[Dict[str, Any]]:
+    """A call on the case's own tensors with ``other``'s values written into them (as an optimizer step changes a
+    parameter), put back afterwards: an answer kept by the tensors' identity (functools.lru_cache) shows."""
+    pairs = [(t, n) for a, o in zip(args, other) if o is not a
+             for t, n in (zip(a, o) if isinstance(a, list) else [(a, o)]) if t is not n]
+    saved = [t.detach().clone() for t, _ in pairs]
+    res: Dict[str, Any] = {"error": None}
+    written = 0
+    try:
+        for t, n in pairs:
+            t.copy_(n)
+            written += 1
+        value = _call(target, args, res)
+        return res if res["error"] is not None else {"output": record_value(value)}
+    except Exception:  # noqa: BLE001 - a tensor that cannot be written (an expanded view): no such call
+        return None
+    finally:
+        for (t, _), old in zip(pairs[:written], saved):  # only those written: the others would raise again
+            t.copy_(old)
 
 
 def _outputs_of(value: Any, n: int) -> List[Any]:
@@ -565,6 +601,13 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
             state_keys=[str(k) for k in module.state_dict()], lazy=lazy, uninitialised=uninitialised)
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
     watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
+    if case.device is not None:  # the tensors on another device: what the output is, not its values
+        with guard as guarded, watch, torch.no_grad():
+            out = _call(target, on_device(args, case.device), rec)
+        rec.update(output=record_value(out), guard=dict(guarded or {}))
+        if ex.forbidden:
+            rec["forbidden_calls"] = watch.calls
+        return rec
     items = {n: list(a) for n, a in zip(names, args) if isinstance(a, list)}  # a list argument keeps its items
     leaves = _grad_leaves(args, names) if case.grad else []  # taken before the call, which may replace them
     with guard as guarded, watch:
@@ -591,6 +634,9 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
                         third: Dict[str, Any] = {"error": None}
                         value = _call(target, other, third)
                         rec["output3"] = third if third["error"] is not None else {"output": record_value(value)}
+                        fourth = None if case.grad else _changed_in_place(target, args, other)
+                        if fourth is not None:  # the same tensors with those values: a cache keyed by them shows
+                            rec["output4"] = fourth
                 rec["first_overwritten"] = _overwritten(out, rec["output"])
         if ex.kind == "module" and rec["error"] is None:  # the calls left the weights as they were?
             before = rec["module"]["params"]

@@ -589,12 +589,13 @@ def rollout_variant(att: Sequence[torch.Tensor], fuse: str = "mean", identity: s
 
 
 def _rollout_cases() -> List[Case]:
-    def case(L: int, B: int, H: int, T: int, dtype: torch.dtype = torch.float32, grad: bool = False) -> Case:
+    def case(L: int, B: int, H: int, T: int, dtype: torch.dtype = torch.float32, grad: bool = False,
+             device: Optional[str] = None) -> Case:
         att = [(2.0 * torch.randn(B, H, T, T, dtype=dtype)).softmax(-1) for _ in range(L)]
-        return Case((att,), grad=grad, label=f"{L} attention maps of shape {[B, H, T, T]} ([B, heads, T, T])"
-                    + ("" if dtype == torch.float32 else f" {str(dtype)[6:]}"))
+        return Case((att,), grad=grad, device=device, label=f"{L} attention maps of shape {[B, H, T, T]} "
+                    f"([B, heads, T, T])" + ("" if dtype == torch.float32 else f" {str(dtype)[6:]}"))
     return [case(3, 2, 4, 5), case(2, 1, 2, 6), case(1, 1, 3, 4), case(4, 3, 1, 10), case(2, 2, 2, 3, torch.float64),
-            case(3, 2, 3, 4, grad=True)]
+            case(3, 2, 3, 4, grad=True), case(2, 2, 3, 5, device="meta")]  # the input's device: torch.eye(T, device=)
 
 
 def _rollout_mutants(ctx: Ctx, att: Sequence[torch.Tensor]) -> List[Mutant]:

@@ -49,7 +49,7 @@ def mad(attn: torch.Tensor, grid_size: Tuple[int, int], patch_size: float, *, ki
         queries: str = "mean", reduce_over: Tuple[int, ...] = (0, 2)) -> torch.Tensor:
     """Mean attention distance of one layer with switchable mistakes; the defaults give the right answer."""
     a = attn.to(torch.float64)
-    dist = patch_distances(grid_size, patch_size, kind, order)
+    dist = patch_distances(grid_size, patch_size, kind, order).to(a.device)
     if drop == "first":
         a = a[:, :, 1:, 1:]
     elif drop == "last":
@@ -159,6 +159,7 @@ def _mad_cases() -> List[Case]:
         Case((attn(2, 2, 2, 6), (2, 6), 4), meta={"earlier_grid": (3, 4)}),
         Case((attn(2, 2, 2, 3, torch.float64), (2, 3), 4)),  # the dtype follows the input
         Case((attn(2, 2, 3, 3), (3, 3), 4), grad=True),
+        Case((attn(2, 2, 3, 4), (3, 4), 4), device="meta"),  # the table on the input's device (arange(..., device=))
     ]
 
 
@@ -264,7 +265,9 @@ def _pes_cases() -> List[Case]:
                                                     "grid_size=(2, 5)"),
         Case((torch.randn(1 + 4 * 4, 5), (4, 4))),
         Case((torch.randn(1 + 1 * 6, 4), (1, 6))),
-        Case((torch.randn(1 + 2 * 3, 6, dtype=torch.float64), (2, 3))),  # the dtype follows the input
+        # the dtype follows the input; values far beyond float32's range (the cosine ignores the scale)
+        Case((1e50 * torch.randn(1 + 2 * 3, 6, dtype=torch.float64), (2, 3)),
+             label="pos_embed [7, 6] float64 with values around 1e50 (beyond float32's range), grid_size=(2, 3)"),
         Case((torch.randn(3 * 4 + 2, 8), (3, 4)), raises="ValueError",
              why="pos_embed has 14 rows but a 3x4 grid needs 12 (no class token) or 13 (with it)"),
         Case((torch.randn(3 * 4 - 1, 8), (3, 4)), raises="ValueError",
@@ -293,7 +296,7 @@ POS_EMBED_SIMILARITY_EX = Exercise(
 
 # ------------------------------------------------------------------------------ 8.2 resizing the position embedding
 def rpe(pos_embed: torch.Tensor, new_grid: Tuple[int, int], old_grid: Tuple[int, int], *, mode: str = "bicubic",
-        align_corners: bool = False, antialias: bool = True, read: str = "row", permute: bool = True,
+        align_corners: bool = False, antialias: bool = True, read: str = "row", permute: str = "both",
         cls: str = "first", size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Resizing [1, 1 + h*w, D] -> [1, 1 + H*W, D] with switchable mistakes; the defaults give the right answer."""
     h, w = old_grid
@@ -301,7 +304,7 @@ def rpe(pos_embed: torch.Tensor, new_grid: Tuple[int, int], old_grid: Tuple[int,
     D = pos_embed.shape[-1]
     x = pos_embed.to(torch.float64)
     token, grid = x[:, :1], x[:, 1:]
-    if not permute:  # the (h w) d memory order read as d h w
+    if permute in ("none", "in"):  # the (h w) d memory order read as d h w
         img = grid.reshape(1, D, h, w)
     elif read == "row":
         img = rearrange(grid, "1 (h w) d -> 1 d h w", h=h, w=w)
@@ -309,7 +312,7 @@ def rpe(pos_embed: torch.Tensor, new_grid: Tuple[int, int], old_grid: Tuple[int,
         img = rearrange(grid, "1 (w h) d -> 1 d h w", h=h, w=w)
     kw: Dict[str, Any] = {} if mode == "nearest" else {"align_corners": align_corners, "antialias": antialias}
     img = F.interpolate(img, size=size or (H, W), mode=mode, **kw)
-    if not permute:
+    if permute in ("none", "out"):  # the d h w memory order read as (h w) d
         grid = img.reshape(1, -1, D)
     elif read == "row":
         grid = rearrange(img, "1 d h w -> 1 (h w) d")
@@ -339,7 +342,13 @@ def _rpe_mutants(ctx: Ctx, pos_embed: torch.Tensor, new_grid: Tuple[int, int], o
     return [
         ("the patch rows were reshaped straight to [1, D, h, w]; their memory order is (h w) d, so a reshape mixes "
          "features and positions. Move the feature axis first: rearrange(grid, '1 (h w) d -> 1 d h w', h=h, w=w)",
-         m(permute=False)),
+         m(permute="none")),
+        ("the patch rows were reshaped straight to [1, D, h, w]; their memory order is (h w) d, so a reshape mixes "
+         "features and positions. Move the feature axis first: rearrange(grid, '1 (h w) d -> 1 d h w', h=h, w=w)",
+         m(permute="in")),
+        ("the resized image [1, D, H, W] was reshaped straight back to [1, H*W, D]; its memory order is d h w, so a "
+         "reshape mixes features and positions. Move the feature axis last: rearrange(img, '1 d h w -> 1 (h w) d')",
+         m(permute="out")),
         ("the positions are read column by column; the patches are numbered row by row: "
          "'1 (h w) d -> 1 d h w' and back with '1 d h w -> 1 (h w) d'", m(read="col")),
         ("the class token's row is missing: keep pos_embed[:, :1] unchanged in front of the resized grid",
@@ -565,8 +574,9 @@ def _bottleneck_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
         ("the shortcut's 1x1 conv is not weight-standardized; every conv of the block is", m(shortcut_ws=False)),
         ("the weight standardization's eps is 1e-6 (timm's StdConv2dSame default); this model's is 1e-8: "
          "vit_edu's StdConv2dSame, or timm's with eps=1e-8", m(ws_eps=1e-6)),
-        ("the 3x3 conv pads 1 pixel on every side; the contract is TensorFlow 'SAME' padding (with stride 2 on an "
-         "even size the extra pixel goes to the bottom/right only): use StdConv2dSame", m(pad="symmetric")),
+        ("the 3x3 conv pads 1 pixel on every side, or puts the extra pixel on the top/left (the two give the same "
+         "windows here); the contract is TensorFlow 'SAME' padding (with stride 2 on an even size the extra pixel "
+         "goes to the bottom/right only): use StdConv2dSame", m(pad="symmetric")),
         ("the norms use 1 group (a LayerNorm over channels and space); the block uses GroupNorm with 32 groups: "
          "nn.GroupNorm(32, channels, eps=1e-5)", m(norm="layer")),
         ("the norms use one group per channel (InstanceNorm); the block uses GroupNorm with 32 groups: "

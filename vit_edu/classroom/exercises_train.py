@@ -202,10 +202,13 @@ def _sincos_mutants(ctx: Ctx, grid_h: int, grid_w: int, dim: int) -> List[Mutant
     return [
         ("the row's features come before the column's; the contract is [sin(c w), cos(c w), sin(r w), cos(r w)]: "
          "the column c first, then the row r", t(blocks="rRcC")),
-        ("the positions are numbered column by column (index c * grid_h + r); the contract is row-major like the "
-         "patches: row r * grid_w + c (meshgrid(rows, cols, indexing='ij'), then flatten)", t(order="ji")),
-        ("the positions are numbered column by column and the row's features come first; the contract is "
-         "row-major (index r * grid_w + c) with [sin(c w), cos(c w), sin(r w), cos(r w)]",
+        ("the positions are numbered column by column (index c * grid_h + r), or, the same table, the flat index i "
+         "was split with grid_h and the row's features come first; the contract is row-major like the patches: "
+         "row r * grid_w + c, so r = i // grid_w and c = i % grid_w (meshgrid(rows, cols, indexing='ij'), then "
+         "flatten)", t(order="ji")),
+        ("the flat index i was split with grid_h (r = i // grid_h, c = i % grid_h), or, the same table, the "
+         "positions are numbered column by column and the row's features come first; a row holds grid_w patches: "
+         "r = i // grid_w, c = i % grid_w (row-major), with [sin(c w), cos(c w), sin(r w), cos(r w)]",
          t(order="ji", blocks="rRcC")),
         ("the blocks are in timm's order [sin r, sin c, cos r, cos c]; the contract's order is "
          "[sin c, cos c, sin r, cos r]", t(blocks="rcRC")),
@@ -352,7 +355,10 @@ def _layer_norm_cases() -> List[Case]:
         cases.append(Case((tokens(*shape), *affine(shape[-1]), eps)))
     # a small spread and a large eps: where eps sits (inside the square root) changes the answer
     cases.append(Case((tokens(3, 6, 12, spread=(0.3, 0.6)), *affine(12), 0.25)))
-    cases.append(Case((tokens(2, 4, 8, dtype=torch.float64), *affine(8, torch.float64), 1e-6)))
+    # float64 far beyond float32's range (LayerNorm does not depend on the scale): a float32 step inside shows
+    cases.append(Case((1e50 * tokens(2, 4, 8, dtype=torch.float64), *affine(8, torch.float64), 1e-6),
+                      label="x [2, 4, 8] float64 with values around 1e50 (beyond float32's range), weight [8] "
+                            "float64, bias [8] float64, eps=1e-06"))
     cases.append(Case((tokens(2, 3, 8), *affine(8), 0.1), grad=True))
     return cases
 

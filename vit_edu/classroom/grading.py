@@ -1,4 +1,4 @@
-"""Grade filled-in student notebooks; the verdict is made where no student code runs.
+"""Grade filled-in student notebooks; the verdict is made in the grader, from a record the sandboxed child writes.
 
     python -m vit_edu grade SUBMISSIONS_DIR [--out grades.csv] [--reference assignments/student] [--jobs N]
         [--timeout 60] [--cell-timeout S] [--memory-mb 2048] [--disk-mb 256] [--max-output-kb 256] [--seed N]
@@ -26,7 +26,9 @@ For each (student, notebook), a child process (:mod:`vit_edu.classroom.sandbox`:
 time, memory, output, a scratch copy of the student's folder) runs the reference's setup cells and the
 student's answer cells in order, and at each check cell records what the student's object does
 (:func:`vit_edu.checks.probe`, with a seed drawn for this grading run). This process reads those records as
-data (``torch.load(weights_only=True)``) and decides (:func:`vit_edu.checks.judge`). A child that crashes,
+data (``torch.load(weights_only=True)``) and decides (:func:`vit_edu.checks.judge`). The record is written in
+the process the student's code runs in, so a student who reads this code can forge it; a record that does not
+fit its run is flagged (:func:`record_inconsistencies`), a careful forgery is not. A child that crashes,
 runs out of time or memory, or prints without end fails only its own notebook's remaining exercises, with
 the reason. No IPython kernel is involved (IPython hooks, input transformers and magics do nothing).
 
@@ -57,7 +59,7 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import checks
 from .._startup import OneLineParser
@@ -70,6 +72,7 @@ from .report import (COLUMNS, STATE_FILE, _csv_rows, _encodable, _load_state, _p
                      _write_combined, _write_csv, _write_json, exercise_flags, format_table, notebook_flags,
                      read_student_csv, student_csv, student_labels, students_dir, summary_path)
 from .shards import merge_shards
+from .tripwires import record_inconsistencies
 from .sandbox import one_line
 
 # ============================================================================================ judging
@@ -103,6 +106,10 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
     stopped, running = _text(record.get("stopped")), _text(record.get("running"))
     died = result.outcome.reason or (f"no record of the run ({result.record_problem})" if result.record is None else "")
     common = notebook_flags(record)
+    odd = record_inconsistencies(result.record, getattr(result, "previous", None), job_steps(ref, answers))
+    if odd:
+        common.append(f"the record does not fit the run ({'; '.join(odd[:3])}): it may have been edited from the "
+                      f"answer cells, read them")
     rows = []
     for ex in ref.exercises:
         notes = []

@@ -4,7 +4,9 @@
   :func:`_kill_job` kills whatever a notebook left running as its uid and removes the uid's temporary files;
 * :func:`_drop_privileges`: as root, a mount and IPC namespace of the notebook's own (:func:`_isolate`: covers
   over the submissions and the grader's files, private /tmp, the scratch copy in a capped tmpfs at
-  :data:`WORK`), a memory cgroup (:func:`_join_memory_cgroup`), no network, no new privileges, the uid change;
+  :data:`WORK`), a memory and a cpu cgroup (:func:`_join_memory_cgroup`, :func:`_join_cpu_cgroup`), the rest
+  of the file system read-only in its view (:func:`_read_only_elsewhere`), no network, no new privileges, the
+  uid change;
 * :func:`_set_limits`: the resource limits (memory, CPU seconds, file size, processes, open files);
 * :func:`bwrap_command`: the fork server under bubblewrap (PID and IPC namespaces, no network);
 * :func:`copy_tree`, :func:`chown_tree`, :func:`remove_tree`: the scratch copies, with stacks of their own (a
@@ -469,8 +471,63 @@ def _isolate(job: dict) -> str:
         if target not in PRIVATE_TMP:
             _mount(libc, None, target, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None)
     job["scratch"] = WORK
+    job["writable"] = [WORK, *(t for t in covered if t in PRIVATE_TMP)]
     os.chdir(WORK)
     return ""
+
+
+def _mount_points() -> List[Tuple[str, List[str]]]:
+    """(mount point, its per-mount options) of every mount this process's namespace holds, from mountinfo."""
+    import re
+
+    points = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 6:
+                continue
+            target = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            points.append((os.fsdecode(target), fields[5].decode("ascii", "replace").split(",")))
+    return points
+
+
+MS_NOEXEC, MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 8, 1024, 2048, 1 << 21, 1 << 24
+_KEPT_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+                     "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+
+
+def _read_only_elsewhere(job: dict) -> None:
+    """In the notebook's own mount namespace, make every mount read-only but its folder (:data:`WORK`) and its
+    private /tmp, /var/tmp, /dev/shm, /run/lock: a world-writable folder of the host (/var/crash, a 1777 folder
+    a teacher made) can then not be filled, and nothing the notebook writes outlives it. Bind remounts change
+    the mount points of this namespace only (never the host's file systems, nor what the record's files, opened
+    before the namespace, write to); their other flags (nosuid, nodev, noexec, atime) are kept. Devices such as
+    /dev/null stay writable on a read-only mount. OSError when a mount this process can reach stays writable
+    (the grader then runs without namespaces and says why)."""
+    libc = _libc()
+    writable = {os.path.realpath(p) for p in job.get("writable", [])}
+    points = _mount_points()
+    for target, options in points:
+        if target in writable or "ro" in options:
+            continue
+        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+        for name, flag in _KEPT_MOUNT_FLAGS.items():
+            flags |= flag if name in options else 0
+        try:
+            _mount(libc, None, target, None, flags, None)
+        except OSError:
+            pass  # a mount under a cover, out of reach (checked below)
+    left = []
+    for target, _ in points:
+        if target in writable:
+            continue
+        try:
+            if not os.statvfs(target).f_flag & os.ST_RDONLY:
+                left.append(target)
+        except OSError:
+            continue  # under a cover: out of reach
+    if left:
+        raise OSError(f"could not make {', '.join(sorted(set(left))[:3])} read-only for the notebook")
 
 
 def _memory_cgroup_root() -> Optional[str]:
@@ -492,9 +549,42 @@ def _memory_cgroup_root() -> Optional[str]:
 _SERVER_TOKEN = str(os.getpid())  # replaced by a random one in serve(): under bubblewrap every server is pid 2
 
 
+def _cpu_cgroup_root() -> Optional[str]:
+    """The folder under which a notebook's cpu cgroup can be made (cgroup v2 where the root hands the cpu
+    controller to its children, else v1's cpu controller, alone or beside cpuacct), or None where this process
+    may not (not root, no cpu controller, or read-only in this container)."""
+    v2 = "/sys/fs/cgroup"
+    if os.path.isfile(os.path.join(v2, "cgroup.controllers")) and os.access(v2, os.W_OK):
+        try:
+            with open(os.path.join(v2, "cgroup.subtree_control")) as f:
+                if "cpu" in f.read().split():
+                    return v2
+        except OSError:
+            pass
+    for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct,cpu"):
+        if os.path.isfile(os.path.join(base, "cpu.shares")) and os.access(base, os.W_OK):
+            return base
+    return None
+
+
+def _cgroup_name(child_pid: int) -> str:
+    return f"vit_edu_{_SERVER_TOKEN}_{child_pid}"
+
+
 def cgroup_path(child_pid: int) -> Optional[str]:
+    """A notebook's memory cgroup (see :func:`cgroup_paths` for all of its cgroups)."""
     base = _memory_cgroup_root()
-    return None if base is None else os.path.join(base, f"vit_edu_{_SERVER_TOKEN}_{child_pid}")
+    return None if base is None else os.path.join(base, _cgroup_name(child_pid))
+
+
+def cpu_cgroup_path(child_pid: int) -> Optional[str]:
+    base = _cpu_cgroup_root()
+    return None if base is None else os.path.join(base, _cgroup_name(child_pid))
+
+
+def cgroup_paths(child_pid: int) -> List[str]:
+    """Every cgroup a notebook may have made (memory, cpu; one folder for both under cgroup v2), to remove."""
+    return list(dict.fromkeys(p for p in (cpu_cgroup_path(child_pid), cgroup_path(child_pid)) if p))
 
 
 def _join_memory_cgroup(job: dict) -> str:
@@ -528,6 +618,30 @@ def _join_memory_cgroup(job: dict) -> str:
     return ""
 
 
+CPU_SHARES = 1024  # cgroup v1: every notebook the same weight as one ordinary process, however many it starts
+CPU_WEIGHT = 100  # cgroup v2: the same (the default weight)
+
+
+def _join_cpu_cgroup(job: dict) -> str:
+    """Put this child (and all it will start) in a cpu cgroup of its own with the same weight as every other
+    notebook (and as one ordinary process of the machine): the scheduler shares the CPU between notebooks, not
+    between processes, so a notebook that starts 30 busy processes (each in a session of its own, which would
+    give each its own autogroup) slows the others no more than one busy process would. "" or why not."""
+    path = cpu_cgroup_path(os.getpid())
+    if path is None:
+        return "no writable cpu cgroup"
+    try:
+        os.makedirs(path, exist_ok=True)  # cgroup v2: the memory cgroup's folder, made just before
+        v2 = os.path.isfile(os.path.join(path, "cpu.weight"))
+        with open(os.path.join(path, "cpu.weight" if v2 else "cpu.shares"), "w") as f:
+            f.write(str(CPU_WEIGHT if v2 else CPU_SHARES))
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as err:
+        return f"cpu cgroup: {err.strerror}"
+    return ""
+
+
 def remove_cgroup(path: Optional[str]) -> None:
     """Remove a notebook's cgroup once its processes are gone (a few tries: the kernel empties it lazily)."""
     if path is None or not os.path.isdir(path):
@@ -548,6 +662,10 @@ def _drop_privileges(job: dict) -> None:
     job["isolation"] = _isolate(job) if job.get("isolate", True) else "switched off"
     if job.get("memory_cgroup"):
         job["cgroup"] = _join_memory_cgroup(job)
+    if job.get("cpu_cgroup"):
+        job["cpu_cgroup_problem"] = _join_cpu_cgroup(job)
+    if not job["isolation"]:  # after the cgroups, whose files are written through /sys/fs/cgroup
+        _read_only_elsewhere(job)
     libc.unshare(CLONE_NEWNET)  # no network (best effort; refused in some containers)
     if libc.prctl(38, 1, 0, 0, 0) != 0:
         raise OSError("prctl(PR_SET_NO_NEW_PRIVS) failed")

@@ -1,13 +1,11 @@
 """The judging half of a check (:mod:`.engine` holds the exercise, its cases and the probing half).
 
-* :func:`judge` rebuilds the cases of an exercise from the seed, computes the reference itself and compares
-  it with the observations the probe recorded: values, dtype and device, inputs left untouched, the
-  eval-mode call, one backward pass (input and parameter gradients by name), the exercise's contract. It
-  never calls student code and treats the observations as untrusted data (:func:`parse_record`; a string
-  where a tensor should be is a failure, :class:`Malformed`, not a crash). When the answer is wrong it
-  computes the usual mistakes ("mutants") and names the one that matches.
-* :func:`run_check`: probe and judge in one process, what a student's check cell does; :data:`PASSED`
-  remembers what passed (read by :func:`vit_edu.checks.passed_or`).
+* :func:`judge` rebuilds the cases of an exercise from the seed, computes the reference itself and compares it
+  with the observations the probe recorded: values, dtype and device, inputs left untouched, the repeated calls,
+  one backward pass (input and parameter gradients by name), the exercise's contract. It never calls student code
+  and treats the observations as untrusted data (:func:`parse_record`; a string where a tensor should be is a
+  failure, :class:`Malformed`, not a crash). When the answer is wrong it names the usual mistake that matches.
+* :func:`run_check`: probe and judge in one process (a check cell); :data:`PASSED` remembers what passed.
 """
 
 from __future__ import annotations
@@ -48,10 +46,9 @@ def _get(d: Any, key: str, types: Any, optional: bool = False) -> Any:
 
 
 def _tensor_dict(d: Any, what: str) -> Dict[str, Optional[torch.Tensor]]:
-    if not isinstance(d, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, torch.Tensor))
-                                          for k, v in d.items()):
-        raise Malformed(f"{what} should map names to tensors")
-    return d
+    if isinstance(d, dict) and all(isinstance(k, str) and (v is None or isinstance(v, torch.Tensor)) for k, v in d.items()):
+        return d
+    raise Malformed(f"{what} should map names to tensors")
 
 
 def default_label(ex: Exercise, case: Case) -> str:
@@ -139,11 +136,7 @@ class _Other:
 
 def _unwrap(v: Any) -> Any:
     """The plain value (tensor / number / list) of a parsed record, for mutant comparison and hooks."""
-    if isinstance(v, _Observed):
-        return v.value
-    if isinstance(v, _Seq):
-        return [_unwrap(x) for x in v.items]
-    return v
+    return v.value if isinstance(v, _Observed) else [_unwrap(x) for x in v.items] if isinstance(v, _Seq) else v
 
 
 def _describe(v: Any) -> str:
@@ -157,9 +150,7 @@ def _describe(v: Any) -> str:
 
 
 def _as_tuple(value: Any, n: int) -> Tuple[Any, ...]:
-    if n == 1:
-        return (value,)
-    return tuple(value)
+    return (value,) if n == 1 else tuple(value)
 
 
 def judge(ex: Exercise, observations: Any, seed: int = 0) -> Verdict:
@@ -180,6 +171,10 @@ def _not_implemented(err: Dict[str, Any]) -> bool:
     return "NotImplementedError" in (err.get("types") or [err.get("type")])
 
 
+_ON_DEVICE = ("the output and every tensor made inside must be on the input's device (a GPU, or the meta device that "
+              "stands for one in the check): torch.eye, torch.arange, torch.zeros or torch.tensor without device= "
+              "make it on the CPU; pass device=x.device (and dtype=x.dtype), or use x.new_zeros(...)")
+_DEVICE_MISMATCH = r"expected device|at least two devices|same device(?!.*indexed tensor)"  # not: indices on the CPU
 _CAUSES = [  # (pattern in a torch error message, what usually causes it)
     (r"expected scalar type|same dtype|found (Float|Double)|dtype.*(Float|Double)",
      "tensors of two dtypes meet (float64 from NumPy or from torch.tensor/zeros/eye without dtype=); make new "
@@ -190,6 +185,7 @@ _CAUSES = [  # (pattern in a torch error message, what usually causes it)
      ".contiguous().view())"),
     (r"numpy\(\) on Tensor that requires grad",
      "the computation leaves torch (.numpy()), so no gradient can flow back; stay in torch"),
+    (_DEVICE_MISMATCH, _ON_DEVICE),
 ]
 
 
@@ -238,7 +234,7 @@ def _judge(ex: Exercise, obs: Any, seed: int) -> int:
 
 
 def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> None:
-    label = default_label(ex, case)
+    label = default_label(ex, case) + (f", on the {case.device} device (a GPU's stand-in)" if case.device else "")
     names = ex.arg_names()
     what = f"{ex.title}.forward" if ex.kind == "module" else ex.title
     call = f"{what}({', '.join(names)})"
@@ -283,6 +279,8 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
     violation = ctx.extra["guard"].get("violation")
     if isinstance(violation, str):  # the student's code did what the exercise forbids (recorded by the guard)
         raise _Fail(f"{violation}\n  inputs: {label}")
+    if case.device is not None:
+        return _judge_on_device(ex, ctx, case, rec, label, call)
     if rec.get("error") is not None:
         if ex.kind == "module":  # a module without what the contract asks for: say that, not the symptom
             try:
@@ -362,7 +360,7 @@ def _judge_case(ex: Exercise, case: Case, rec: Any, index: int, seed: int) -> No
                             f"{e.device}\n  inputs: {label}")
 
     if isinstance(rec.get("output3"), dict):
-        _judge_other_inputs(ex, ctx, case, rec["output3"], outs, label)
+        _judge_other_inputs(ex, ctx, case, rec, outs, label)
     if case.grad:
         _judge_grad(ex, ctx, case, rec, outs, label)
     if ex.loads_into is not None and index == 0:
@@ -383,24 +381,41 @@ def _judge_uninitialised(ex: Exercise, mod: Dict[str, Any], label: str) -> None:
                     f"or torch.zeros(...), or use nn.Linear / nn.Conv2d, which fill their own\n  inputs: {label}")
 
 
-def _judge_other_inputs(ex: Exercise, ctx: Ctx, case: Case, third: Dict[str, Any], first: List[Any],
-                        label: str) -> None:
-    """A call on other inputs of the same shapes (engine.other_inputs: the batch reversed) gets their own
-    answer: nothing of the first call's may be kept (a cache keyed by the shapes, an output stored in forward)."""
+def _judge_other_inputs(ex: Exercise, ctx: Ctx, case: Case, rec: Dict[str, Any], first: List[Any], label: str) -> None:
+    """Calls on other inputs of the same shapes (engine.other_inputs), then on the case's own tensors with those
+    values written in, get their own answers: nothing is kept (a cache keyed by the shapes or the tensors)."""
     other = other_inputs(case.args)
     if other is None:
         raise Malformed("a call on other inputs where the case has none")
-    again = "a second call on other inputs of the same shapes (the batch in reverse order)"
-    if third.get("error") is not None:
-        raise _Fail(_raised(ex, again, third["error"], label))
-    got = _split_outputs(ex, parse_record(_get(third, "output", dict)), label)
     want = _reference(ex, ctx, other, label, ctx.meta.get("accepted", ex.reference))
-    if all(_same(_unwrap(g), w, ex.rtol, ex.atol) for g, w in zip(got, want)):
-        return
-    kept = all(identical(_unwrap(g), _unwrap(f)) for g, f in zip(got, first))
-    raise _Fail(f"{again} gave {'the very answer of the first call' if kept else 'a wrong answer'}: something is "
-                f"kept from an earlier call (a cache keyed by the shapes, a tensor stored on self in forward); "
-                f"compute each answer from its own call's inputs\n  inputs: {label}")
+    for key, again, cache in [("output3", "a second call on other inputs of the same shapes (each tensor read "
+                               "backwards)", "a cache keyed by the shapes, a tensor stored on self in forward"),
+                              ("output4", "a call on the same tensors after their values were changed in place (as "
+                               "an optimizer step changes a parameter)", "a cache keyed by the tensor: lru_cache")]:
+        call = _get(rec, key, dict, optional=True)
+        if call is None:
+            continue
+        if call.get("error") is not None:
+            raise _Fail(_raised(ex, again, call["error"], label))
+        got = _split_outputs(ex, parse_record(_get(call, "output", dict)), label)
+        if not all(_same(_unwrap(g), w, ex.rtol, ex.atol) for g, w in zip(got, want)):
+            kept = all(identical(_unwrap(g), _unwrap(f)) for g, f in zip(got, first))
+            raise _Fail(f"{again} gave {'the very answer of the first call' if kept else 'a wrong answer'}: "
+                        f"something is kept from an earlier call ({cache}); compute each answer from its own "
+                        f"call's inputs\n  inputs: {label}")
+
+
+def _judge_on_device(ex: Exercise, ctx: Ctx, case: Case, rec: Dict[str, Any], label: str, call: str) -> None:
+    """Case.device: the output's shape, dtype and device (code that reads values, .item(), cannot tell there)."""
+    err = rec.get("error")  # only a device mismatch fails here: other errors mean meta holds no values (.item())
+    if isinstance(err, dict) and re.search(_DEVICE_MISMATCH, str(err.get("message", "")), re.I):
+        raise _Fail(_raised(ex, call, err, label, _ON_DEVICE))
+    outs = [] if err is not None else _split_outputs(ex, parse_record(_get(rec, "output", dict)), label)
+    for o, e, what in zip(outs, _reference(ex, ctx, case.args, label), ex.outputs):
+        got = f"a {o.dtype} tensor of shape {o.shape} on {o.device}" if isinstance(o, _Observed) else _describe(o)
+        want = f"a {str(e.dtype)[6:]} tensor of shape {list(e.shape)} on {case.device}" if isinstance(e, torch.Tensor) else got
+        if want != got:
+            raise _Fail(f"the {what} is {got}; expected {want}: {_ON_DEVICE}\n  inputs: {label}")
 
 
 def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str) -> None:
@@ -419,8 +434,7 @@ def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str)
         parts = ([f"missing {', '.join(missing[:6])}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra[:6])}"] if extra else [])
         raise _Fail(f"the values are right, but the cells after this check load your weights into "
-                    f"{ex.loads_into} "
-                    f"by name (load_state_dict), so the names of its parameters and buffers are part of the "
+                    f"{ex.loads_into} by name (load_state_dict), so the names of its parameters and buffers are part of the "
                     f"contract: {'; '.join(parts)} (a LayerNorm's are weight and bias; a buffer you do not need "
                     f"to save: register_buffer(..., persistent=False) or a plain attribute)\n  inputs: {label}")
 
@@ -436,7 +450,6 @@ def _judge_own_case(ex: Exercise, case: Case, rec: Dict[str, Any], index: int, s
     message = ex.judge_case(Ctx(ex, case, index, seed), rec.get("custom"), *case.args)
     if message:
         raise _Fail(f"{message}\n  inputs: {label}")
-    return None
 
 
 def _expect_raise(ex: Exercise, case: Case, errs: List[Dict[str, Any]], label: str) -> None:

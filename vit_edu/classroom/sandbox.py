@@ -26,8 +26,11 @@ Isolation of one child (:func:`.child._child`; the kernel side in :mod:`.isolati
   uid's files from /tmp, /var/tmp and /dev/shm, so the next notebook on that uid starts clean;
 * resource limits: memory (``RLIMIT_DATA``/``RLIMIT_AS``, on top of what torch already takes), CPU seconds,
   size of any file written, number of processes (root only: the count is per uid), open files, no core files;
+  as root, a memory cgroup and a cpu cgroup per notebook (the same CPU weight for every notebook however many
+  processes it starts; a notebook killed at its time limit after waiting long for a CPU says so);
 * its working directory is a fresh copy of the student's folder (mode 700, owned by its uid; with namespaces,
-  in a tmpfs of its own capped at ``disk_mb`` beyond the copy and ``files`` entries); HOME, TMPDIR and
+  in a tmpfs of its own capped at ``disk_mb`` beyond the copy and ``files`` entries; every other mount
+  read-only in its view but its private /tmp, /var/tmp, /dev/shm, /run/lock); HOME, TMPDIR and
   VIT_EDU_FIGURES point there; the environment is emptied of the grader's variables;
 * what it reports goes to files in a results folder beside the copy (root's, mode 700: the sandbox uid cannot
   open it), through file descriptors opened before the uid change: the record in two slots written in turn
@@ -67,8 +70,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import isolation as _kernel
 from .child import JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _try_uid, _warm_up_modules, one_line
-from .isolation import (SandboxError, UidPool, _bubblewrap, _kill_job, _libc, _memory_cgroup_root,
-                        bwrap_command, cgroup_path, chown_tree, copy_tree, needed_paths, remove_cgroup, remove_tree)
+from .isolation import (SandboxError, UidPool, _bubblewrap, _cpu_cgroup_root, _kill_job, _libc, _memory_cgroup_root,
+                        bwrap_command, cgroup_path, cgroup_paths, chown_tree, copy_tree, needed_paths, remove_cgroup,
+                        remove_tree)
 
 RESERVED_PREFIX = ".vit_edu_"  # the scratch copy's names the grader uses; a submission's own are not copied
 # Preloaded in the server besides torch, vit_edu.checks and the reference's setup imports: after the uid
@@ -198,10 +202,11 @@ def load_observations(data: bytes, max_numel: int = 16_000_000) -> Any:
     return obs
 
 
-def read_record(results: Path, max_bytes: int) -> Tuple[Any, str]:
-    """(the child's latest complete record or None, why not): it writes two slots in turn, so a kill in the
-    middle of one write leaves the other, one probe older."""
-    best, problem = None, "no record written"
+def read_records(results: Path, max_bytes: int) -> Tuple[Any, Any, str]:
+    """(the child's latest complete record or None, the other slot's record or None, why no record): it writes
+    two slots in turn, so a kill in the middle of one write leaves the other, one step older. The older one is
+    kept for the grader's consistency checks (:func:`.tripwires.record_inconsistencies`)."""
+    best, other, problem = None, None, "no record written"
     for slot in (0, 1):
         data, why = read_untrusted(results / f"{OBSERVATIONS}.{slot}", max_bytes)
         if not data:
@@ -213,9 +218,11 @@ def read_record(results: Path, max_bytes: int) -> Tuple[Any, str]:
             problem = str(err) if best is None else problem
             continue
         seq = record.get("seq", -1) if isinstance(record, dict) else -1
-        if best is None or (isinstance(seq, int) and seq > best.get("seq", -1)):
-            best = record
-    return best, ("" if best is not None else problem)
+        if best is None or (isinstance(seq, int) and isinstance(best, dict) and seq > best.get("seq", -1)):
+            best, other = record, best
+        else:
+            other = record
+    return best, other, ("" if best is not None else problem)
 
 
 def output_tail(path: Path, lines: int = 3, max_bytes: int = 4096, skip: str = "") -> str:
@@ -345,6 +352,7 @@ class Result:
     record_problem: str  # why ``record`` is None ("missing", "unreadable (...)", ...)
     copy_notes: List[str]
     server_died: bool = False
+    previous: Any = None  # the other record slot (one step older), or None
 
 
 @dataclass
@@ -358,6 +366,20 @@ class _Running:
     copy_notes: List[str]
     pid: Optional[int] = None
     timed_out: bool = False
+    waited_s: float = 0.0  # at the kill, how long its main thread had waited for a CPU (ready to run)
+
+
+BUSY_SHARE = 0.25  # a notebook killed at its time limit that waited this share of it for a CPU: said in its reason
+
+
+def _waited_s(pid: int) -> Optional[float]:
+    """Seconds the process ``pid``'s main thread spent ready to run but waiting for a CPU (the scheduler's
+    run-queue wait, /proc/PID/schedstat), or None where the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 SIGNAL_REASONS = {"SIGXCPU": "CPU time limit", "SIGXFSZ": "output too large", "SIGSEGV": "crashed (SIGSEGV)",
@@ -401,9 +423,13 @@ class Sandbox:
         problem = self.server.info.get("isolation_problem", "")
         self.isolate = self.root and not problem  # the children try the namespaces only where the test child could
         self.memory_cgroup = self.root and _memory_cgroup_root() is not None
+        self.cpu_cgroup = self.root and _cpu_cgroup_root() is not None
         self.isolation = ("uid of its own, its own mount and IPC namespaces (private /tmp, /dev/shm; the "
-                          "submissions, the reference and the grades out of its sight)"
+                          "submissions, the reference and the grades out of its sight; every other file system "
+                          "read-only)"
                           + (" and a memory cgroup for all its processes" if self.memory_cgroup else "")
+                          + (" and a cpu cgroup (the same CPU share for every notebook, however many processes it "
+                             "starts)" if self.cpu_cgroup else "")
                           + ("; under bubblewrap: a PID namespace (it sees no process but the notebooks') and no "
                              "network" if self.bwrap else f"; {self.engine_note}" if self.engine_note else "")
                           if self.root and not problem
@@ -434,7 +460,8 @@ class Sandbox:
         uid = self.uids.take() if self.uids is not None else None
         if uid is not None:
             chown_tree(scratch, uid, uid)
-        job = {"isolate": self.isolate, "memory_cgroup": self.memory_cgroup, "scratch": str(scratch), "uid": uid, "gid": uid, "hide": self.hide,
+        job = {"isolate": self.isolate, "memory_cgroup": self.memory_cgroup, "cpu_cgroup": self.cpu_cgroup,
+               "scratch": str(scratch), "uid": uid, "gid": uid, "hide": self.hide,
                "expose": self.expose,
                "tmp_bytes": lim.max_file_bytes, "memory_mb": lim.memory_mb,
                "max_file_bytes": lim.max_file_bytes, "max_output_bytes": lim.max_output_bytes,
@@ -463,6 +490,8 @@ class Sandbox:
                 run.pid = int(event["pid"])
             elif event.get("event") == "exited":
                 del self.running[run.key]
+                waited = event.get("waited_s")
+                run.waited_s = float(waited) if isinstance(waited, (int, float)) and math.isfinite(waited) else 0.0
                 results.append(self._finish(run, event.get("code"), int(event.get("maxrss_kb") or 0)))
         now = time.monotonic()
         for run in self.running.values():
@@ -480,6 +509,10 @@ class Sandbox:
         if reason is None:
             if run.timed_out:
                 reason = f"time limit {lim.timeout_s:g} s"
+                if run.waited_s >= BUSY_SHARE * lim.timeout_s:  # not all of the time was the notebook's own
+                    reason += (f"; it was ready to run but waited {run.waited_s:.1f} s of it for a free CPU: the "
+                               f"machine was busy (with this notebook's own processes or other work), so grading it "
+                               f"again with --jobs 1 may let it finish")
             elif code == SETUP_FAILED:
                 reason = (f"the sandbox could not be set up "
                           f"({output_tail(run.results / OUTPUT, 1) or self.server.log_tail()})")
@@ -498,13 +531,13 @@ class Sandbox:
                     reason += f", near the memory limit of {lim.memory_mb} MB"
             elif code:
                 reason = f"the process exited with code {code}"
-        record, problem = read_record(run.results, lim.max_file_bytes)
+        record, previous, problem = read_records(run.results, lim.max_file_bytes)
         remove_tree(run.scratch)  # never raises: what a student's code left there costs nobody else
         remove_tree(run.results)
         if run.uid is not None and self.uids is not None:
             self.uids.give(run.uid)
         outcome = Outcome(run.key, code, reason, time.monotonic() - run.started, maxrss_kb)
-        return Result(run.key, outcome, record, problem, run.copy_notes)
+        return Result(run.key, outcome, record, problem, run.copy_notes, previous=previous)
 
     def _server_died(self) -> List[Result]:
         """Kill what the dead server's children left running, restart the server, report those runs."""
@@ -588,6 +621,7 @@ def serve() -> None:
 
     buf = b""
     children: Dict[int, Tuple[str, Optional[int], Optional[int]]] = {}  # pid -> (key, uid, gid)
+    waited: Dict[int, float] = {}  # pid -> its run-queue wait when it was killed at its time limit
     by_key: Dict[str, int] = {}
     base_data_kb = base_vm_kb = 0
     open_stdin = True
@@ -635,6 +669,9 @@ def serve() -> None:
                 elif msg["op"] == "kill":
                     pid = by_key.get(msg["key"])
                     if pid in children:
+                        wait = _waited_s(pid)  # before the kill: how much of its time went to waiting for a CPU
+                        if wait is not None:
+                            waited[pid] = wait
                         _kill_job(pid, children[pid][1], children[pid][2])
                 elif msg["op"] == "reap":  # the uid of a run whose server died: kill what is left of it
                     _kill_job(None, int(msg["uid"]), int(msg["uid"]))
@@ -652,9 +689,10 @@ def serve() -> None:
                 _kill_job(pid, ended[1], ended[2])  # whatever the child left running, before its uid is reused
             _, status, usage = os.wait4(pid, 0)
             if ended is not None:
-                remove_cgroup(cgroup_path(pid))
+                for path in cgroup_paths(pid):
+                    remove_cgroup(path)
             if ended is not None:
                 reply({"event": "exited", "key": ended[0], "code": os.waitstatus_to_exitcode(status),
-                       "maxrss_kb": int(usage.ru_maxrss)})
+                       "maxrss_kb": int(usage.ru_maxrss), "waited_s": waited.pop(pid, None)})
 
 
