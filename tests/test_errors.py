@@ -946,7 +946,7 @@ def test_an_image_on_another_device_names_both_devices(patch_embed) -> None:
 
 
 def test_modules_used_alone_check_their_sizes() -> None:
-    with pytest.raises(ValueError, match=r"heads must be a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"heads must be a positive int, got int 0"):
         vit_edu.Attention(64, heads=0)  # was ZeroDivisionError
     with pytest.raises(ValueError, match=r"image_size \(30, 30\) must be divisible by the patch size \(4, 4\)"):
         vit_edu.PatchEmbed(30, 4, 3, 16)  # was accepted, then refused every image

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import shutil
 import struct
 import warnings
@@ -255,3 +256,42 @@ def test_evaluate_takes_narrow_integer_labels(dtype) -> None:
 def test_evaluate_on_cuda_without_a_gpu_says_so() -> None:
     with pytest.raises(ValueError, match=r"evaluate\(\): device 'cuda' asked for, but this PyTorch sees no CUDA GPU"):
         evaluate(_model(), _loader(torch.tensor([0, 1, 2, 0])), device="cuda")
+
+
+def test_a_model_on_the_meta_device_is_refused_before_work(tmp_path: Path) -> None:
+    """A model built under `with torch.device("meta")` (shapes only) gave raw errors from deep inside:
+    "Tensor.item() cannot be called on meta tensors", "Cannot copy out of meta tensor; no data!"."""
+    from vit_edu.explain import analysis
+    from vit_edu.training import save_checkpoint
+
+    with torch.device("meta"):
+        meta = _model()
+    images = torch.rand(2, 3, 32, 32)
+    calls = {
+        "evaluate()": lambda: evaluate(meta, _loader(torch.tensor([0, 1]))),
+        "save_checkpoint": lambda: save_checkpoint(tmp_path / "last.pt", meta),
+        "export_safetensors": lambda: export_safetensors(meta, tmp_path / "m.safetensors"),
+        "explaining the model": lambda: ExplorerData(meta, images),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{re.escape(what)}: the model's tensors are on the meta device "
+                                             r"\(shapes, no values\): \d+ of them, e.g. cls_token"):
+            call()
+    with pytest.raises(ValueError, match=r"explaining the model: .* meta device"):
+        analysis.what_the_model_learned(meta, images, torch.ones(2, 32, 32, dtype=torch.bool))
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: vit_edu.Mlp(16, 0), r"hidden_dim must be a positive int, got int 0"),
+    (lambda: vit_edu.Mlp(16.0, 32), r"dim must be a positive int, got float 16.0"),
+    (lambda: vit_edu.PatchEmbed(32, 8, 0, 16), r"in_channels must be a positive int, got int 0"),
+    (lambda: vit_edu.PatchEmbed(32, 8, 3.0, 16), r"in_channels must be a positive int, got float 3.0"),
+    (lambda: vit_edu.PatchEmbed(32, 8, 3, 0), r"dim must be a positive int, got int 0"),
+    (lambda: vit_edu.LinearPatchEmbed(32, 8, 3, -4), r"dim must be a positive int, got int -4"),
+    (lambda: vit_edu.Attention(True, 1), r"dim must be a positive int, got bool True"),
+])
+def test_modules_used_alone_refuse_sizes_that_are_not_positive_ints(build, message) -> None:
+    """Mlp(16, 0) was accepted (zero-width layers), PatchEmbed(32, 8, 3.0, 16) failed inside torch.empty."""
+    with pytest.raises(ValueError, match=message):
+        build()

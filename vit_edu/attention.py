@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .config import check_sizes
+
 
 def attention_with_weights(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, training: bool = False
@@ -73,9 +75,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int = 8, qkv_bias: bool = True, attn_dropout: float = 0.0,
                  proj_dropout: float = 0.0, fused_attn: bool = True):
         super().__init__()
-        for name, value in (("dim", dim), ("heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_sizes(dim=dim, heads=heads)
         if dim % heads != 0:
             raise ValueError(f"dim must be divisible by heads: dim={dim}, heads={heads}")
         if not isinstance(fused_attn, bool):  # "False" is a truthy string: it would pick the fused path

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .attention import Attention
+from .config import check_sizes
 
 
 class Mlp(nn.Module):
@@ -19,6 +20,7 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
+        check_sizes(dim=dim, hidden_dim=hidden_dim)
         self.fc1 = nn.Linear(dim, hidden_dim)
         # exact (erf) GELU, as timm and torchvision. The paper's JAX code uses flax's nn.gelu, whose default is
         # the tanh approximation; the two differ by less than 5e-4 everywhere, so converted weights still match.

@@ -32,6 +32,13 @@ def to_2tuple(x: Union[int, Tuple[int, int], list], name: str = "value") -> Tupl
     return pair
 
 
+def check_sizes(**sizes: object) -> None:
+    """Each size (a width, a channel count) a positive int, or a ValueError naming it: a module used alone."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+
+
 def patch_grid(image_size: Tuple[int, int], patch_size: Tuple[int, int]) -> Tuple[int, int]:
     """Patches along height and width, (H / P, W / P): the one place the token grid is computed."""
     return (int(image_size[0]) // patch_size[0], int(image_size[1]) // patch_size[1])

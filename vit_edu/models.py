@@ -11,6 +11,7 @@ name is timm's, and so are our parameter names.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import socket
 from contextlib import contextmanager
@@ -175,3 +176,14 @@ def download_timm_model(name: str, **timm_kwargs) -> nn.Module:
             f"timm.create_model({name!r}, pretrained=True).state_dict() with torch.save, copy the file here "
             f"and use vit_edu.load_state_dict_file(path, {name!r})"
         ) from e
+
+
+def check_has_values(model: nn.Module, what: str) -> None:
+    """Refuse a model built on the meta device (shapes only, no values) before work that reads its weights:
+    without this, a raw "cannot be called on meta tensors" or "no data!" comes from deep inside."""
+    meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if meta:
+        raise ValueError(f"{what}: the model's tensors are on the meta device (shapes, no values): {len(meta)} of "
+                         f"them, e.g. {meta[0]}. Expected a model with weights: build it outside "
+                         f"`with torch.device('meta')`, or load weights into it first "
+                         f"(model.load_state_dict(state, assign=True))")

@@ -23,7 +23,7 @@ from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from .config import ViTConfig, patch_grid, to_2tuple
+from .config import ViTConfig, check_sizes, patch_grid, to_2tuple
 
 PATCHIFY_PATTERN = "b c (h p1) (w p2) -> b (h w) (p1 p2 c)"
 
@@ -116,6 +116,7 @@ class PatchEmbedBase(nn.Module):
         if self.image_size[0] % self.patch_size[0] or self.image_size[1] % self.patch_size[1]:
             raise ValueError(f"image_size {self.image_size} must be divisible by the patch size {self.patch_size} "
                              "(in input pixels), or every image it is built for is refused")
+        check_sizes(in_channels=in_channels)
         self.in_channels = in_channels
         self.dynamic_img_size = dynamic_img_size
         self.owner = owner
@@ -133,6 +134,7 @@ class PatchEmbed(PatchEmbedBase):
     def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768,
                  dynamic_img_size: bool = False, owner: str = "model"):
         super().__init__(image_size, patch_size, in_channels, dynamic_img_size, owner)
+        check_sizes(dim=dim)
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,6 +149,7 @@ class LinearPatchEmbed(PatchEmbedBase):
     def __init__(self, image_size=224, patch_size=16, in_channels: int = 3, dim: int = 768,
                  dynamic_img_size: bool = False, owner: str = "model"):
         super().__init__(image_size, patch_size, in_channels, dynamic_img_size, owner)
+        check_sizes(dim=dim)
         p1, p2 = self.patch_size
         self.to_patches = Rearrange(PATCHIFY_PATTERN, p1=p1, p2=p2)
         self.proj = nn.Linear(p1 * p2 * in_channels, dim)

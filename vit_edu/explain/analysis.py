@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from ..config import POOLS, to_2tuple
+from ..models import check_has_values
 
 Size2 = Union[int, Tuple[int, int]]
 
@@ -94,6 +95,7 @@ def _check_model(model: object) -> None:
     if not isinstance(model, nn.Module) or not hasattr(model, "config") or not hasattr(model, "patch_embed"):
         raise TypeError(f"model must be a vit_edu VisionTransformer (with .config and .patch_embed), "
                         f"got {type(model).__name__}")
+    check_has_values(model, "explaining the model")
     broken = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
     if broken:
         raise ValueError(f"the model's weights hold NaN or infinite values in {len(broken)} tensors "

@@ -31,6 +31,7 @@ from ..config import ViTConfig, _not_plain
 from ..convert import (TENSOR_DIGEST_KEY, load_checked, load_safetensors_checked, tensor_digest,
                        torch_load_checked)
 from ..fileio import atomic_write, looks_like_safetensors, looks_like_torch_save
+from ..models import check_has_values
 from ..vit import VisionTransformer
 from .config import MAX_EPOCHS, TrainConfig, model_field
 from .distributed import unwrap
@@ -92,6 +93,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
     current ones), history, configs. A model whose ``config`` no longer builds its weights is refused before
     anything is written (:func:`check_config_matches`)."""
     vit = unwrap(model)
+    check_has_values(vit, "save_checkpoint")
     check_config_matches(vit, path)
     if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCHS:  # load_checkpoint would refuse the file as damaged
         raise ValueError(f"save_checkpoint: epoch must be an int in [0, {MAX_EPOCHS}] (epochs done), got {epoch!r}")
@@ -356,6 +358,7 @@ def export_safetensors(model: nn.Module, path: PathLike, metadata: Optional[Dict
     from safetensors.torch import save
 
     vit = unwrap(model)
+    check_has_values(vit, "export_safetensors")
     check_config_matches(vit, path)
     meta = {"format": "vit_edu", "config": json.dumps(vit.config.to_dict())}
     meta.update(metadata_strings(metadata, EXPORT_RESERVED, "export_safetensors: metadata"))

@@ -34,7 +34,7 @@ from tqdm import tqdm  # the terminal bar; tqdm.auto wants ipywidgets inside not
 
 from ..convert import load_checked
 from ..fileio import check_space, check_writable_dir, check_writable_file, folder_lock, remove_stale_temp_files
-from ..models import create_model
+from ..models import check_has_values, create_model
 from ..vit import VisionTransformer
 from .checkpoint import (EXPORT_RESERVED, check_export_name, check_export_replaceable, checkpoint_to_resume,
                          export_safetensors, metadata_strings, new_history, output_bytes, rng_state, save_checkpoint,
@@ -261,6 +261,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.devi
     Labels must be class indices in [0, K) for the model's K outputs (checked per batch: a min and a max), and the
     model must have a classification head: anything else is a ValueError naming what came, not a number."""
     model = unwrap(model)
+    check_has_values(model, "evaluate()")
     _check_has_head(model, "evaluate()")
     device = _usable_device(device, "evaluate()") if device is not None else next(model.parameters()).device
     broken = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
