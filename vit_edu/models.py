@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 from urllib.parse import urlparse
 
+import torch
 from torch import nn
 
 from .config import ViTConfig
@@ -179,11 +180,17 @@ def download_timm_model(name: str, **timm_kwargs) -> nn.Module:
 
 
 def check_has_values(model: nn.Module, what: str) -> None:
-    """Refuse a model built on the meta device (shapes only, no values) before work that reads its weights:
-    without this, a raw "cannot be called on meta tensors" or "no data!" comes from deep inside."""
+    """Refuse, before work that reads its weights, a model built on the meta device (shapes only: a raw "cannot be
+    called on meta tensors" came from deep inside) or one whose weights hold NaN or inf (a diverged run: argmax
+    over NaN logits still picks a class, attention maps turn NaN)."""
     meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if meta:
         raise ValueError(f"{what}: the model's tensors are on the meta device (shapes, no values): {len(meta)} of "
                          f"them, e.g. {meta[0]}. Expected a model with weights: build it outside "
                          f"`with torch.device('meta')`, or load weights into it first "
                          f"(model.load_state_dict(state, assign=True))")
+    broken = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if broken:
+        raise ValueError(f"{what}: the model's weights hold NaN or infinite values in {len(broken)} tensors "
+                         f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): a diverged training run? "
+                         f"Expected finite weights; use a model from an earlier checkpoint")
