@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
+import torch
+
 POOLS = ("cls", "mean")
 POS_EMBEDDINGS = ("learned", "sincos2d", "none")
 PATCH_EMBEDS = ("conv", "linear")
@@ -90,18 +92,19 @@ def _check_field_types(config: "ViTConfig") -> None:
                         f"a checkpoint reads back with weights_only=True and as JSON; got {where}")
 
 
-def _not_plain(value, where: str) -> str:
-    """'' if ``value`` is JSON-like (exact built-in types: a NumPy float is not one), else where and what it is."""
-    if type(value) in (str, int, float, bool, type(None)):
+def _not_plain(value, where: str, tensors: bool = False) -> str:
+    """'' if ``value`` is JSON-like (exact built-in types: a NumPy float is not one), else where and what it is.
+    ``tensors``: what torch.load(weights_only=True) reads back instead (tensors too, and int keys)."""
+    if type(value) in (str, int, float, bool, type(None)) or (tensors and isinstance(value, torch.Tensor)):
         return ""
     if type(value) in (list, tuple):
-        return next((w for i, v in enumerate(value) if (w := _not_plain(v, f"{where}[{i}]"))), "")
+        return next((w for i, v in enumerate(value) if (w := _not_plain(v, f"{where}[{i}]", tensors))), "")
     if type(value) is dict:
-        bad_key = next((k for k in value if type(k) is not str), None)
+        bad_key = next((k for k in value if type(k) not in ((str, int) if tensors else (str,))), None)
         if bad_key is not None:
             return f"the key {bad_key!r} ({type(bad_key).__name__}, not str) in {where}"
-        return next((w for k, v in value.items() if (w := _not_plain(v, f"{where}[{k!r}]"))), "")
-    return f"{type(value).__name__} {value!r} at {where}"
+        return next((w for k, v in value.items() if (w := _not_plain(v, f"{where}[{k!r}]", tensors))), "")
+    return f"{type(value).__name__} {value!r:.60} at {where}"
 
 
 @dataclass

@@ -98,7 +98,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
     if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCHS:  # load_checkpoint would refuse the file as damaged
         raise ValueError(f"save_checkpoint: epoch must be an int in [0, {MAX_EPOCHS}] (epochs done), got {epoch!r}")
     for name, value in (("extra", extra), ("history", history)):
-        where = _not_loadable(value, name) if value is not None else ""
+        where = _not_plain(value, name, tensors=True) if value is not None else ""
         if where:  # torch.load(weights_only=True) could never read the file back, and it would replace a good one
             raise TypeError(f"save_checkpoint: {name} must hold plain values (str, int, float, bool, None, tensors, "
                             f"and lists and dicts of them) so the checkpoint reads back with weights_only=True; got {where} "
@@ -118,21 +118,6 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[torch.
         "extra": extra or {},
     }
     return atomic_write(path, lambda f: torch.save(ckpt, f))
-
-
-def _not_loadable(value: Any, where: str) -> str:
-    """'' if torch.load(weights_only=True) reads ``value`` back (plain values, tensors, lists and dicts of them; exact
-    built-in types: a NumPy float is not one), else where and what it is."""
-    if isinstance(value, torch.Tensor) or type(value) in (str, int, float, bool, type(None)):
-        return ""
-    if type(value) in (list, tuple):
-        return next((w for i, v in enumerate(value) if (w := _not_loadable(v, f"{where}[{i}]"))), "")
-    if type(value) is dict:
-        bad_key = next((k for k in value if type(k) not in (str, int)), None)
-        if bad_key is not None:
-            return f"the key {bad_key!r} ({type(bad_key).__name__}, not str) in {where}"
-        return next((w for k, v in value.items() if (w := _not_loadable(v, f"{where}[{k!r}]"))), "")
-    return f"{type(value).__name__} {value!r:.60} at {where}"
 
 
 def output_bytes(model: nn.Module, optimizer: str = "adamw") -> Tuple[int, int]:
