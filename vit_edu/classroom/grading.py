@@ -72,6 +72,7 @@ from .report import (COLUMNS, STATE_FILE, _csv_rows, _encodable, _load_state, _p
                      _write_combined, _write_csv, _write_json, exercise_flags, format_table, notebook_flags,
                      read_student_csv, student_csv, student_labels, students_dir, summary_path)
 from .shards import merge_shards
+from .isolation import needed_paths
 from .tripwires import record_inconsistencies
 from .sandbox import one_line
 
@@ -82,17 +83,24 @@ def _memory_note(text: str, memory_mb: int) -> str:
     return text
 
 
-def _unreadable_modules(message: str) -> List[str]:
-    """The modules a message says were not found in the sandbox though the grader finds them (looked up only
-    where the parent package is imported already: that imports nothing)."""
-    found = []
+def _unreadable_module_notes(message: str) -> List[str]:
+    """What to do about a module a message says was not found in the sandbox though the grader finds it (looked
+    up only where the parent package is imported already: that imports nothing): one outside Python's folders
+    (an editable install, a PYTHONPATH folder) is covered in a notebook's view; one inside is unreadable."""
     for name in re.findall(r"No module named '([\w.]+)'", message):
         try:
-            if name.rpartition(".")[0] in ("", *sys.modules) and importlib.util.find_spec(name) is not None:
-                found.append(name)
+            spec = importlib.util.find_spec(name) if name.rpartition(".")[0] in ("", *sys.modules) else None
         except (ImportError, ValueError):
-            pass
-    return found
+            continue
+        if spec is None:
+            continue
+        where = os.path.realpath(spec.origin or next(iter(spec.submodule_search_locations or [""]), ""))
+        if where and not any(where == p or where.startswith(p + os.sep) for p in needed_paths()):
+            return [f"{name} is installed here in {os.path.dirname(where)}, outside Python's folders, which a notebook "
+                    f"does not see: install it into Python's site-packages (pip install, without -e) and grade again"]
+        return [f"{name} is installed here but the sandbox user cannot read it: let other users read it (chmod -R "
+                f"o+rX on Python's folders) and grade again"]
+    return []
 
 
 def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]], result: "sandbox.Result",
@@ -144,8 +152,7 @@ def judge_notebook(student: str, ref: RefNotebook, answers: Dict[str, List[str]]
                  if n in getattr(answers, "elsewhere", ())]
         notes += [f"{unrun[0]} is defined in a cell that is no answer cell, which the grader does not run: move it "
                   f"into the answer cell"] if unrun else []
-        notes += [f"{m} is installed here but the sandbox user cannot read it: let other users read it (chmod -R "
-                  f"o+rX on Python's folders) and grade again" for m in _unreadable_modules(message)[:1]]
+        notes += _unreadable_module_notes(message)
         message = "; ".join([m for m in [message] + notes if m])
         flags = "; ".join(common + exercise_flags(record, ex.name))
         rows.append(_row(student, ref.name, ex.name, passed, ex.points if passed else 0.0, ex.points, message, flags))

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 UID_BASE = 61000  # first uid tried for the sandboxes (uids without a passwd entry and without processes)
 
@@ -388,9 +388,10 @@ def _set_limits(job: dict) -> None:
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 1 << 14, 1 << 18
-NEVER_HIDDEN = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc",
-                "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var", "/home", "/mnt", "/media", "/snap"}
-USER_ROOTS = {"/home", "/root", "/srv", "/mnt", "/media"}  # never hidden, but their folders can be
+TOP = "/"
+SYSTEM = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "usr", "var",
+          "nix", "gnu"}  # the folders at the top a notebook sees; every other one (home, root, opt, mnt, ...) is covered
+NEVER_HIDDEN = {"/", *(f"/{name}" for name in SYSTEM)}
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # a fresh, empty one per notebook
 WORK = "/tmp/vit_edu_work"  # where the scratch copy appears inside the notebook's own view of the files
 
@@ -413,6 +414,21 @@ def needed_paths(resolve: bool = True) -> List[str]:
     return sorted((os.path.realpath(p) if resolve else os.path.normpath(p)) for p in paths if p and os.path.isdir(p))
 
 
+def outside_the_system() -> Set[str]:
+    """Every folder at the top of the file system but the system's own (:data:`SYSTEM`): /home, /root, /opt, /srv,
+    /mnt (Windows' drives under WSL), /media, a /work or /data. A notebook's view covers them all and binds back
+    only what its imports read (:func:`needed_paths`): an allow-list, so a teacher's file wherever it lies (a
+    backup in ~/Downloads, a course in /opt) is out of sight. A link at the top (Fedora Atomic's /home -> var/home)
+    counts as the folder it leads to."""
+    found = set()
+    for entry in os.scandir(TOP):
+        if entry.name not in SYSTEM and entry.is_dir():
+            real = os.path.realpath(entry.path)
+            if real not in NEVER_HIDDEN and real != os.path.realpath(TOP):
+                found.add(real)
+    return found
+
+
 def _mount(libc: Any, source: Optional[str], target: str, fstype: Optional[str], flags: int,
            data: Optional[str]) -> None:
     enc = lambda x: None if x is None else os.fsencode(x)  # noqa: E731
@@ -425,9 +441,9 @@ def _isolate(job: dict) -> str:
     """As root, before dropping to the sandbox uid: a mount and IPC namespace of the notebook's own.
 
     Inside it ``job["hide"]`` (the submissions, the reference, the grades, the teacher's folder, the package's
-    source checkout) are covered by empty read-only folders, /tmp, /var/tmp, /dev/shm and /run/lock are fresh
-    private tmpfs, and ``job["expose"]`` (the Python installation, the package) are bound back where a cover
-    hid them. The scratch copy is bound at WORK and ``job["scratch"]`` points there. The namespaces, their
+    source checkout) and every folder outside the system's (:func:`outside_the_system`) are covered by empty
+    read-only folders, /tmp, /var/tmp, /dev/shm and /run/lock are fresh private tmpfs, and ``job["expose"]``
+    (the Python installation, the package) are bound back where a cover hid them. The scratch copy is bound at WORK and ``job["scratch"]`` points there. The namespaces, their
     tmpfs, SysV shared memory and message queues die with the notebook's last process. Returns "" or why the
     kernel refused (then the uid alone isolates, as before)."""
     libc = _libc()
@@ -439,9 +455,7 @@ def _isolate(job: dict) -> str:
         if os.path.isdir(path):
             keep[os.path.realpath(path)] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     scratch_fd = os.open(job["scratch"], os.O_RDONLY | os.O_DIRECTORY)
-    hide = {os.path.realpath(h) for h in job.get("hide", [])}
-    for folder in hide & USER_ROOTS:  # submissions (or the grader's folder) right in /home or /srv: its folders
-        hide |= {entry.path for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False)}
+    hide = {os.path.realpath(h) for h in job.get("hide", [])} | outside_the_system()
     covers = sorted(hide | set(PRIVATE_TMP), key=len)
     covered: List[str] = []
     for target in covers:
