@@ -277,10 +277,10 @@ def test_classroom_nbgrader_config_is_the_one_written() -> None:
 
 
 def test_readme_position_embedding_learning_rate_is_the_default() -> None:
-    """'the position embedding learns 5x faster, `--pos-lr-scale`' (README's Training bullet)."""
+    """'the position embedding gets a 5x learning rate, `--pos-lr-scale`' (README's Training bullet)."""
     from vit_edu.training import TrainConfig
 
-    (scale,) = _all(r"the position embedding learns (\d+)x faster, `--pos-lr-scale`", "README.md")
+    (scale,) = _all(r"the position embedding gets a (\d+)x learning rate, `--pos-lr-scale`", "README.md")
     assert float(scale) == TrainConfig().pos_embed_lr_scale
 
 
