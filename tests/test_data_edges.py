@@ -270,3 +270,22 @@ def test_float_and_32_bit_grey_images_get_one_fixed_scale_per_mode(tmp_path) -> 
     Image.fromarray(ramp * 1000, mode="F").save(root / "train" / "a" / "odd.tif")
     with pytest.raises(ValueError, match=r"odd\.tif is a 32-bit float image"):  # up front, named
         get_dataset("imagefolder", "train", root=root)
+
+
+@pytest.mark.parametrize("broken", ["no test split", "other class names"])
+def test_a_test_split_that_cannot_match_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch, broken):
+    """A missing test/ folder, or test class folders named otherwise than train's, was found only after every
+    training image had been decoded and hashed (minutes for a large folder): both are seen from the folder names."""
+    from vit_edu.training import imagefolder
+
+    layout = {"train": {"a": 2, "b": 2}}
+    if broken == "other class names":
+        layout["test"] = {"a": 1, "B": 1}
+    root = _folder(tmp_path / "data", layout)
+    decoded = []
+    monkeypatch.setattr(imagefolder, "load_image_checked", lambda path: decoded.append(path))
+    config = TrainConfig(dataset="imagefolder", data_root=str(root))
+    error = FileNotFoundError if broken == "no test split" else ValueError
+    with pytest.raises(error, match=r"test does not exist|the test split's classes \['B', 'a'\] differ"):
+        build_datasets(config)
+    assert decoded == []

@@ -96,9 +96,9 @@ class ImageFolderDataset(Dataset):
         return (self.transform(image) if self.transform is not None else image), target
 
 
-def imagefolder_dataset(split: str, root: Path, transform: Optional[Callable] = None) -> ImageFolderDataset:
-    """The images under root/split, checked up front: at least two class folders with images, and every image
-    decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
+def split_classes(split: str, root: Path) -> List[str]:
+    """The class folders of root/split (hidden ones left out), checked without reading any image: a root that is a
+    file, a missing split or one without class folders is an error naming the layout expected."""
     folder = root / split
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"imagefolder: {root} is a file; expected a folder (--data-root) that holds "
@@ -109,13 +109,21 @@ def imagefolder_dataset(split: str, root: Path, transform: Optional[Callable] = 
         )
     if not any(p.is_dir() for p in folder.iterdir()):
         raise FileNotFoundError(f"imagefolder: {folder} has no class folders; expected {folder}/<class name>/*.jpg|png")
+    try:
+        return _visible_classes(str(folder))[0]
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"imagefolder: no images found under {folder}/<class name>/ ({err})") from None
+
+
+def imagefolder_dataset(split: str, root: Path, transform: Optional[Callable] = None) -> ImageFolderDataset:
+    """The images under root/split, checked up front: at least two class folders with images, and every image
+    decoded once here (a corrupt file is a ValueError naming its path now, not an error mid-epoch)."""
+    folder = root / split
+    classes = split_classes(split, root)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
     hidden = sorted(p.name for p in folder.iterdir() if p.is_dir() and _hidden(p.name))
     if hidden:  # .ipynb_checkpoints, .git, __MACOSX: never a class
         print(f"imagefolder: ignoring hidden folder(s) in {folder}: {', '.join(hidden)}", file=sys.stderr)
-    try:
-        classes, class_to_idx = _visible_classes(str(folder))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"imagefolder: no images found under {folder}/<class name>/ ({err})") from None
     samples, skipped = image_files(str(folder), class_to_idx, IMAGE_EXTENSIONS)
     if skipped:  # no image of the run is lost unsaid
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")

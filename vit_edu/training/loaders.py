@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import unicodedata
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from .config import TrainConfig
 from .data import EPOCH_SEED_STRIDE, SHAPES_DEFAULT_SEEDS, dataset_info, get_dataset
-from .imagefolder import check_apart
+from .imagefolder import check_apart, split_classes
 
 
 def shapes_seeds(config: TrainConfig) -> Tuple[int, int]:
@@ -47,6 +48,9 @@ def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
     common = dict(root=config.data_root, image_size=config.image_size, download=config.download)
     # generated data: the test split never shares a training seed; a fixed dataset takes no seed
     train_seed, test_seed = shapes_seeds(config) if config.dataset == "shapes" else (None, None)
+    if config.dataset == "imagefolder":  # both splits' folders and class names, before any image is decoded
+        root = Path(config.data_root)
+        _check_same_classes(config.dataset, split_classes("train", root), split_classes("test", root))
     if config.classes is not None:
         common["classes"] = config.classes
     if config.clutter:
@@ -60,16 +64,20 @@ def build_datasets(config: TrainConfig) -> Tuple[Dataset, Dataset, dict]:
     if len(info["classes"]) < 2:  # one class: every prediction is right, "100 %" means nothing
         raise ValueError(f"{config.dataset} train has {len(info['classes'])} class {info['classes']}; "
                          f"expected at least two classes to learn to tell apart")
-    test_classes = dataset_info(test_ds)["classes"]
-    if list(test_classes) != list(info["classes"]):  # label k must mean the same class in both splits
-        nfc = [sorted(unicodedata.normalize("NFC", c) for c in names) for names in (test_classes, info["classes"])]
-        how = ("; they differ only in how accented letters are encoded (Unicode NFC and NFD, e.g. a copy made on "
-               "macOS): rename the folders of one split") if nfc[0] == nfc[1] else ""
-        raise ValueError(f"{config.dataset}: the test split's classes {test_classes} differ from the train "
-                         f"split's {info['classes']}; expected the same class folders in both{how}")
+    _check_same_classes(config.dataset, info["classes"], dataset_info(test_ds)["classes"])
     if config.dataset == "imagefolder":
         check_apart(train_ds, test_ds)
     return train_ds, test_ds, info
+
+
+def _check_same_classes(dataset: str, train_classes, test_classes) -> None:
+    """Label k must mean the same class in both splits: the same class names, in the same order."""
+    if list(test_classes) != list(train_classes):
+        nfc = [sorted(unicodedata.normalize("NFC", c) for c in names) for names in (test_classes, train_classes)]
+        how = ("; they differ only in how accented letters are encoded (Unicode NFC and NFD, e.g. a copy made on "
+               "macOS): rename the folders of one split") if nfc[0] == nfc[1] else ""
+        raise ValueError(f"{dataset}: the test split's classes {list(test_classes)} differ from the train "
+                         f"split's {list(train_classes)}; expected the same class folders in both{how}")
 
 
 def build_train_loader(dataset: Dataset, config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataLoader:
