@@ -289,3 +289,18 @@ def test_a_test_split_that_cannot_match_is_refused_before_any_image_is_decoded(t
     with pytest.raises(error, match=r"test does not exist|the test split's classes \['B', 'a'\] differ"):
         build_datasets(config)
     assert decoded == []
+
+
+def test_the_augmentations_padding_is_the_grey_of_transparent_pixels(tmp_path):
+    """--augment pads an image folder's pictures before the random crop: with the mid-grey that transparent pixels
+    get (0 after normalization, as the shapes data pad), not black (-1), which the module promised and did not do."""
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        (root / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(root / "train" / name / "white.png")
+    ds = get_dataset("imagefolder", "train", root=root, augment=True)
+    torch.manual_seed(0)
+    values = torch.cat([ds[0][0].flatten() for _ in range(30)])
+    assert values.min() > -0.01, "a padded border came out black"
+    assert ((values.abs() < 0.01) | (values > 0.99)).all()  # white picture, grey border only
+    assert (values.abs() < 0.01).any()  # some crop was shifted: the border is there

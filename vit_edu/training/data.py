@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from .imagefolder import imagefolder_dataset, load_image_checked  # noqa: F401 - load_image_checked: data's name too
+from .imagefolder import TRANSPARENT_GROUND, imagefolder_dataset, load_image_checked  # noqa: F401 - load_image_checked: data's name too
 
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "crescent", "star")
 MEAN: Tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -468,7 +468,10 @@ def _tv_transform(name: str, split: str, image_size: Optional[int], augment: boo
             steps.append(T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
         else:  # cifar10, imagefolder
             size = image_size or 32
-            steps += [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()]
+            # an image folder pads with the mid-grey its transparent parts get (0 after Normalize), as shapes
+            # does, not black (-1, the darkest value a pixel can have); CIFAR-10 keeps its usual zero padding
+            fill = TRANSPARENT_GROUND if name == "imagefolder" else 0
+            steps += [T.RandomCrop(size, padding=size // 8, fill=fill), T.RandomHorizontalFlip()]
     if name in ("mnist", "fashion_mnist"):
         steps.append(T.Grayscale(num_output_channels=3))  # keep in_channels=3 for every dataset
     steps += [T.ToTensor(), T.Normalize(MEAN, STD)]
