@@ -637,3 +637,18 @@ def test_weights_of_an_average_pooling_model_hint_pool_mean(perturb, tmp_path) -
                                          r"Build the model with pool='mean'"):
         load_state_dict_file(path, "vit_nano_patch4_32")
     assert load_state_dict_file(path, "vit_nano_patch4_32", pool="mean").config.use_fc_norm
+
+
+@pytest.mark.parametrize("loader", ["create_model", "timm_pretrained"])
+def test_head_zero_init_holds_for_pretrained_weights(perturb, monkeypatch, loader) -> None:
+    """head_zero_init=True with pretrained weights (the paper's fine-tuning: a new zero head on pretrained features)
+    was accepted, recorded in the config and ignored: the head came out as timm's, random for a new num_classes."""
+    source = small_timm(perturb)  # stands in for the download; its head is random and non-zero
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kwargs: source)
+    if loader == "create_model":
+        model = vit_edu.create_model("vit_nano_patch4_32", pretrained=True, head_zero_init=True)
+    else:
+        model = vit_edu.timm_pretrained("vit_tiny_patch16_224", head_zero_init=True)
+    assert model.config.head_zero_init
+    assert not model.head.weight.any() and not model.head.bias.any()
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)  # the rest is timm's

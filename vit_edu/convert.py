@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import ViTConfig
 from .fileio import looks_like_safetensors, looks_like_torch_save
-from .models import download_timm_model, get_config
+from .models import download_timm_model, get_config, zero_head_if_asked
 from .vit import VisionTransformer
 
 StateDict = Dict[str, torch.Tensor]
@@ -620,4 +620,5 @@ def timm_pretrained(name: str, **overrides) -> VisionTransformer:
     if not overrides:
         return model
     # e.g. drop_path=0.1 for fine-tuning: a new model with the overrides, and the pretrained weights loaded into it
-    return load_checked(VisionTransformer(model.config, **overrides), model.state_dict(), f"timm {name!r} weights")
+    model = load_checked(VisionTransformer(model.config, **overrides), model.state_dict(), f"timm {name!r} weights")
+    return zero_head_if_asked(model)

@@ -110,6 +110,7 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
 
     ``pretrained=True`` loads timm's weights for it (needs internet). They load as they are: vit_edu uses
     timm's parameter names (``vit_edu.timm_pretrained`` instead reads the architecture from timm's model).
+    With ``head_zero_init=True`` the classifier is zeroed after loading (the paper's fine-tuning start).
     """
     if not isinstance(pretrained, bool):  # "False" is a truthy str: it would download ImageNet weights
         raise TypeError(f"create_model: pretrained must be True or False, got {pretrained!r} "
@@ -119,6 +120,18 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
         c = model.config  # timm makes the same head and position table (resized to img_size) as the config
         timm_model = download_timm_model(name, num_classes=c.num_classes, img_size=c.image_size)
         model.load_state_dict(timm_model.state_dict())  # strict: every name and shape must match
+        zero_head_if_asked(model)
+    return model
+
+
+@torch.no_grad()
+def zero_head_if_asked(model: VisionTransformer) -> VisionTransformer:
+    """Zero the classifier of a model built with ``head_zero_init=True`` after pretrained weights were loaded into
+    it: loading them replaced the zeroed head of ``init_weights`` with timm's (a new random head for another
+    num_classes), so the paper's fine-tuning start was asked for and silently not given."""
+    if model.config.head_zero_init and isinstance(model.head, nn.Linear):
+        nn.init.zeros_(model.head.weight)
+        nn.init.zeros_(model.head.bias)
     return model
 
 
