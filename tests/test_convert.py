@@ -652,3 +652,16 @@ def test_head_zero_init_holds_for_pretrained_weights(perturb, monkeypatch, loade
     assert model.config.head_zero_init
     assert not model.head.weight.any() and not model.head.bias.any()
     assert torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)  # the rest is timm's
+
+
+@pytest.mark.parametrize("override", [{"pool": "mean"}, {"qkv_bias": False}, {"pos_embedding": "sincos2d"},
+                                      {"patch_embed": "linear"}, {"in_channels": 1}])
+def test_pretrained_overrides_that_change_the_architecture_are_refused_before_the_download(monkeypatch, override):
+    """create_model(name, pretrained=True, pool="mean") downloaded timm's weights (hundreds of MB for ViT-B) and then
+    failed in load_state_dict: the names and shapes the override builds are known before any download."""
+    calls = []
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(ValueError, match=r"timm's weights for vit_nano_patch4_32 do not fit the model that "
+                                         rf"{next(iter(override))}=.* build .*nothing was downloaded"):
+        vit_edu.create_model("vit_nano_patch4_32", pretrained=True, **override)
+    assert calls == []

@@ -118,10 +118,31 @@ def create_model(name: str, pretrained: bool = False, **overrides) -> VisionTran
     model = VisionTransformer(get_config(name, **overrides))
     if pretrained:
         c = model.config  # timm makes the same head and position table (resized to img_size) as the config
+        _check_takes_pretrained(name, model, overrides)  # before the download, not after it
         timm_model = download_timm_model(name, num_classes=c.num_classes, img_size=c.image_size)
         model.load_state_dict(timm_model.state_dict())  # strict: every name and shape must match
         zero_head_if_asked(model)
     return model
+
+
+def _check_takes_pretrained(name: str, model: VisionTransformer, overrides: dict) -> None:
+    """Refuse, before anything is downloaded, overrides that build another architecture than the preset's (pool,
+    qkv_bias, pos_embedding, patch_embed, in_channels, ...): timm's weights for ``name`` would not load into it.
+    The preset with the model's num_classes and image_size is built on the "meta" device (no memory) and its
+    tensors' names and shapes compared with the model's."""
+    c = model.config
+    with torch.device("meta"):
+        plain = VisionTransformer(get_config(name, num_classes=c.num_classes, image_size=c.image_size)).state_dict()
+    have = model.state_dict()
+    differ = sorted(k for k in set(plain) | set(have)
+                    if k not in plain or k not in have or tuple(plain[k].shape) != tuple(have[k].shape))
+    if differ:
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items() if k not in ("num_classes", "image_size"))
+        shown = ", ".join(differ[:4]) + (f" ... and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise ValueError(f"create_model({name!r}, pretrained=True): timm's weights for {name} do not fit the model "
+                         f"that {given} build (tensors that differ from the preset's: {shown}); nothing was "
+                         f"downloaded. Expected only overrides that keep the architecture (num_classes, image_size, "
+                         f"dropout, drop_path, ...): leave the others out")
 
 
 @torch.no_grad()
