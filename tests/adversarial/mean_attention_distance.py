@@ -416,3 +416,25 @@ def whole_answer_kept_by_shapes(attn, grid_size, patch_size):  # the batch rever
 
 
 MISTAKES += [(lru_cached, "kept from an earlier call"), (whole_answer_kept_by_shapes, "kept from an earlier call")]
+
+
+# ------------------------------------------------- one value per head, written into a buffer made on the CPU
+def per_head_into_cpu_buffer(attn, grid_size, patch_size):
+    # FALSE ACCEPT (was): torch.zeros(H, dtype=...) without device=; out[h] = ... copies the device's values into
+    # it, so on a GPU the distances come back on the CPU. On the meta stand-in that copy raised "Cannot copy out of
+    # meta tensor", which was taken for code that merely reads values
+    a = attn[:, :, 1:, 1:]
+    a = a / a.sum(-1, keepdim=True)
+    d = _grid_table(grid_size, patch_size, attn.dtype, attn.device)
+    out = torch.zeros(attn.shape[1], dtype=attn.dtype)
+    for h in range(attn.shape[1]):
+        out[h] = (a[:, h] * d).sum(-1).mean()
+    return out
+
+
+def per_head_cpu_buffer_moved_back(attn, grid_size, patch_size):  # right on a GPU: moved to the input's device
+    return per_head_into_cpu_buffer(attn, grid_size, patch_size).to(attn.device)
+
+
+MISTAKES += [(per_head_into_cpu_buffer, "device")]
+CORRECT += [per_head_cpu_buffer_moved_back]

@@ -306,3 +306,27 @@ def layers_kept_by_a_boolean_mask(attentions):  # A[present]: nonzero underneath
 
 
 CORRECT += [leftover_debug_print, layers_kept_by_a_boolean_mask]
+
+
+# ------------------------------------------------- a result buffer made on the CPU, filled image by image
+def rollout_into_cpu_buffer(attentions):
+    # FALSE ACCEPT (was): torch.empty without device=; out[b] = r copies the device's values into it, so on a GPU
+    # the rollout comes back on the CPU. On the meta stand-in that copy raised "Cannot copy out of meta tensor",
+    # which was taken for code that merely reads values
+    B, H, T, _ = attentions[0].shape
+    out = torch.empty(B, T, T, dtype=attentions[0].dtype)
+    for b in range(B):
+        r = None
+        for a in attentions:
+            m = _hat(a[b:b + 1])[0]
+            r = m if r is None else m @ r
+        out[b] = r
+    return out
+
+
+def rollout_cpu_buffer_moved_back(attentions):  # right on a GPU: the same buffer, moved to the input's device
+    return rollout_into_cpu_buffer(attentions).to(attentions[0].device)
+
+
+MISTAKES += [(rollout_into_cpu_buffer, "device")]
+CORRECT += [rollout_cpu_buffer_moved_back]

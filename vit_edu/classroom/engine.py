@@ -531,6 +531,21 @@ class _Watch(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+class _CopyIntoCpu(TorchDispatchMode):
+    """A ``Case.device`` call: the device's values copied into a CPU tensor (a buffer from torch.zeros(H) without
+    device=, filled by out[h] = ...) are skipped, not refused because meta holds no values, so that the buffer shows
+    as a CPU output, as it would on a GPU; moved back with .to(x.device), it is right there too."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if func is torch.ops.aten.copy_.default and args[0].device.type == "cpu" and args[1].device.type == self.device:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 class _DeepWatch(TorchDispatchMode):
     """The dispatcher's side of a :class:`_Watch`: the aten kernels that run, whoever called them."""
 
@@ -602,7 +617,7 @@ def _probe_case(ex: Exercise, obj: Any, case: Case, index: int, seed: int) -> Di
     guard = ex.guard(case, *args) if ex.guard is not None else nullcontext({})
     watch = _Watch(ex.forbidden) if ex.forbidden else nullcontext()
     if case.device is not None:  # the tensors on another device: what the output is, not its values
-        with guard as guarded, watch, torch.no_grad():
+        with guard as guarded, watch, torch.no_grad(), _CopyIntoCpu(case.device):
             out = _call(target, on_device(args, case.device), rec)
         rec.update(output=record_value(out), guard=dict(guarded or {}))
         if ex.forbidden:
