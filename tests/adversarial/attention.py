@@ -44,7 +44,7 @@ def fused_out(q, k, v):
 def baddbmm_flat(q, k, v):
     B, H, N, d = q.shape
     qf, kf, vf = (t.reshape(B * H, N, d) for t in (q, k, v))
-    s = torch.baddbmm(torch.zeros(B * H, N, N, dtype=q.dtype), qf, kf.transpose(1, 2), beta=0.0, alpha=d ** -0.5)
+    s = torch.baddbmm(q.new_zeros(B * H, N, N), qf, kf.transpose(1, 2), beta=0.0, alpha=d ** -0.5)
     w = s.softmax(-1)
     return torch.bmm(w, vf).view(B, H, N, d), w.view(B, H, N, N)
 
@@ -222,3 +222,25 @@ def softmax_without_the_max(q, k, v):  # exp() of scores in the hundreds is inf 
 
 
 MISTAKES.append((softmax_without_the_max, "maximum first"))
+
+
+# ------------------------------------------------------ the input's device (the contract): tensors made on the CPU
+def baddbmm_onto_cpu_zeros(q, k, v):
+    # torch.zeros without device=: on a GPU, baddbmm refuses a CPU input beside CUDA batches (only a 0-d tensor may
+    # stay on the CPU); the meta stand-in even hands back a CPU result
+    B, H, N, d = q.shape
+    qf, kf, vf = (t.reshape(B * H, N, d) for t in (q, k, v))
+    s = torch.baddbmm(torch.zeros(B * H, N, N, dtype=q.dtype), qf, kf.transpose(1, 2), beta=0.0, alpha=d ** -0.5)
+    w = s.softmax(-1)
+    return torch.bmm(w, vf).view(B, H, N, d), w.view(B, H, N, N)
+
+
+def heads_into_cpu_buffer(q, k, v):  # one head at a time into torch.empty without device=: the weights on the CPU
+    B, H, N, d = q.shape
+    w = torch.empty(B, H, N, N, dtype=q.dtype)
+    for h in range(H):
+        w[:, h] = (q[:, h] @ k[:, h].transpose(-2, -1) / math.sqrt(d)).softmax(-1)
+    return w.to(v.device) @ v, w
+
+
+MISTAKES += [(baddbmm_onto_cpu_zeros, "device"), (heads_into_cpu_buffer, "device")]

@@ -214,3 +214,32 @@ def index_cached_without_patch_size(images, patch_size):  # kept per (C, H, W): 
 
 
 MISTAKES += [(index_cached_by_image_size, "kept from one call"), (index_cached_without_patch_size, "kept from one call")]
+
+
+# ------------------------------------------------------ the input's device (the contract): a buffer made on the CPU
+def loop_into_cpu_buffer(images, patch_size):
+    # FALSE ACCEPT (was): torch.zeros without device=, filled patch by patch; on a GPU the patches come back on the
+    # CPU. Every case ran on the CPU, so nothing showed
+    B, C, H, W = images.shape
+    P = patch_size
+    h, w = H // P, W // P
+    out = torch.zeros(B, h * w, P * P * C, dtype=images.dtype)
+    for i in range(h):
+        for j in range(w):
+            out[:, i * w + j] = images[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P].permute(0, 2, 3, 1).reshape(B, -1)
+    return out
+
+
+def loop_into_buffer_on_the_device(images, patch_size):  # the same loop, the buffer made with new_zeros: right
+    B, C, H, W = images.shape
+    P = patch_size
+    h, w = H // P, W // P
+    out = images.new_zeros(B, h * w, P * P * C)
+    for i in range(h):
+        for j in range(w):
+            out[:, i * w + j] = images[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P].permute(0, 2, 3, 1).reshape(B, -1)
+    return out
+
+
+MISTAKES.append((loop_into_cpu_buffer, "device"))
+CORRECT.append(loop_into_buffer_on_the_device)

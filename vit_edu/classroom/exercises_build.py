@@ -130,6 +130,7 @@ def _patchify_cases() -> List[Case]:
         "patch size")))
     cases.append(Case((torch.randn(2, 1, 8, 12), 4), label="images [2, 1, 8, 12], patch_size=4" + again.format(
         "channel count")))
+    cases.append(Case((torch.randn(2, 3, 8, 12), 4), device="meta"))  # on its device: a buffer made without device=
     return cases
 
 
@@ -383,7 +384,8 @@ def _attention_cases() -> List[Case]:
                     + (f", q and k times {scale:g}: scores far above 100, whose exp() overflows float32"
                        if scale != 1 else ""))
     return [case(2, 4, 6, 8), case(1, 1, 5, 16), case(3, 2, 7, 4), case(2, 3, 4, 32, split=True),
-            case(2, 2, 3, 5, torch.float64), case(2, 2, 5, 3, grad=True), case(2, 2, 6, 4, scale=30.0)]
+            case(2, 2, 3, 5, torch.float64), case(2, 2, 5, 3, grad=True), case(2, 2, 6, 4, scale=30.0),
+            Case(tuple(torch.randn(2, 2, 4, 8) for _ in range(3)), device="meta")]  # the input's device
 
 
 def _attention_reference(ctx: Ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, ...]:
