@@ -150,7 +150,9 @@ def _param_count_cases() -> List[Case]:
 
 PARAM_COUNT_EX = Exercise(
     name="param_count",
-    package=("vit_edu.models.parameter_breakdown", "vit_edu.vit.VisionTransformer.num_parameters"),
+    # building the model and summing p.numel() (the judge's own reference) is the package's count as well
+    package=("vit_edu.models.parameter_breakdown", "vit_edu.vit.VisionTransformer.num_parameters",
+             "vit_edu.vit.VisionTransformer.__init__"),
     kind="function",
     call="vit_param_count(image_size, patch_size, in_channels, dim, depth, mlp_dim, num_classes)",
     cases=_param_count_cases, reference=_param_count_reference, diagnose=_param_count_diagnose,
