@@ -415,7 +415,7 @@ def _judge_on_device(ex: Exercise, ctx: Ctx, case: Case, rec: Dict[str, Any], la
         got = f"a {o.dtype} tensor of shape {o.shape} on {o.device}" if isinstance(o, _Observed) else _describe(o)
         want = f"a {str(e.dtype)[6:]} tensor of shape {list(e.shape)} on {case.device}" if isinstance(e, torch.Tensor) else got
         if want != got:
-            raise _Fail(f"the {what} is {got}; expected {want}: {_ON_DEVICE}\n  inputs: {label}")
+            raise _Fail(f"`{what}` is {got}; expected {want}: {_ON_DEVICE}\n  inputs: {label}")
 
 
 def _judge_state_keys(ex: Exercise, case: Case, mod: Dict[str, Any], label: str) -> None:
