@@ -13,6 +13,7 @@ import math
 import os
 import re
 import subprocess
+import stat
 import sys
 from pathlib import Path
 
@@ -1038,6 +1039,25 @@ def test_atomic_write_keeps_links_and_special_files(tmp_path) -> None:
     with pytest.raises(OSError, match=r"export file .*pipe is not a regular file"):  # asked before the work
         vit_edu.fileio.check_writable_file(fifo, "export file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "pipe", "store"]  # no temp file left
+
+
+def test_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path) -> None:
+    """A file made private (chmod 600) became readable by everybody again when written anew (the temp file got the
+    umask's permissions); a new file still gets the umask's."""
+    from vit_edu.fileio import atomic_write
+
+    private, new = tmp_path / "model.safetensors", tmp_path / "new.safetensors"
+    private.write_bytes(b"old")
+    for mode in (0o600, 0o640):
+        private.chmod(mode)
+        atomic_write(private, lambda f: f.write(b"new"))
+        assert stat.S_IMODE(private.stat().st_mode) == mode and private.read_bytes() == b"new"
+    umask = os.umask(0o022)
+    try:
+        atomic_write(new, lambda f: f.write(b"new"))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o644
 
 
 def test_a_hybrid_refuses_a_patch_embedding_it_would_ignore() -> None:

@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -345,7 +346,8 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = "
     error the temp file is removed and the old file stays untouched. A write killed outright (SIGKILL, power
     cut) cannot clean up, so the temp files of writers that are gone are removed before each write. A link is
     kept: the file it points to is written. ``mode`` is ``"wb"`` or ``"w"`` (then pass ``encoding=``/``newline=``);
-    the file gets the usual permissions (mkstemp's are 0600).
+    a file replaced keeps its permissions (an export made private with chmod 600 stays private), a new file gets
+    the usual ones (mkstemp's are 0600).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
@@ -360,6 +362,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = "
         raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {base} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
+    permissions = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
     fd, tmp = temp_file_for(path)  # .<name>.<pid>-<random>.tmp
     failed: List[OSError] = []
     try:
@@ -373,7 +376,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[Any]], None], mode: str = "
                 if failed and not isinstance(err, OSError):  # torch.save turns a failed write into a RuntimeError
                     raise failed[0] from None
                 raise
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, permissions)
         os.replace(tmp, path)
     except OSError as err:  # a full disk, a file-size limit: name the file meant, not the temp file
         Path(tmp).unlink(missing_ok=True)
