@@ -34,6 +34,22 @@ RUN_FAILED = 72  # ... when recording failed after the student's code ran (e.g. 
 RECORD_FDS = (3, 4)  # the child's two record slots (files in the results folder, opened before the uid change)
 
 
+# What the fork server is started with of the grader's environment. A child is a fork of the server: its memory
+# holds the server's environment block as the kernel wrote it at exec (os.environ.clear() in the child forgets the
+# names, not those bytes), so a student's code reading its own stack would find a teacher's API tokens there.
+SERVER_ENVIRONMENT = {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "PYTHONHOME",
+                      "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV", "CONDA_PREFIX",
+                      "MPLCONFIGDIR"}
+SERVER_ENVIRONMENT_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "NVIDIA_", "TORCH_", "PYTORCH_")
+
+
+def server_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The grader's variables the server may have (:data:`SERVER_ENVIRONMENT`, what Python, torch and the
+    numerical libraries read): an allow-list, so a token, a password or a cloud key never reaches a notebook."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k in SERVER_ENVIRONMENT or k.startswith(SERVER_ENVIRONMENT_PREFIXES)}
+
+
 def one_line(text: Any, limit: int = 300) -> str:
     """``text`` on one line (its lines joined with " | "), cut to ``limit`` characters."""
     text = " | ".join(l.strip() for l in str(text).splitlines() if l.strip())

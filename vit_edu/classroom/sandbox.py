@@ -31,7 +31,7 @@ Isolation of one child (:func:`.child._child`; the kernel side in :mod:`.isolati
 * its working directory is a fresh copy of the student's folder (mode 700, owned by its uid; with namespaces,
   in a tmpfs of its own capped at ``disk_mb`` beyond the copy and ``files`` entries; every other mount
   read-only in its view but its private /tmp, /var/tmp, /dev/shm, /run/lock); HOME, TMPDIR and
-  VIT_EDU_FIGURES point there; the environment is emptied of the grader's variables;
+  VIT_EDU_FIGURES point there; of the grader's variables the server gets only what Python and torch read;
 * what it reports goes to files in a results folder beside the copy (root's, mode 700: the sandbox uid cannot
   open it), through file descriptors opened before the uid change: the record in two slots written in turn
   (a kill in the middle of one write leaves the other, one probe older);
@@ -69,7 +69,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import isolation as _kernel
-from .child import JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _try_uid, _warm_up_modules, one_line
+from .child import (JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _try_uid, _warm_up_modules, one_line,
+                    server_environment)
 from .isolation import (SandboxError, UidPool, _bubblewrap, _cpu_cgroup_root, _kill_job, _libc, _memory_cgroup_root,
                         bwrap_command, cgroup_path, cgroup_paths, chown_tree, copy_tree, needed_paths, remove_cgroup,
                         remove_tree)
@@ -251,7 +252,7 @@ class Server:
 
     def __init__(self, preload: Sequence[str], limits: Limits, log_path: Path, test_uid: Optional[int] = None,
                  start_timeout_s: float = 300.0, bwrap: Optional[str] = None):
-        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+        env = dict(server_environment(), MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.log_path = log_path
