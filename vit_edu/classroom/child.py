@@ -50,6 +50,29 @@ def server_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, st
     return {k: v for k, v in environ.items() if k in SERVER_ENVIRONMENT or k.startswith(SERVER_ENVIRONMENT_PREFIXES)}
 
 
+KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 271, "s390x": 280, "riscv64": 219}  # keyctl's syscall number
+
+
+def _leave_keyrings() -> None:
+    """After the uid change. The kernel's keyrings are kept apart by neither uid change nor namespace: the session
+    keyring the server inherited from the teacher's login (pam_keyinit's, holding Kerberos tickets, ...) is
+    possessed by every fork, and a key in the sandbox uid's own keyrings outlives the notebook, for the uid's next
+    notebook (another student's) to read. So: those emptied, and a fresh session keyring that dies with the
+    notebook; OSError where the old one stays reachable (where keyctl is refused, as under Docker's seccomp
+    profile, none is)."""
+    import ctypes
+
+    number, libc = KEYCTL.get(os.uname().machine), ctypes.CDLL(None, use_errno=True)
+    if number is None:
+        return
+    keyctl = lambda *args: libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))  # noqa: E731
+    libc.syscall.restype = ctypes.c_long
+    for ring in (-4, -5):  # KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING; 7: KEYCTL_CLEAR
+        keyctl(7, ring)
+    if keyctl(1, 0) < 0 and keyctl(0, -3, 0) >= 0:  # KEYCTL_JOIN_SESSION_KEYRING (unnamed); KEYCTL_GET_KEYRING_ID
+        raise OSError("could not leave the grader's session keyring")
+
+
 def one_line(text: Any, limit: int = 300) -> str:
     """``text`` on one line (its lines joined with " | "), cut to ``limit`` characters."""
     text = " | ".join(l.strip() for l in str(text).splitlines() if l.strip())
@@ -318,6 +341,8 @@ def _child(job: dict, close: Sequence[int]) -> None:
 
         out, slots = opened(OUTPUT), [opened(f"{OBSERVATIONS}.0"), opened(f"{OBSERVATIONS}.1")]
         _drop_privileges(job)
+        if job.get("uid") is not None:
+            _leave_keyrings()
         scratch = job["scratch"]  # WORK when the notebook has its own view of the files
         os.umask(0o077)
         null = fcntl.fcntl(os.open(os.devnull, os.O_RDONLY), fcntl.F_DUPFD, 10)
