@@ -206,3 +206,35 @@ def sincos_divmod_by_grid_h(grid_h, grid_w, dim):
 
 
 MISTAKES += [(sincos_divmod_by_grid_h, "// grid_w")]  # a message naming the divisor (index // grid_w, index % grid_w) would help
+
+
+_TABLES = {}
+
+
+def sincos_kept_by_grid(grid_h, grid_w, dim):
+    # state kept between calls: a table cached by the grid alone, so a later call on that grid with another dim
+    # gets the first call's table (caught by a case repeating the first grid with another dim)
+    if dim % 4:
+        raise ValueError(f"dim={dim} is not divisible by 4")
+    if (grid_h, grid_w) not in _TABLES:
+        k = dim // 4
+        omega = 10000 ** (-torch.arange(k, dtype=torch.float64) / k)
+        r, c = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+        r, c = r.reshape(-1, 1) * omega, c.reshape(-1, 1) * omega
+        _TABLES[(grid_h, grid_w)] = torch.cat([c.sin(), c.cos(), r.sin(), r.cos()], 1).float()
+    return _TABLES[(grid_h, grid_w)]
+
+
+def correct_meshgrid_xy(grid_h, grid_w, dim):
+    # indexing="xy" with the columns first gives the same [grid_h, grid_w] grids as "ij" with the rows first
+    if dim % 4:
+        raise ValueError(f"dim={dim} is not divisible by 4")
+    k = dim // 4
+    omega = torch.exp(-math.log(10000.0) * torch.arange(k, dtype=torch.float32) / k)
+    c, r = torch.meshgrid(torch.arange(grid_w), torch.arange(grid_h), indexing="xy")
+    c, r = c.reshape(-1, 1).float() * omega, r.reshape(-1, 1).float() * omega
+    return torch.cat([torch.sin(c), torch.cos(c), torch.sin(r), torch.cos(r)], 1)
+
+
+CORRECT.append(correct_meshgrid_xy)
+MISTAKES.append((sincos_kept_by_grid, "kept from one call to the next"))

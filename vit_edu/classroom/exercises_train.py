@@ -259,6 +259,11 @@ def _sincos_cases() -> List[Case]:
     cases.append(Case((1, _randint(3, 6), 12)))  # one row of patches
     side = _randint(5, 9)
     cases.append(Case((side, side, 64)))  # a square grid, larger positions
+    # the first grid again with the one-row case's dim: a table kept by the grid alone, or by dim alone, shows
+    h, w, d = cases[0].args
+    dim = 12 if d != 12 else 16
+    cases.append(Case((h, w, dim), label=f"grid_h={h}, grid_w={w}, dim={dim}; the grid of an earlier case with "
+                      f"another dim: is something kept from one call to the next?"))
     cases.append(Case((3, 4, 10), raises="ValueError", why="dim=10 is not divisible by 4 (the exercise asks for it)"))
     cases.append(Case((3, 4, 9), raises="ValueError", why="dim=9 is not divisible by 4 (the exercise asks for it)"))
     return cases
