@@ -396,3 +396,26 @@ class Norm2WithDefaultEps(nn.Module):  # norm2's input is not faint inside the b
 
 
 MISTAKES.append((Norm2WithDefaultEps, "self.norm2 has eps=1e-5"))
+
+
+class LayerScale(Standard):  # timm's Block with init_values: a learned per-feature scale on each branch
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.ls1, self.ls2 = nn.Parameter(1e-5 * torch.ones(dim)), nn.Parameter(1e-5 * torch.ones(dim))
+
+    def forward(self, x):
+        x = x + self.ls1 * self.attn(self.norm1(x))
+        return x + self.ls2 * self.mlp(self.norm2(x))
+
+
+class PostNormWithAnUnusedScale(Standard):  # a usual mistake is still named when the block also has a stray parameter
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))
+
+
+MISTAKES += [(LayerScale, "LayerScale"), (PostNormWithAnUnusedScale, "post-norm")]

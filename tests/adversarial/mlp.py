@@ -239,3 +239,25 @@ class ReusesAnOutputBuffer(ModuleGELU):  # right values on every call, but each 
 
 
 MISTAKES.append((ReusesAnOutputBuffer, "changes when it is called again"))
+
+
+class HiddenLayerNorm(nn.Module):  # timm's Mlp with a norm_layer: a LayerNorm on the hidden features
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.norm(F.gelu(self.fc1(x))))
+
+
+class NormInFront(nn.Module):  # the block's pre-norm moved into the MLP
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+MISTAKES += [(HiddenLayerNorm, "parameters the contract's does not: norm.bias, norm.weight"),
+             (NormInFront, "belong to the encoder block")]

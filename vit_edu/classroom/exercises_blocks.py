@@ -77,12 +77,47 @@ def _mlp_mutants(ctx: Ctx, x: torch.Tensor) -> List[Mutant]:
     return mlp_mutants(x, fc1, fc2)
 
 
+def extra_params_message(ctx: Ctx, got: Any, outputs: Callable[[], List[torch.Tensor]], known: Callable[[str], bool],
+                         what: str) -> Optional[str]:
+    """Wrong values from a module with parameters the contract does not have (a LayerNorm inside the MLP, timm's
+    LayerScale in a block), matching neither the answer nor a usual mistake (``outputs``): name those parameters."""
+    extra = sorted(n for n in ctx.params if not known(n))
+    if not extra or not isinstance(got, torch.Tensor):
+        return None
+    for r in outputs():
+        if isinstance(r, torch.Tensor) and got.shape == r.shape and torch.allclose(got.double(), r.double(),
+                                                                                  rtol=1e-4, atol=1e-5):
+            return None
+    return f"wrong output values, and {what} has parameters the contract's does not: {', '.join(extra[:4])}"
+
+
+def _mutant_outputs(mutants: List[Mutant]) -> List[Any]:
+    out = []
+    for _, make in mutants:
+        try:
+            out.append(make())
+        except Exception:  # noqa: BLE001 - a mutant that does not apply to this case
+            continue
+    return out
+
+
+def _mlp_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
+    try:
+        message = extra_params_message(
+            ctx, got, lambda: [_mlp_reference(ctx, x), _mlp_tanh(ctx, x)] + _mutant_outputs(_mlp_mutants(ctx, x)),
+            lambda n: n.split(".")[0] in ("fc1", "fc2"), "your MLP")
+    except Exception:  # noqa: BLE001 - fc1 / fc2 do not fit the contract: the reference step reports it
+        return None
+    return message and (f"{message}; the MLP is fc1 -> GELU -> fc2 and nothing else (no norm or scale inside; the "
+                        f"LayerNorm in front of it and the residual belong to the encoder block)")
+
+
 MLP_EX = Exercise(
     name="mlp",
     package=("vit_edu.block.Mlp",), loads_into="vit_edu.Mlp", loads_before_call=True,
     kind="module", call="MLP(dim, hidden_dim)", forward="forward(x)",
     cases=_mlp_cases, reference=_mlp_reference, accept=[_mlp_tanh], mutants=_mlp_mutants,
-    shape_hint=_same_shape_hint,
+    diagnose=_mlp_diagnose, shape_hint=_same_shape_hint,
     doc="""Check ``class MLP(nn.Module)``: ``__init__(self, dim, hidden_dim)``, forward [B, N, D] -> [B, N, D].
 
     ``self.fc1 = nn.Linear(dim, hidden_dim)``, GELU, ``self.fc2 = nn.Linear(hidden_dim, dim)`` (paper eq. 3).
@@ -330,7 +365,10 @@ def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
             except Exception:  # noqa: BLE001
                 continue
         return f"wrong self.{name}(x) values: check your {'attention' if name == 'attn' else 'MLP'} on its own first"
-    return None
+    extra = extra_params_message(ctx, got, lambda: _mutant_outputs(_block_mutants(ctx, x)),
+                                 lambda n: n.split(".")[0] in _PARTS, "your block")
+    return extra and (f"{extra}; the block is x = x + attn(norm1(x)); x = x + mlp(norm2(x)) and nothing else (no "
+                      f"LayerScale or extra norm: every parameter lives in norm1, attn, norm2 or mlp)")
 
 
 ENCODER_BLOCK_EX = Exercise(
