@@ -1130,8 +1130,9 @@ def test_a_stub_beside_the_renamed_answer_and_a_notebook_without_metadata_are_gr
 @pytest.mark.skipif(not _namespaces_work(), reason="mount and IPC namespaces need root and a kernel that allows them")
 def test_a_notebook_sees_only_its_own_folder_and_leaves_nothing(tmp_path):
     """With namespaces: answer cells cannot read the reference, other submissions, the grades, the teacher's
-    repository (solutions, tests) or another run's /tmp files; what they leave in /tmp, /dev/shm or SysV shared
-    memory is gone when the notebook ends. The answer is right only if it saw none of it."""
+    repository (solutions, tests), a backup outside the system's folders, another run's /tmp files or see other
+    uids' processes; what they leave in /tmp, /dev/shm or SysV shared memory is gone when the notebook ends. The
+    answer is right only if it saw none of it."""
     import ctypes
 
     ref = reference_folder(tmp_path / "reference")
@@ -1148,6 +1149,13 @@ def test_a_notebook_sees_only_its_own_folder_and_leaves_nothing(tmp_path):
 seen = [p for p in {[str(ref / "a.ipynb"), str(subs / "ann" / "a.ipynb"), str(tmp_path / "grades"),
                      str(ROOT / "notebooks"), str(ROOT / "tests" / "exercise_solutions.py"), str(ROOT / ".git"),
                      str(planted), str(backup)]!r} if os.path.exists(p)]
+def uid_of(pid):
+    try:
+        return os.stat("/proc/" + pid).st_uid
+    except OSError:  # gone meanwhile
+        return os.getuid()
+others = sorted({{uid_of(p) for p in os.listdir("/proc") if p.isdigit()}} - {{os.getuid()}})
+seen += ["processes of uids %s" % others] if others else []
 open("/tmp/left_in_tmp", "w").write("x")
 open("/dev/shm/left_in_shm", "w").write("x") if os.path.isdir("/dev/shm") else None
 libc = ctypes.CDLL(None, use_errno=True)

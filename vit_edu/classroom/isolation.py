@@ -3,10 +3,9 @@
 * uids: :class:`UidPool` hands each running notebook an unused uid, reserved with a lock file;
   :func:`_kill_job` kills whatever a notebook left running as its uid and removes the uid's temporary files;
 * :func:`_drop_privileges`: as root, a mount and IPC namespace of the notebook's own (:func:`_isolate`: covers
-  over the submissions and the grader's files, private /tmp, the scratch copy in a capped tmpfs at
-  :data:`WORK`), a memory and a cpu cgroup (:func:`_join_memory_cgroup`, :func:`_join_cpu_cgroup`), the rest
-  of the file system read-only in its view (:func:`_read_only_elsewhere`), no network, no new privileges, the
-  uid change;
+  over all but the system's folders, Python and the package, private /tmp and /proc, the scratch copy in a tmpfs
+  at :data:`WORK`), memory and cpu cgroups, the rest of the file system read-only in its view
+  (:func:`_read_only_elsewhere`), no network, no new privileges, the uid change;
 * :func:`_set_limits`: the resource limits (memory, CPU seconds, file size, processes, open files);
 * :func:`bwrap_command`: the fork server under bubblewrap (PID and IPC namespaces, no network);
 * :func:`copy_tree`, :func:`chown_tree`, :func:`remove_tree`: the scratch copies, with stacks of their own (a
@@ -484,6 +483,10 @@ def _isolate(job: dict) -> str:
     for target in covered:  # the covers themselves become read-only (the private tmp folders stay writable)
         if target not in PRIVATE_TMP:
             _mount(libc, None, target, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None)
+    try:  # a /proc of its own: other uids' processes (the grader's, the machine's, other notebooks') out of sight
+        _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | 8, "hidepid=2")  # 8: MS_NOEXEC
+    except OSError:  # refused (some containers): the machine's /proc stays; bubblewrap's PID namespace narrows it
+        pass
     job["scratch"] = WORK
     job["writable"] = [WORK, *(t for t in covered if t in PRIVATE_TMP)]
     os.chdir(WORK)
