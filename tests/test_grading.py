@@ -1980,3 +1980,33 @@ def test_shards_graded_with_other_checks_are_not_merged(tmp_path, capsys):
     state["checks"] = "0.1.0+aaaaaaaaaaaa"
     (grading.students_dir(parts[1]) / grading.STATE_FILE).write_text(json.dumps(state))
     assert grading.main(argv) == 0
+
+
+def test_a_shard_interrupted_before_every_student_was_graded_is_not_merged(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in shard 1/1 after alice, before bob: the part is not 'running' any more, but bob has no rows; the
+    merge must refuse it (naming bob) rather than write a class without him. Resuming the shard makes it whole."""
+    ref = reference_folder(tmp_path / "reference")
+    for student in ("alice", "bob"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
+    interrupt = [True]
+
+    def judge(student, ref_nb, answers, result, seed, limits):
+        if student == "bob" and interrupt[0]:
+            raise KeyboardInterrupt
+        return [grading._row(student, ref_nb.name, ex.name, True, ex.points, ex.points, "") for ex in ref_nb.exercises]
+
+    monkeypatch.setattr(sandbox, "Sandbox", _InstantBox)
+    monkeypatch.setattr(grading, "judge_notebook", judge)
+    part = tmp_path / "grades_1.csv"
+    with pytest.raises(KeyboardInterrupt):
+        grading.grade(tmp_path / "subs", part, reference_dir=ref, jobs=1, verbose=False, shard=(1, 1), seed=3)
+    merged = tmp_path / "grades.csv"
+    assert grading.main(["--merge", str(part), "--reference", str(ref), "--out", str(merged)]) == 2
+    err = capsys.readouterr().err
+    assert "shard 1/1 has not finished" in err and "bob" in err, err
+    assert not merged.exists()
+    interrupt[0] = False
+    grading.grade(tmp_path / "subs", part, reference_dir=ref, jobs=1, verbose=False, shard=(1, 1), seed=3)
+    assert grading.main(["--merge", str(part), "--reference", str(ref), "--out", str(merged)]) == 0
+    assert sorted({r["student"] for r in grading.read_student_csv(merged)}) == ["alice", "bob"]

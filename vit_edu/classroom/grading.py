@@ -341,6 +341,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
                  shard=list(shard) if shard is not None else None, limits=limits_now)
     state.setdefault("students", {})
     names = [label_of[s] for s in students]
+    state["class"] = names  # who this --out must hold once done: a --merge refuses a part short of any of them
     seed = secrets.randbelow(2**31) if seed is None else seed
 
     todo: List[Path] = []

@@ -101,10 +101,17 @@ def merge_shards(parts: Sequence["str | Path"], out: "str | Path" = "grades.csv"
             header = f.readline().strip().split(",")
         if header[: len(COLUMNS) - 1] != COLUMNS[:-1]:
             raise ValueError(f"{part} is not a grades CSV (its header is {','.join(header)[:120]!r})")
-        for row in read_student_csv(part):
+        mine = read_student_csv(part)
+        for row in mine:
             if owner.setdefault(row["student"], part) != part:
                 raise ValueError(f"student {row['student']!r} is in {owner[row['student']]} and {part}")
             rows.append(row)
+        listed = state.get("class") if isinstance(state.get("class"), list) else []  # none from an older vit_edu
+        ungraded = sorted({s for s in listed if isinstance(s, str)} - {r["student"] for r in mine})
+        if ungraded:  # stopped (Ctrl-C, a time limit of the batch job) before every student of the part was done
+            raise ValueError(f"{part}: shard {i}/{n} has not finished ({len(ungraded)} of its students not graded "
+                             f"yet: {', '.join(map(repr, ungraded[:3]))}{', ...' if len(ungraded) > 3 else ''}); "
+                             f"rerun it with the same command to go on")
     assert total is not None
     missing = sorted(set(range(1, total + 1)) - set(seen))
     if missing:
