@@ -2010,3 +2010,17 @@ def test_a_shard_interrupted_before_every_student_was_graded_is_not_merged(tmp_p
     grading.grade(tmp_path / "subs", part, reference_dir=ref, jobs=1, verbose=False, shard=(1, 1), seed=3)
     assert grading.main(["--merge", str(part), "--reference", str(ref), "--out", str(merged)]) == 0
     assert sorted({r["student"] for r in grading.read_student_csv(merged)}) == ["alice", "bob"]
+
+
+def test_an_out_without_a_suffix_is_refused_before_any_grading(tmp_path, capsys, monkeypatch):
+    """--out grades: the per-student folder (named after --out without its suffix) would be grades itself; the
+    grader made it, graded the first student, then failed to write grades.csv ('Is a directory')."""
+    ref = reference_folder(tmp_path / "ref")
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb"), tmp_path / "subs" / "ann" / "a.ipynb")
+    monkeypatch.setattr(sandbox, "Sandbox", _InstantBox)
+    for out in ("grades", ".csv"):
+        assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "needs a suffix (e.g. " in err[0], err
+        assert not (tmp_path / out).exists()

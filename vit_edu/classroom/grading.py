@@ -258,6 +258,9 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     check_writable_file(out, "grades file (--out)")  # now, not after grading everybody
     check_writable_file(summary_path(out), "summary file")
     folder = students_dir(out)
+    if folder.name == out.name:  # 'grades' (no suffix): its per-student folder would take the file's own name
+        raise ValueError(f"--out {out} needs a suffix (e.g. {out.name}.csv): each student's CSV goes into a folder "
+                         f"named after it without the suffix")
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"per-student grades folder {folder} is a file; expected a folder (it is named "
                                  f"after --out)")
