@@ -262,6 +262,25 @@ def test_nbgrader_course_layout(tmp_path, capsys):
     assert "no notebook nope" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--check", "--nbgrader-course", "{course}"], "--check writes nothing and --nbgrader-course writes"),
+    (["--notebooks", "01_a"], "--notebooks picks the notebooks of --nbgrader-course"),
+])
+def test_options_that_would_be_ignored_are_refused_and_nothing_is_written(tmp_path, capsys, argv, message):
+    """--check with --nbgrader-course wrote the course (--check: 'write nothing'); --notebooks without it wrote
+    every student copy."""
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_course_nb(), src / "01_a.ipynb")
+    before = (src / "01_a.ipynb").read_bytes()
+    argv = [a.format(course=tmp_path / "course") for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        assignments.main(["--src", str(src), "--out", str(tmp_path / "out"), *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "course").exists() and not (tmp_path / "out").exists()
+    assert (src / "01_a.ipynb").read_bytes() == before
+
+
 _leaks = assignments.leaked_lines
 
 

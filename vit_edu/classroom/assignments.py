@@ -601,6 +601,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--notebooks", nargs="+", default=None, metavar="NAME",
                         help="with --nbgrader-course: only these notebooks (e.g. 01_patch_embedding)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.nbgrader_course and args.check:  # --check promises to write nothing; the course would be written
+        parser.error("--check writes nothing and --nbgrader-course writes a course folder: give one of them")
+    if args.notebooks and not args.nbgrader_course:  # else every notebook's copy would be written, unsaid
+        parser.error("--notebooks picks the notebooks of --nbgrader-course; the student copies are always all made")
     try:
         if args.nbgrader_course:
             written = nbgrader_course(args.nbgrader_course, args.src, args.notebooks)
