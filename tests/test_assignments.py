@@ -515,6 +515,21 @@ def test_handout_of_the_course_imports_on_its_own(tmp_path):
     assert not missing, f"checks the notebooks call but the handout's vit_edu.checks lacks: {sorted(missing)}"
 
 
+def test_handout_warns_when_the_grader_s_default_reference_is_older(tmp_path, capsys, monkeypatch):
+    """A teacher edits a notebook (a point more for patchify) and runs `make handout` without `assignments`: the
+    students get 3 points in their README and notebooks, `grade` still reads 2 from assignments/student. The
+    handout says so; an up-to-date copy is not named."""
+    reference = tmp_path / "student"
+    shutil.copytree(ROOT / "assignments" / "student", reference)
+    stale = reference / "01_patch_embedding.ipynb"
+    stale.write_text(stale.read_text(encoding="utf-8").replace('"points": 2', '"points": 3', 1), encoding="utf-8")
+    monkeypatch.setattr(handout, "DEFAULT_OUT", str(reference))  # the repository's root / an absolute path
+    assert cli_main(["handout", str(tmp_path / "out"), "--src", str(NOTEBOOKS)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs from this handout in 01_patch_embedding.ipynb (points" in err[0], err
+    assert "run python -m vit_edu assignments before grading" in err[0]
+
+
 # ------------------------------------------------------------------------------------------ figures folder
 def test_figures_go_next_to_the_notebook_or_to_build_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.delenv("VIT_EDU_FIGURES", raising=False)

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .._startup import OneLineParser
 from ..fileio import build_folder, check_space, check_writable_dir, error_line, exit_status, folder_bytes
-from .assignments import (DEFAULT_SRC, PACKAGE_DIR, Exercise, _points, _read, _render, _sources, _write_atomic,
+from .assignments import (DEFAULT_OUT, DEFAULT_SRC, PACKAGE_DIR, Exercise, _points, _read, _render, _sources, _write_atomic,
                           course_exercises, secret_lines)
 
 HANDOUT_MARKER = ".vit_edu_handout"  # marks a folder made by `handout`, the only kind --force replaces
@@ -264,4 +264,20 @@ def handout_main(argv: Optional[Sequence[str]] = None) -> int:
                    for p in (out / d).iterdir())
     print(f"wrote the handout to {out}: {n} student notebooks ({_points(total)} points), vit_edu/, README.md, "
           f"Makefile, pyproject.toml, requirements.txt" + "".join(f", {name}" for name in cited))
+    differ = unlike_reference(out, Path(args.src))
+    if differ:
+        print(f"warning: {DEFAULT_OUT}, what `grade` grades against by default, differs from this handout in "
+              f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} (points, exercises or cells): run "
+              f"python -m vit_edu assignments before grading", file=sys.stderr)
     return 0
+
+
+def unlike_reference(out: Path, src: Path) -> List[str]:
+    """The handout's notebooks whose copy in the repository's assignments/student (the grader's default
+    reference) is missing or other: the course's notebooks changed since ``assignments`` last ran."""
+    reference = PACKAGE_DIR.parent / DEFAULT_OUT
+    if not reference.is_dir() or src.resolve() != (PACKAGE_DIR.parent / DEFAULT_SRC).resolve():
+        return []
+    mine = sorted((out / "notebooks").glob("*.ipynb"))
+    return [p.name for p in mine if not (reference / p.name).is_file()
+            or (reference / p.name).read_bytes() != p.read_bytes()]
