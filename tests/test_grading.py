@@ -955,6 +955,7 @@ def test_bad_reference_is_refused(tmp_path, edit, message):
     (["{subs}", "--reference", "{subs}"], r"reference folder .*subs holds no .ipynb notebooks"),
     (["{subs}", "--reference", "{plain_ref}"], r"holds no graded check cells"),
     (["{loose}"], r"holds notebooks directly \(x.ipynb\) but no student folders"),
+    (["--merge", "{subs}/p.csv", "--force", "--seed", "3"], r"--merge grades nothing: --seed, --force apply"),
 ])
 def test_cli_usage_errors(tmp_path, capsys, argv, message):
     ref = reference_folder(tmp_path / "ref")

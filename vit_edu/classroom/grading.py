@@ -628,6 +628,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.merge is not None:
         if args.submissions is not None or args.shard is not None:
             problems.append("--merge joins finished shards: give it the parts' CSVs, without SUBMISSIONS or --shard")
+        grading_only = [flag for flag in ("--jobs", "--timeout", "--cell-timeout", "--memory-mb", "--disk-mb",
+                                          "--max-output-kb", "--seed", "--force")
+                        if getattr(args, flag[2:].replace("-", "_")) != parser.get_default(flag[2:].replace("-", "_"))]
+        if grading_only:  # the parts were graded with their own; taking them here would promise what is not done
+            problems.append(f"--merge grades nothing: {', '.join(grading_only)} apply to grading the shards")
     elif args.submissions is None:
         problems.append("the submissions folder is missing (python -m vit_edu grade SUBMISSIONS_DIR ...)")
     elif not Path(args.submissions).is_dir():
