@@ -2025,3 +2025,28 @@ def test_an_out_without_a_suffix_is_refused_before_any_grading(tmp_path, capsys,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "needs a suffix (e.g. " in err[0], err
         assert not (tmp_path / out).exists()
+
+
+def test_an_out_that_is_a_file_of_the_teacher_s_is_not_replaced(tmp_path, capsys, monkeypatch):
+    """--out roster.csv (a class list) was replaced by the grades without a word; the grader's own CSVs (a
+    resumed run, an earlier merge) are still written over."""
+    ref = reference_folder(tmp_path / "ref")
+    (tmp_path / "subs" / "ann").mkdir(parents=True)
+    nbformat.write(submission("a.ipynb"), tmp_path / "subs" / "ann" / "a.ipynb")
+    monkeypatch.setattr(sandbox, "Sandbox", _InstantBox)
+    monkeypatch.setattr(grading, "judge_notebook", lambda student, ref_nb, *a: [
+        grading._row(student, ref_nb.name, ex.name, True, ex.points, ex.points, "") for ex in ref_nb.exercises])
+    roster, summary = tmp_path / "roster.csv", tmp_path / "g_summary.csv"
+    roster.write_text("name,email\nann,ann@example.org\n")
+    summary.write_text("my notes\n")
+    for out, kept in ((roster, roster), (tmp_path / "g.csv", summary)):
+        assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "exists and is not the grader's" in err[0] and str(kept) in err[0], err
+        assert not grading.students_dir(out).exists()
+    assert roster.read_text() == "name,email\nann,ann@example.org\n" and summary.read_text() == "my notes\n"
+    summary.unlink()
+    monkeypatch.setattr(sandbox.Sandbox, "isolation", "test box", raising=False)
+    for _ in range(2):  # the second run finds its own files and goes on
+        assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), "--out", str(tmp_path / "g.csv")]) == 0
+    assert [r["student"] for r in grading.read_student_csv(tmp_path / "g.csv")] == ["ann"] * 3

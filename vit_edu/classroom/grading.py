@@ -63,14 +63,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import checks
 from .._startup import OneLineParser
-from ..fileio import _pid_alive, check_writable_file
+from ..fileio import _pid_alive
 from . import sandbox, shards
 from .reference import (ARCHIVES, DEFAULT_REFERENCE, RefNotebook, _label, _reference_path, checks_fingerprint,
                         fingerprint, job_steps, lms_download, load_reference, match_notebooks, nested_students,
                         no_submission, notebook_files, stage_lms_download, submission_hash)
 from .report import (COLUMNS, STATE_FILE, _csv_rows, _encodable, _load_state, _printable, _row, _text,
-                     _write_combined, _write_csv, _write_json, exercise_flags, format_table, notebook_flags,
-                     read_student_csv, student_csv, student_labels, students_dir, summary_path)
+                     _write_combined, _write_csv, _write_json, check_outputs, exercise_flags, format_table,
+                     notebook_flags, read_student_csv, student_csv, student_labels, students_dir, summary_path)
 from .shards import merge_shards
 from .isolation import needed_paths
 from .tripwires import record_inconsistencies
@@ -255,8 +255,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
         print(f"reference: {reference_folder.resolve()} ({len(reference)} notebooks, {n_ex} exercises, "
               f"{points:g} points)", flush=True)
     out = Path(out_csv)
-    check_writable_file(out, "grades file (--out)")  # now, not after grading everybody
-    check_writable_file(summary_path(out), "summary file")
+    check_outputs(out)  # now, not after grading everybody
     folder = students_dir(out)
     if folder.name == out.name:  # 'grades' (no suffix): its per-student folder would take the file's own name
         raise ValueError(f"--out {out} needs a suffix (e.g. {out.name}.csv): each student's CSV goes into a folder "

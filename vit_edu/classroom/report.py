@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_writable_file
 from .reference import RefNotebook, _label
 from .sandbox import one_line
 
@@ -161,6 +161,22 @@ def read_student_csv(path: Path) -> List[dict]:
                      r["passed"] == "1", float(r["points"]), float(r["max_points"]), _cell_value(r["message"]),
                      _cell_value(r.get("flags") or ""))
                 for r in csv.DictReader(f)]
+
+
+def check_outputs(out: Path) -> None:
+    """Before any grading: ``out`` and its summary can be written, and neither is a file of the teacher's that
+    the grader did not write (``--out roster.csv`` replaced a class list without a word)."""
+    for path, what, first in ((out, "grades file (--out)", ",".join(COLUMNS)),
+                              (summary_path(out), "summary file", "student,")):
+        check_writable_file(path, what)
+        try:
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                line = f.readline(4096).rstrip("\r\n")
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        if line and not line.startswith(first):
+            raise ValueError(f"{what} {path} exists and is not the grader's (its first line is "
+                                  f"{_encodable(line[:80])!r}); choose another --out, or move it away")
 
 
 def summary_path(out_csv: "str | Path") -> Path:

@@ -15,10 +15,9 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..fileio import check_writable_file
 from .reference import _reference_path, fingerprint, load_reference
-from .report import (COLUMNS, STATE_FILE, _load_state, format_table, read_student_csv, students_dir, summary_path,
-                     write_results)
+from .report import (COLUMNS, STATE_FILE, _load_state, check_outputs, format_table, read_student_csv, students_dir,
+                     summary_path, write_results)
 
 MAX_SHARDS = 100_000
 
@@ -119,7 +118,7 @@ def merge_shards(parts: Sequence["str | Path"], out: "str | Path" = "grades.csv"
     students = sorted(owner)
     order = {(nb.name, ex.name): k for k, (nb, ex) in enumerate((nb, ex) for nb in reference for ex in nb.exercises)}
     rows.sort(key=lambda r: (r["student"], order.get((r["notebook"], r["exercise"]), len(order))))
-    check_writable_file(Path(out), "grades file (--out)")
+    check_outputs(Path(out))
     write_results(Path(out), rows, students, reference)
     if verbose:
         print(format_table(rows, students, reference, detail))
