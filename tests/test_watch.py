@@ -230,7 +230,7 @@ def test_an_answer_that_calls_the_checks_own_right_answer_is_noted():
     _sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from exercise_solutions import EXERCISES
 
-    grader = watch.grader_functions()
+    grader = watch.grader_functions(callers=[sys._getframe().f_code])  # this test runs the probe as the child does
     assert {"vit_edu.classroom.exercises_build.mha", "vit_edu.classroom.exercises_look.mad",
             "vit_edu.checks.probe"} <= set(grader.values())
     for name, solution in EXERCISES:
@@ -249,6 +249,43 @@ def test_an_answer_that_calls_the_checks_own_right_answer_is_noted():
             "    return eb.lin(x, (torch.eye(x.shape[-1]), None))\n", namespace)
     with watch.package_calls({}, grader) as report:
         namespace["project"](torch.randn(2, 3))
-        from vit_edu.classroom.exercises_build import lin  # the test's own call (from a file): not an answer's
-        lin(torch.randn(2, 3), (torch.eye(3), None))
     assert report == {"calls": ["vit_edu.classroom.exercises_build.lin"], "unwatched": False}
+
+
+def test_the_checks_own_right_answer_is_noted_however_it_is_reached_and_only_then():
+    """Whose call it is goes by code object, not by file name: a wrapper compiled under a file name, a torch
+    decorator, ``functools.partial`` handed over as the answer and a thread are the answer's; the student's own
+    ``@contextmanager`` (whose wrapper code the grader's ``_vit_guard`` shares) is nobody's."""
+    import functools
+    import threading
+
+    from vit_edu import checks
+
+    grader = watch.grader_functions(callers=[sys._getframe().f_code])  # this test runs the probe as the child does
+    ref = checks.CHECKS["patchify"].reference
+    trampoline: dict = {"ref": ref}
+    exec(compile("def patchify(images, P):\n    return ref(None, images, P)\n", "/usr/lib/python3/x.py", "exec"),
+         trampoline)
+
+    def in_thread(images: torch.Tensor, P: int) -> torch.Tensor:
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(ref(None, images, P)))
+        t.start()
+        t.join()
+        return out[0]
+
+    forged = {"file name": trampoline["patchify"], "partial": functools.partial(ref, None),
+              "torch decorator": functools.partial(torch.enable_grad()(ref), None), "thread": in_thread}
+    for how, answer in forged.items():
+        with watch.package_calls({}, grader) as report:
+            checks.probe("patchify", answer, 0)
+        assert report["calls"] == ["vit_edu.checks.CHECKS['patchify'].reference"], how
+
+    namespace: dict = {}
+    _answer("from contextlib import contextmanager\nfrom einops import rearrange\n"
+            "@contextmanager\ndef timer():\n    yield\n"
+            "def patchify(images, P):\n    with timer():\n"
+            "        return rearrange(images, 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)', p1=P, p2=P)\n", namespace)
+    with watch.package_calls({}, grader) as report:
+        checks.probe("patchify", namespace["patchify"], 0)
+    assert report == {"calls": [], "unwatched": False}

@@ -26,6 +26,7 @@ profile function was removed, and the container remains the last line.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -302,23 +303,96 @@ def thread_starts(start: Profile) -> Iterator[Dict[str, bool]]:
 
 
 # ============================================================================================ package calls
-def grader_functions() -> Dict[Any, str]:
+class GraderCode(dict):
+    """{code: dotted name} of the grader's functions an answer could call (:func:`grader_functions`), with
+    ``frames``: which running code is the grader's own, taken before any answer cell (:func:`_by_grader`)."""
+
+    frames: Tuple[FrozenSet[Any], FrozenSet[Any], FrozenSet[Any]] = (frozenset(), frozenset(), frozenset())
+
+
+def _codes_in(code: Any, into: Set[Any]) -> None:
+    """``code`` and every code object nested in it (its functions, lambdas, comprehensions), without recursion."""
+    todo = [code]
+    while todo:
+        c = todo.pop()
+        if c not in into:
+            into.add(c)
+            todo.extend(k for k in c.co_consts if type(k) is type(code))
+
+
+def _unwrapped(value: Any) -> Any:
+    for _ in range(20):  # a decorator's wrapper (contextmanager, torch.no_grad()) runs code shared with every other
+        inner = getattr(value, "__wrapped__", None)
+        if inner is None:
+            break
+        value = inner
+    return value
+
+
+# the code that runs a grader function decorated with @contextmanager, resumed by the with statement of its caller
+_CONTEXTLIB = tuple(getattr(contextlib._GeneratorContextManager, n).__code__ for n in ("__enter__", "__exit__"))
+
+
+def grader_functions(callers: Sequence[Any] = ()) -> GraderCode:
     """{code: dotted name} of the functions an answer could import from the grader's own modules (the exercise
-    tables hold a right answer of every exercise: ``exercises_build.mha``, ``lin``, ...)."""
-    codes: Dict[Any, str] = {}
+    tables hold a right answer of every exercise: ``exercises_build.mha``, ``lin``, ...), by their own code (a
+    decorated one's wrapper runs code shared with every function so decorated, the student's too). Its ``frames``:
+    every code object of those modules (the grader's own callers), the ones that call the answer itself
+    (``engine._call``, ``exercises_loop._train_probe``: a grader function handed over as the answer, e.g. through
+    ``functools.partial``, is then the answer's) and the decorators' wrappers, which are looked through.
+    ``callers``: more code objects that count as the grader's (a test that runs the probe itself)."""
+    codes = GraderCode()
+    trusted: Set[Any] = set(callers)
+    wrappers: Set[Any] = set(_CONTEXTLIB)
     for name, module in list(sys.modules.items()):
-        if name.startswith(GRADER_PREFIXES):
-            for attr, value in list(vars(module).items()):
-                code = getattr(value, "__code__", None)
-                if code is not None and getattr(value, "__module__", None) == name:
+        if not name.startswith(GRADER_PREFIXES):
+            continue
+        for attr, value in list(vars(module).items()):
+            members = [(attr, value)]
+            if isinstance(value, type) and value.__module__ == name:
+                members += [(f"{attr}.{k}", getattr(v, "fget", getattr(v, "__func__", v)))
+                            for k, v in vars(value).items()]
+            for where, member in members:
+                inner = _unwrapped(member)
+                code = getattr(inner, "__code__", None)
+                if code is None or type(code).__name__ != "code" or \
+                        not str(getattr(inner, "__module__", None)).startswith(GRADER_PREFIXES):
+                    continue  # an import (torch's, einops'): not the grader's own code
+                _codes_in(code, trusted)
+                outer = getattr(member, "__code__", None)
+                if outer is not None and outer is not code:
+                    wrappers.add(outer)
+                if member is value and getattr(value, "__module__", None) == name:
                     codes[code] = f"{name}.{attr}"
     checks = sys.modules.get("vit_edu.checks")
     for ex in getattr(checks, "CHECKS", {}).values():  # the tables' lambdas: reference=lambda ctx, images, P: ...
         for field, value in vars(ex).items():
-            code = getattr(value, "__code__", None)
+            code = getattr(_unwrapped(value), "__code__", None)
             if code is not None:
                 codes.setdefault(code, f"vit_edu.checks.CHECKS[{ex.name!r}].{field}")
+                _codes_in(code, trusted)
+    answer_callers = set()
+    for module, attr in (("vit_edu.classroom.engine", "_call"), ("vit_edu.classroom.exercises_loop", "_train_probe")):
+        code = getattr(getattr(sys.modules.get(module), attr, None), "__code__", None)
+        if code is not None:
+            answer_callers.add(code)
+    codes.frames = (frozenset(trusted - wrappers), frozenset(answer_callers), frozenset(wrappers - trusted))
     return codes
+
+
+def _by_grader(frame: Any, called: Any, frames: Tuple[FrozenSet[Any], FrozenSet[Any], FrozenSet[Any]]) -> bool:
+    """Whether ``frame`` (the caller of the grader's function ``called``, a code object) is the grader's own code,
+    a decorator's wrapper looked through: by code object, so a wrapper compiled under a file name, a torch
+    decorator or a thread is the answer's; so is a grader function handed over as the answer (through
+    ``functools.partial``) to the code that calls the answer, unless that code calls it by its name."""
+    trusted, answer_callers, wrappers = frames
+    for _ in range(8):
+        if frame is None or frame.f_code not in wrappers:
+            break
+        frame = frame.f_back
+    if frame is None or frame.f_code not in trusted:
+        return False
+    return frame.f_code not in answer_callers or called.co_name in frame.f_code.co_names
 
 
 def _from_answer(frame: Any) -> bool:
@@ -334,6 +408,7 @@ def package_calls(codes: Dict[Any, str], grader: Optional[Dict[Any, str]] = None
     (yields {"calls": [...], "unwatched": bool}). Threads started before (a pool warmed in an answer cell) or
     through ``_thread`` directly are not watched."""
     grader = grader or {}
+    frames = getattr(grader, "frames", None)  # a plain dict (a test's): only calls from an answer cell's code
     seen: Dict[str, None] = {}
     report: Dict[str, Any] = {"calls": [], "unwatched": False}
     if not codes and not grader:
@@ -347,7 +422,8 @@ def package_calls(codes: Dict[Any, str], grader: Optional[Dict[Any, str]] = None
         elif event == "call":
             code = frame.f_code
             name = codes.get(code)
-            if name is None and code in grader and _from_answer(frame.f_back):
+            if name is None and code in grader and (not _by_grader(frame.f_back, code, frames) if frames is not None
+                                                    else _from_answer(frame.f_back)):
                 name = grader[code]
             if name is not None:
                 seen[name] = None
