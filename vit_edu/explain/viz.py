@@ -499,8 +499,13 @@ def _component_tile(component: torch.Tensor) -> np.ndarray:
     in every tile.
     """
     c = component.detach().cpu().double()
+    if c.ndim != 3 or c.shape[0] not in (1, 3):
+        raise ValueError(f"a component must have shape [C, P, P] with C = 1 or 3 (grey or RGB), got {tuple(c.shape)}")
     c = 0.5 + 0.5 * c / c.abs().max().clamp_min(1e-12)
-    return to_numpy_image(c)
+    # [C, P, P] -> [P, P, C] here, where the layout is known: to_numpy_image guesses it from the shape, and a patch
+    # of 3 (or 1) pixels a side reads as [H, W, C], drawn with rows and channels swapped
+    c = c.permute(1, 2, 0).numpy()
+    return to_numpy_image(c[..., 0] if c.shape[-1] == 1 else c)
 
 
 def plot_figure7(components: torch.Tensor, sim: torch.Tensor, distances: torch.Tensor, uniform_distance: float,

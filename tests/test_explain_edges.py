@@ -1,0 +1,42 @@
+"""Edge cases of the explain package that gave silently wrong pictures or numbers (shapes that look alike)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vit_edu.explain import analysis, viz  # noqa: E402
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 3), (3, 1, 1), (3, 8, 3), (3, 2, 3), (1, 3, 3), (1, 1, 1), (3, 4, 4)])
+def test_component_tile_is_channels_last_whatever_the_patch_size(shape):
+    """A component [C, P, P] of 3x3, 1x1 or (P, 3) patches was taken for [H, W, C] and drawn transposed."""
+    torch.manual_seed(0)
+    c = torch.randn(*shape, dtype=torch.float64)
+    expected = (0.5 + 0.5 * c / c.abs().max()).permute(1, 2, 0).numpy()
+    expected = expected[..., 0] if shape[0] == 1 else expected
+    tile = viz._component_tile(c)
+    assert tile.shape == expected.shape
+    np.testing.assert_allclose(tile, expected)
+
+
+def test_patch_components_plot_of_3x3_patches_shows_each_component_as_computed():
+    torch.manual_seed(0)
+    comps, ratio = analysis.patch_embedding_components(torch.randn(32, 3, 3, 3), num_components=4)
+    fig = viz.plot_patch_components(comps, ncols=4, variance_ratio=ratio)
+    for i in range(4):
+        shown = fig.axes[i].images[0].get_array()
+        assert shown.shape == (3, 3, 3)
+        np.testing.assert_allclose(shown, viz._component_tile(comps[i]))
+        red = comps[i, 0].double()  # the red channel of the component, as rows x columns
+        np.testing.assert_allclose(shown[..., 0], (0.5 + 0.5 * red / comps[i].abs().max()).numpy(), atol=1e-6)
+
+
+def test_component_tile_refuses_other_channel_counts():
+    with pytest.raises(ValueError, match=r"\[C, P, P\] with C = 1 or 3"):
+        viz._component_tile(torch.randn(4, 5, 5))
