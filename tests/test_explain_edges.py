@@ -40,3 +40,16 @@ def test_patch_components_plot_of_3x3_patches_shows_each_component_as_computed()
 def test_component_tile_refuses_other_channel_counts():
     with pytest.raises(ValueError, match=r"\[C, P, P\] with C = 1 or 3"):
         viz._component_tile(torch.randn(4, 5, 5))
+
+
+def test_plot_rollout_names_the_query_its_maps_are_of():
+    """A pool="mean" model's maps (the mean of the patch tokens' rollout) were titled "of the class token"."""
+    torch.manual_seed(0)
+    att = [torch.softmax(torch.randn(2, 2, 16, 16), dim=-1) for _ in range(2)]  # no class token: 4x4 patches
+    maps = analysis.rollout_cls_map(att, 4, num_prefix_tokens=0, pool="mean")
+    images = torch.rand(2, 3, 16, 16)
+    assert "class token" not in viz.plot_rollout(images, maps, pool="mean")._suptitle.get_text()
+    assert "mean of the patch tokens" in viz.plot_rollout(images, maps, pool="mean")._suptitle.get_text()
+    assert "class token" in viz.plot_rollout(images, maps)._suptitle.get_text()
+    with pytest.raises(ValueError, match="pool must be one of"):
+        viz.plot_rollout(images, maps, pool="avg")

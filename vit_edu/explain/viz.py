@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import analysis
-from ..config import to_2tuple
+from ..config import POOLS, to_2tuple
 from ..fileio import atomic_write
 
 
@@ -309,11 +309,15 @@ def plot_attention_layers(image: ImageLike, attentions: Sequence[torch.Tensor], 
 
 
 def plot_rollout(images, rollout_maps: torch.Tensor, masks=None, alpha: float = 0.6,
-                 titles: Union[Sequence[str], None] = None) -> plt.Figure:
+                 titles: Union[Sequence[str], None] = None, pool: Optional[str] = None) -> plt.Figure:
     """One column per image: the image (top) and its rollout map over it (bottom), mask outline if given.
 
     With masks, each column also shows the localisation ratio of :func:`analysis.attention_localization`.
+    ``pool``: the model's ``config.pool``, as given to :func:`analysis.rollout_cls_map`; the title names the query
+    the maps are of (None or "cls": the class token; "mean": the mean of the patch tokens, what such a head reads).
     """
+    if pool is not None and pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS} (the model's config.pool) or None, got {pool!r}")
     ims = to_numpy_images(images)
     if not isinstance(rollout_maps, torch.Tensor) or rollout_maps.ndim != 3 or rollout_maps.shape[0] != len(ims):
         shape = tuple(rollout_maps.shape) if isinstance(rollout_maps, torch.Tensor) else type(rollout_maps).__name__
@@ -350,7 +354,8 @@ def plot_rollout(images, rollout_maps: torch.Tensor, masks=None, alpha: float = 
     axes[0, 0].set_ylabel("image")
     axes[1, 0].set_ylabel("rollout")
     fig.colorbar(mappable, ax=axes[1].tolist(), fraction=0.03, pad=0.02, label="rollout (scaled per image)")
-    fig.suptitle("Attention rollout of the class token" + (" (ratio: mass on object / uniform)" if ratios is not None else ""))
+    query = "the mean of the patch tokens" if pool == "mean" else "the class token"
+    fig.suptitle(f"Attention rollout of {query}" + (" (ratio: mass on object / uniform)" if ratios is not None else ""))
     return fig
 
 
