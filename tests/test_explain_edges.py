@@ -53,3 +53,21 @@ def test_plot_rollout_names_the_query_its_maps_are_of():
     assert "class token" in viz.plot_rollout(images, maps)._suptitle.get_text()
     with pytest.raises(ValueError, match="pool must be one of"):
         viz.plot_rollout(images, maps, pool="avg")
+
+
+def test_explorer_of_a_model_without_classifier_head_predicts_nothing():
+    """num_classes=0 (a feature extractor): the caption said "predicted class 26", the argmax of the features."""
+    import vit_edu
+    from vit_edu.explain.explorer import ExplorerData, Selection
+
+    torch.manual_seed(0)
+    model = vit_edu.VisionTransformer(image_size=16, patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32,
+                                      num_classes=0)
+    data = ExplorerData(model, torch.randn(1, 3, 16, 16))
+    view = data.view(Selection())
+    assert data.cached(0).predicted is None
+    assert "predicted class" not in view.caption and "no classifier head" in view.caption
+    assert "predicted class" not in data.summary(view)
+    with_head = ExplorerData(vit_edu.VisionTransformer(image_size=16, patch_size=8, dim=16, depth=1, heads=2,
+                                                       mlp_dim=32, num_classes=3), torch.randn(1, 3, 16, 16))
+    assert with_head.view(Selection()).caption.startswith("image 0, predicted class ")

@@ -83,7 +83,7 @@ class _Cached:
     attention: torch.Tensor      # [L, heads, T, T] for one image
     rollout: np.ndarray          # [gh, gw]
     distances: np.ndarray        # [L, heads]
-    predicted: int
+    predicted: Optional[int]     # None for a model without a classifier head (num_classes=0)
 
 
 def _check_index(name: str, value: object, size: int, what: str) -> int:
@@ -240,7 +240,8 @@ class ExplorerData:
             attention=torch.stack([a[0] for a in attentions]).float(),  # [L, heads, T, T]
             rollout=analysis.rollout_cls_map(attentions, self.grid, self.prefix, pool=self.pool)[0].numpy(),
             distances=analysis.mean_attention_distance(attentions, self.grid, self.patch, self.prefix).numpy(),
-            predicted=int(logits[0].argmax()),
+            # num_classes=0: the "logits" are the pooled features, and their argmax is no class
+            predicted=int(logits[0].argmax()) if self.num_classes > 0 else None,
         )
         self._cache[index] = entry
         while len(self._cache) > self.cache_size:
@@ -271,7 +272,10 @@ class ExplorerData:
         name = (lambda k: names[k] if names is not None and 0 <= k < len(names) else f"class {k}")  # noqa: E731
         shown = f"image {index}" + (" (yours)" if self.own[index] else "")
         shown += f": {name(label)}" if label is not None else ""
-        return f"{shown}, predicted {name(self.cached(index).predicted)}"
+        predicted = self.cached(index).predicted
+        if predicted is None:
+            return f"{shown}, no classifier head (num_classes=0): nothing predicted"
+        return f"{shown}, predicted {name(predicted)}"
 
     def view(self, selection: Selection) -> View:
         """The arrays to draw for ``selection``: slicing cached tensors, no forward pass after the first."""
