@@ -71,3 +71,20 @@ def test_explorer_of_a_model_without_classifier_head_predicts_nothing():
     with_head = ExplorerData(vit_edu.VisionTransformer(image_size=16, patch_size=8, dim=16, depth=1, heads=2,
                                                        mlp_dim=32, num_classes=3), torch.randn(1, 3, 16, 16))
     assert with_head.view(Selection()).caption.startswith("image 0, predicted class ")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_maps_of_a_gpu_model_are_plotted_and_scored_against_cpu_masks():
+    """Attention on the GPU: the plots called .numpy() on a CUDA tensor, and the localisation multiplied a CUDA
+    map by CPU masks (both raised torch's own errors)."""
+    torch.manual_seed(0)
+    att = [torch.softmax(torch.randn(2, 2, 17, 17), dim=-1).cuda() for _ in range(2)]
+    images = torch.rand(2, 3, 16, 16)
+    masks = torch.zeros(2, 16, 16)
+    masks[:, :8] = 1
+    maps = analysis.rollout_cls_map(att, 4)
+    cpu = analysis.attention_localization(maps.cpu(), masks, 4)
+    assert analysis.attention_localization(maps, masks, 4)["mean"] == pytest.approx(cpu["mean"])
+    viz.plot_rollout(images, maps, masks=masks)
+    viz.plot_attention_heads(images[0], att, 4)
+    viz.plot_attention_layers(images[1], att, 4, index=1)

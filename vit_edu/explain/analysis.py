@@ -595,7 +595,7 @@ def attention_localization(attention_map: torch.Tensor, masks: torch.Tensor, pat
     empty = (m.flatten(1).sum(dim=1) <= 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"attention_map of image(s) {empty} sums to 0: no attention to place on the object")
-    obj = object_patches(masks, (ph, pw)).to(torch.float64)  # [B, gh, gw]
+    obj = object_patches(masks, (ph, pw)).to(m.device, torch.float64)  # [B, gh, gw], beside a GPU model's map
     object_share = obj.flatten(1).mean(dim=1)  # [B]
     mass_on_object = (m * obj).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp_min(1e-300)  # [B]
     ratio = torch.where(object_share > 0, mass_on_object / object_share.clamp_min(1e-300), torch.full_like(object_share, float("nan")))

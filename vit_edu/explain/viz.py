@@ -270,7 +270,7 @@ def plot_attention_heads(image: ImageLike, attentions: Sequence[torch.Tensor], g
     layer_idx = layer % L
     im = to_numpy_image(image)
     _check_on_grid(im, maps.shape[-2:], "the attention maps")
-    up = analysis.upsample_map(maps[index, layer_idx], im.shape[:2]).numpy()  # [heads, H, W]
+    up = analysis.upsample_map(maps[index, layer_idx], im.shape[:2]).cpu().numpy()  # [heads, H, W]
     ncols = heads + 1
     fig, axes = plt.subplots(1, ncols, figsize=(2.0 * ncols + 0.8, 2.5), squeeze=False, layout="constrained")
     _imshow(axes[0, 0], im)
@@ -292,7 +292,7 @@ def plot_attention_layers(image: ImageLike, attentions: Sequence[torch.Tensor], 
     L, heads = maps.shape[1], maps.shape[2]
     im = to_numpy_image(image)
     _check_on_grid(im, maps.shape[-2:], "the attention maps")
-    up = analysis.upsample_map(maps[index].flatten(0, 1), im.shape[:2]).numpy().reshape(L, heads, *im.shape[:2])
+    up = analysis.upsample_map(maps[index].flatten(0, 1), im.shape[:2]).cpu().numpy().reshape(L, heads, *im.shape[:2])
     fig, axes = plt.subplots(L, heads, figsize=(1.6 * heads + 1.0, 1.6 * L + 0.5), squeeze=False, layout="constrained")
     for l in range(L):
         for h in range(heads):
@@ -333,7 +333,7 @@ def plot_rollout(images, rollout_maps: torch.Tensor, masks=None, alpha: float = 
         if im.shape[:2] != (H, W):
             raise ValueError(f"all images must have the same size, got {(H, W)} and {im.shape[:2]}")
         _check_on_grid(im, rollout_maps.shape[-2:], "the rollout maps")
-    up = analysis.upsample_map(rollout_maps, (H, W)).numpy()  # [B, H, W]
+    up = analysis.upsample_map(rollout_maps, (H, W)).cpu().numpy()  # [B, H, W]
     ratios = None
     if masks is not None:
         mask_t = torch.as_tensor(np.stack([_mask_array(m) for m in masks]))  # [B, H, W]
