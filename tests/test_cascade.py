@@ -193,3 +193,41 @@ def test_a_class_without_forward_is_told_so():
             return self.fc2(F.gelu(self.fc1(x)))
     with pytest.raises(CheckError, match=r"missing the required \"forward\" function: define forward\(self, x\)"):
         check_mlp(Misspelt)
+
+
+class MLP(nn.Module):  # notebook 04's stub, named as in the student copy (module level, as a notebook's cell)
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+
+class _BlockOverNamedStub(_Block):
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__(dim, heads, mlp_dim)
+        self.mlp = MLP(dim, mlp_dim)
+
+
+def attention(q, k, v):  # notebook 03's stub of exercise 3.1
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+class _HeadsOverStub(_RenamedHeads):
+    def __init__(self, dim, heads):
+        super().__init__(dim, heads)
+
+    def forward(self, x):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        return self.proj(rearrange(attention(q, k, v)[0], "b h n d -> b n (h d)"))
+
+
+def test_the_stub_message_names_the_package_stand_in():
+    """A stub met inside another answer: the message names what to use in its place (vit_edu.Mlp for MLP), as the
+    contract of exercise 3.2 does for attention, so a stuck student can go on with the later exercise at once."""
+    with pytest.raises(CheckError, match=r"use the package's version \(vit_edu\.Mlp\) in its place"):
+        check_encoder_block(_BlockOverNamedStub)
+    with pytest.raises(CheckError, match=r"\(vit_edu\.attention_with_weights\) in its place"):
+        check_multi_head_attention(_HeadsOverStub)
+    with pytest.raises(CheckError, match=r"use the package's version in its place"):  # no exercise of that name
+        check_encoder_block(_BlockOverStub)
