@@ -116,6 +116,14 @@ def _copy_of_the_repository(dst: Path) -> None:
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / name)  # times kept: make sees the environment as up to date
     (dst / ".venv").symlink_to(Path(sys.prefix))
+    # ... and never older than the files it was made from: else `make` in the copy would reinstall this very
+    # environment, pointing its editable install at the copy (gone with tmp_path, and vit_edu with it)
+    stamp = Path(sys.prefix) / ".installed"
+    if not stamp.is_file():
+        pytest.skip("the environment was not made by `make venv`: the README's make commands would reinstall it")
+    for name in ("requirements.txt", "pyproject.toml"):
+        made = min((dst / name).stat().st_mtime, stamp.stat().st_mtime - 1)
+        os.utime(dst / name, (made, made))
 
 
 @pytest.mark.skipif(not (ROOT / ".git").exists() or Path(sys.prefix) == Path(sys.base_prefix),
