@@ -231,3 +231,16 @@ def test_the_stub_message_names_the_package_stand_in():
         check_multi_head_attention(_HeadsOverStub)
     with pytest.raises(CheckError, match=r"use the package's version in its place"):  # no exercise of that name
         check_encoder_block(_BlockOverStub)
+
+
+def test_every_stand_in_a_message_names_is_the_package_s_own_and_an_earlier_answer_s():
+    """The stand-ins the stub message names (exercise tables, ``stand_ins``) exist in vit_edu, and each stands for
+    an earlier exercise's answer of that name (its title or its class/function name in the student copy)."""
+    import vit_edu
+    from vit_edu.checks import CHECKS
+
+    named = [(ex, title, dotted) for ex in CHECKS.values() for title, dotted in ex.stand_ins]
+    assert len(named) >= 3
+    for ex, title, dotted in named:
+        assert dotted.startswith("vit_edu.") and hasattr(vit_edu, dotted.split(".", 1)[1]), (ex.name, dotted)
+        assert any(other.title == title for other in CHECKS.values() if other is not ex), (ex.name, title)

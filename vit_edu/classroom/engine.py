@@ -121,6 +121,7 @@ class Exercise:
     # name (load_state_dict, strict), built from the case's init: its state_dict keys are part of the contract
     loads_into: Optional[str] = None
     loads_before_call: bool = False  # ... right after building it, before any call: a lazy layer has no shape yet
+    stand_ins: Tuple[Tuple[str, str], ...] = ()  # (an earlier answer it calls, the package's stand-in): named on its stub
     explain: Optional[Callable[..., Optional[str]]] = None  # explain(ctx, error_type, message, *args): likely cause
     grad_outputs: Optional[Tuple[int, ...]] = None  # the outputs the backward pass starts from (default: all)
     grad_view: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None  # what of a gradient is compared

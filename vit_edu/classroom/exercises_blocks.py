@@ -373,6 +373,7 @@ def _block_diagnose(ctx: Ctx, got: Any, x: torch.Tensor) -> Optional[str]:
 
 ENCODER_BLOCK_EX = Exercise(
     name="encoder_block",
+    stand_ins=(("MLP", "vit_edu.Mlp"),),
     package=("vit_edu.block.Block",), loads_into="vit_edu.Block", loads_before_call=True,
     kind="module", call="EncoderBlock(dim, heads, mlp_dim)", forward="forward(x)",
     cases=_block_cases, reference=_block_reference, accept=[_block_tanh], mutants=_block_mutants,

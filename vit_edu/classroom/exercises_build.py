@@ -280,6 +280,7 @@ def _patch_embedding_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], images: torch
 
 PATCH_EMBEDDING_EX = Exercise(
     name="patch_embedding",
+    stand_ins=(("patchify", "vit_edu.patchify"),),
     package=("vit_edu.patch_embed.PatchEmbedBase", "vit_edu.patch_embed.PatchEmbed",
              "vit_edu.patch_embed.LinearPatchEmbed"),
     kind="module", call="PatchEmbedding(image_size, patch_size, in_channels, dim)",
@@ -607,6 +608,7 @@ def _same_shape_hint(ctx: Ctx, slot: int, s: Tuple[int, ...], x: torch.Tensor) -
 
 MULTI_HEAD_ATTENTION_EX = Exercise(
     name="multi_head_attention",
+    stand_ins=(("attention", "vit_edu.attention_with_weights"),),
     package=("vit_edu.attention.Attention",), loads_into="vit_edu.Attention",
     kind="module", call="MultiHeadAttention(dim, heads)", forward="forward(x)",
     cases=_mha_cases, reference=_mha_reference, mutants=_mha_mutants, shape_hint=_same_shape_hint,

@@ -2,9 +2,9 @@
 
 * :func:`judge` rebuilds the cases of an exercise from the seed, computes the reference itself and compares it
   with the observations the probe recorded: values, dtype and device, inputs left untouched, the repeated calls,
-  one backward pass (input and parameter gradients by name), the exercise's contract. It never calls student code
-  and treats the observations as untrusted data (:func:`parse_record`; a string where a tensor should be is a
-  failure, :class:`Malformed`, not a crash). When the answer is wrong it names the usual mistake that matches.
+  one backward pass (input and parameter gradients by name), the exercise's contract. It never calls student code,
+  treats the observations as untrusted data (:func:`parse_record`; a string for a tensor is a failure,
+  :class:`Malformed`, not a crash) and, when the answer is wrong, names the usual mistake that matches.
 * :func:`run_check`: probe and judge in one process (a check cell); :data:`PASSED` remembers what passed.
 """
 
@@ -189,31 +189,6 @@ _CAUSES = [  # (pattern in a torch error message, what usually causes it)
 ]
 
 
-def _stand_in(title: str) -> Optional[str]:
-    """The package's public name for the exercise whose answer is called ``title`` (``MLP`` -> ``vit_edu.Mlp``).
-
-    Why: a stub met inside another answer (the EncoderBlock's ``MLP``) should be replaceable at once; the message
-    names what to put in its place, as the notebook's own stand-in cells do. None where no exercise has that title.
-    """
-    from . import exercises_blocks, exercises_build, exercises_look, exercises_loop, exercises_train
-    for table in (exercises_build, exercises_blocks, exercises_train, exercises_loop, exercises_look):
-        for other in table.EXERCISES.values():
-            if other.title != title:
-                continue
-            dotted = other.loads_into or (other.package[0] if other.package else None)
-            if not dotted:
-                return None
-            module, _, attr = dotted.rpartition(".")
-            try:  # the short name a notebook uses (vit_edu.patchify), where the package exports the same object
-                import vit_edu
-                if getattr(vit_edu, attr, None) is getattr(importlib.import_module(module), attr):
-                    return f"vit_edu.{attr}"
-            except (ImportError, AttributeError):
-                pass
-            return dotted
-    return None
-
-
 def _raised(ex: Exercise, what: str, err: Any, label: str, cause: Optional[str] = None) -> str:
     if not isinstance(err, dict):
         raise Malformed("error record")
@@ -223,12 +198,11 @@ def _raised(ex: Exercise, what: str, err: Any, label: str, cause: Optional[str] 
     if _not_implemented(err):
         where, entry = str(err.get("where") or ""), str(err.get("entry") or "")
         if where and entry and where.split(".")[0] != entry.split(".")[0]:  # raised outside the answer's own code
-            stand_in = _stand_in(where.split(".")[0])
-            version = f"the package's version ({stand_in})" if stand_in else "the package's version"
-            return (f"not implemented yet: {what} raised NotImplementedError in {where}, which your {ex.title} "
-                    f"calls: where that is an earlier exercise, it is still the stub; solve it first (its own check "
-                    f"cell says what is missing) or use {version} in its place, then run this check "
-                    f"again.\n  inputs: {label}")
+            stand_in = dict(ex.stand_ins).get(where.split(".")[0])
+            return (f"not implemented yet: {what} raised NotImplementedError in {where}, which your {ex.title} calls: "
+                    f"where that is an earlier exercise, it is still the stub; solve it first (its own check cell says "
+                    f"what is missing) or use the package's version{f' ({stand_in})' if stand_in else ''} in its place, "
+                    f"then run this check again.\n  inputs: {label}")
         return (f"not implemented yet: {what} raised NotImplementedError. Replace `raise NotImplementedError()` "
                 f"with your code.\n  inputs: {label}")
     msg = str(err.get("message", ""))
@@ -624,8 +598,7 @@ def _compare_outputs(ex: Exercise, ctx: Ctx, case: Case, outs: List[Any], expect
         if name is not None:
             raise _Fail(f"wrong {what}: {name}\n  inputs: {label}")
         unknown = _unknown_params(ctx)
-        extra = f"\n  note: {unknown}" if unknown else ""
-        extra += _f64_note(e)
+        extra = (f"\n  note: {unknown}" if unknown else "") + _f64_note(e)
         if isinstance(e, torch.Tensor):
             g, w = o.value.double(), e.double()
             diff = (g - w).abs()
