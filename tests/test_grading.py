@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -1263,6 +1264,35 @@ def test_two_graders_never_share_a_sandbox_uid():
     finally:
         third.close()
         first.close()
+
+
+@pytest.mark.skipif(not ROOTED, reason="sandbox uids are used as root only")
+def test_uid_reservations_planted_in_the_lock_folder_are_removed_never_followed(tmp_path, monkeypatch):
+    """/run/lock is world-writable, and a notebook of the weaker mode (no namespaces: the machine's /run/lock)
+    could leave entries named like the next uids' lock files there: a folder made the next grader stop with
+    "Is a directory" before any student was graded, and a link made root create a file wherever it pointed. They
+    are removed, never followed, and the uids reserved; a notebook's own leftovers in /run/lock go with it."""
+    folder = tmp_path / "lock"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    monkeypatch.setattr(isolation, "_lock_folder", lambda: str(folder))
+    base = 64800
+    target = tmp_path / "created_through_the_link"
+    (folder / f"vit_edu_sandbox_uid_{base}.lock").symlink_to(target)
+    (folder / f"vit_edu_sandbox_uid_{base + 1}.lock").mkdir()
+    (folder / f"vit_edu_sandbox_uid_{base + 1}.lock" / "inside").write_text("x")
+    (folder / f"vit_edu_sandbox_uid_{base + 2}.lock").write_text("")
+    os.chown(folder / f"vit_edu_sandbox_uid_{base + 2}.lock", base + 5, base + 5)
+    pool = isolation.UidPool(3, base=base)
+    try:
+        assert pool.free == [base, base + 1, base + 2]
+        assert not os.path.lexists(target)
+        for uid in pool.free:
+            st = os.lstat(folder / f"vit_edu_sandbox_uid_{uid}.lock")
+            assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+    finally:
+        pool.close()
+    assert "/run/lock" in isolation.TEMP_FOLDERS
 
 
 @pytest.mark.skipif(not ROOTED or sandbox._memory_cgroup_root() is None,

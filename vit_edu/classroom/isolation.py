@@ -18,13 +18,18 @@ and the server's side.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import itertools
 import os
 import pwd
+import re
+import resource
+import site
 import shutil
 import signal
 import stat
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -64,13 +69,19 @@ class UidPool:
             raise SandboxError(f"found only {len(self.free)} unused uids from {base} to 65533 for the sandboxes")
 
     def _reserve(self, folder: str, uid: int) -> bool:
-        import fcntl
-
-        fd = os.open(os.path.join(folder, f"vit_edu_sandbox_uid_{uid}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        path, fd = os.path.join(folder, f"vit_edu_sandbox_uid_{uid}.lock"), -1
+        try:  # the folder is world-writable: a link, a folder or another user's file there (left by a notebook of the
+            st = os.lstat(path)  # weaker mode, which sees the machine's /run/lock) is removed, never followed
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                remove_tree(path)
+        except FileNotFoundError:
+            pass
         try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another grader has it
-            os.close(fd)
+        except OSError:  # another grader has it (or a link was put back in between: this uid is left out)
+            if fd >= 0:
+                os.close(fd)
             return False
         self._locks[uid] = fd
         return True
@@ -318,7 +329,7 @@ def _live_processes_of(uid: int) -> List[int]:
     return found
 
 
-TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm")
+TEMP_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # /run/lock: where the uids are reserved
 
 
 def _temp_entries_of(uid: int) -> List[os.DirEntry]:
@@ -369,8 +380,6 @@ def _kill_job(pid: Optional[int], uid: Optional[int], gid: Optional[int]) -> Non
 
 
 def _set_limits(job: dict) -> None:
-    import resource
-
     extra = int(job["memory_mb"]) * 1024 * 1024
     for name, value in (("RLIMIT_DATA", job["base_data_kb"] * 1024 + extra),
                         ("RLIMIT_AS", job["base_vm_kb"] * 1024 + extra + (512 << 20)),
@@ -399,9 +408,6 @@ def needed_paths(resolve: bool = True) -> List[str]:
     """The folders a notebook's imports read: the Python installation (stdlib, site-packages, the user's own
     of ``pip install --user`` where Python reads it) and vit_edu (``resolve``: with symbolic links resolved; else
     as Python names them)."""
-    import site
-    import sysconfig
-
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[1])}
     if site.ENABLE_USER_SITE:
         paths.add(site.getusersitepackages())
@@ -495,8 +501,6 @@ def _isolate(job: dict) -> str:
 
 def _mount_points() -> List[Tuple[str, List[str]]]:
     """(mount point, its per-mount options) of every mount this process's namespace holds, from mountinfo."""
-    import re
-
     points = []
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
@@ -616,18 +620,11 @@ def _join_memory_cgroup(job: dict) -> str:
         v2 = os.path.isfile(os.path.join(path, "memory.max"))
         with open(os.path.join(path, "memory.max" if v2 else "memory.limit_in_bytes"), "w") as f:
             f.write(str(limit))
-        if not v2:  # swap counted too where the kernel accounts it
-            try:
-                with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
-                    f.write(str(limit))
-            except OSError:
-                pass
-        else:
-            try:
-                with open(os.path.join(path, "memory.swap.max"), "w") as f:
-                    f.write("0")
-            except OSError:
-                pass
+        try:  # swap counted too where the kernel accounts it
+            with open(os.path.join(path, "memory.swap.max" if v2 else "memory.memsw.limit_in_bytes"), "w") as f:
+                f.write("0" if v2 else str(limit))
+        except OSError:
+            pass
         with open(os.path.join(path, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
     except OSError as err:
