@@ -23,6 +23,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .isolation import _drop_privileges, _set_limits, needed_paths, remove_tree
+from .isolation import _kill_job as _kernel_kill_job
 
 JOB = ".vit_edu_job.json"  # the cells to run, written by the grader into the scratch copy, read by the child
 OBSERVATIONS = ".vit_edu_observations.pt"  # + ".0", ".1": the child's record, in the run's results folder
@@ -71,6 +72,35 @@ def _leave_keyrings() -> None:
         keyctl(7, ring)
     if keyctl(1, 0) < 0 and keyctl(0, -3, 0) >= 0:  # KEYCTL_JOIN_SESSION_KEYRING (unnamed); KEYCTL_GET_KEYRING_ID
         raise OSError("could not leave the grader's session keyring")
+
+
+def _kill_job(pid: Optional[int], uid: Optional[int], gid: Optional[int]) -> None:
+    """:func:`.isolation._kill_job` (the processes a notebook left, its uid's temporary files), then its uid's SysV
+    shared memory, message queues and semaphores (:func:`remove_ipc_of`)."""
+    _kernel_kill_job(pid, uid, gid)
+    if uid is not None:
+        remove_ipc_of(uid)
+
+
+def remove_ipc_of(uid: int) -> None:
+    """Remove the SysV shared memory segments, message queues and semaphore sets that ``uid`` made or owns. Where a
+    notebook has no IPC namespace of its own (the weaker mode; under bubblewrap, the server's for the whole run)
+    they outlive it: memory that nothing frees after the grader ends (a segment written and detached, never
+    removed), and the uid's next notebook (another student's) could read it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    remove = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),  # 0: IPC_RMID
+              "sem": lambda i: libc.semctl(i, 0, 0)}
+    for kind, rm in remove.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                head, *rows = [line.split() for line in f]
+        except (OSError, ValueError):
+            continue
+        for row in rows:  # the creator counts too: IPC_SET may give the object to another uid
+            if len(row) == len(head) and str(uid) in (row[head.index("uid")], row[head.index("cuid")]):
+                rm(int(row[1]))
 
 
 def one_line(text: Any, limit: int = 300) -> str:

@@ -69,11 +69,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import isolation as _kernel
-from .child import (JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _try_uid, _warm_up_modules, one_line,
-                    server_environment)
-from .isolation import (SandboxError, UidPool, _bubblewrap, _cpu_cgroup_root, _kill_job, _libc, _memory_cgroup_root,
-                        bwrap_command, cgroup_path, cgroup_paths, chown_tree, copy_tree, needed_paths, remove_cgroup,
-                        remove_tree)
+from .child import (JOB, OBSERVATIONS, OUTPUT, RUN_FAILED, SETUP_FAILED, _child, _kill_job, _try_uid, _warm_up_modules,
+                    one_line, server_environment)
+from .isolation import (SandboxError, UidPool, _bubblewrap, _cpu_cgroup_root, _libc, _memory_cgroup_root, bwrap_command,
+                        cgroup_path, cgroup_paths, chown_tree, copy_tree, needed_paths, remove_cgroup, remove_tree)
 
 RESERVED_PREFIX = ".vit_edu_"  # the scratch copy's names the grader uses; a submission's own are not copied
 # Preloaded in the server besides torch, vit_edu.checks and the reference's setup imports: after the uid
