@@ -1295,6 +1295,41 @@ def test_uid_reservations_planted_in_the_lock_folder_are_removed_never_followed(
     assert "/run/lock" in isolation.TEMP_FOLDERS
 
 
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="the filter is tested on x86_64, aarch64")
+def test_fallocate_cannot_step_around_the_file_size_limit(tmp_path):
+    """RLIMIT_FSIZE does not cover fallocate(FALLOC_FL_KEEP_SIZE): through its output or record file, on the
+    grader's disk, a notebook reserved gigabytes without growing the file (tried: the disk filled and the
+    classmates graded beside and after it lost every point to "No space left on device"). The child's seccomp
+    filter refuses fallocate and io_uring; posix_fallocate still works, by writing, within the limits."""
+    import ctypes
+
+    from vit_edu.classroom import child
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+            libc.syscall.restype = ctypes.c_long
+            libc.prctl(38, 1, 0, 0, 0)  # no_new_privs, as the child sets it
+            problem = child._refuse_fallocate()
+            fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+            kept = libc.fallocate(fd, 1, 0, 64 << 20), ctypes.get_errno(), os.fstat(fd).st_blocks
+            os.posix_fallocate(fd, 0, 1 << 20)
+            ring = libc.syscall(ctypes.c_long(425), ctypes.c_long(1), ctypes.c_long(0)), ctypes.get_errno()
+            os.write(w, json.dumps([problem, kept, os.fstat(fd).st_size, ring]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    problem, kept, size, ring = json.loads(os.read(r, 4000))
+    os.waitpid(pid, 0)
+    assert problem == ""
+    assert kept == [-1, 95, 0]  # EOPNOTSUPP, nothing reserved
+    assert size == 1 << 20
+    assert ring == [-1, 38]  # ENOSYS
+
+
 @pytest.mark.skipif(not ROOTED or not os.path.exists("/proc/sysvipc/shm"), reason="as root, with SysV IPC")
 def test_sysv_shared_memory_of_a_notebook_does_not_outlive_it():
     """Where a notebook has no IPC namespace of its own (the weaker mode), a SysV segment it writes and detaches
