@@ -475,8 +475,9 @@ def test_handout_refuses_a_cited_doc_that_holds_an_answer(tmp_path):
     assert not (tmp_path / "handout").exists()
 
 
-def test_handout_carries_only_the_package_files_git_tracks(tmp_path, monkeypatch):
-    """A teacher's untracked scratch in vit_edu/ (their own answers, say) stays home."""
+def test_handout_carries_only_the_package_files_git_tracks(tmp_path, monkeypatch, capsys):
+    """A teacher's untracked scratch in vit_edu/ (their own answers, say) stays home, and `handout` names it (a
+    module not committed yet would be missing from the handout's package)."""
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     repo = tmp_path / "repo"
@@ -493,6 +494,9 @@ def test_handout_carries_only_the_package_files_git_tracks(tmp_path, monkeypatch
     out = handout.handout(tmp_path / "handout", src)
     assert sorted(p.relative_to(out / "vit_edu").as_posix() for p in (out / "vit_edu").rglob("*") if p.is_file()) \
         == ["__init__.py", "assets/w.bin"]
+    assert handout.untracked_modules() == ["vit_edu/my_answers.py"]  # named by `handout`: a module not committed yet
+    assert handout.handout_main([str(tmp_path / "again"), "--src", str(src)]) == 0
+    assert "warning: vit_edu/my_answers.py not tracked by git, so not in the handout" in capsys.readouterr().err
 
 
 def test_handout_of_the_course_imports_on_its_own(tmp_path):

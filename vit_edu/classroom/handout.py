@@ -269,7 +269,23 @@ def handout_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"warning: {DEFAULT_OUT}, what `grade` grades against by default, differs from this handout in "
               f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} (points, exercises or cells): run "
               f"python -m vit_edu assignments before grading", file=sys.stderr)
+    left = untracked_modules()
+    if left:
+        print(f"warning: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''} not tracked by git, so not in the "
+              f"handout: git add it if the package imports it (the handout's vit_edu would fail to import)",
+              file=sys.stderr)
     return 0
+
+
+def untracked_modules() -> List[str]:
+    """The .py files in vit_edu/ that git neither tracks nor ignores: :func:`package_files` leaves them home (a
+    teacher's scratch), which breaks the handout's package where a new module was only not committed yet."""
+    try:
+        run = subprocess.run(["git", "-C", str(PACKAGE_DIR.parent), "ls-files", "-z", "--others", "--exclude-standard",
+                              "--", PACKAGE_DIR.name], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(f for f in run.stdout.split("\0") if f.endswith(".py")) if run.returncode == 0 else []
 
 
 def unlike_reference(out: Path, src: Path) -> List[str]:
