@@ -542,3 +542,32 @@ def test_sigterm_stops_a_run_with_its_checkpoint_whole_and_named(tmp_path) -> No
                                         f"{last}; continue with: python -m vit_edu train --resume '{last}'"], err
     assert sorted(p.name for p in out.iterdir()) == ["last.pt"]
     assert 1 <= load_checkpoint(last)["epoch"] < 500
+
+
+def test_evaluate_split_train_scores_the_runs_own_training_images(tmp_path, capsys, monkeypatch) -> None:
+    """A seed's shapes images depend on how many are drawn (and of which classes): evaluate --split train --n 16 of a
+    run trained on 64 images must score 16 of those 64, not 16 other images it never saw; --classes picks some of
+    them; an --n above the run's is refused."""
+    import torch
+
+    import vit_edu.training as training
+    from vit_edu.training import data
+
+    out_dir = tmp_path / "run"
+    assert main(["train", "--model", "vit_nano_patch4_32", "--classes", "circle,square,ring", "--epochs", "1",
+                 "--n-train", "64", "--n-test", "16", "--batch-size", "32", "--time-budget", "0",
+                 "--out-dir", str(out_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    trained = data.ShapesDataset(n=64, seed=data.SHAPES_DEFAULT_SEEDS["train"], classes=["circle", "square", "ring"])
+    seen, evaluate = [], training.evaluate
+    monkeypatch.setattr(training, "evaluate", lambda model, loader, *a, **k: seen.append(loader.dataset) or
+                        evaluate(model, loader, *a, **k))
+    ckpt = str(out_dir / "last.pt")
+    for flags, n, labels in ((["--n", "16"], 16, None), (["--classes", "ring,circle", "--n", "10"], 10, (0, 2))):
+        assert main(["evaluate", "--checkpoint", ckpt, "--split", "train", *flags]) == 0, capsys.readouterr().err
+        ds = seen.pop()
+        assert len(ds) == n
+        keep = torch.arange(64) if labels is None else torch.isin(trained.labels, torch.tensor(labels)).nonzero()[:, 0]
+        assert torch.equal(ds.images, trained.images[keep[:n]]) and torch.equal(ds.labels, trained.labels[keep[:n]])
+    assert main(["evaluate", "--checkpoint", ckpt, "--split", "train", "--n", "65"]) == 2
+    assert "--n <= 64" in capsys.readouterr().err

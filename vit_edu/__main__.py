@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default: test)")
     e.add_argument("--n", type=int, default=None,
                    help="number of images (default: shapes: the run's --n-test/--n-train, as its checkpoint records; "
-                        "a fixed dataset: all of the split, or with --n a fixed random subset mixed over the classes)")
+                        "with --split train the first N of the run's training images; a fixed dataset: all of the "
+                        "split, or with --n a fixed random subset mixed over the classes)")
     e.add_argument("--seed", type=int, default=None,
                    help="seed of the generated shapes images (shapes only; default: the run's own test seed, or train "
                         "seed with --split train; a seed the run trained on is refused as a test set)")
@@ -405,8 +406,31 @@ def _shapes_data(args: argparse.Namespace, source: str, classes: Optional[List[s
                          f"so they are no test set; expected a seed it never trained on, e.g. {test_seed} (its run's "
                          f"test seed{also})")
     n = args.n if args.n is not None or run is None else getattr(run, f"n_{args.split}")
-    return dict(seed=seed, n=n, classes=args.classes if args.classes is not None else classes,
-                palette=train.get("palette", "colour"), clutter=train.get("clutter", 0))
+    drawn = dict(seed=seed, n=n, classes=args.classes if args.classes is not None else classes,
+                 palette=train.get("palette", "colour"), clutter=train.get("clutter", 0))
+    ran = (classes or run.effective("classes")) if run is not None else None
+    if run is not None and args.split == "train" and trained_on_seed(run, seed) is not None and (
+            args.classes is None or set(args.classes) <= set(ran)):  # other classes: refused below
+        # a seed's images depend on how many are drawn and of which classes: the run's own training images are
+        # drawn as the run drew them, then the first --n of them (of the --classes asked), never other images
+        full = run.effective("n_train")
+        if args.n is not None and args.n > full:
+            raise ValueError(f"--split train --n {args.n}: {source} trained on {full} images of seed {seed}; "
+                             f"expected --n <= {full}")
+        drawn.update(n=full, classes=ran, keep=(args.n, args.classes))
+    return drawn
+
+
+def _training_part(ds, n: Optional[int], classes: Optional[List[str]]):
+    """The first ``n`` images of a ShapesDataset (of ``classes`` only, if given), labels unchanged."""
+    import torch
+
+    keep = torch.arange(len(ds))
+    if classes is not None:
+        keep = keep[torch.isin(ds.labels, torch.tensor([ds.classes.index(c) for c in classes]))]
+    keep = keep[:n]
+    ds.images, ds.labels, ds.masks, ds.n = ds.images[keep], ds.labels[keep], ds.masks[keep], len(keep)
+    return ds
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -455,7 +479,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"evaluates it on the one under {kw['root']} (the default --data-root)", file=sys.stderr)
     elif args.classes is not None:
         raise ValueError(f"--classes picks shapes of the generated data; {name!r} has its own classes")
+    keep = kw.pop("keep", None)
     ds = data.get_dataset(name, **kw)
+    if keep is not None:  # the run's training images (evaluate --split train)
+        ds = _training_part(ds, *keep)
     subset = classes is not None and args.classes is not None and set(args.classes) <= set(classes)
     if subset and list(args.classes) != list(classes):  # some of its classes: labels are the model's outputs
         ds.labels = torch.tensor([classes.index(c) for c in ds.classes])[ds.labels]
