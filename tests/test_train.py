@@ -701,3 +701,18 @@ def test_schedule_and_optimizer_refuse_values_that_make_nan_rates() -> None:
         args = {"lr": 1e-3, "weight_decay": 0.0, **kw}
         with pytest.raises(ValueError, match=rf"build_optimizer: {name} must be a finite number >= 0, got"):
             T.build_optimizer(model, **args)
+
+
+def test_a_lengthened_resume_steps_at_the_new_schedules_rate(tmp_path, monkeypatch) -> None:
+    """--resume with more --epochs recomputes the cosine: the first resumed step must take the new schedule's rate,
+    not the one the optimizer state carried over (a finished run's is the old cosine's end, 0: a lost step)."""
+    rates, step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: rates.append(self.param_groups[0]["lr"])
+                        or step(self, *a, **k))
+    config = tiny_config(tmp_path, n_train=128, epochs=2)  # 2 steps per epoch
+    fit(config, log=quiet)
+    assert rates[-1] > 0 and len(rates) == 4
+    rates.clear()
+    fit(tiny_config(tmp_path, n_train=128, epochs=4), resume=Path(config.out_dir) / "last.pt", log=quiet)
+    expected = [config.lr * loop.warmup_cosine(s, 2, 8) for s in range(4, 8)]
+    assert rates == pytest.approx(expected, rel=1e-12)

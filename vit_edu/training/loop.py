@@ -441,6 +441,12 @@ def _restore(run: Run, ckpt: dict, source: PathLike) -> None:
                     raise ValueError(f"{source} is a damaged vit_edu checkpoint: its optimizer state {key!r} has "
                                      f"shape {tuple(value.shape)}, but its parameter has {tuple(p.shape)}")
     run.scheduler.load_state_dict(ckpt["scheduler"])
+    # the optimizer kept the rate of the checkpoint's schedule; a lengthened one (--epochs) has another at this step
+    # (a finished run's is the cosine's end, 0): the next step takes the rate of the schedule that runs now
+    sched = run.scheduler
+    sched._last_lr = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(run.optimizer.param_groups, sched._last_lr):
+        group["lr"] = lr
     run.history, run.start_epoch = ckpt["history"], ckpt["epoch"]
     position = (ckpt.get("extra") or {}).get("stopped_at")
     if position:  # stopped inside an epoch: replay its start, skip the batches done, continue from the stop
