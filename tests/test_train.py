@@ -716,3 +716,18 @@ def test_a_lengthened_resume_steps_at_the_new_schedules_rate(tmp_path, monkeypat
     fit(tiny_config(tmp_path, n_train=128, epochs=4), resume=Path(config.out_dir) / "last.pt", log=quiet)
     expected = [config.lr * loop.warmup_cosine(s, 2, 8) for s in range(4, 8)]
     assert rates == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_stop_inside_an_epoch_resumes_only_on_as_many_processes(tmp_path) -> None:
+    """Under torchrun the DistributedSampler deals an epoch's batches in another order than one process's sampler:
+    a run stopped inside an epoch and resumed on another number of processes would skip batches it never trained
+    and train others twice. Checkpoints record the number of processes; such a resume is refused, naming it."""
+    config = tiny_config(tmp_path, epochs=1, n_train=256, batch_size=32, time_budget_s=1e-3)
+    fit(config, log=quiet)
+    path = Path(config.out_dir) / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["extra"]["stopped_at"] and ckpt["extra"]["world_size"] == 1
+    ckpt["extra"]["world_size"] = 2  # as a run under torchrun --nproc_per_node=2 records it
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=r"on 2 process\(es\).*torchrun --nproc_per_node=2"):
+        fit(tiny_config(tmp_path, epochs=1, n_train=256, batch_size=32), resume=path, log=quiet)

@@ -320,6 +320,7 @@ class Run:
     stop_rng: Optional[dict] = None  # ... and where it stopped
     data: Optional[dict] = None  # data_fingerprint of the training set, stored in every checkpoint
     data_note: str = ""  # how the data differ from the resumed checkpoint's (a resume with force=True)
+    world: int = 1  # processes (torchrun): they decide the order of the batches
 
 
 @contextmanager
@@ -400,6 +401,12 @@ def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
         if images is not None and images != len(train_ds):  # files added or removed: other batches and schedule
             raise ValueError(f"{resumed[1]} was trained on {images} {config.dataset} training images, but the data now "
                              f"have {len(train_ds)}; expected the same data to resume on")
+        was = extra.get("world_size")  # None: a checkpoint from before it was recorded
+        if extra.get("stopped_at") and was is not None and was != world:  # its skipped batches are another order's
+            raise ValueError(f"{resumed[1]} stopped inside an epoch of a run on {was} process(es), whose batches are "
+                             f"dealt in another order than on {world}: resuming there would train some of that "
+                             f"epoch's images twice and skip others; expected the same number of processes to resume "
+                             f"it ({'python -m vit_edu' if was == 1 else f'torchrun --nproc_per_node={was} -m vit_edu'})")
         data_note = fingerprint_changes(extra.get("data"), data)
         if data_note and not force:  # same names and count, other pictures: the resumed run would be another run
             raise ValueError(f"{resumed[1]} was trained on other {config.dataset} training data ({data_note}); "
@@ -412,7 +419,7 @@ def _build_run(config: TrainConfig, rank: int, world: int, device: torch.device,
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.optimizer, config.pos_embed_lr_scale)
     run = Run(config, device, model, optimizer, build_scheduler(optimizer, warmup, total, config.min_lr_ratio),
               build_criterion(config), train_loader, test_loader, classes, len(train_loader), new_history(),
-              data=data, data_note=data_note)
+              data=data, data_note=data_note, world=world)
     about = (f"{config.model} ({model.num_parameters() / 1e6:.2f}M parameters) on {config.dataset}: "
              f"{len(train_ds)} train / {len(test_ds)} test images, {world} process(es) on {device}, "
              f"{config.epochs} epochs x {run.steps_per_epoch} steps of batch {config.batch_size}")
@@ -555,7 +562,8 @@ def _train_epochs(run: Run, start: float, say: Callable[[str], None], main: bool
             save_checkpoint(Path(config.out_dir) / "last.pt", run.model, run.optimizer, run.scheduler,
                             epoch if stopped else epoch + 1, run.history, config,
                             extra={"stopped_early": budget_hit, "stopped_at": position, "classes": run.classes,
-                                   "train_images": len(run.train_loader.dataset), "data": run.data},
+                                   "train_images": len(run.train_loader.dataset), "data": run.data,
+                                   "world_size": run.world},
                             rng=rng_before_eval if stopped or not due else None)
         # a signal to any process stops them all (one without a signal of its own too), at the same step
         if tr["signalled"] or any_process(signals.requested(), run.device):
