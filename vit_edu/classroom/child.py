@@ -421,7 +421,7 @@ def _child(job: dict, close: Sequence[int]) -> None:
         os.environ.clear()
         os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch,
                            "VIT_EDU_FIGURES": scratch, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-                           "LANG": "C.UTF-8"})
+                           "LANG": "C.UTF-8", **NOTEBOOK_ENVIRONMENT})
         tempfile.tempdir = scratch
         budget = [int(job["max_output_bytes"])]
         sys.stdout = sys.__stdout__ = _CappedText(1, budget)  # type: ignore[misc]
@@ -431,6 +431,9 @@ def _child(job: dict, close: Sequence[int]) -> None:
         import torch
 
         torch.set_num_threads(1)
+        inductor = sys.modules.get("torch._inductor.config")  # read the environment when the server loaded it
+        if inductor is not None:
+            inductor.cpp_cache_precompile_headers = False
         from vit_edu import checks
 
         probe, save = checks.probe, torch.save  # taken before any student code can replace them
@@ -458,6 +461,26 @@ def _child(job: dict, close: Sequence[int]) -> None:
         os._exit(code)
 
 
+# What a notebook finds in its environment besides its folders. The sandbox uid has no passwd entry on purpose, so
+# getpass.getuser() (torch.compile's cache folder, a student's own print) reads the name from here, as it does first;
+# torch.compile's precompiled header of torch (hundreds of MB, written once to speed up later compiles) would
+# exceed the limit on one file, so inductor compiles its kernels without one.
+NOTEBOOK_ENVIRONMENT = {"USER": "student", "LOGNAME": "student", "TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS": "0"}
+
+
+def _main_module(builtins: Any) -> Dict[str, Any]:
+    """The answer cells' namespace: the dict of a module installed as ``sys.modules["__main__"]``, as IPython's
+    kernel does, so that pickle finds a function or class an answer cell defines by its name (a
+    ``multiprocessing.Pool`` or ``ProcessPoolExecutor`` given a function of the notebook, ``torch.save`` of a whole
+    model whose class the notebook defines)."""
+    import types
+
+    main = types.ModuleType("__main__", "the notebook's answer cells")
+    main.__dict__.update({"__builtins__": builtins, "display": print})
+    sys.modules["__main__"] = main
+    return main.__dict__
+
+
 def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
     """Run the steps of the reference in order: setup cells (the reference's), answer cells (the student's),
     and at each check cell the probe of that exercise. The observations are saved after every probe, so a
@@ -483,7 +506,7 @@ def _run(job: dict, probe: Any, save: Any, watches: Dict[str, Any]) -> int:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    namespace: Dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": print}
+    namespace = _main_module(builtins)
     record: Dict[str, Any] = {"format": 1, "cells": [], "exercises": {}, "missing": {}, "stopped": None,
                               "running": None, "outside": watches["outside"], "package": {}, "replaced": [],
                               "unwatched": []}

@@ -27,6 +27,7 @@ profile function was removed, and the container remains the last line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -158,7 +159,7 @@ class Integrity:
         get = self._get
         for space, attr, ref, where in self.entries:
             value = get(space, attr)
-            if value is not ref and not self._wrapped_by_torch(value, ref):
+            if value is not ref and not self._wrapped_by_torch(value, ref) and not _tagged_by_dynamo(value, ref):
                 out.append(where)
                 if len(out) >= limit:
                     return out
@@ -182,6 +183,60 @@ class Integrity:
             return dict(zip(value.__code__.co_freevars, value.__closure__ or ()))["fn"].cell_contents is ref
         except (KeyError, ValueError):  # a look-alike without torch's closure
             return False
+
+
+DYNAMO_TAGGING = {"patched_init": "init", "patched_setstate": "setstate"}  # wrapper -> the variable it wraps
+
+
+def _tagged_by_dynamo(value: Any, ref: Any) -> bool:
+    """torch.compile (torch._dynamo's ``install_generation_tagging_init``) replaces ``nn.Module.__init__`` and
+    ``__setstate__`` by wrappers that call the original and then tag the module: no replacement either, when the
+    wrapper is torch's own (the code of torch's installed ``mutation_guard.py``, compiled here from that file, with
+    that module's globals and the genuine ``GenerationTracker``) around that very function."""
+    import types
+
+    code = getattr(value, "__code__", None)
+    guard = sys.modules.get("torch._dynamo.mutation_guard")
+    torch = sys.modules.get("torch")
+    if type(value) is not types.FunctionType or code is None or code.co_name not in DYNAMO_TAGGING or \
+            guard is None or torch is None:
+        return False
+    path = os.path.join(os.path.dirname(os.path.realpath(torch.__file__)), "_dynamo", "mutation_guard.py")
+    if code.co_filename != path or os.path.realpath(getattr(guard, "__file__", "")) != path or \
+            value.__globals__ is not vars(guard):
+        return False
+    try:
+        cells = dict(zip(code.co_freevars, value.__closure__ or ()))
+        if code.co_freevars != (DYNAMO_TAGGING[code.co_name],) or cells[code.co_freevars[0]].cell_contents is not ref:
+            return False
+        genuine = _code_named(_compiled(path), code.co_name)
+        tracker = vars(guard).get("GenerationTracker")  # an instance (torch 2.x) or a class of classmethods (older)
+        tag = vars(tracker if isinstance(tracker, type) else type(tracker)).get("tag")
+        tag = getattr(tag, "__func__", tag)
+        return genuine is not None and _same_code(code, genuine) and type(tag) is types.FunctionType and \
+            tag.__code__.co_filename == path and tag.__globals__ is vars(guard)
+    except (OSError, SyntaxError, ValueError, KeyError, AttributeError, TypeError):
+        return False
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(path: str) -> Any:
+    with open(path, "rb") as f:  # read-only in the notebook's view: torch's installation
+        return compile(f.read(), path, "exec")
+
+
+def _code_named(code: Any, name: str) -> Any:
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            found = const if const.co_name == name else _code_named(const, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _same_code(a: Any, b: Any) -> bool:
+    return (a.co_code, a.co_names, a.co_varnames, a.co_freevars, a.co_consts) == \
+        (b.co_code, b.co_names, b.co_varnames, b.co_freevars, b.co_consts)
 
 
 # ============================================================================================ files
