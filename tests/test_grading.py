@@ -2153,3 +2153,21 @@ def test_an_out_that_is_a_file_of_the_teacher_s_is_not_replaced(tmp_path, capsys
     for _ in range(2):  # the second run finds its own files and goes on
         assert grading.main([str(tmp_path / "subs"), "--reference", str(ref), "--out", str(tmp_path / "g.csv")]) == 0
     assert [r["student"] for r in grading.read_student_csv(tmp_path / "g.csv")] == ["ann"] * 3
+
+
+def test_python_under_a_private_folder_is_noted_only_where_a_notebook_s_view_does_not_bind_it_back(tmp_path):
+    """Python in a folder other users cannot enter (a pyenv under /root, mode 700): without views of their own the
+    notebooks cannot import from it, so the grader says so; with them the installation is bound back under covers
+    anyone may read, and the note would be false. A folder unreadable inside what is bound back counts still."""
+    home = tmp_path / "root"
+    python = home / ".pyenv" / "versions" / "3.x"
+    (python / "lib").mkdir(parents=True)
+    home.chmod(0o700)
+    try:
+        assert grading._unreadable_by_others([python / "lib"]) == [str(python / "lib")]
+        assert grading._unreadable_by_others([python / "lib"], within=[str(python)]) == []
+        (python / "lib").chmod(0o700)
+        assert grading._unreadable_by_others([python / "lib"], within=[str(python)]) == [str(python / "lib")]
+    finally:
+        home.chmod(0o755)
+        (python / "lib").chmod(0o755)

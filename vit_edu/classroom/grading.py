@@ -164,12 +164,15 @@ def _failed_rows(student: str, ref: RefNotebook, message: str) -> List[dict]:
 
 
 # ============================================================================================ grading
-def _unreadable_by_others(paths: Sequence[Path]) -> List[str]:
-    """Folders a sandbox user (no shared group, not the owner) cannot read: imports from there fail."""
+def _unreadable_by_others(paths: Sequence[Path], within: Optional[Sequence[str]] = None) -> List[str]:
+    """Folders a sandbox user (no shared group, not the owner) cannot read: imports from there fail. ``within``: the
+    folders a notebook's own view binds back (above them it sees covers anyone may read), None without one."""
     bad = []
     for path in paths:
         p = path.resolve()
         for folder in [p, *p.parents]:
+            if within is not None and not any(folder == Path(w) or Path(w) in folder.parents for w in within):
+                break
             mode = os.stat(folder).st_mode
             need = stat.S_IXOTH | (stat.S_IROTH if folder == p else 0)
             if mode & need != need:
@@ -178,7 +181,8 @@ def _unreadable_by_others(paths: Sequence[Path]) -> List[str]:
     return bad
 
 
-def _environment_warnings(submissions: Path) -> List[str]:
+def _environment_warnings(submissions: Path, isolated: bool = False) -> List[str]:
+    """What the teacher should know before grading; ``isolated``: notebooks get views of their own (namespaces)."""
     if not sandbox.privileged():
         return ["warning: not running as root, so student code runs with your user's rights (it could stop the "
                 "grader or change your files); grade untrusted submissions as root in a container"]
@@ -187,12 +191,12 @@ def _environment_warnings(submissions: Path) -> List[str]:
 
     package = Path(__file__).resolve().parents[1]  # vit_edu/
     places = [Path(sysconfig.get_paths()["stdlib"]), Path(torch.__file__).parent, package]
-    bad = _unreadable_by_others(places)
+    bad = _unreadable_by_others(places, needed_paths() if isolated else None)
     if bad:
         warnings.append(f"note: {', '.join(bad)} cannot be read by other users, so student code can import only the "
                         f"modules the grader preloads (torch, numpy, einops, vit_edu, the setup cells' imports and "
                         f"common standard modules)")
-    if os.stat(submissions).st_mode & (stat.S_IROTH | stat.S_IXOTH):
+    if not isolated and os.stat(submissions).st_mode & (stat.S_IROTH | stat.S_IXOTH):  # else covered in its view
         warnings.append(f"note: other users can read {submissions}; `chmod 700 {submissions}` keeps one student's "
                         f"code from reading another's notebooks while it runs")
     return warnings
@@ -368,10 +372,6 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
             print(format_table(rows, names, reference, detail))
             print(f"nothing left to grade (--force regrades everybody); wrote {out} and {summary_path(out)}")
         return rows
-    for warning in _environment_warnings(given):
-        print(warning, file=sys.stderr)
-    if verbose:
-        print(f"grading {len(todo)} student(s) with seed {seed} (--seed {seed} repeats these checks)", flush=True)
     limits = sandbox.Limits(timeout_s=float(timeout), cell_timeout_s=cell_timeout, memory_mb=memory_mb,
                             max_output_bytes=max_output_kb * 1024, disk_mb=disk_mb)
     preload = [m for nb in reference for m in nb.imports]
@@ -384,7 +384,10 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if (package_parent / "pyproject.toml").is_file():  # a source checkout: teacher notebooks, tests, .git
         hide.append(package_parent)
     box = sandbox.Sandbox(limits, slots=jobs, preload=preload, hide=hide)
+    for warning in _environment_warnings(given, isolated=getattr(box, "isolate", False)):
+        print(warning, file=sys.stderr)
     if verbose:
+        print(f"grading {len(todo)} student(s) with seed {seed} (--seed {seed} repeats these checks)", flush=True)
         print(f"sandbox: each notebook runs with a {box.isolation}", flush=True)
     try:
         _grade_all(box, {label_of[s]: s for s in todo}, reference, folder, state, state_path, seed, limits, suspects,
