@@ -381,7 +381,8 @@ ENCODER_BLOCK_EX = Exercise(
     doc="""Check ``class EncoderBlock(nn.Module)``: ``__init__(self, dim, heads, mlp_dim)``, forward [B, N, D] -> [B, N, D].
 
     Pre-norm, as in the paper (eqs. 2-3): ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``. Attributes:
-    ``norm1``, ``norm2`` (nn.LayerNorm(dim, eps=1e-6), or hand-written with weight/bias or gamma/beta),
+    ``norm1``, ``norm2`` (nn.LayerNorm(dim, eps=1e-6), or hand-written with its parameters named weight and
+    bias: the block's state_dict is loaded into ``vit_edu.Block`` by name, so gamma/beta do not load),
     ``attn`` with ``.qkv`` / ``.proj`` (as in MultiHeadAttention), ``mlp`` with ``.fc1`` / ``.fc2``; each of the four
     maps the tokens [B, N, D] to a tensor [B, N, D] on its own. Every parameter gets its own random values, so
     shared or swapped norms show.
