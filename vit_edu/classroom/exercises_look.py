@@ -645,8 +645,9 @@ BOTTLENECK_EX = Exercise(
 
     ``conv1`` (1x1, in -> out/4), ``norm1``, ``conv2`` (3x3, stride), ``norm2``, ``conv3`` (1x1, -> out),
     ``norm3``; ``downsample`` (None, or ``conv`` 1x1 with the stride + ``norm``) when the stride or the channel
-    count changes. Weight-standardized convolutions without bias and 'SAME' padding, GroupNorm(32, C),
-    ReLU after norm1, norm2 and the residual sum: ``vit_edu.hybrid.Bottleneck``; ``stride`` keeps its name
+    count changes. Weight-standardized convolutions (eps 1e-8, not timm's default 1e-6) without bias and 'SAME'
+    padding, GroupNorm(32, C, eps=1e-5), ReLU after norm1, norm2 and the residual sum:
+    ``vit_edu.hybrid.Bottleneck``; ``stride`` keeps its name
     (``Bottleneck(256, 512, stride=2)`` works). Every parameter gets random values and the outputs and gradients
     are compared.
     """,
