@@ -618,7 +618,8 @@ MULTI_HEAD_ATTENTION_EX = Exercise(
     Attributes: ``self.qkv = nn.Linear(dim, 3 * dim)`` whose output features are ordered (three h d)
     (q of head 0, q of head 1, ..., then k, then v), and ``self.proj = nn.Linear(dim, dim)``; a ValueError
     when dim is not divisible by heads; ``heads`` keeps its name (``MultiHeadAttention(64, heads=4)`` works);
-    ``self.qkv(x)`` and ``self.proj(x)`` work on their own (notebook 03 calls them).
+    ``self.qkv(x)`` and ``self.proj(x)`` work on their own (notebook 03 calls them); nothing else in its
+    state_dict, which is loaded into ``vit_edu.Attention`` by name (a buffer: ``persistent=False``).
     Every parameter gets random values; the output and the gradients are compared with ``vit_edu.Attention``'s
     formula.
     """,
