@@ -1,6 +1,7 @@
 """Adversarial set for check_encoder_block (notebook 04): other correct styles and usual mistakes."""
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -419,3 +420,20 @@ class PostNormWithAnUnusedScale(Standard):  # a usual mistake is still named whe
 
 
 MISTAKES += [(LayerScale, "LayerScale"), (PostNormWithAnUnusedScale, "post-norm")]
+
+
+# ------------------------------------------------------------------ the MLP as an nn.Sequential of named children
+class SequentialNamedMlp(nn.Module):  # right: mlp.fc1 / mlp.fc2 exist, and the state_dict names match vit_edu.Block
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), MHA(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, mlp_dim), act=nn.GELU(), drop=nn.Dropout(0.0),
+                                             fc2=nn.Linear(mlp_dim, dim)))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+CORRECT.append(SequentialNamedMlp)

@@ -391,3 +391,24 @@ class ValueErrorOnlyInForward(nn.Module):  # builds MultiHeadAttention(10, 3); t
 
 
 MISTAKES.append((ValueErrorOnlyInForward, "in __init__"))
+
+
+# ----------------------------------------------------- torch's own multi-head routine fed with qkv and proj weights
+class MultiheadForwardFunctional(nn.Module):  # right: F.multi_head_attention_forward packs q, k, v as (three h d)
+    def __init__(self, dim, heads):
+        super().__init__()
+        if dim % heads:
+            raise ValueError("dim % heads != 0")
+        self.dim, self.heads = dim, heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        t = x.transpose(0, 1)  # [N, B, D]
+        out, _ = F.multi_head_attention_forward(
+            t, t, t, self.dim, self.heads, self.qkv.weight, self.qkv.bias, None, None, False, 0.0,
+            self.proj.weight, self.proj.bias, training=self.training, need_weights=False)
+        return out.transpose(0, 1)
+
+
+CORRECT.append(MultiheadForwardFunctional)

@@ -320,3 +320,26 @@ def loss_from_a_second_pass_without_graph(model, images, labels, optimizer):
 
 CORRECT.append(correct_accuracy_from_a_second_pass)
 MISTAKES += [(zero_after_step, "after the step"), (loss_from_a_second_pass_without_graph, "2 times")]
+
+
+# ---------------------------------------------------------------- other right orders and ways to get the gradient
+def correct_zero_grad_after_forward(model, images, labels, optimizer):  # cleared before backward: still this batch only
+    model.train()
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def correct_autograd_grad(model, images, labels, optimizer):  # the gradients written into .grad by hand
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = F.cross_entropy(model(images), labels)
+    for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+        p.grad = None if g is None else g.detach()
+    optimizer.step()
+    return float(loss)
+
+
+CORRECT += [correct_zero_grad_after_forward, correct_autograd_grad]
