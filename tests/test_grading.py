@@ -826,7 +826,7 @@ def test_resume_regrades_a_changed_submission_and_marks_a_grader_killer(tmp_path
     out = tmp_path / "g.csv"
     graded_now = []
     monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: graded_now.append(list(todo)))
-    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None, "isolate": False})())
     folder = grading.students_dir(out)
     folder.mkdir()
     for student in ("ann", "ben"):  # graded before, by a grader that was then killed while cat's notebooks ran
@@ -853,6 +853,8 @@ def test_resume_regrades_a_changed_submission_and_marks_a_grader_killer(tmp_path
 
 class _InstantBox:
     """Stands in for the sandbox in tests of the bookkeeping only: every notebook 'ends' at once, unrecorded."""
+
+    isolate = False
 
     def __init__(self, *args, **kwargs):
         self.started = []
@@ -906,7 +908,7 @@ def test_two_students_running_at_a_grader_kill_are_retried_alone(tmp_path, monke
         nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
     seen = []
     monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: seen.append((list(todo), a[-4])))
-    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None, "isolate": False})())
     out = tmp_path / "g.csv"
     folder = grading.students_dir(out)
     folder.mkdir()
@@ -1643,7 +1645,7 @@ def test_going_on_with_other_limits_or_another_seed_is_refused_unless_forced(tmp
     nbformat.write(submission("a.ipynb"), tmp_path / "subs" / "ann" / "a.ipynb")
     ran = []
     monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: ran.append(list(todo)))
-    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None, "isolate": False})())
     out = tmp_path / "g.csv"
 
     def run(**kw):
@@ -2031,7 +2033,7 @@ def test_going_on_after_the_checks_changed_is_refused_unless_forced(tmp_path, mo
         nbformat.write(submission("a.ipynb"), tmp_path / "subs" / student / "a.ipynb")
     ran = []
     monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: ran.append(list(todo)))
-    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    monkeypatch.setattr(sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None, "isolate": False})())
     out = tmp_path / "g.csv"
     state_path = grading.students_dir(out) / grading.STATE_FILE
 

@@ -355,7 +355,7 @@ def test_one_student_with_copies_in_several_subfolders_is_warned_about_and_grade
     assert [bool(reference.nested_students(subs / s)) for s in ("ann", "ben", "cat", "eve")] == [False] * 3 + [True]
     ran = []
     monkeypatch.setattr(grading, "_grade_all", lambda box, todo, *a, **k: ran.append(list(todo)))
-    monkeypatch.setattr(grading.sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None})())
+    monkeypatch.setattr(grading.sandbox, "Sandbox", lambda *a, **k: type("Box", (), {"close": lambda self: None, "isolate": False})())
     grading.grade(subs, tmp_path / "g.csv", reference_dir=ref, verbose=False)
     assert ran == [["ann", "ben", "cat", "eve"]]
     err = capsys.readouterr().err

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .isolation import _drop_privileges, _set_limits, needed_paths, remove_tree
+from .isolation import _drop_privileges, _libc, _set_limits, needed_paths, remove_tree
 from .isolation import _kill_job as _kernel_kill_job
 
 JOB = ".vit_edu_job.json"  # the cells to run, written by the grader into the scratch copy, read by the child
@@ -63,7 +63,7 @@ def _leave_keyrings() -> None:
     profile, none is)."""
     import ctypes
 
-    number, libc = KEYCTL.get(os.uname().machine), ctypes.CDLL(None, use_errno=True)
+    number, libc = KEYCTL.get(os.uname().machine), _libc()
     if number is None:
         return
     keyctl = lambda *args: libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))  # noqa: E731
@@ -103,7 +103,7 @@ def _refuse_fallocate() -> str:
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
 
     program = Program(len(code), (Filter * len(code))(*(Filter(*c) for c in code)))
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         return f"seccomp: {os.strerror(ctypes.get_errno())}"
     return ""
@@ -122,9 +122,7 @@ def remove_ipc_of(uid: int) -> None:
     notebook has no IPC namespace of its own (the weaker mode; under bubblewrap, the server's for the whole run)
     they outlive it: memory that nothing frees after the grader ends (a segment written and detached, never
     removed), and the uid's next notebook (another student's) could read it."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     remove = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),  # 0: IPC_RMID
               "sem": lambda i: libc.semctl(i, 0, 0)}
     for kind, rm in remove.items():

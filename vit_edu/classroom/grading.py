@@ -384,7 +384,7 @@ def grade(submissions_dir: "str | Path", out_csv: "str | Path" = "grades.csv", t
     if (package_parent / "pyproject.toml").is_file():  # a source checkout: teacher notebooks, tests, .git
         hide.append(package_parent)
     box = sandbox.Sandbox(limits, slots=jobs, preload=preload, hide=hide)
-    for warning in _environment_warnings(given, isolated=getattr(box, "isolate", False)):
+    for warning in _environment_warnings(given, isolated=box.isolate):
         print(warning, file=sys.stderr)
     if verbose:
         print(f"grading {len(todo)} student(s) with seed {seed} (--seed {seed} repeats these checks)", flush=True)

@@ -490,7 +490,7 @@ def _isolate(job: dict) -> str:
         if target not in PRIVATE_TMP:
             _mount(libc, None, target, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_RDONLY, None)
     try:  # a /proc of its own: other uids' processes (the grader's, the machine's, other notebooks') out of sight
-        _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | 8, "hidepid=2")  # 8: MS_NOEXEC
+        _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
     except OSError:  # refused (some containers): the machine's /proc stays; bubblewrap's PID namespace narrows it
         pass
     job["scratch"] = WORK
